@@ -1,0 +1,3 @@
+from nimbuild.cli import main
+
+main()

@@ -1,0 +1,27 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+
+
+class NimbuildError(Exception):
+    """A problem with the user's input or environment, reported without a traceback."""
+
+    exit_code = 2
+
+
+class RecipeError(NimbuildError):
+    pass
+
+
+class SourceError(NimbuildError):
+    pass
+
+
+class ExportError(NimbuildError):
+    pass
+
+
+class ParityError(ExportError):
+    """The exported graph does not reproduce the source model within tolerance."""
+
+
+class ManifestError(NimbuildError):
+    pass

@@ -1,0 +1,202 @@
+"""Export a source checkpoint to a reference fp32 ONNX, and refuse it unless it matches the source.
+
+The exporter is PyTorch's dynamo-based `torch.onnx.export`. The older TorchScript exporter is
+not used: with transformers 5 it traces the attention-mask path of BERT-family models into a
+graph that is wrong whenever a batch has padding (max abs error ~2 on MiniLM), which is
+exactly the failure a parity check exists to catch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nimbuild.errors import ExportError, ParityError
+from nimbuild.export.parity import Comparison
+from nimbuild.progress import Reporter
+from nimbuild.recipe import DimRange, Recipe
+from nimbuild.sources.hf import HFCheckpoint
+
+PARITY_SEED = 20240611
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dims: dict[str, DimRange]  # axis name -> [min, opt, max], in axis order
+
+
+@dataclass
+class ReferenceExport:
+    files: list[Path]  # model.onnx, plus model.onnx.data when weights live outside the graph
+    inputs: list[InputSpec]
+    output_names: list[str]
+    parity: Comparison
+    runtime_info: dict[str, Any]
+    builder: dict[str, str]
+
+
+def input_specs(recipe_inputs: dict[str, dict[str, DimRange]], model_inputs: list[str]) -> list[InputSpec]:
+    """The recipe's inputs, plus the model's unlisted inputs with the dims of the first listed one."""
+    unknown = [name for name in recipe_inputs if name not in model_inputs]
+    if unknown:
+        raise ExportError(
+            f"export.inputs names {', '.join(unknown)}, but the model takes {', '.join(model_inputs)}"
+        )
+    first = next(iter(recipe_inputs.values()))
+    specs = [InputSpec(name, dict(recipe_inputs.get(name, first))) for name in model_inputs]
+    for spec in specs:
+        if len(spec.dims) != 2:
+            raise ExportError(f"export.inputs.{spec.name}: token inputs have two axes (batch, sequence), got {len(spec.dims)}")
+    return specs
+
+
+def parity_shapes(spec: InputSpec) -> list[tuple[int, int]]:
+    """min, opt, and the two extremes (longest sequence at smallest batch, largest batch at shortest)."""
+    (b, s) = spec.dims.values()
+    shapes = [(b.min, s.min), (b.opt, s.opt), (b.min, s.max), (b.max, s.min)]
+    return list(dict.fromkeys(shapes))
+
+
+def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    from nimbuild.export.tasks import load_task
+
+    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
+        adapter = load_task(recipe.task, checkpoint)
+    specs = input_specs(recipe.export.inputs, adapter.input_names)
+    _check_sequence_limit(specs, checkpoint)
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx_path = dest / "model.onnx"
+    metadata = {
+        "nimbuild.task": recipe.task,
+        "nimbuild.source_digest": checkpoint.digest(),
+        "nimbuild.runtime_info": json.dumps(adapter.runtime_info, sort_keys=True),
+    }
+    with reporter.step(f"export reference ONNX (opset {recipe.export.opset})"):
+        _export(adapter, specs, onnx_path, recipe.export.opset, metadata, reporter)
+        _check_graph(onnx_path, recipe.export.opset)
+    with reporter.step("check parity against PyTorch"):
+        comparison = check_parity(adapter, onnx_path, specs, recipe.export.parity)
+    reporter.debug(comparison.describe())
+    files = [onnx_path] + ([onnx_path.with_name("model.onnx.data")] if onnx_path.with_name("model.onnx.data").exists() else [])
+    return ReferenceExport(
+        files=files, inputs=specs, output_names=adapter.output_names, parity=comparison,
+        runtime_info=adapter.runtime_info, builder=_builder_versions(),
+    )
+
+
+def _check_sequence_limit(specs: list[InputSpec], checkpoint: HFCheckpoint) -> None:
+    limit = checkpoint.config.get("max_position_embeddings") or checkpoint.config.get("n_positions")
+    if not limit:
+        return
+    for spec in specs:
+        name, seq = list(spec.dims.items())[1]
+        if seq.max > int(limit):
+            raise ExportError(
+                f"export.inputs.{spec.name}.{name}: max {seq.max} exceeds the model's {limit} positions"
+            )
+
+
+def _export(adapter, specs: list[InputSpec], path: Path, opset: int, metadata: dict[str, str], reporter: Reporter) -> None:
+    import torch
+
+    dims: dict[str, Any] = {}
+    dynamic_shapes = []  # positional, matching the wrapper's forward(*inputs)
+    example = []
+    for spec in specs:
+        axes = {}
+        shape = []
+        for axis, (dim_name, rng) in enumerate(spec.dims.items()):
+            if rng.min == rng.max:
+                shape.append(rng.min)  # a static axis
+                continue
+            dims.setdefault(dim_name, torch.export.Dim(dim_name, min=rng.min, max=rng.max))
+            axes[axis] = dims[dim_name]
+            # an example size of 1 would make the exporter specialise the axis to 1
+            shape.append(min(max(rng.opt, 2), rng.max))
+        dynamic_shapes.append(axes or None)
+        example.append(torch.ones(shape, dtype=torch.long))
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                adapter.module, tuple(example), None, input_names=[s.name for s in specs],
+                output_names=adapter.output_names, opset_version=opset, dynamo=True,
+                dynamic_shapes=(tuple(dynamic_shapes),), verbose=False,
+            )
+            program.model.metadata_props.update(metadata)
+            program.save(path)
+    except Exception as e:  # the exporter raises many types; each means this graph cannot be exported
+        reporter.debug(log.getvalue())
+        raise ExportError(f"ONNX export failed: {_root_cause(e)}") from None
+    reporter.debug(log.getvalue())
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost exception's first lines: the exporter wraps the real reason in generic advice."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()][:4]
+    return f"{type(error).__name__}: {' '.join(lines)}" if lines else type(error).__name__
+
+
+def _check_graph(path: Path, opset: int) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # ValidationError or shape-inference errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = " (the exporter targets opset 18 natively; try export.opset: 18 or higher)" if opset < 18 else ""
+        raise ExportError(f"the exported graph is not valid ONNX: {first}{hint}") from None
+
+
+def open_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"{path}: onnxruntime cannot load the graph: {str(e).strip().splitlines()[0]}") from None
+
+
+def check_parity(adapter, onnx_path: Path, specs: list[InputSpec], tolerance) -> Comparison:
+    """Run the graph with onnxruntime and the source with PyTorch on seeded inputs; refuse on mismatch."""
+    import torch
+
+    session = open_session(onnx_path)
+    comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
+    for i, (batch, seq) in enumerate(parity_shapes(specs[0])):
+        feeds = adapter.sample_inputs({"batch": batch, "sequence": seq}, seed=PARITY_SEED + i)
+        with torch.inference_mode():
+            reference = adapter.module(*(torch.from_numpy(feeds[s.name]) for s in specs))
+        reference = reference if isinstance(reference, (tuple, list)) else (reference,)
+        candidate = session.run(adapter.output_names, feeds)
+        comparison.add(
+            f"{batch}x{seq}",
+            {n: r.numpy() for n, r in zip(adapter.output_names, reference)},
+            dict(zip(adapter.output_names, candidate)),
+        )
+    if not comparison.passed:
+        raise ParityError(
+            f"the exported ONNX does not match the source model (shapes {', '.join(comparison.shapes)}):\n"
+            + comparison.describe()
+        )
+    return comparison
+
+
+def _builder_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {
+        "exporter": "torch.onnx (dynamo)",
+        **{name: version(name) for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")},
+    }

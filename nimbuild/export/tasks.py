@@ -1,0 +1,152 @@
+"""What each task exports: the model class, its inputs and outputs, test inputs, runtime metadata.
+
+A task adapter keeps task knowledge in one place so the exporter and the parity check stay generic.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from nimbuild.errors import ExportError
+from nimbuild.sources.hf import HFCheckpoint
+
+# sentence-transformers pooling modes this project's runtime implements.
+_POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "last",
+}
+
+
+@dataclass
+class TaskAdapter:
+    task: str
+    input_names: list[str]
+    output_names: list[str]
+    module: Any  # a torch.nn.Module whose forward takes input_names positionally
+    vocab_size: int
+    runtime_info: dict[str, Any]
+
+    def sample_inputs(self, shape: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+        """Seeded inputs for one (batch, sequence) shape, with padding so masks matter."""
+        rng = np.random.default_rng(seed)
+        batch, seq = shape["batch"], shape["sequence"]
+        ids = rng.integers(0, self.vocab_size, size=(batch, seq), dtype=np.int64)
+        lengths = rng.integers(max(1, seq // 2), seq + 1, size=batch)
+        lengths[0] = seq  # one full row, so no shape is tested only padded
+        mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return {name: feeds[name] for name in self.input_names}
+
+
+def load_task(task: str, checkpoint: HFCheckpoint) -> TaskAdapter:
+    loaders: dict[str, Callable[[HFCheckpoint], TaskAdapter]] = {
+        "embedding": _embedding,
+        "text-generation": _text_generation,
+    }
+    return loaders[task](checkpoint)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, optional-dependency notes) out of our output."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _load(auto_class_name: str, checkpoint: HFCheckpoint):
+    import torch
+    import transformers
+
+    quiet_libraries()
+    auto_class = getattr(transformers, auto_class_name)
+    use_safetensors = any(checkpoint.path.glob("*.safetensors")) or None
+    try:
+        model = auto_class.from_pretrained(
+            checkpoint.path, dtype=torch.float32, use_safetensors=use_safetensors, local_files_only=True,
+        )
+    except Exception as e:  # transformers raises many types for a bad checkpoint; all are user errors here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{checkpoint.path}: cannot load as {auto_class_name}: {first}") from None
+    return model.eval()
+
+
+def _forward_accepts(model, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def _embedding(checkpoint: HFCheckpoint) -> TaskAdapter:
+    import torch
+
+    model = _load("AutoModel", checkpoint)
+    names = ["input_ids", "attention_mask"]
+    if checkpoint.config.get("type_vocab_size", 0) and _forward_accepts(model, "token_type_ids"):
+        names.append("token_type_ids")
+
+    class EncoderHidden(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, *args):
+            return self.encoder(**dict(zip(names, args))).last_hidden_state
+
+    return TaskAdapter(
+        task="embedding", input_names=names, output_names=["last_hidden_state"],
+        module=EncoderHidden(model), vocab_size=int(checkpoint.config["vocab_size"]),
+        runtime_info=_pooling_info(checkpoint),
+    )
+
+
+def _pooling_info(checkpoint: HFCheckpoint) -> dict[str, Any]:
+    """Read sentence-transformers' pooling and normalisation, which the runtime applies after the graph."""
+    modules = checkpoint.read_json("modules.json") or []
+    pooling_dir = next((m.get("path") for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+    normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+    pooling = "mean"  # a plain encoder without sentence-transformers config: mean pooling, the common default
+    if pooling_dir:
+        config = checkpoint.read_json(f"{pooling_dir}/config.json") or {}
+        chosen = [mode for key, mode in _POOLING_KEYS.items() if config.get(key)]
+        unsupported = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in _POOLING_KEYS]
+        if unsupported or len(chosen) != 1:
+            raise ExportError(
+                f"{checkpoint.path}/{pooling_dir}/config.json: unsupported pooling "
+                f"{', '.join(unsupported) or 'combination'}; nimbuild supports exactly one of mean, cls, max, last"
+            )
+        pooling = chosen[0]
+    st_config = checkpoint.read_json("sentence_bert_config.json") or {}
+    max_len = st_config.get("max_seq_length") or checkpoint.config.get("max_position_embeddings")
+    return {"pooling": pooling, "normalize": normalize, "max_sequence_length": int(max_len) if max_len else None}
+
+
+def _text_generation(checkpoint: HFCheckpoint) -> TaskAdapter:
+    import torch
+
+    model = _load("AutoModelForCausalLM", checkpoint)
+    names = ["input_ids", "attention_mask"]
+
+    class CausalLogits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    config = checkpoint.config
+    max_len = config.get("max_position_embeddings") or config.get("n_positions")
+    return TaskAdapter(
+        task="text-generation", input_names=names, output_names=["logits"],
+        module=CausalLogits(model), vocab_size=int(config["vocab_size"]),
+        runtime_info={"max_sequence_length": int(max_len) if max_len else None},
+    )

@@ -1,0 +1,198 @@
+"""The profiles manifest (`profiles.yaml`, DESIGN.md §5): read, write, identify, merge.
+
+Every later stage (compile, registry, selection, runtime) goes through this module, so the
+format has exactly one reader and one writer. Writing is atomic and byte-stable: the same
+profiles always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from nimbuild.errors import ManifestError
+from nimbuild.fsutil import atomic_write_text, sha256_bytes
+from nimbuild.profiles.tags import describe, normalise_tags
+
+SCHEMA_VERSION = "1.0"
+MANIFEST_NAME = "profiles.yaml"
+
+
+@dataclass(frozen=True)
+class WorkspaceFile:
+    uri: str  # relative to the manifest's directory, or a registry URI once published
+    digest: str  # "sha256:<64 hex>"
+    size: int
+
+
+@dataclass
+class Profile:
+    id: str
+    model: str
+    release: str
+    description: str
+    tags: dict[str, str]
+    files: dict[str, WorkspaceFile]
+    requires: dict[str, Any] = field(default_factory=dict)
+    # Provenance (builder, versions, input digests, verification figures). Not part of the id:
+    # the id names what is deployed, not how it was made.
+    build: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model: str, release: str, tags: Mapping[str, Any], files: Mapping[str, WorkspaceFile],
+               requires: Mapping[str, Any] | None = None, build: Mapping[str, Any] | None = None) -> "Profile":
+        tags = normalise_tags(tags)
+        files = dict(sorted(files.items()))
+        return cls(
+            id=profile_id(model, release, tags, files),
+            model=model,
+            release=release,
+            description=describe(tags),
+            tags=tags,
+            files=files,
+            requires=dict(requires or {}),
+            build=dict(build or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "model": self.model,
+            "release": self.release,
+            "description": self.description,
+            "tags": dict(self.tags),
+        }
+        if self.requires:
+            out["requires"] = dict(self.requires)
+        out["workspace"] = {
+            "files": {p: {"uri": f.uri, "digest": f.digest, "size": f.size} for p, f in sorted(self.files.items())}
+        }
+        if self.build:
+            out["build"] = self.build
+        return out
+
+
+def profile_id(model: str, release: str, tags: Mapping[str, str], files: Mapping[str, WorkspaceFile]) -> str:
+    """sha256 of the canonical JSON of {model, release, tags, files{path: digest}}."""
+    canonical = json.dumps(
+        {"model": model, "release": release, "tags": dict(tags), "files": {p: f.digest for p, f in files.items()}},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    )
+    return sha256_bytes(canonical.encode("utf-8"))
+
+
+@dataclass
+class Manifest:
+    profiles: list[Profile] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.profiles = sorted(self.profiles, key=lambda p: (p.model, p.release, p.description, p.id))
+        seen: dict[tuple[str, str], str] = {}
+        for p in self.profiles:
+            key = (p.model, p.description)
+            if key in seen and seen[key] != p.id:
+                raise ManifestError(
+                    f"two profiles of {p.model} share the description '{p.description}' "
+                    f"({seen[key][:12]} and {p.id[:12]}); descriptions must be unique"
+                )
+            seen[key] = p.id
+
+    def by_id(self, profile_id_: str) -> Profile | None:
+        return next((p for p in self.profiles if p.id == profile_id_), None)
+
+    def dumps(self) -> str:
+        data = {"schema_version": SCHEMA_VERSION, "profiles": [p.to_dict() for p in self.profiles]}
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.dumps())
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read manifest: {e}") from None
+    return parse_manifest(text, origin=str(path))
+
+
+def parse_manifest(text: str, origin: str = "<manifest>") -> Manifest:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark else origin
+        raise ManifestError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict) or "profiles" not in data:
+        raise ManifestError(f"{origin}: not a profiles manifest (expected 'schema_version' and 'profiles')")
+    version = str(data.get("schema_version", ""))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise ManifestError(f"{origin}: unsupported schema_version {version!r} (this nimbuild reads {SCHEMA_VERSION})")
+    if not isinstance(data["profiles"], list):
+        raise ManifestError(f"{origin}: 'profiles' must be a list")
+    return Manifest([_profile_from_dict(entry, origin, i) for i, entry in enumerate(data["profiles"])])
+
+
+def _profile_from_dict(entry: Any, origin: str, index: int) -> Profile:
+    where = f"{origin}: profiles[{index}]"
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: expected a mapping")
+    for key in ("id", "model", "release", "tags", "workspace"):
+        if key not in entry:
+            raise ManifestError(f"{where}: missing '{key}'")
+    if not isinstance(entry["tags"], dict) or not entry["tags"]:
+        raise ManifestError(f"{where}: 'tags' must be a non-empty mapping")
+    files_data = (entry["workspace"] or {}).get("files") if isinstance(entry["workspace"], dict) else None
+    if not isinstance(files_data, dict):
+        raise ManifestError(f"{where}: 'workspace.files' must be a mapping of path to {{uri, digest, size}}")
+    files = {}
+    for rel, f in files_data.items():
+        if not isinstance(f, dict) or not {"uri", "digest", "size"} <= set(f):
+            raise ManifestError(f"{where}: workspace file '{rel}' needs uri, digest and size")
+        if not str(f["digest"]).startswith("sha256:") or len(str(f["digest"])) != 71:
+            raise ManifestError(f"{where}: workspace file '{rel}' has a malformed digest {f['digest']!r}")
+        _check_relative(rel, where)
+        files[str(rel)] = WorkspaceFile(uri=str(f["uri"]), digest=str(f["digest"]), size=int(f["size"]))
+    profile = Profile.create(
+        model=str(entry["model"]), release=str(entry["release"]), tags=entry["tags"], files=files,
+        requires=entry.get("requires") or {}, build=entry.get("build") or {},
+    )
+    if profile.id != entry["id"]:
+        raise ManifestError(
+            f"{where}: id {str(entry['id'])[:16]}... does not match the profile's content "
+            f"(expected {profile.id[:16]}...); the manifest was edited or corrupted"
+        )
+    if entry.get("description") and entry["description"] != profile.description:
+        profile.description = str(entry["description"])
+    return profile
+
+
+def _check_relative(rel: str, where: str) -> None:
+    """Workspace paths are unpacked on target machines: refuse anything that escapes the workspace."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise ManifestError(f"{where}: workspace path {rel!r} must be relative and stay inside the workspace")
+
+
+def merge_manifests(manifests: Iterable[tuple[str, Manifest]]) -> Manifest:
+    """Combine manifests deterministically; the same id with different content is a conflict."""
+    merged: dict[str, tuple[str, Profile]] = {}
+    for origin, manifest in manifests:
+        for profile in manifest.profiles:
+            if profile.id in merged:
+                first_origin, first = merged[profile.id]
+                if first.to_dict() != profile.to_dict():
+                    raise ManifestError(
+                        f"conflict: profile {profile.id[:12]} ({profile.description}) differs between "
+                        f"{first_origin} and {origin}"
+                    )
+                continue
+            merged[profile.id] = (origin, profile)
+    return Manifest([p for _, p in merged.values()])

@@ -1,0 +1,370 @@
+"""Recipes: what to build and how (DESIGN.md §3). Loaded, validated, never holding results.
+
+Validation errors name the file, the line and the field, and say what was expected:
+
+    recipes/x.yaml:12: export.opset: expected an integer, got 'seventeen'
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from nimbuild.errors import RecipeError
+from nimbuild.yamlutil import YamlProblem, load_with_lines
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+TASKS = ("embedding", "text-generation")
+# Compute capabilities TensorRT-RTX can build for ahead of time (PLATFORM.md).
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+
+
+def _cc_string(value: Any) -> Any:
+    """Accept 8.9 as well as "8.9": YAML reads an unquoted capability as a float."""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return value
+
+
+ComputeCapability = Annotated[str, BeforeValidator(_cc_string), Field(pattern=r"^\d{1,2}\.\d$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    hf: str | None = None
+    nemo: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        if (self.hf is None) == (self.nemo is None):
+            raise ValueError("give exactly one of 'hf' (directory or hf://org/name@revision) or 'nemo'")
+        return self
+
+
+class DimRange(_Strict):
+    """[min, opt, max] for one dynamic dimension; they size ONNX axes and engine profiles."""
+
+    min: int
+    opt: int
+    max: int
+
+
+def _dim_range(value: Any) -> Any:
+    if isinstance(value, list):
+        if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError("expected [min, opt, max] as three integers")
+        lo, opt, hi = value
+        if not 1 <= lo <= opt <= hi:
+            raise ValueError(f"expected 1 <= min <= opt <= max, got {value}")
+        return {"min": lo, "opt": opt, "max": hi}
+    return value
+
+
+Dims = dict[str, Annotated[DimRange, BeforeValidator(_dim_range)]]
+
+
+class Parity(_Strict):
+    """How closely the reference ONNX must reproduce the source framework."""
+
+    atol: float = Field(1e-4, ge=0)
+    rtol: float = Field(1e-3, ge=0)
+    cosine_min: float = Field(0.9999, ge=-1, le=1)
+
+
+class Export(_Strict):
+    opset: int = Field(18, ge=13, le=23)
+    inputs: dict[str, Dims] = Field(min_length=1)
+    parity: Parity = Parity()
+
+    @field_validator("inputs")
+    @classmethod
+    def _dims_present(cls, inputs: dict[str, Dims]) -> dict[str, Dims]:
+        for name, dims in inputs.items():
+            if not dims:
+                raise ValueError(f"input '{name}' lists no dimensions")
+        return inputs
+
+
+class Gate(_Strict):
+    cosine_min: float | None = Field(None, ge=-1, le=1)
+    max_abs: float | None = Field(None, ge=0)
+
+
+class Calibration(_Strict):
+    samples: int = Field(64, ge=1)
+
+
+class PrecisionSpec(_Strict):
+    gate: Gate | None = None
+    calibration: Calibration | None = None
+
+
+class GenericTarget(_Strict):
+    type: Literal["generic"]
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    precisions: list[Precision] = Field(min_length=1)
+
+
+class PrebuiltTarget(_Strict):
+    type: Literal["prebuilt"]
+    backend: Literal["tensorrt", "tensorrt_rtx"]
+    compute_capabilities: list[ComputeCapability] = Field(min_length=1)
+    precisions: list[Precision] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rtx_targets(self) -> "PrebuiltTarget":
+        if self.backend == "tensorrt_rtx":
+            bad = [cc for cc in self.compute_capabilities if cc not in RTX_COMPUTE_CAPABILITIES]
+            if bad:
+                raise ValueError(
+                    f"TensorRT-RTX cannot build for compute capability {', '.join(bad)}; "
+                    f"it builds for {', '.join(RTX_COMPUTE_CAPABILITIES)}"
+                )
+        return self
+
+
+class RmirTarget(_Strict):
+    type: Literal["rmir"]
+    min_compute_capability: ComputeCapability = "7.5"
+    precisions: list[Precision] = Field(min_length=1)
+
+
+Target = Annotated[Union[GenericTarget, PrebuiltTarget, RmirTarget], Field(discriminator="type")]
+
+
+class DynamicBatching(_Strict):
+    max_queue_delay_us: int = Field(0, ge=0)
+
+
+class Serving(_Strict):
+    max_batch_size: int = Field(8, ge=0)
+    dynamic_batching: DynamicBatching | None = None
+    profile: Literal["throughput", "latency"] = "throughput"
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+    source: Source
+    task: Literal["embedding", "text-generation"]
+    export: Export
+    precisions: dict[Precision, PrecisionSpec | None] = Field(min_length=1)
+    targets: list[Target] = Field(min_length=1)
+    serving: Serving = Serving()
+
+    # Where the recipe was read from; relative paths resolve against its directory.
+    # Not part of the schema: set by load_recipe.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("precisions")
+    @classmethod
+    def _fp32_is_reference(cls, precisions: dict) -> dict:
+        if "fp32" not in precisions:
+            raise ValueError("must include fp32: it is the reference every variant is checked against")
+        return precisions
+
+    @field_validator("targets")
+    @classmethod
+    def _precisions_declared(cls, targets: list, info: ValidationInfo) -> list:
+        declared = info.data.get("precisions") or {}
+        for i, target in enumerate(targets):
+            missing = [p for p in target.precisions if p not in declared]
+            if missing and declared:
+                raise ValueError(
+                    f"targets[{i}] uses precision {', '.join(missing)}, which is not declared under 'precisions'"
+                )
+        return targets
+
+    def precision_spec(self, precision: str) -> PrecisionSpec:
+        return self.precisions.get(precision) or PrecisionSpec()
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def canonical(self) -> dict[str, Any]:
+        """The recipe as plain data, for digests of build inputs."""
+        return self.model_dump(mode="json")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read recipe: {e}") from None
+    return parse_recipe(text, filename=str(path), base_dir=path.resolve().parent)
+
+
+def parse_recipe(text: str, filename: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    try:
+        data, lines = load_with_lines(text)
+    except YamlProblem as e:
+        where = f"{filename}:{e.line}" if e.line else filename
+        raise RecipeError(f"{where}: {e.message}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{filename}:1: expected a mapping with name, release, source, task, export, precisions, targets")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_describe_errors(e, data, lines, filename)) from None
+    return recipe.model_copy(update={"base_dir": base_dir or Path.cwd()})
+
+
+def _describe_errors(error: ValidationError, data: Any, lines: dict, filename: str) -> str:
+    """One line per problem (the first few), each with file, line and field."""
+    messages = []
+    for err in error.errors(include_url=False)[:5]:
+        path = _data_path(err["loc"], data)
+        line = _line_for(path, lines)
+        field = _dotted(path) or "(top level)"
+        messages.append(f"{filename}:{line}: {field}: {_explain(err, path, data)}")
+    more = error.error_count() - len(messages)
+    if more > 0:
+        messages.append(f"... and {more} more problem(s)")
+    return "\n".join(messages)
+
+
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """Drop the parts of a pydantic location that are not in the document (union tags, validators)."""
+    path: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and isinstance(part, str) and part not in node:
+            # a missing required field, or a union tag: keep a missing field's name for the message
+            if part in _all_field_names():
+                path.append(part)
+                break
+    return tuple(path)
+
+
+def _line_for(path: tuple, lines: dict) -> int:
+    for cut in range(len(path), -1, -1):
+        if path[:cut] in lines:
+            return lines[path[:cut]]
+    return 1
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _explain(err: dict, path: tuple, data: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = path[-1] if path else err["loc"][-1]
+        allowed = _allowed_keys(path[:-1], data)
+        hint = ""
+        if allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(sorted(allowed))})"
+        return f"unknown key '{key}'{hint}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
+    if kind == "string_type" and isinstance(err.get("input"), (int, float)):
+        return f"expected a string, got the number {err['input']!r} (quote it: \"{err['input']}\")"
+    got = err.get("input")
+    got_text = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    elif message.startswith("Input should be"):
+        message = "expected" + message[len("Input should be"):]
+    return f"{message}{got_text}"
+
+
+def _allowed_keys(parent: tuple, data: Any) -> list[str]:
+    """The field names of the schema object at `parent`, following the document's own values."""
+    model: Any = Recipe
+    node = data
+    for part in parent:
+        node = node[part]
+        model = _field_type(model, part, node)
+        if model is None:
+            return []
+    model = _unwrap(model, node)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [n for n in model.model_fields if n != "base_dir"]
+    return []
+
+
+def _field_type(model: Any, part: Any, node: Any) -> Any:
+    model = _unwrap(model, node)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        field = model.model_fields.get(part)
+        return field.annotation if field else None
+    args = typing.get_args(model)
+    origin = typing.get_origin(model)
+    if origin in (list, tuple) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _unwrap(model: Any, node: Any) -> Any:
+    """Strip Annotated/Optional; pick the union member whose `type` literal matches the node."""
+    while True:
+        origin = typing.get_origin(model)
+        if origin is Annotated:
+            model = typing.get_args(model)[0]
+        elif origin in (Union, types.UnionType):
+            members = [m for m in typing.get_args(model) if m is not type(None)]
+            chosen = members[0] if len(members) == 1 else None
+            for member in members:
+                t = getattr(member, "model_fields", {}).get("type")
+                if t is not None and isinstance(node, dict) and node.get("type") in typing.get_args(t.annotation):
+                    chosen = member
+            if chosen is None:
+                return None
+            model = chosen
+        else:
+            return model
+
+
+_FIELD_NAMES: set[str] | None = None
+
+
+def _all_field_names() -> set[str]:
+    global _FIELD_NAMES
+    if _FIELD_NAMES is None:
+        names: set[str] = set()
+        for cls in (Recipe, Source, Export, Parity, Gate, Calibration, PrecisionSpec, GenericTarget,
+                    PrebuiltTarget, RmirTarget, Serving, DynamicBatching, DimRange):
+            names.update(cls.model_fields)
+        _FIELD_NAMES = names
+    return _FIELD_NAMES
+
