@@ -34,6 +34,11 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `nimbuild ... | head`: the reader left; not an error worth a message
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug, not a user error: say so plainly, details on -v
@@ -150,7 +155,7 @@ def profiles_merge(inputs: tuple[Path, ...], out: Path) -> None:
     from nimbuild.profiles.manifest import MANIFEST_NAME, load_manifest, merge_manifests
 
     paths = [p / MANIFEST_NAME if p.is_dir() else p for p in inputs]
-    merged = merge_manifests((str(p), load_manifest(p)) for p in paths)
+    merged = merge_manifests((str(p), load_manifest(p).rebased(p.parent, out.parent)) for p in paths)
     merged.save(out)
     click.echo(f"merged {len(paths)} manifest(s): {len(merged.profiles)} profile(s) -> {out}")
 

@@ -28,7 +28,7 @@ class TaskAdapter:
     task: str
     input_names: list[str]
     output_names: list[str]
-    module: Any  # a torch.nn.Module whose forward takes input_names positionally
+    module: Any  # a torch.nn.Module whose forward(*inputs) takes input_names in order
     vocab_size: int
     runtime_info: dict[str, Any]
 
@@ -98,8 +98,8 @@ def _embedding(checkpoint: HFCheckpoint) -> TaskAdapter:
             super().__init__()
             self.encoder = encoder
 
-        def forward(self, *args):
-            return self.encoder(**dict(zip(names, args))).last_hidden_state
+        def forward(self, *inputs):
+            return self.encoder(**dict(zip(names, inputs))).last_hidden_state
 
     return TaskAdapter(
         task="embedding", input_names=names, output_names=["last_hidden_state"],
@@ -140,8 +140,8 @@ def _text_generation(checkpoint: HFCheckpoint) -> TaskAdapter:
             super().__init__()
             self.lm = lm
 
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        def forward(self, *inputs):  # positional, like every adapter: the exporter relies on it
+            return self.lm(**dict(zip(names, inputs)), use_cache=False).logits
 
     config = checkpoint.config
     max_len = config.get("max_position_embeddings") or config.get("n_positions")

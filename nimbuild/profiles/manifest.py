@@ -111,6 +111,25 @@ class Manifest:
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.dumps())
 
+    def rebased(self, from_dir: Path, to_dir: Path) -> "Manifest":
+        """The same profiles with relative file URIs rewritten to resolve from `to_dir`.
+
+        Registry URIs (anything with a scheme) are left as they are.
+        """
+        import os
+
+        def move(uri: str) -> str:
+            if "://" in uri:
+                return uri
+            return Path(os.path.relpath(Path(from_dir).resolve() / uri, Path(to_dir).resolve())).as_posix()
+
+        return Manifest([
+            Profile(p.id, p.model, p.release, p.description, p.tags,
+                    {rel: WorkspaceFile(move(f.uri), f.digest, f.size) for rel, f in p.files.items()},
+                    p.requires, p.build)
+            for p in self.profiles
+        ])
+
 
 def load_manifest(path: str | Path) -> Manifest:
     path = Path(path)

