@@ -22,12 +22,12 @@ FORMAT_OPTION = click.option(
 )
 
 
-class _Group(click.Group):
+class _UserErrors:
     """Turns user errors into one line on stderr and a non-zero exit; never a traceback for them."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # type: ignore[misc]
         except NimbuildError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
@@ -46,6 +46,14 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"internal error: {type(e).__name__}: {e} (rerun with -v for the traceback)", err=True)
             ctx.exit(1)
+
+
+class _Group(_UserErrors, click.Group):
+    pass
+
+
+class _Command(_UserErrors, click.Command):
+    pass
 
 
 def _verbosity(command):
@@ -158,6 +166,107 @@ def profiles_merge(inputs: tuple[Path, ...], out: Path) -> None:
     merged = merge_manifests((str(p), load_manifest(p).rebased(p.parent, out.parent)) for p in paths)
     merged.save(out)
     click.echo(f"merged {len(paths)} manifest(s): {len(merged.profiles)} profile(s) -> {out}")
+
+
+def _manifest_option(command):
+    return click.option(
+        "-m", "--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
+        help="Manifest to read (nimbuild's profiles.yaml or NIM's model_manifest.yaml). "
+             "Default: $NIM_MANIFEST_PATH, else ./profiles.yaml.",
+    )(command)
+
+
+def _select(manifest: Path | None):
+    """Read the manifest and the system, and run the one selection function."""
+    import os
+
+    from nimbuild.profiles.nim import read_profiles
+    from nimbuild.profiles.select import select_profile
+    from nimbuild.profiles.system import detect_system
+
+    path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
+    profiles_, _ = read_profiles(path)
+    system = detect_system()
+    return system, select_profile(profiles_, system, os.environ), profiles_
+
+
+def _list_profiles(manifest: Path | None, fmt: str) -> None:
+    from nimbuild.profiles import listing
+
+    system, selection, _ = _select(manifest)
+    if fmt == "json":
+        _emit_json(listing.as_json(system, selection))
+    else:
+        click.echo(listing.as_text(system, selection))
+
+
+@profiles.command("list")
+@_manifest_option
+@FORMAT_OPTION
+def profiles_list(manifest: Path | None, fmt: str) -> None:
+    """List profiles, grouped by whether this system can run them (same as nim_list_model_profiles)."""
+    _list_profiles(manifest, fmt)
+
+
+@click.command("nim_list_model_profiles", cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@_manifest_option
+@FORMAT_OPTION
+def list_model_profiles_main(manifest: Path | None, fmt: str) -> None:
+    """List model profiles, grouped by whether this system can run them, the selected one marked."""
+    _list_profiles(manifest, fmt)
+
+
+@profiles.command("select")
+@_manifest_option
+@FORMAT_OPTION
+def profiles_select(manifest: Path | None, fmt: str) -> None:
+    """Print the id of the profile this system would run; exit 1 with the reasons if none fits."""
+    _, selection, _ = _select(manifest)
+    chosen = selection.require()
+    if fmt == "json":
+        _emit_json({"selected": chosen.id, "description": chosen.description, "tags": chosen.tags})
+    else:
+        click.echo(chosen.id)
+
+
+@profiles.command("show")
+@click.argument("profile")
+@_manifest_option
+@FORMAT_OPTION
+def profiles_show(profile: str, manifest: Path | None, fmt: str) -> None:
+    """Show one profile (by id, unique id prefix, or description) with its status on this system."""
+    import yaml
+
+    from nimbuild.profiles.select import find_candidate
+
+    _, selection, _ = _select(manifest)
+    candidate = find_candidate(profile, selection.candidates)
+    data = {**candidate.profile.to_dict(), "status": candidate.status, "reasons": candidate.reasons,
+            "selected": selection.selected is not None and selection.selected.id == candidate.profile.id}
+    if fmt == "json":
+        _emit_json(data)
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096), nl=False)
+
+
+@main.command("system")
+@FORMAT_OPTION
+def system_cmd(fmt: str) -> None:
+    """Show the system selection sees (NVML, or the NIMBUILD_SYSTEM file). JSON is a valid NIMBUILD_SYSTEM."""
+    from nimbuild.profiles import listing
+    from nimbuild.profiles.system import detect_system
+
+    system = detect_system()
+    if fmt == "json":
+        _emit_json(system.to_dict())
+    else:
+        click.echo(listing.as_text(system, _empty_selection()).split("MODEL PROFILES")[0].rstrip())
+
+
+def _empty_selection():
+    from nimbuild.profiles.select import Selection
+
+    return Selection(None, [])
 
 
 if __name__ == "__main__":  # pragma: no cover

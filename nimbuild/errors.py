@@ -25,3 +25,13 @@ class ParityError(ExportError):
 
 class ManifestError(NimbuildError):
     pass
+
+
+class SystemDescriptionError(NimbuildError):
+    """A malformed NIMBUILD_SYSTEM file."""
+
+
+class SelectionError(NimbuildError):
+    """No profile fits, or an override names what does not exist."""
+
+    exit_code = 1

@@ -19,6 +19,9 @@ from nimbuild.fsutil import atomic_write_text, sha256_bytes
 from nimbuild.profiles.tags import describe, normalise_tags
 
 SCHEMA_VERSION = "1.0"
+# libyaml's C loader and dumper when PyYAML has them: ~10x faster on 10,000-profile manifests.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 MANIFEST_NAME = "profiles.yaml"
 
 
@@ -106,7 +109,8 @@ class Manifest:
 
     def dumps(self) -> str:
         data = {"schema_version": SCHEMA_VERSION, "profiles": [p.to_dict() for p in self.profiles]}
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096)
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                         width=4096)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.dumps())
@@ -144,11 +148,15 @@ def load_manifest(path: str | Path) -> Manifest:
 
 def parse_manifest(text: str, origin: str = "<manifest>") -> Manifest:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
         raise ManifestError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    return manifest_from_data(data, origin)
+
+
+def manifest_from_data(data: Any, origin: str = "<manifest>") -> Manifest:
     if not isinstance(data, dict) or "profiles" not in data:
         raise ManifestError(f"{origin}: not a profiles manifest (expected 'schema_version' and 'profiles')")
     version = str(data.get("schema_version", ""))

@@ -1,0 +1,98 @@
+"""Read any profile manifest: nimbuild's own, or NVIDIA NIM's `model_manifest.yaml` (schema v1 and v2).
+
+NIM schema v1 is a mapping from profile id to {model, release, tags, workspace}, and uses YAML
+tags such as `!workspace` and `!name`; schema v2 has `schema_version: 2.0.0` and a `profiles` list.
+Their ids are NIM's own, kept as they are. Unknown YAML tags are read as plain values, never
+executed and never a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nimbuild.errors import ManifestError
+from nimbuild.profiles.manifest import Profile, WorkspaceFile, manifest_from_data
+from nimbuild.profiles.tags import describe, normalise_tags
+
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _TolerantLoader(_Base):  # type: ignore[misc, valid-type]
+    """SafeLoader that reads any local tag (`!workspace`, `!name`, ...) as the plain node beneath it."""
+
+
+def _untagged(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_TolerantLoader.add_multi_constructor("!", _untagged)
+
+
+def read_profiles(path: str | Path) -> tuple[list[Profile], str]:
+    """Profiles from a manifest of any supported kind, and the kind's name."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read manifest: {e}") from None
+    return parse_profiles(text, str(path))
+
+
+def parse_profiles(text: str, origin: str = "<manifest>") -> tuple[list[Profile], str]:
+    try:
+        data = yaml.load(text, Loader=_TolerantLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark else origin
+        raise ManifestError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{origin}: not a profiles manifest (expected a mapping)")
+    version = str(data.get("schema_version", ""))
+    if "profiles" in data and version.startswith("1"):
+        return manifest_from_data(data, origin).profiles, "nimbuild"
+    if "profiles" in data and version.startswith("2"):
+        if not isinstance(data["profiles"], list):
+            raise ManifestError(f"{origin}: 'profiles' must be a list")
+        return [_nim_profile(p.get("id") if isinstance(p, dict) else None, p, origin, i)
+                for i, p in enumerate(data["profiles"])], "nim-v2"
+    if "schema_version" in data:
+        raise ManifestError(f"{origin}: unsupported schema_version {version!r}")
+    return [_nim_profile(pid, p, origin, i) for i, (pid, p) in enumerate(data.items())], "nim-v1"
+
+
+def _nim_profile(profile_id: Any, entry: Any, origin: str, index: int) -> Profile:
+    where = f"{origin}: profile {profile_id or index}"
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: expected a mapping with tags")
+    if not profile_id:
+        raise ManifestError(f"{where}: missing 'id'")
+    tags = entry.get("tags")
+    if not isinstance(tags, dict) or not tags:
+        raise ManifestError(f"{where}: 'tags' must be a non-empty mapping")
+    tags = normalise_tags(tags)
+    return Profile(
+        id=str(profile_id), model=str(entry.get("model", "")), release=str(entry.get("release", "")),
+        description=str(entry.get("description") or describe(tags)), tags=tags,
+        files=_nim_files(entry.get("workspace")), requires=dict(entry.get("requires") or {}),
+    )
+
+
+def _nim_files(workspace: Any) -> dict[str, WorkspaceFile]:
+    """v2's workspace.files when it carries digests; v1's components only name remote repositories."""
+    files = {}
+    raw = workspace.get("files") if isinstance(workspace, dict) else None
+    if isinstance(raw, dict):
+        for rel, f in raw.items():
+            if isinstance(f, dict) and f.get("digest"):
+                files[str(rel)] = WorkspaceFile(str(f.get("uri", "")), str(f["digest"]), int(f.get("size", 0)))
+    return files
+

@@ -1,0 +1,278 @@
+"""Profile selection (DESIGN.md §5): one pure function of profiles, system and environment.
+
+The CLI (`nim_list_model_profiles`, `nimbuild profiles select`) and runtime_min call the same
+`select_profile`, so what a listing marks as selected is what the runtime starts.
+
+Order:
+1. NIM_MODEL_PROFILE (an id, a unique id prefix, or a description) chooses exactly one profile.
+2. NIM_TAGS_SELECTOR (k=v,k=v) keeps only profiles whose tags match.
+3. Profiles the system cannot run are dropped, each with its reasons.
+4. Preference: prebuilt for this exact GPU > prebuilt for this compute capability > rmir > generic;
+   then the lowest precision the hardware runs well; then the preferred latency/throughput
+   profile (NIMBUILD_PREFER_PROFILE, default throughput); then tp x pp closest to the GPU count;
+   ties broken by id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from nimbuild.errors import SelectionError
+from nimbuild.profiles import gpus as catalogue
+from nimbuild.profiles.manifest import Profile
+from nimbuild.profiles.system import GPU, System, cc_tuple
+
+PROFILE_ENV = "NIM_MODEL_PROFILE"
+SELECTOR_ENV = "NIM_TAGS_SELECTOR"
+PREFER_ENV = "NIMBUILD_PREFER_PROFILE"
+
+RUNNABLE, BUILDABLE, INCOMPATIBLE = "runnable", "buildable", "incompatible"
+# Backends that run without a GPU; everything else (TensorRT engines, TRT-LLM, vLLM, RMIR) needs one.
+CPU_BACKENDS = {"onnxruntime"}
+# Lowest compute capability each precision runs on (tensor-core support).
+PRECISION_MIN_CC = {"bf16": (8, 0), "fp8": (8, 9), "fp4": (10, 0), "nvfp4": (10, 0), "int4": (7, 5)}
+# Preference ranks, lower is better. On a GPU, lower precision is faster. On a CPU, onnxruntime
+# has fast int8 kernels but emulates fp16/bf16, so fp32 beats them there.
+GPU_PRECISION_RANK = {"nvfp4": 0, "fp4": 0, "fp8": 1, "int4": 2, "int8": 2, "w4a16": 2, "fp16": 3, "bf16": 3,
+                      "mixed": 3, "fp32": 4}
+CPU_PRECISION_RANK = {"int8": 0, "fp32": 1, "fp16": 2, "bf16": 3}
+TIER_NAMES = ("prebuilt for this GPU", "prebuilt for this compute capability", "rmir", "generic")
+
+
+@dataclass
+class Candidate:
+    profile: Profile
+    status: str = RUNNABLE  # runnable | buildable | incompatible
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Selection:
+    selected: Profile | None
+    candidates: list[Candidate]  # every profile, in preference order among the compatible ones
+    why_none: str | None = None  # set when nothing was selected
+
+    def require(self) -> Profile:
+        if self.selected is None:
+            raise SelectionError(self.why_none or "no profile selected")
+        return self.selected
+
+
+def select_profile(profiles: Sequence[Profile], system: System, env: Mapping[str, str]) -> Selection:
+    candidates = [_judge(p, system) for p in profiles]
+    _apply_selector(candidates, env.get(SELECTOR_ENV, ""))
+    prefer = (env.get(PREFER_ENV) or "throughput").strip().lower()
+    if prefer not in ("throughput", "latency"):
+        raise SelectionError(f"{PREFER_ENV}={prefer!r}: expected throughput or latency")
+    compatible = sorted((c for c in candidates if c.status != INCOMPATIBLE),
+                        key=lambda c: _preference(c.profile, system, prefer))
+    ordered = compatible + sorted((c for c in candidates if c.status == INCOMPATIBLE), key=lambda c: c.profile.id)
+
+    requested = env.get(PROFILE_ENV, "").strip()
+    if requested:
+        chosen = find_candidate(requested, candidates)
+        if chosen.status == INCOMPATIBLE:
+            raise SelectionError(
+                f"{PROFILE_ENV}={requested} names {chosen.profile.id} ({chosen.profile.description}), "
+                f"which this system cannot run: {'; '.join(chosen.reasons)}"
+            )
+        return Selection(chosen.profile, ordered)
+    if not compatible:
+        return Selection(None, ordered, why_none=_why_none(ordered, system))
+    return Selection(compatible[0].profile, ordered)
+
+
+# --- compatibility --------------------------------------------------------------------------------
+
+def needs_gpu(profile: Profile) -> bool:
+    backend = profile.tags.get("backend") or profile.tags.get("llm_engine") or ""
+    return backend not in CPU_BACKENDS or profile.tags.get("type") in ("prebuilt", "rmir")
+
+
+def _judge(profile: Profile, system: System) -> Candidate:
+    candidate = Candidate(profile, BUILDABLE if profile.tags.get("type") == "rmir" else RUNNABLE)
+    reasons = candidate.reasons
+    tags, requires = profile.tags, profile.requires
+    if needs_gpu(profile):
+        if not system.gpus:
+            backend = tags.get("backend") or tags.get("llm_engine") or tags.get("type")
+            reasons.append(f"needs a GPU (backend {backend}); this system has none")
+        else:
+            reasons.extend(_gpu_reasons(profile, system))
+    elif system.gpus:
+        reasons.extend(_precision_reasons(tags.get("precision", ""), system.gpus[0]))
+    elif tags.get("precision") in ("fp8", "fp4", "nvfp4"):
+        reasons.append(f"precision {tags['precision']} needs a GPU; this system has none")
+    needed = gpus_needed(profile)
+    if needs_gpu(profile) and system.gpus and len(system.gpus) < needed:
+        reasons.append(f"needs {needed} GPUs ({_parallelism(profile)}); this system has {len(system.gpus)}")
+    memory = requires.get("gpu_memory_mib")
+    if memory and system.gpus and needs_gpu(profile):
+        smallest = min(system.gpus[:needed] or system.gpus, key=lambda g: g.memory_mib)
+        if smallest.memory_mib < int(memory):
+            reasons.append(f"needs {int(memory)} MiB of GPU memory; GPU {smallest.index} has {smallest.memory_mib} MiB")
+    if reasons:
+        candidate.status = INCOMPATIBLE
+    return candidate
+
+
+def _gpu_reasons(profile: Profile, system: System) -> list[str]:
+    tags, requires = profile.tags, profile.requires
+    gpu = system.gpus[0]  # profiles run on identical GPUs; the first one stands for the node
+    reasons = []
+    if tags.get("gpu_device") or tags.get("gpu"):
+        if not _for_this_gpu(profile, gpu):
+            wanted = " / ".join(v for v in (tags.get("gpu"), tags.get("gpu_device")) if v)
+            reasons.append(f"built for GPU {wanted}; this system has {gpu.name} ({gpu.device_id})")
+    engine_ccs = [c.strip() for c in tags.get("compute_capability", "").split(",") if c.strip()]
+    if engine_ccs and not _cc_allowed(gpu.cc, engine_ccs, tags):
+        reasons.append(f"compute capability {gpu.compute_capability} is not among the engine's {', '.join(engine_ccs)}")
+    minimum = requires.get("min_compute_capability")
+    if minimum and gpu.cc < cc_tuple(str(minimum)):
+        reasons.append(f"needs compute capability {minimum} or newer; this GPU has {gpu.compute_capability}")
+    reasons.extend(_precision_reasons(tags.get("precision", ""), gpu))
+    reasons.extend(_runtime_reasons(profile, system))
+    return reasons
+
+
+def _cc_allowed(cc: tuple[int, int], engine_ccs: list[str], tags: Mapping[str, str]) -> bool:
+    if f"{cc[0]}.{cc[1]}" in engine_ccs:
+        return True
+    # TensorRT's hardware-compatible engines ("ampere_plus") run on any GPU from Ampere on.
+    return tags.get("hardware_compatibility", "none") == "ampere_plus" and cc >= (8, 0)
+
+
+def _precision_reasons(precision: str, gpu: GPU) -> list[str]:
+    minimum = PRECISION_MIN_CC.get(precision.lower())
+    if minimum and gpu.cc < minimum:
+        return [f"precision {precision} needs compute capability {minimum[0]}.{minimum[1]}+; "
+                f"this GPU has {gpu.compute_capability}"]
+    return []
+
+
+def _runtime_reasons(profile: Profile, system: System) -> list[str]:
+    """An engine runs only on the runtime version it was built with (unless version-compatible)."""
+    built = profile.tags.get("trt_version")
+    backend = profile.tags.get("backend", "")
+    if not built or system.runtimes is None or profile.tags.get("type") != "prebuilt":
+        return []
+    installed = system.runtimes.get(backend)
+    if installed is None:
+        return [f"engine needs {backend} {built}, which is not installed"]
+    if profile.tags.get("version_compatible", "false") == "true":
+        ok = installed.split(".")[0] == built.split(".")[0] and _version(installed) >= _version(built)
+    else:
+        ok = _version(installed)[:3] == _version(built)[:3]
+    return [] if ok else [f"engine was built with {backend} {built}; {installed} is installed"]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def gpus_needed(profile: Profile) -> int:
+    tags = profile.tags
+    if tags.get("number_of_gpus", "").isdigit():
+        return int(tags["number_of_gpus"])
+    if str(profile.requires.get("gpus", "")).isdigit():
+        return int(profile.requires["gpus"])
+    return _int(tags.get("tp"), 1) * _int(tags.get("pp"), 1)
+
+
+def _parallelism(profile: Profile) -> str:
+    return f"tp={profile.tags.get('tp', '1')} x pp={profile.tags.get('pp', '1')}"
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _for_this_gpu(profile: Profile, gpu: GPU) -> bool:
+    device = profile.tags.get("gpu_device", "").lower()
+    if device and device == gpu.device_id:
+        return True
+    name = profile.tags.get("gpu")
+    return bool(name) and catalogue.name_matches(name, gpu.name, gpu.product)
+
+
+# --- overrides ------------------------------------------------------------------------------------
+
+def parse_selector(text: str) -> dict[str, str]:
+    wanted = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SelectionError(f"{SELECTOR_ENV}: {part!r} is not key=value (expected e.g. precision=fp16,profile=latency)")
+        wanted[key.strip()] = value.strip()
+    return wanted
+
+
+def _apply_selector(candidates: list[Candidate], text: str) -> None:
+    wanted = parse_selector(text)
+    for c in candidates:
+        misses = []
+        for key, value in wanted.items():
+            have = c.profile.tags.get(key)
+            if have is None:
+                misses.append(f"has no tag '{key}'")
+            elif have.lower() != value.lower():
+                misses.append(f"{key}={have}")
+        if misses:
+            c.status = INCOMPATIBLE
+            c.reasons.append(f"does not match {SELECTOR_ENV} ({', '.join(misses)})")
+
+
+def find_candidate(requested: str, candidates: list[Candidate]) -> Candidate:
+    """By id, description, or a unique id prefix of at least 4 characters."""
+    exact = [c for c in candidates if requested in (c.profile.id, c.profile.description)]
+    if len(exact) == 1:
+        return exact[0]
+    prefix = [c for c in candidates if len(requested) >= 4 and c.profile.id.startswith(requested)]
+    matches = exact or prefix
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise SelectionError(f"{requested!r} is ambiguous: it matches "
+                             + ", ".join(f"{c.profile.id[:12]} ({c.profile.description})" for c in matches))
+    known = "; ".join(f"{c.profile.id} ({c.profile.description})" for c in candidates) or "none"
+    raise SelectionError(f"{requested!r} matches no profile id or description. Profiles: {known}")
+
+
+# --- preference -----------------------------------------------------------------------------------
+
+def tier(profile: Profile, system: System) -> int:
+    kind = profile.tags.get("type", "")
+    if kind == "rmir":
+        return 2
+    if not needs_gpu(profile):
+        return 3
+    if system.gpus and _for_this_gpu(profile, system.gpus[0]):
+        return 0
+    return 1
+
+
+def _preference(profile: Profile, system: System, prefer: str) -> tuple:
+    ranks = GPU_PRECISION_RANK if system.gpus else CPU_PRECISION_RANK
+    precision = ranks.get(profile.tags.get("precision", "").lower(), len(ranks) + 1)
+    mode = 0 if profile.tags.get("profile", prefer).lower() == prefer else 1
+    spread = abs(max(len(system.gpus), 1) - gpus_needed(profile))
+    return (tier(profile, system), precision, mode, spread, profile.id)
+
+
+def _why_none(ordered: list[Candidate], system: System) -> str:
+    gpus = ", ".join(f"{g.name} ({g.compute_capability})" for g in system.gpus) or "no GPU"
+    lines = [f"no profile is compatible with this system ({gpus}):"]
+    lines += [f"  {c.profile.id[:12]} {c.profile.description}: {'; '.join(c.reasons)}" for c in ordered]
+    return "\n".join(lines)
