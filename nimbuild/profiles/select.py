@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from nimbuild.errors import SelectionError
+from nimbuild.errors import NimbuildError, SelectionError
 from nimbuild.profiles import gpus as catalogue
 from nimbuild.profiles.manifest import Profile
 from nimbuild.profiles.system import GPU, System, cc_tuple
@@ -64,7 +64,7 @@ def select_profile(profiles: Sequence[Profile], system: System, env: Mapping[str
     _apply_selector(candidates, env.get(SELECTOR_ENV, ""))
     prefer = (env.get(PREFER_ENV) or "throughput").strip().lower()
     if prefer not in ("throughput", "latency"):
-        raise SelectionError(f"{PREFER_ENV}={prefer!r}: expected throughput or latency")
+        raise NimbuildError(f"{PREFER_ENV}={prefer!r}: expected throughput or latency")
     compatible = sorted((c for c in candidates if c.status != INCOMPATIBLE),
                         key=lambda c: _preference(c.profile, system, prefer))
     ordered = compatible + sorted((c for c in candidates if c.status == INCOMPATIBLE), key=lambda c: c.profile.id)
@@ -214,7 +214,7 @@ def parse_selector(text: str) -> dict[str, str]:
             continue
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise SelectionError(f"{SELECTOR_ENV}: {part!r} is not key=value (expected e.g. precision=fp16,profile=latency)")
+            raise NimbuildError(f"{SELECTOR_ENV}: {part!r} is not key=value (expected e.g. precision=fp16,profile=latency)")
         wanted[key.strip()] = value.strip()
     return wanted
 
