@@ -17,6 +17,7 @@ import yaml
 from nimbuild.errors import ManifestError
 from nimbuild.fsutil import atomic_write_text, sha256_bytes
 from nimbuild.profiles.tags import describe, normalise_tags
+from nimbuild.yamlutil import load_large
 
 SCHEMA_VERSION = "1.0"
 # libyaml's C loader and dumper when PyYAML has them: ~10x faster on 10,000-profile manifests.
@@ -148,7 +149,7 @@ def load_manifest(path: str | Path) -> Manifest:
 
 def parse_manifest(text: str, origin: str = "<manifest>") -> Manifest:
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = load_large(text, _Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin

@@ -16,6 +16,7 @@ import yaml
 from nimbuild.errors import ManifestError
 from nimbuild.profiles.manifest import Profile, WorkspaceFile, manifest_from_data
 from nimbuild.profiles.tags import describe, normalise_tags
+from nimbuild.yamlutil import load_large
 
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -49,7 +50,7 @@ def read_profiles(path: str | Path) -> tuple[list[Profile], str]:
 
 def parse_profiles(text: str, origin: str = "<manifest>") -> tuple[list[Profile], str]:
     try:
-        data = yaml.load(text, Loader=_TolerantLoader)
+        data = load_large(text, _TolerantLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
