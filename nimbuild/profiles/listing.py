@@ -36,7 +36,7 @@ def as_text(system: System, selection: Selection) -> str:
             lines.append(f"  - [{g.device_id}] ({g.index}) {g.name}{product}: compute capability "
                          f"{g.compute_capability}, {g.memory_mib} MiB{free}")
     else:
-        lines.append(f"- no GPU{f' ({system.note})' if system.note else ''}: only CPU profiles can run")
+        lines.append(f"- no GPU{f': {system.note}' if system.note else ''}; only CPU profiles can run")
     if system.runtimes:
         lines.append("- Runtimes: " + ", ".join(f"{k} {v}" for k, v in sorted(system.runtimes.items())))
     if system.source == "file":
