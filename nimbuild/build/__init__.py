@@ -1,0 +1,228 @@
+"""`nimbuild compile`: recipe -> source -> reference ONNX -> variants -> profiles + manifest.
+
+Output layout under --out:
+
+    profiles.yaml                      the manifest (written last, atomically)
+    profiles/<description>/...         one workspace per profile
+
+Work happens in a staging directory inside --out and is moved into place only when every
+variant has been built and verified, so a failed compile leaves the previous result intact and
+nothing half-made under a final name. A variant whose inputs (source digest, the recipe parts that
+shape it, tool versions) are unchanged and whose files are intact is reused, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from nimbuild import __version__
+from nimbuild.errors import ManifestError, NimbuildError
+from nimbuild.fsutil import sha256_bytes, sha256_file
+from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest
+from nimbuild.profiles.tags import describe, normalise_tags
+from nimbuild.progress import Reporter
+from nimbuild.recipe import Recipe
+from nimbuild.sources import resolve_source
+
+WORKSPACES_DIR = "profiles"
+STAGING_PREFIX = ".nimbuild-staging-"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One cell of the recipe's matrix: a target and a precision."""
+
+    target_index: int
+    precision: str
+    tags: tuple[tuple[str, str], ...]
+
+    @property
+    def description(self) -> str:
+        return describe(dict(self.tags))
+
+
+@dataclass
+class CompileResult:
+    manifest: Manifest
+    built: list[str]  # profile ids built in this run
+    reused: list[str]  # profile ids whose inputs had not changed
+
+
+def plan_variants(recipe: Recipe) -> list[Variant]:
+    """Expand targets x precisions; refuse, before any work, what this version cannot build."""
+    variants = []
+    for i, target in enumerate(recipe.targets):
+        if target.type != "generic":
+            backend = getattr(target, "backend", target.type)
+            raise NimbuildError(
+                f"targets[{i}]: {target.type} targets ({backend}) are not supported by this version of nimbuild yet; "
+                "remove the target to compile the rest"
+            )
+        for precision in target.precisions:
+            if precision != "fp32":
+                raise NimbuildError(
+                    f"targets[{i}]: precision {precision} is not supported by this version of nimbuild yet "
+                    "(generic profiles are fp32)"
+                )
+            tags = normalise_tags({
+                "backend": target.backend, "type": "generic", "precision": precision,
+                "profile": recipe.serving.profile, "tp": "1",
+            })
+            variants.append(Variant(i, precision, tuple(tags.items())))
+    return variants
+
+
+def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
+    """Digest of everything that shapes this variant's files; equal keys mean nothing to rebuild."""
+    from importlib.metadata import version
+
+    inputs = {
+        "nimbuild": __version__,
+        "code": _code_digest(),
+        "source": source_digest,
+        "model": recipe.name,
+        "release": recipe.release,
+        "task": recipe.task,
+        "export": recipe.export.model_dump(mode="json"),
+        "serving": recipe.serving.model_dump(mode="json"),
+        "target": recipe.targets[variant.target_index].model_dump(mode="json"),
+        "precision": variant.precision,
+        "precision_spec": recipe.precision_spec(variant.precision).model_dump(mode="json"),
+        "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")},
+    }
+    return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
+
+
+def _code_digest() -> str:
+    """nimbuild's own source is a build input too: a fixed exporter must not be skipped as 'unchanged'."""
+    package = Path(__file__).resolve().parents[1]
+    entries = [f"{p.relative_to(package).as_posix()}\0{sha256_file(p)}" for p in sorted(package.rglob("*.py"))]
+    return sha256_bytes("\n".join(entries).encode())
+
+
+def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = False) -> CompileResult:
+    variants = plan_variants(recipe)
+    checkpoint = resolve_source(recipe)
+    created_out = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with _exclusive(out):
+            with reporter.step(f"digest source {checkpoint.spec}"):
+                source_digest = "sha256:" + checkpoint.digest()
+            keys = {v: build_key(recipe, v, source_digest) for v in variants}
+            previous = _previous_profiles(out, reporter)
+            todo = [v for v in variants if force or keys[v] not in previous or not _intact(out, previous[keys[v]])]
+            kept = [previous[keys[v]] for v in variants if v not in todo]
+            built = _build(recipe, checkpoint, todo, keys, source_digest, out, reporter) if todo else []
+            manifest = Manifest(kept + [p for p, _ in built])
+            _commit(out, built, manifest)
+    except BaseException:
+        if created_out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return CompileResult(manifest, built=[p.id for p, _ in built], reused=[p.id for p in kept])
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One compile at a time per output directory."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / ".nimbuild.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise NimbuildError(f"{out}: another nimbuild compile is writing here; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        (out / ".nimbuild.lock").unlink(missing_ok=True)
+
+
+def _previous_profiles(out: Path, reporter: Reporter) -> dict[str, Profile]:
+    """Profiles of an earlier compile into this directory, by build key."""
+    path = out / MANIFEST_NAME
+    if not path.exists():
+        return {}
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as e:
+        reporter.info(f"note: rebuilding everything; the previous manifest is unreadable ({e})")
+        return {}
+    return {p.build["key"]: p for p in manifest.profiles if isinstance(p.build, dict) and p.build.get("key")}
+
+
+def _intact(out: Path, profile: Profile) -> bool:
+    for f in profile.files.values():
+        path = out / f.uri
+        if not path.is_file() or path.stat().st_size != f.size or "sha256:" + sha256_file(path) != f.digest:
+            return False
+    return True
+
+
+def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,
+           out: Path, reporter: Reporter) -> list[tuple[Profile, Path]]:
+    """Build each variant into the staging directory; return (profile, staged workspace) pairs."""
+    from nimbuild.build.generic import make_generic_workspace
+    from nimbuild.export import export_reference
+
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        reference = export_reference(checkpoint, recipe, staging / "_reference", reporter)
+        staged = []
+        for variant in todo:
+            workspace = staging / variant.description
+            make_generic_workspace(recipe, checkpoint, reference, variant.precision, workspace)
+            staged.append((_profile_for(recipe, variant, workspace, keys[variant], source_digest, reference), workspace))
+        return staged
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, source_digest: str, reference) -> Profile:
+    files = {}
+    for path in sorted(p for p in workspace.rglob("*") if p.is_file()):
+        rel = path.relative_to(workspace).as_posix()
+        files[rel] = WorkspaceFile(
+            uri=f"{WORKSPACES_DIR}/{variant.description}/{rel}",
+            digest="sha256:" + sha256_file(path),
+            size=path.stat().st_size,
+        )
+    build: dict[str, Any] = {
+        "key": key,
+        "source": {"spec": recipe.source.hf or recipe.source.nemo, "digest": source_digest},
+        "builder": reference.builder,
+        "parity": reference.parity.summary(),
+    }
+    return Profile.create(recipe.name, recipe.release, dict(variant.tags), files, build=build)
+
+
+def _commit(out: Path, staged: list[tuple[Profile, Path]], manifest: Manifest) -> None:
+    """Swap staged workspaces into place, write the manifest, then drop stale workspaces and staging."""
+    root = out / WORKSPACES_DIR
+    root.mkdir(exist_ok=True)
+    trash = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=out))
+    try:
+        for profile, workspace in staged:
+            final = root / profile.description
+            if final.exists():
+                os.replace(final, trash / profile.description)
+            os.replace(workspace, final)
+        manifest.save(out / MANIFEST_NAME)
+        live = {p.description for p in manifest.profiles}
+        for stale in root.iterdir():
+            if stale.name not in live:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+        for leftover in out.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)

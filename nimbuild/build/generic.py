@@ -1,0 +1,63 @@
+"""Generic profiles (backend onnxruntime): the verified ONNX itself, runnable anywhere, CPU included.
+
+A workspace holds everything a runtime needs and nothing it must fetch elsewhere:
+
+    model.onnx [model.onnx.data]   the graph (and its external weights, for models over 2 GB)
+    model_info.json                 task, inputs with [min, opt, max] shapes, outputs, pooling, serving
+    tokenizer/                      the checkpoint's tokenizer files, byte for byte
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from nimbuild.recipe import Recipe
+
+MODEL_INFO = "model_info.json"
+MODEL_INFO_FORMAT = "nimbuild.model_info/1"
+
+
+def make_generic_workspace(recipe: Recipe, checkpoint, reference, precision: str, workspace: Path) -> None:
+    from nimbuild.sources.hf import copy_assets
+
+    workspace.mkdir(parents=True)
+    for src in reference.files:
+        _link_or_copy(src, workspace / src.name)
+    copy_assets(checkpoint, workspace / "tokenizer")
+    info = model_info(recipe, reference, precision)
+    (workspace / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def model_info(recipe: Recipe, reference, precision: str) -> dict:
+    return {
+        "format": MODEL_INFO_FORMAT,
+        "model": recipe.name,
+        "release": recipe.release,
+        "task": recipe.task,
+        "precision": precision,
+        "graph": "model.onnx",
+        "tokenizer": "tokenizer",
+        "inputs": [
+            {
+                "name": spec.name,
+                "dtype": "int64",
+                "dims": list(spec.dims),
+                "shapes": {dim: [r.min, r.opt, r.max] for dim, r in spec.dims.items()},
+            }
+            for spec in reference.inputs
+        ],
+        "outputs": [{"name": name, "dtype": "float32"} for name in reference.output_names],
+        "runtime": reference.runtime_info,
+        "serving": recipe.serving.model_dump(mode="json"),
+    }
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link within one filesystem (instant for multi-GB graphs), copy otherwise."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
