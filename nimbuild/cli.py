@@ -168,6 +168,92 @@ def profiles_merge(inputs: tuple[Path, ...], out: Path) -> None:
     click.echo(f"merged {len(paths)} manifest(s): {len(merged.profiles)} profile(s) -> {out}")
 
 
+# --- registry -----------------------------------------------------------------------------------
+
+REGISTRY_OPTION = click.option(
+    "--registry", "registry_uri", default="./registry", show_default=True,
+    help="A directory (OCI image layout), oci://host[:port]/namespace, or ngc://org[/team].",
+)
+
+
+@main.command("publish")
+@click.argument("source", type=click.Path(path_type=Path))
+@REGISTRY_OPTION
+@click.option("--force", is_flag=True, help="Replace a published release whose content differs.")
+@FORMAT_OPTION
+@_verbosity
+@click.pass_context
+def publish_cmd(ctx: click.Context, source: Path, registry_uri: str, force: bool, fmt: str, **_: bool) -> None:
+    """Publish the profiles of SOURCE (a compile output or its profiles.yaml) as releases."""
+    from nimbuild.registry import publish
+
+    report = publish(source, registry_uri, _reporter(ctx), force=force)
+    if fmt == "json":
+        _emit_json({"registry": registry_uri, "releases": report.releases, "unchanged": report.unchanged,
+                    "blobs_sent": report.blobs_sent, "bytes_sent": report.bytes_sent,
+                    "blobs_already_present": report.blobs_present})
+        return
+    for name in report.releases:
+        state = "unchanged" if name in report.unchanged else "published"
+        click.echo(f"{state} {name} in {registry_uri}")
+    click.echo(f"sent {report.blobs_sent} blob(s), {report.bytes_sent / 1e6:.1f} MB; "
+               f"{report.blobs_present} already present")
+
+
+@main.command("pull")
+@click.argument("ref", metavar="MODEL:RELEASE")
+@REGISTRY_OPTION
+@click.option("--profile", "profile", default=None, help="Only this profile (id, id prefix or description).")
+@click.option("--select", "select", is_flag=True, help="Only the profile this machine would run.")
+@click.option("--dest", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to put profiles.yaml and the workspaces (default: inside the cache).")
+@FORMAT_OPTION
+@_verbosity
+@click.pass_context
+def pull_cmd(ctx: click.Context, ref: str, registry_uri: str, profile: str | None, select: bool,
+             dest: Path | None, fmt: str, **_: bool) -> None:
+    """Fetch a release (or one profile of it) into the cache, verified, and lay it out in DEST."""
+    from nimbuild.errors import NimbuildError
+    from nimbuild.registry import pull
+
+    if profile and select:
+        raise NimbuildError("--profile and --select choose in different ways; give one")
+    report = pull(ref, registry_uri, _reporter(ctx), dest=dest, profile=profile, select=select)
+    if fmt == "json":
+        _emit_json({"release": ref, "dest": str(report.dest), "profiles": [p.id for p in report.profiles],
+                    "blobs_fetched": report.blobs_sent, "bytes_fetched": report.bytes_sent,
+                    "blobs_from_cache": report.blobs_present})
+        return
+    for p in report.profiles:
+        click.echo(f"pulled {p.id[:12]} {p.description}")
+    click.echo(f"fetched {report.blobs_sent} blob(s), {report.bytes_sent / 1e6:.1f} MB; "
+               f"{report.blobs_present} from the cache")
+    click.echo(f"manifest: {report.dest / 'profiles.yaml'}")
+
+
+@main.group(cls=_Group)
+def registry() -> None:
+    """Inspect registries."""
+
+
+@registry.command("ls")
+@click.argument("uri")
+@FORMAT_OPTION
+def registry_ls(uri: str, fmt: str) -> None:
+    """List the models in a registry with their releases."""
+    from nimbuild.registry import list_registry
+
+    listing = list_registry(uri)
+    if fmt == "json":
+        _emit_json(listing)
+        return
+    if not listing:
+        click.echo(f"{uri}: no models")
+    for model, tags in listing.items():
+        click.echo(f"{model}: releases {', '.join(tags['releases']) or '-'} "
+                   f"({len(tags['profile_tags'])} profile tag(s))")
+
+
 def _manifest_option(command):
     return click.option(
         "-m", "--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,

@@ -35,3 +35,11 @@ class SelectionError(NimbuildError):
     """No profile fits, or an override names what does not exist."""
 
     exit_code = 1
+
+
+class RegistryError(NimbuildError):
+    """An unreachable or misbehaving registry, a missing release, corrupt content."""
+
+
+class IntegrityError(RegistryError):
+    """Bytes that do not match their digest: never made visible under a final name."""

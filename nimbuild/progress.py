@@ -45,3 +45,34 @@ class Reporter:
             self.info(f"... {message}")
             yield
             self.info(f"done {message} ({time.perf_counter() - start:.1f}s)")
+
+
+class TransferProgress:
+    """Bytes moved across parallel transfers: one bar on a terminal, a line per file otherwise."""
+
+    def __init__(self, reporter: Reporter, total_bytes: int, label: str):
+        import threading
+
+        self.reporter = reporter
+        self._lock = threading.Lock()
+        self._progress = None
+        if reporter._console is not None and total_bytes:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            self._progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), console=reporter._console, transient=True)
+            self._task = self._progress.add_task(label, total=total_bytes)
+            self._progress.start()
+
+    def advance(self, count: int) -> None:
+        if self._progress is not None:
+            with self._lock:
+                self._progress.advance(self._task, count)
+
+    def file_done(self, message: str) -> None:
+        if self._progress is None:
+            self.reporter.info(message)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,294 @@
+"""Publish and pull profiles: one interface, three stores (DESIGN.md §7).
+
+    ./registry, file:///...   an OCI image layout on disk (the default; no server)
+    oci://host[:port]/ns      any OCI distribution registry; a model lives in ns/<model>
+    ngc://org[/team]          NGC's model registry through ngcsdk
+
+Publishing sends each distinct blob once (a blob the registry already has is not sent), then the
+profile manifests, then the release index last, so a release tag never points at missing content.
+A release is immutable: different content under an existing tag is refused unless forced.
+Pulling verifies every byte into the cache before a file appears under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nimbuild.errors import IntegrityError, RegistryError
+from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest, parse_manifest
+from nimbuild.progress import Reporter, TransferProgress
+from nimbuild.registry import artifacts as art
+from nimbuild.registry.cache import BlobCache
+
+WORKERS = 4
+
+
+@dataclass
+class TransferReport:
+    releases: list[str] = field(default_factory=list)
+    blobs_sent: int = 0
+    bytes_sent: int = 0
+    blobs_present: int = 0  # already in the registry or the cache: not transferred
+    unchanged: list[str] = field(default_factory=list)  # releases identical to what was there
+    profiles: list[Profile] = field(default_factory=list)
+    dest: Path | None = None
+
+
+def open_store(uri: str, create: bool = False):
+    if uri.startswith("oci://"):
+        from nimbuild.registry.oci import OciStore
+
+        return OciStore(uri)
+    if uri.startswith("ngc://"):
+        from nimbuild.registry.ngc import NgcStore
+
+        return NgcStore(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        raise RegistryError(f"{uri}: unsupported registry (use a directory, file://, oci:// or ngc://)")
+    from urllib.parse import unquote, urlparse
+
+    from nimbuild.registry.layout import LayoutStore
+
+    path = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
+    return LayoutStore(path, create=create)
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    model, sep, release = ref.partition(":")
+    if not sep or not model or not release:
+        raise RegistryError(f"{ref!r}: expected MODEL:RELEASE, e.g. minilm-embed:0.1.0")
+    return model, release
+
+
+# --- publish ----------------------------------------------------------------------------------------
+
+def publish(manifest_path: Path, uri: str, reporter: Reporter, force: bool = False) -> TransferReport:
+    manifest_path = manifest_path / MANIFEST_NAME if manifest_path.is_dir() else manifest_path
+    manifest = load_manifest(manifest_path)
+    base = manifest_path.parent
+    store = open_store(uri, create=True)
+    report = TransferReport()
+    try:
+        if hasattr(store, "publish_release"):  # NGC has versions, not manifests
+            groups = _by_release(manifest)
+            for (model, release), profiles in groups.items():
+                store.publish_release(model, release, profiles, base, reporter, force)
+                report.releases.append(f"{model}:{release}")
+            return report
+        for (model, release), profiles in _by_release(manifest).items():
+            _publish_release(store, model, release, profiles, base, reporter, force, report)
+    finally:
+        store.close()
+    return report
+
+
+def _by_release(manifest: Manifest) -> dict[tuple[str, str], list[Profile]]:
+    groups: dict[tuple[str, str], list[Profile]] = {}
+    for p in manifest.profiles:
+        groups.setdefault((p.model, p.release), []).append(p)
+    if not groups:
+        raise RegistryError("the manifest holds no profiles to publish")
+    return groups
+
+
+def _publish_release(store, model: str, release: str, profiles: list[Profile], base: Path,
+                     reporter: Reporter, force: bool, report: TransferReport) -> None:
+    repo = store.repo(model)
+    blobs = _local_blobs(profiles, base)
+    registry_manifest = Manifest([_with_uris(p, lambda rel, f: f"{store.uri}/{model}@{f.digest}") for p in profiles])
+    yaml_bytes = registry_manifest.dumps().encode()
+    bodies = [(p, art.profile_manifest(p)) for p in profiles]
+    wrapper = art.manifest_wrapper(art.digest_of(yaml_bytes), len(yaml_bytes))
+    index = art.release_index(model, release, bodies, wrapper)
+    existing = store.get_manifest(repo, release)
+    name = f"{model}:{release}"
+    if existing == index:
+        report.unchanged.append(name)
+    elif existing is not None and not force:
+        raise RegistryError(
+            f"{name} is already published in {store.uri} with different content "
+            f"({art.digest_of(existing)[:19]}... there, {art.digest_of(index)[:19]}... here); "
+            "a release is immutable: bump the release, or pass --force to replace it"
+        )
+    _send_blobs(store, repo, blobs, reporter, report)
+    store.put_bytes(repo, art.EMPTY_DIGEST, b"{}")
+    store.put_bytes(repo, art.digest_of(yaml_bytes), yaml_bytes)
+    for profile, body in bodies:
+        store.push_manifest(repo, art.profile_tag(release, profile.id), body, art.MANIFEST, art.PROFILE_TYPE)
+    store.push_manifest(repo, None, wrapper, art.MANIFEST, art.MANIFEST_TYPE)
+    store.push_manifest(repo, release, index, art.INDEX, art.RELEASE_TYPE)  # last: the tag appears when all is there
+    report.releases.append(name)
+
+
+def _local_blobs(profiles: list[Profile], base: Path) -> dict[str, tuple[int, Path]]:
+    blobs: dict[str, tuple[int, Path]] = {}
+    for p in profiles:
+        for rel, f in p.files.items():
+            if "://" in f.uri:
+                raise RegistryError(f"{p.description}/{rel}: file is not local ({f.uri}); publish a compile output")
+            path = base / f.uri
+            if not path.is_file():
+                raise RegistryError(f"{p.description}/{rel}: {path} is missing")
+            if path.stat().st_size != f.size:
+                raise IntegrityError(f"{path}: size {path.stat().st_size} differs from the manifest's {f.size}")
+            blobs[f.digest] = (f.size, path)
+    return blobs
+
+
+def _send_blobs(store, repo: str, blobs: dict[str, tuple[int, Path]], reporter: Reporter, report: TransferReport) -> None:
+    with ThreadPoolExecutor(WORKERS) as pool:
+        missing = [d for d, present in zip(blobs, pool.map(lambda d: store.blob_exists(repo, d), blobs)) if not present]
+        report.blobs_present += len(blobs) - len(missing)
+        progress = TransferProgress(reporter, sum(blobs[d][0] for d in missing), "push")
+
+        def send(digest: str) -> None:
+            size, path = blobs[digest]
+            store.push_blob(repo, digest, size, path, on_bytes=progress.advance)
+            progress.file_done(f"pushed {path.name} ({size / 1e6:.1f} MB)")
+
+        try:
+            list(pool.map(send, missing))
+        finally:
+            progress.close()
+    report.blobs_sent += len(missing)
+    report.bytes_sent += sum(blobs[d][0] for d in missing)
+
+
+def _with_uris(profile: Profile, uri_for) -> Profile:
+    files = {rel: WorkspaceFile(uri_for(rel, f), f.digest, f.size) for rel, f in profile.files.items()}
+    return Profile(profile.id, profile.model, profile.release, profile.description, profile.tags, files,
+                   profile.requires, profile.build)
+
+
+# --- pull -------------------------------------------------------------------------------------------
+
+def pull(ref: str, uri: str, reporter: Reporter, dest: Path | None = None, profile: str | None = None,
+         select: bool = False, cache: BlobCache | None = None) -> TransferReport:
+    model, release = parse_ref(ref)
+    cache = cache or BlobCache()
+    store = open_store(uri)
+    report = TransferReport(releases=[ref])
+    try:
+        if hasattr(store, "pull_release"):
+            return store.pull_release(model, release, reporter, dest, profile, select, cache, report)
+        repo = store.repo(model)
+        index_body = store.get_manifest(repo, release)
+        if index_body is None:
+            known = ", ".join(t for t in store.tags(repo) if not _is_profile_tag(t)) or "none"
+            raise RegistryError(f"{ref} not found in {store.uri} (releases of {model}: {known})")
+        index = art.parse_json(index_body, f"{ref} index")
+        entries = [art.Descriptor.from_dict(m) for m in index.get("manifests") or []]
+        profiles = _registry_profiles(store, repo, ref, entries, cache)
+        chosen = choose(profiles, profile, select)
+        for p in chosen:
+            _check_profile_layers(store, repo, p, entries)
+        _fetch_all(store, repo, chosen, cache, reporter, report)
+        dest = dest or cache.root / "profiles" / model / release
+        _materialise(chosen, cache, dest)
+        report.profiles, report.dest = chosen, dest
+        return report
+    finally:
+        store.close()
+
+
+def _is_profile_tag(tag: str) -> bool:
+    head, _, tail = tag.rpartition("-")
+    return bool(head) and len(tail) == 12 and all(c in "0123456789abcdef" for c in tail)
+
+
+def _registry_profiles(store, repo: str, ref: str, entries: list, cache: BlobCache) -> list[Profile]:
+    # By artifactType, or by title: copies made by older clients (skopeo 1.9) drop artifactType
+    # from index descriptors but keep annotations.
+    wrappers = [e for e in entries if e.artifact_type == art.MANIFEST_TYPE
+                or (e.annotations or {}).get(art.TITLE) == "profiles.yaml"]
+    if not wrappers:
+        raise RegistryError(f"{ref} is not a nimbuild release (its index lists no profiles.yaml)")
+    wrapper = art.parse_json(_manifest(store, repo, wrappers[0].digest), f"{ref} profiles.yaml manifest")
+    layer = art.Descriptor.from_dict((wrapper.get("layers") or [{}])[0])
+    path, _ = cache.fetch(layer.digest, layer.size, store.blob_reader(repo, layer.digest, layer.size), store.describe(repo))
+    return parse_manifest(path.read_text(encoding="utf-8"), f"{ref}:profiles.yaml").profiles
+
+
+def choose(profiles: list[Profile], profile: str | None, select: bool) -> list[Profile]:
+    """All profiles, the one named, or the one this machine would run (NIM's download-to-cache)."""
+    from nimbuild.profiles.select import Candidate, find_candidate, select_profile
+
+    if profile:
+        return [find_candidate(profile, [Candidate(p) for p in profiles]).profile]
+    if select:
+        from nimbuild.profiles.system import detect_system
+
+        return [select_profile(profiles, detect_system(), os.environ).require()]
+    return profiles
+
+
+def _manifest(store, repo: str, digest: str) -> bytes:
+    body = store.get_manifest(repo, digest)
+    if body is None:
+        raise RegistryError(f"{store.describe(repo)}: manifest {digest[:19]}... is missing")
+    return body
+
+
+def _check_profile_layers(store, repo: str, profile: Profile, entries: list) -> None:
+    """The profile's OCI manifest must list exactly the files profiles.yaml says it has."""
+    entry = next((e for e in entries if (e.annotations or {}).get(art.PREFIX + "profile.id") == profile.id), None)
+    if entry is None:
+        raise RegistryError(f"{store.describe(repo)}: the release index lists no manifest for profile {profile.id[:12]}")
+    body = art.parse_json(_manifest(store, repo, entry.digest), f"profile {profile.id[:12]} manifest")
+    layers = {}
+    for d in (art.Descriptor.from_dict(layer) for layer in body.get("layers") or []):
+        layers[(d.annotations or {}).get(art.TITLE, "")] = (d.digest, d.size)
+    expected = {rel: (f.digest, f.size) for rel, f in profile.files.items()}
+    if layers != expected:
+        raise IntegrityError(f"{store.describe(repo)}: profile {profile.id[:12]}'s manifest disagrees with profiles.yaml")
+
+
+def _fetch_all(store, repo: str, profiles: list[Profile], cache: BlobCache, reporter: Reporter, report: TransferReport) -> None:
+    blobs = {f.digest: f.size for p in profiles for f in p.files.values()}
+    progress = TransferProgress(reporter, sum(blobs.values()), "pull")
+
+    def fetch(digest: str) -> None:
+        size = blobs[digest]
+        _, moved = cache.fetch(digest, size, store.blob_reader(repo, digest, size), store.describe(repo),
+                               on_bytes=progress.advance)
+        if moved:
+            report.blobs_sent += 1
+            report.bytes_sent += size
+            progress.file_done(f"pulled {digest[:19]}... ({size / 1e6:.1f} MB)")
+        else:
+            report.blobs_present += 1
+
+    try:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(fetch, blobs))
+    finally:
+        progress.close()
+
+
+def _materialise(profiles: list[Profile], cache: BlobCache, dest: Path) -> None:
+    """Workspaces under dest/profiles/<description>/, then dest/profiles.yaml pointing at them."""
+    local = []
+    for p in profiles:
+        for rel, f in p.files.items():
+            cache.place(f.digest, dest / "profiles" / p.description / rel)
+        local.append(_with_uris(p, lambda rel, f, p=p: f"profiles/{p.description}/{rel}"))
+    Manifest(local).save(dest / MANIFEST_NAME)
+
+
+# --- listing ----------------------------------------------------------------------------------------
+
+def list_registry(uri: str) -> dict[str, dict[str, list[str]]]:
+    """{model: {"releases": [...], "profile_tags": [...]}} for every model in the registry."""
+    store = open_store(uri)
+    try:
+        out = {}
+        for model in store.repositories():
+            tags = store.tags(store.repo(model))
+            out[model] = {"releases": [t for t in tags if not _is_profile_tag(t)],
+                          "profile_tags": [t for t in tags if _is_profile_tag(t)]}
+        return out
+    finally:
+        store.close()

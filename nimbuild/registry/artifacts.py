@@ -1,0 +1,115 @@
+"""How profiles and releases look as OCI artifacts (DESIGN.md §7).
+
+- A profile is an image manifest with `artifactType` application/vnd.nimbuild.profile.v1+json,
+  the empty config, one layer per workspace file (titled with its relative path), and its tags
+  and identity as annotations. Tagged `<release>-<first 12 hex of the id>`.
+- A release is an image index over its profile manifests plus one small manifest whose single
+  layer is the release's profiles.yaml. Tagged `<release>`. (An index may only list manifests,
+  so profiles.yaml travels wrapped in one; clients such as skopeo can then copy the release.)
+
+Manifests are serialised canonically (sorted keys, no spaces), so the same release always has
+the same digest and a republish of unchanged content is recognised as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"  # sha256 of "{}"
+PROFILE_TYPE = "application/vnd.nimbuild.profile.v1+json"
+MANIFEST_TYPE = "application/vnd.nimbuild.manifest.v1+yaml"
+RELEASE_TYPE = "application/vnd.nimbuild.release.v1+json"
+FILE_MEDIA = "application/octet-stream"
+TITLE = "org.opencontainers.image.title"
+PREFIX = "ai.nimbuild."
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] | None = None
+    artifact_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Descriptor":
+        return cls(str(data["mediaType"]), str(data["digest"]), int(data["size"]),
+                   dict(data.get("annotations") or {}) or None, data.get("artifactType"))
+
+
+def canonical(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def empty_config() -> dict[str, Any]:
+    return {"mediaType": EMPTY, "digest": EMPTY_DIGEST, "size": 2, "data": "e30="}
+
+
+def profile_manifest(profile) -> bytes:
+    """The OCI manifest of one profile; its layers are the workspace files, in path order."""
+    layers = [
+        Descriptor(FILE_MEDIA, f.digest, f.size, {TITLE: rel}).to_dict()
+        for rel, f in sorted(profile.files.items())
+    ]
+    annotations = {
+        PREFIX + "profile.id": profile.id,
+        PREFIX + "model": profile.model,
+        PREFIX + "release": profile.release,
+        PREFIX + "description": profile.description,
+        **{PREFIX + "tag." + k: v for k, v in profile.tags.items()},
+    }
+    return canonical({"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": PROFILE_TYPE,
+                      "config": empty_config(), "layers": layers, "annotations": annotations})
+
+
+def manifest_wrapper(yaml_digest: str, yaml_size: int) -> bytes:
+    layer = Descriptor(MANIFEST_TYPE, yaml_digest, yaml_size, {TITLE: "profiles.yaml"}).to_dict()
+    return canonical({"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": MANIFEST_TYPE,
+                      "config": empty_config(), "layers": [layer]})
+
+
+def release_index(model: str, release: str, profiles: list[tuple[Any, bytes]], wrapper: bytes) -> bytes:
+    entries = [
+        Descriptor(MANIFEST, digest_of(body), len(body),
+                   {PREFIX + "profile.id": p.id, PREFIX + "description": p.description}, PROFILE_TYPE).to_dict()
+        for p, body in sorted(profiles, key=lambda pair: pair[0].id)
+    ]
+    entries.append(Descriptor(MANIFEST, digest_of(wrapper), len(wrapper), {TITLE: "profiles.yaml"},
+                              MANIFEST_TYPE).to_dict())
+    return canonical({"schemaVersion": 2, "mediaType": INDEX, "artifactType": RELEASE_TYPE, "manifests": entries,
+                      "annotations": {PREFIX + "model": model, "org.opencontainers.image.version": release}})
+
+
+def profile_tag(release: str, profile_id: str) -> str:
+    return f"{release}-{profile_id[:12]}"
+
+
+def parse_json(body: bytes, what: str) -> dict[str, Any]:
+    from nimbuild.errors import RegistryError
+
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise RegistryError(f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{what} is not a JSON object")
+    return data

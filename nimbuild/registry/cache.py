@@ -1,0 +1,138 @@
+"""The blob cache (`NIM_CACHE_PATH`, default ~/.cache/nim): verified blobs by digest.
+
+    blobs/sha256/<hex>     complete, verified, read-only
+    partial/<hex>          a download in progress (kept across failures, so it resumes)
+    locks/<hex>.lock       one writer per blob, across processes
+
+Several processes may pull at once: the first to lock a digest downloads it, the others wait and
+then find it verified. A cached blob is re-hashed before each use; a corrupt or truncated one is
+removed and fetched again. Nothing reaches `blobs/` without matching its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from nimbuild.errors import IntegrityError, RegistryError
+
+CACHE_ENV = "NIM_CACHE_PATH"
+_CHUNK = 1 << 20
+
+
+class TransientError(Exception):
+    """A failure worth retrying: a dropped connection, a timeout, a 5xx."""
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nim")
+
+
+def hex_of(digest: str) -> str:
+    algo, _, value = digest.partition(":")
+    if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise IntegrityError(f"unsupported or malformed digest {digest!r}")
+    return value
+
+
+class BlobCache:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else default_cache_root()
+
+    def path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / hex_of(digest)
+
+    def _lock(self, digest: str):
+        from filelock import FileLock
+
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{hex_of(digest)}.lock"))
+
+    def verified(self, digest: str, size: int) -> Path | None:
+        """The cached blob if it is intact; a damaged one is removed so it is fetched again."""
+        path = self.path(digest)
+        if not path.exists():
+            return None
+        if path.stat().st_size == size and _sha256(path) == hex_of(digest):
+            return path
+        path.chmod(0o644)
+        path.unlink(missing_ok=True)
+        return None
+
+    def fetch(self, digest: str, size: int, download: Callable[[int], Iterator[bytes]], source: str,
+              attempts: int = 5, on_bytes: Callable[[int], None] | None = None) -> tuple[Path, bool]:
+        """Make `digest` present and verified; return (path, whether bytes were transferred).
+
+        `download(offset)` yields the blob's bytes from `offset`; a TransientError from it is retried
+        with backoff, resuming from what already arrived.
+        """
+        with self._lock(digest):
+            path = self.verified(digest, size)
+            if path:
+                return path, False
+            partial = self.root / "partial" / hex_of(digest)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            hasher = hashlib.sha256()
+            if partial.exists() and partial.stat().st_size <= size:
+                _hash_into(hasher, partial)  # resume: what arrived earlier counts
+            else:
+                partial.unlink(missing_ok=True)
+            for attempt in range(attempts):
+                offset = partial.stat().st_size if partial.exists() else 0
+                try:
+                    with open(partial, "ab") as f:
+                        for chunk in (download(offset) if offset < size else ()):
+                            if f.tell() + len(chunk) > size:
+                                raise IntegrityError(f"{source}: sent more than the {size} bytes of {digest}")
+                            f.write(chunk)
+                            hasher.update(chunk)
+                            if on_bytes:
+                                on_bytes(len(chunk))
+                    if partial.stat().st_size < size:
+                        raise TransientError(f"stream ended at {partial.stat().st_size} of {size} bytes")
+                    break
+                except TransientError as e:
+                    if attempt == attempts - 1:
+                        raise RegistryError(f"{source}: download of {digest[:19]} failed after {attempts} attempts: {e}") from None
+                    time.sleep(min(0.2 * 2 ** attempt, 5.0))
+                except IntegrityError:
+                    partial.unlink(missing_ok=True)
+                    raise
+            if "sha256:" + hasher.hexdigest() != digest:
+                partial.unlink(missing_ok=True)
+                raise IntegrityError(f"{source}: content of {digest[:19]}... does not match its digest "
+                                     f"(got sha256:{hasher.hexdigest()[:12]}...); nothing was kept")
+            final = self.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial.chmod(0o444)
+            os.replace(partial, final)
+            return final, True
+
+    def place(self, digest: str, dest: Path) -> None:
+        """Put a cached blob at `dest`: a hard link when possible (instant, no extra disk), else a copy."""
+        import shutil
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.path(digest), tmp)
+        except OSError:
+            shutil.copyfile(self.path(digest), tmp)
+        os.replace(tmp, dest)
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    _hash_into(hasher, path)
+    return hasher.hexdigest()
+
+
+def _hash_into(hasher, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
