@@ -23,9 +23,14 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q -ra
 
+# The main job on the embedded defaults: compile the example, publish it to the local registry
+# (an OCI layout in build/registry), pull it back verified, and list what this machine can run.
 demo: install
 	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
-	$(VENV)/bin/nim_list_model_profiles -m build/profiles/minilm-embed/profiles.yaml
+	$(NIMBUILD) publish build/profiles/minilm-embed --registry build/registry
+	$(NIMBUILD) registry ls build/registry
+	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull minilm-embed:0.1.0 --registry build/registry --select --dest build/pulled
+	$(VENV)/bin/nim_list_model_profiles -m build/pulled/profiles.yaml
 
 bench: install
 	$(PY) bench/run.py

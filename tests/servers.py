@@ -1,0 +1,132 @@
+"""Real servers for tests: Debian's docker-registry on loopback, and a TCP proxy that cuts a stream.
+
+Each binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require(binary: str) -> str:
+    """The binary's path; in CI (which installs it) its absence fails the run instead of skipping."""
+    path = shutil.which(binary)
+    if path:
+        return path
+    message = f"{binary} is not installed (apt-get install {'docker-registry' if 'registry' in binary else binary})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class Registry:
+    def __init__(self, root: Path, htpasswd: Path | None = None):
+        self.port = free_port()
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        auth = (f"auth:\n  htpasswd:\n    realm: nimbuild-test\n    path: {htpasswd}\n" if htpasswd else "")
+        config = root / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth)
+        self.process = subprocess.Popen([require("docker-registry"), "serve", str(config)],
+                                        stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"))
+        self._wait()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code in (200, 401):
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"docker-registry did not start: {(self.root / 'log').read_text()[-500:]}")
+
+    def blob_path(self, digest: str) -> Path:
+        hexd = digest.split(":")[1]
+        return self.root / "data" / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class CuttingProxy:
+    """Forwards TCP to a target; the first connection that moves more than `cut_after` bytes in the
+    chosen direction is closed mid-stream, once. Everything else passes untouched."""
+
+    def __init__(self, target_port: int, cut_after: int, direction: str = "download"):
+        self.target_port, self.cut_after, self.direction = target_port, cut_after, direction
+        self.cuts = 0
+        self.port = free_port()
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", self.port))
+        self._server.listen(64)
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            state = {"closed": False}
+            threading.Thread(target=self._pipe, args=(client, upstream, self.direction == "upload", state), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.direction == "download", state), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool, state: dict) -> None:
+        moved = 0
+        try:
+            while chunk := src.recv(65536):
+                moved += len(chunk)
+                if counted and self.cuts == 0 and moved > self.cut_after:
+                    self.cuts += 1
+                    break
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            if not state["closed"]:
+                state["closed"] = True
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    s.close()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._server.close()
