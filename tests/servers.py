@@ -130,3 +130,72 @@ class CuttingProxy:
     def stop(self) -> None:
         self._stopped = True
         self._server.close()
+
+
+class TokenGateway:
+    """A bearer-token front for a real registry, as the distribution spec's token flow describes:
+    requests without a valid token get 401 naming a token realm; the realm issues a token for the
+    scope in exchange for basic credentials; authorised requests are forwarded to the registry."""
+
+    def __init__(self, upstream_port: int, user: str, password: str):
+        import base64
+        import secrets
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        gateway = self
+        self.tokens: set[str] = set()
+        self.issued = 0
+        self.port = free_port()
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _reply(self, status, headers, body=b""):
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.path.startswith("/token"):
+                    if self.headers.get("Authorization") != expected:
+                        return self._reply(401, {"Content-Type": "application/json"}, b'{"details":"bad credentials"}')
+                    token = secrets.token_hex(16)
+                    gateway.tokens.add(token)
+                    gateway.issued += 1
+                    return self._reply(200, {"Content-Type": "application/json"}, json.dumps({"token": token}).encode())
+                auth = self.headers.get("Authorization", "")
+                if not (auth.startswith("Bearer ") and auth[7:] in gateway.tokens):
+                    realm = f"http://127.0.0.1:{gateway.port}/token"
+                    return self._reply(401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry"',
+                                             "Content-Type": "application/json"}, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host", "content-length")}
+                headers["Host"] = f"127.0.0.1:{gateway.port}"  # so the registry's Location headers point here
+                r = httpx.request(self.command, f"http://127.0.0.1:{upstream_port}{self.path}", headers=headers,
+                                  content=body, timeout=60)
+                passed = {k: v for k, v in r.headers.items() if k.lower() not in ("content-length", "transfer-encoding", "connection")}
+                self._reply(r.status_code, passed, r.content)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        import json
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

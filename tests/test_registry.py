@@ -429,3 +429,23 @@ def test_ngc_without_sdk_or_key_says_what_is_missing(tmp_path, release, monkeypa
         publish(out, "ngc://acme", QUIET)
     with pytest.raises(RegistryError, match="expected ngc://org or ngc://org/team"):
         publish(out, "ngc://a/b/c", QUIET)
+
+
+def test_bearer_token_flow(tmp_path, registry, release, cache, monkeypatch):
+    from servers import TokenGateway
+
+    out, manifest = release
+    gateway = TokenGateway(registry.port, "ci-bot", "t0ken-secret")
+    try:
+        uri = f"oci://{gateway.host}/acme"
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+        with pytest.raises(RegistryError, match="token service refused"):
+            publish(out, uri, QUIET)  # no credentials: the realm says no
+        monkeypatch.setenv("NIMBUILD_REGISTRY_USERNAME", "ci-bot")
+        monkeypatch.setenv("NIMBUILD_REGISTRY_PASSWORD", "t0ken-secret")
+        assert publish(out, uri, QUIET).blobs_sent == 4
+        pull("demo:1.0", uri, QUIET, dest=tmp_path / "dest", cache=cache)
+        assert_pulled_exactly(tmp_path / "dest", manifest)
+        assert gateway.issued >= 1
+    finally:
+        gateway.stop()

@@ -76,7 +76,8 @@ class OciStore:
                 response = self._client.send(request, stream=stream)
             except httpx.TransportError as e:
                 raise TransientError(f"{type(e).__name__}: {e}") from None
-            if response.status_code == 401 and self._auth.challenge(response, scope, self._client):
+            sent = request_headers.get("Authorization")
+            if response.status_code == 401 and self._auth.challenge(response, scope, self._client, sent):
                 response.close()
                 continue
             break
@@ -300,8 +301,11 @@ class _Auth:
         token = self.tokens.get(scope)
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def challenge(self, response, scope: str, client) -> bool:
-        """Answer a 401; return True when a retry has a chance."""
+    def challenge(self, response, scope: str, client, sent: str | None) -> bool:
+        """Answer a 401 to a request that carried `sent`; return True when a retry has a chance.
+
+        Parallel transfers meet the same 401 at once: only a token that was itself refused ends the
+        retries; one that another thread fetched meanwhile is simply used."""
         header = response.headers.get("WWW-Authenticate", "")
         kind, _, params = header.partition(" ")
         if kind.lower() == "basic":
@@ -314,10 +318,12 @@ class _Auth:
             if "realm" not in fields:
                 return False
             with self._lock:
-                if self.tokens.get(scope):
+                current = self.tokens.get(scope)
+                if current and sent == f"Bearer {current}":
                     self.tokens.pop(scope)
-                    return False  # a fresh token was refused: do not loop
-                self.tokens[scope] = self._fetch_token(client, fields, scope)
+                    return False  # this very token was refused: do not loop
+                if not current:
+                    self.tokens[scope] = self._fetch_token(client, fields, scope)
             return True
         return False
 
