@@ -181,7 +181,10 @@ class OciStore:
                 if r.status_code not in (200, 206):
                     raise self._fail(r, f"{self.describe(repo)}: downloading {digest[:19]}")
                 skip = offset if (offset and r.status_code == 200) else 0  # the server ignored the range
-                for chunk in r.iter_bytes(_READ):
+                # Blobs come without content-encoding, so read raw: httpx's decoding and re-chunking
+                # path (iter_bytes) halves throughput (236 vs 454 MB/s on loopback here).
+                encoded = r.headers.get("Content-Encoding", "identity") not in ("", "identity")
+                for chunk in (r.iter_bytes() if encoded else r.iter_raw()):
                     if skip:
                         cut = min(skip, len(chunk))
                         chunk, skip = chunk[cut:], skip - cut
