@@ -254,6 +254,21 @@ def registry_ls(uri: str, fmt: str) -> None:
                    f"({len(tags['profile_tags'])} profile tag(s))")
 
 
+@main.command("serve")
+@click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
+@click.option("--registry", default=None, help="Fetch the selected profile from this registry.")
+@click.option("--host", default=None, help="Address for the HTTP API (default $NIM_HTTP_API_HOST, else 0.0.0.0).")
+@click.option("--port", type=int, default=None, help="HTTP API port (default $NIM_HTTP_API_PORT, else 8000).")
+def serve_cmd(manifest: Path | None, registry: str | None, host: str | None, port: int | None) -> None:
+    """Serve the profile this machine would run through Triton (same as python -m runtime_min serve)."""
+    import os
+
+    from runtime_min.cli import run_serve
+
+    sys.exit(run_serve(manifest, registry, host or os.environ.get("NIM_HTTP_API_HOST", "0.0.0.0"), port))
+
+
 def _manifest_option(command):
     return click.option(
         "-m", "--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,

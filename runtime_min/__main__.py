@@ -1,0 +1,3 @@
+from runtime_min.cli import main
+
+main()

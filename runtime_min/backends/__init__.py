@@ -1,0 +1,1 @@
+"""Triton Python-backend models, copied into the model repository as `<model>/1/model.py`."""

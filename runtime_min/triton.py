@@ -1,0 +1,207 @@
+"""Start, watch and stop a real Triton Inference Server.
+
+A `tritonserver` on PATH (NGC's Triton container) is used as it is. Otherwise the server bundled
+in the `nvidia-pytriton` wheel is used (PLATFORM.md): it is copied once into the cache (it must be
+writable, and the Python backend stub for this interpreter goes into backends/python/), and run
+with this interpreter's libpython first on LD_LIBRARY_PATH and this environment's bin/ first on
+PATH (the stub finds its interpreter as `python3`). Triton listens on loopback only, on free ports.
+
+If Triton exits on its own, readiness turns false at once and it is restarted with backoff, a
+bounded number of times; after that the supervisor reports a fatal failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+log = logging.getLogger("runtime_min")
+
+
+class TritonError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TritonInstall:
+    binary: Path
+    backend_dir: Path | None  # None: the server's own default
+    env: dict[str, str]
+    bundled: bool
+
+
+def locate_triton(cache_root: Path) -> TritonInstall:
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path), None, dict(os.environ), bundled=False)
+    try:
+        import pytriton
+    except ImportError:
+        raise TritonError("no tritonserver on PATH and nvidia-pytriton is not installed "
+                          "(pip install 'nimbuild[serve]')") from None
+    source = Path(pytriton.__file__).parent / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = source / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    target = _writable_copy(source, stub, cache_root)
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    libpython_dir = sysconfig.get_config_var("LIBDIR") or ""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libpython_dir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return TritonInstall(target / "bin" / "tritonserver", target / "backends", env, bundled=True)
+
+
+def _writable_copy(source: Path, stub: Path, cache_root: Path) -> Path:
+    """Copy the bundled server into the cache once per pytriton build and Python version."""
+    from filelock import FileLock
+
+    from importlib.metadata import version
+
+    target = cache_root / "triton" / f"pytriton-{version('nvidia-pytriton')}-py{sys.version_info.major}{sys.version_info.minor}"
+    done = target / ".complete"
+    if done.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if done.exists():
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__"))
+        shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
+        os.replace(tmp, target)
+        done.touch()
+    return target
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM if the runtime dies, so Triton never outlives it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setpgrp()  # its own process group: a terminal's Ctrl-C reaches the runtime, which stops Triton
+
+
+class TritonServer:
+    """One supervised tritonserver process serving a model repository."""
+
+    def __init__(self, install: TritonInstall, repository: Path, log_path: Path,
+                 max_restarts: int = 3, on_fatal: Callable[[str], None] | None = None):
+        self.install, self.repository, self.log_path = install, repository, log_path
+        self.max_restarts, self.on_fatal = max_restarts, on_fatal
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self.process: subprocess.Popen | None = None
+        self.ready = threading.Event()
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        self._launch()
+        self._wait_ready(timeout)
+        self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
+        self._watcher.start()
+
+    def _launch(self) -> None:
+        if not self.http_port:  # a restart keeps the ports: the API's client holds this address
+            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        cmd = [
+            str(self.install.binary), f"--model-repository={self.repository}",
+            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false", "--log-verbose=0", "--exit-on-error=true",
+            "--backend-config=python,shm-default-byte-size=4194304",
+        ]
+        if self.install.backend_dir:
+            cmd.append(f"--backend-directory={self.install.backend_dir}")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self.install.env,
+                                        preexec_fn=_die_with_parent)
+        log_file.close()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonError(f"tritonserver exited with status {self.process.returncode} while starting; "
+                                  f"last lines of {self.log_path}:\n{_tail(self.log_path)}")
+            try:
+                if httpx.get(f"http://{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                    self.ready.set()
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TritonError(f"tritonserver was not ready after {timeout:.0f} s; see {self.log_path}")
+
+    def _watch(self) -> None:
+        """Readiness drops the moment Triton exits; restart it with backoff, a bounded number of times."""
+        while not self._stopping.is_set():
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            self.ready.clear()
+            log.error("tritonserver exited unexpectedly (status %s)", code)
+            if self.restarts >= self.max_restarts:
+                message = f"tritonserver keeps exiting; gave up after {self.restarts} restarts (see {self.log_path})"
+                log.error(message)
+                if self.on_fatal:
+                    self.on_fatal(message)
+                return
+            self.restarts += 1
+            time.sleep(min(0.5 * 2 ** (self.restarts - 1), 8.0))
+            try:
+                self._launch()
+                self._wait_ready(120.0)
+                log.info("tritonserver restarted (restart %d of at most %d)", self.restarts, self.max_restarts)
+            except TritonError as e:
+                log.error("restart failed: %s", e)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stopping.set()
+        self.ready.clear()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,276 @@
+"""runtime_min end to end: the MiniLM example published, fetched, served through a real tritonserver,
+and called with clients nobody here wrote (the openai SDK, tritonclient)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from servers import free_port
+
+MODEL = "minilm-embed"
+SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+             "Un homme joue de la guitare, dans un parc, tard le soir, pendant que la pluie tombe doucement."]
+
+
+class Runtime:
+    def __init__(self, manifest: Path, cache: Path, registry: str | None = None, env: dict | None = None):
+        self.port = free_port()
+        self.log = cache / f"runtime-{self.port}.log"
+        cache.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest), "--host", "127.0.0.1",
+                "--port", str(self.port)] + (["--registry", registry] if registry else [])
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
+                                        env={**os.environ, "NIM_CACHE_PATH": str(cache), **(env or {})})
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"runtime exited early:\n{self.log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{self.url}/v1/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {timeout}s:\n{self.log.read_text()[-2000:]}")
+
+    @property
+    def triton_url(self) -> str:
+        return re.findall(r"Triton ready on (127\.0\.0\.1:\d+)", self.log.read_text())[-1]
+
+    def triton_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid), "tritonserver"], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self) -> int:
+        triton = self.triton_pids()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        for pid in triton:
+            assert not Path(f"/proc/{pid}").exists(), "tritonserver outlived the runtime"
+        return code
+
+
+@pytest.fixture(scope="module")
+def published(minilm_compiled, tmp_path_factory):
+    from nimbuild.progress import Reporter
+    from nimbuild.registry import publish
+
+    out, _ = minilm_compiled
+    registry = tmp_path_factory.mktemp("runtime-registry") / "layout"
+    publish(out, str(registry), Reporter(quiet=True))
+    return out, registry
+
+
+@pytest.fixture(scope="module")
+def runtime(published, tmp_path_factory):
+    out, registry = published
+    served = Runtime(out / "profiles.yaml", tmp_path_factory.mktemp("runtime-cache"), registry=str(registry))
+    served.wait_ready()
+    yield served
+    assert served.stop() == 0
+
+
+def test_openai_sdk_embeddings_match_sentence_transformers(runtime, minilm_dir):
+    import openai
+    from sentence_transformers import SentenceTransformer
+
+    client = openai.OpenAI(base_url=f"{runtime.url}/v1", api_key="not-needed")
+    result = client.embeddings.create(model=MODEL, input=SENTENCES)  # the SDK asks for base64 by default
+    served = np.array([d.embedding for d in result.data])
+    as_floats = client.embeddings.create(model=MODEL, input=SENTENCES, encoding_format="float")
+    assert np.allclose(served, np.array([d.embedding for d in as_floats.data]), atol=0)
+    expected = SentenceTransformer(str(minilm_dir), device="cpu").encode(SENTENCES)
+    cosine = (served * expected).sum(1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() >= 0.9999, cosine
+    assert result.usage.prompt_tokens == result.usage.total_tokens > len(SENTENCES)
+    assert [d.index for d in result.data] == list(range(len(SENTENCES))) and result.model == MODEL
+    single = client.embeddings.create(model=MODEL, input=SENTENCES[0])
+    assert np.allclose(single.data[0].embedding, served[0], atol=1e-5), "batching does not change a result"
+
+
+def test_tritonclient_straight_to_triton(runtime, published):
+    import tritonclient.http as triton_http
+    from tokenizers import Tokenizer
+
+    out, _ = published
+    tokenizer = Tokenizer.from_file(str(out / "profiles/onnxruntime-fp32-throughput/tokenizer/tokenizer.json"))
+    tokenizer.enable_padding()
+    encoded = tokenizer.encode_batch(SENTENCES[:2])
+    client = triton_http.InferenceServerClient(runtime.triton_url)
+    assert client.is_model_ready(MODEL)
+    inputs = []
+    for name, rows in (("input_ids", [e.ids for e in encoded]), ("attention_mask", [e.attention_mask for e in encoded]),
+                       ("token_type_ids", [e.type_ids for e in encoded])):
+        tensor = triton_http.InferInput(name, [2, len(rows[0])], "INT64")
+        tensor.set_data_from_numpy(np.array(rows, dtype=np.int64))
+        inputs.append(tensor)
+    direct = client.infer(MODEL, inputs).as_numpy("embeddings")
+    via_api = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": SENTENCES[:2]}).json()
+    assert np.allclose(direct, np.array([d["embedding"] for d in via_api["data"]]), atol=1e-5)
+    config = client.get_model_config(MODEL)
+    assert config["max_batch_size"] == 64 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+
+
+def test_health_models_and_metrics(runtime):
+    assert httpx.get(f"{runtime.url}/v1/health/live").json()["message"] == "Service is live."
+    models = httpx.get(f"{runtime.url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "count me"})
+    metrics = httpx.get(f"{runtime.url}/v1/metrics").text
+    assert re.search(r'nimbuild_http_requests_total\{endpoint="/v1/embeddings",status="200"\} [1-9]', metrics)
+    assert "nimbuild_http_request_seconds_bucket" in metrics
+    assert re.search(r'nv_inference_request_success\{model="minilm-embed",version="1"\} [1-9]', metrics), \
+        "Triton's own metrics are included"
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ({"model": "gpt-4", "input": "x"}, 404, "does not exist"),
+    ({"model": MODEL, "input": ""}, 400, "input[0] is empty"),
+    ({"model": MODEL, "input": []}, 400, "must not be empty"),
+    ({"model": MODEL, "input": 5}, 400, "input"),
+    ({"model": MODEL, "input": [1, 2, 3]}, 400, "input"),
+    ({"model": MODEL}, 400, "input"),
+    ({"model": MODEL, "input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
+    ({"model": MODEL, "input": "x", "dimensions": 64}, 400, "dimensions is not supported"),
+    ({"model": MODEL, "input": "word " * 400, "truncate": "NONE"}, 400, "the model takes at most 256"),
+    ({"model": MODEL, "input": ["x"] * 2049}, 400, "at most 2048 inputs"),
+])
+def test_bad_requests_get_4xx_with_an_openai_error(runtime, body, status, fragment):
+    r = httpx.post(f"{runtime.url}/v1/embeddings", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert fragment in error["message"] and error["type"]
+
+
+def test_malformed_http_gets_4xx(runtime):
+    r = httpx.post(f"{runtime.url}/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    assert httpx.get(f"{runtime.url}/v1/embeddings").status_code == 405
+    assert httpx.get(f"{runtime.url}/v1/nothing").status_code == 404
+    big = httpx.post(f"{runtime.url}/v1/embeddings", content=b"x" * (17 << 20), headers={"content-type": "application/json"})
+    assert big.status_code == 413
+    long_text = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "word " * 2000})
+    assert long_text.status_code == 200, "long inputs are truncated to the model's 256 tokens by default"
+
+
+def test_load_2000_requests_from_16_clients_without_error(runtime):
+    errors, done = [], []
+    deadline = time.monotonic() + 300
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=30) as c:
+            for i in range(125):
+                if time.monotonic() > deadline:
+                    errors.append("deadline")
+                    return
+                r = c.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": SENTENCES[(worker + i) % 4]})
+                (done if r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384 else errors).append(r.status_code)
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(done) == 2000
+
+
+def test_killing_triton_under_load_drops_readiness_and_recovers(runtime):
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                statuses.append(c.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "load"}).status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    (pid,) = runtime.triton_pids()
+    os.kill(pid, signal.SIGKILL)
+    saw_unready = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        code = httpx.get(f"{runtime.url}/v1/health/ready", timeout=5).status_code
+        saw_unready |= code == 503
+        if saw_unready and code == 200:
+            break
+        time.sleep(0.05)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert saw_unready, "readiness dropped while Triton was down"
+    assert httpx.get(f"{runtime.url}/v1/health/ready").status_code == 200, "and came back"
+    assert set(statuses) <= {200, 503}, f"never a 500: {sorted(set(statuses))}"
+    assert 503 in statuses, "requests during the outage were told so"
+    after = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "after"}, timeout=30)
+    assert after.status_code == 200
+    assert runtime.triton_pids() != [pid]
+    assert re.search(r"nimbuild_triton_restarts 1\.0", httpx.get(f"{runtime.url}/v1/metrics").text)
+
+
+def test_sigterm_during_requests_ends_cleanly(published, tmp_path):
+    out, registry = published
+    served = Runtime(out / "profiles.yaml", tmp_path / "cache", registry=str(registry))
+    served.wait_ready()
+    results: list = []
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as c:
+            for _ in range(200):
+                try:
+                    results.append(c.post(f"{served.url}/v1/embeddings", json={"model": MODEL, "input": "bye"}).status_code)
+                except httpx.TransportError:
+                    results.append("closed")
+                    return
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    assert served.stop() == 0
+    for w in workers:
+        w.join()
+    assert 200 in results and all(r in (200, 503, "closed") for r in results), sorted(set(map(str, results)))
+    log = served.log.read_text()
+    assert "shutting down" in log and "Triton stopped" in log and "Traceback" not in log
+
+
+def test_serving_straight_from_a_compile_output(minilm_compiled, tmp_path):
+    out, _ = minilm_compiled
+    served = Runtime(out / "profiles.yaml", tmp_path / "cache")
+    try:
+        served.wait_ready()
+        r = httpx.post(f"{served.url}/v1/embeddings", json={"model": MODEL, "input": "local files"})
+        assert r.status_code == 200
+    finally:
+        assert served.stop() == 0
+
+
+def test_no_compatible_profile_exits_non_zero_with_the_reasons(published, tmp_path):
+    out, _ = published
+    cpu = tmp_path / "cpu.json"
+    cpu.write_text(json.dumps({"gpus": []}))
+    result = subprocess.run([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(out / "profiles.yaml"),
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "NIMBUILD_SYSTEM": str(cpu), "NIM_TAGS_SELECTOR": "precision=fp8",
+                                 "NIM_CACHE_PATH": str(tmp_path / "cache")})
+    assert result.returncode == 1
+    assert "no profile is compatible with this system" in result.stderr
+    assert "does not match NIM_TAGS_SELECTOR (precision=fp32)" in result.stderr
+    assert "Traceback" not in result.stderr
