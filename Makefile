@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NIMBUILD := $(VENV)/bin/nimbuild
 STAMP := $(VENV)/.installed
+DEMO_PORT ?= 8000
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -24,13 +25,15 @@ test: install
 	$(PY) -m pytest -q -ra
 
 # The main job on the embedded defaults: compile the example, publish it to the local registry
-# (an OCI layout in build/registry), pull it back verified, and list what this machine can run.
+# (an OCI layout in build/registry), pull back the profile this machine would run (verified),
+# list profiles, then serve it through Triton and answer one real /v1/embeddings request.
 demo: install
 	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
 	$(NIMBUILD) publish build/profiles/minilm-embed --registry build/registry
 	$(NIMBUILD) registry ls build/registry
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull minilm-embed:0.1.0 --registry build/registry --select --dest build/pulled
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_embed.py build/pulled/profiles.yaml
 
 bench: install
 	$(PY) bench/run.py

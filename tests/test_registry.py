@@ -129,11 +129,28 @@ def test_a_published_release_is_immutable_unless_forced(tmp_path, registry, rele
     publish(out, uri, QUIET)
     changed_out = tmp_path / "changed"
     changed = make_release(changed_out, big_seed=2)
-    with pytest.raises(RegistryError, match=r"demo:1.0 is already published .* with different content.*--force"):
+    with pytest.raises(RegistryError, match=r"demo:1.0 is already published .* with different profiles .* differ.*--force"):
         publish(changed_out, uri, QUIET)
     assert publish(changed_out, uri, QUIET, force=True).releases == ["demo:1.0"]
     pull("demo:1.0", uri, QUIET, dest=tmp_path / "dest", cache=cache)
     assert_pulled_exactly(tmp_path / "dest", changed)
+
+
+def test_same_profiles_with_new_provenance_are_the_same_release(tmp_path, registry, release):
+    """A rebuild by a newer nimbuild records a new build key, but the profiles (ids, files) are equal."""
+    out, manifest = release
+    uri = f"oci://{registry.host}/acme"
+    publish(out, uri, QUIET)
+    before = subprocess.run([require("skopeo"), "inspect", "--raw", "--tls-verify=false",
+                             f"docker://{registry.host}/acme/demo:1.0"], capture_output=True, check=True).stdout
+    rebuilt = Manifest([Profile(p.id, p.model, p.release, p.description, p.tags, p.files, p.requires,
+                                {"key": "sha256:" + "7" * 64, "builder": {"nimbuild": "9.9"}}) for p in manifest.profiles])
+    rebuilt.save(out / "profiles.yaml")
+    report = publish(out, uri, QUIET)
+    assert report.unchanged == ["demo:1.0"] and report.blobs_sent == 0
+    after = subprocess.run([require("skopeo"), "inspect", "--raw", "--tls-verify=false",
+                            f"docker://{registry.host}/acme/demo:1.0"], capture_output=True, check=True).stdout
+    assert after == before, "the published release was left exactly as it was"
 
 
 def test_registry_copy_of_the_manifest_points_into_the_registry(tmp_path, registry, release, cache):

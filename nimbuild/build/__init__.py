@@ -100,10 +100,16 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
 
 
+# The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
+# fixed exporter is not skipped as "unchanged". The CLI, registry and selection code are not.
+_SHAPING_CODE = ("recipe.py", "sources", "export", "build", "profiles/manifest.py", "profiles/tags.py")
+
+
 def _code_digest() -> str:
-    """nimbuild's own source is a build input too: a fixed exporter must not be skipped as 'unchanged'."""
     package = Path(__file__).resolve().parents[1]
-    entries = [f"{p.relative_to(package).as_posix()}\0{sha256_file(p)}" for p in sorted(package.rglob("*.py"))]
+    files = sorted(f for part in _SHAPING_CODE for f in ((package / part).rglob("*.py") if (package / part).is_dir()
+                                                          else [package / part]))
+    entries = [f"{p.relative_to(package).as_posix()}\0{sha256_file(p)}" for p in files]
     return sha256_bytes("\n".join(entries).encode())
 
 

@@ -105,14 +105,21 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
     index = art.release_index(model, release, bodies, wrapper)
     existing = store.get_manifest(repo, release)
     name = f"{model}:{release}"
-    if existing == index:
-        report.unchanged.append(name)
-    elif existing is not None and not force:
-        raise RegistryError(
-            f"{name} is already published in {store.uri} with different content "
-            f"({art.digest_of(existing)[:19]}... there, {art.digest_of(index)[:19]}... here); "
-            "a release is immutable: bump the release, or pass --force to replace it"
-        )
+    if existing is not None:
+        # A release's content is its profiles (ids, tags, files), not the provenance in its
+        # profiles.yaml: the same profiles rebuilt by a newer nimbuild are the same release.
+        there, here = _profile_manifests(existing), {p.id: art.digest_of(body) for p, body in bodies}
+        if there == here and not force:
+            report.unchanged.append(name)
+            report.releases.append(name)
+            return
+        if not force:
+            changed = sorted(set(there) ^ set(here)) or sorted(k for k in here if there.get(k) != here[k])
+            raise RegistryError(
+                f"{name} is already published in {store.uri} with different profiles "
+                f"({', '.join(i[:12] for i in changed[:4])} differ); a release is immutable: "
+                "bump the release, or pass --force to replace it"
+            )
     _send_blobs(store, repo, blobs, reporter, report)
     store.put_bytes(repo, art.EMPTY_DIGEST, b"{}")
     store.put_bytes(repo, art.digest_of(yaml_bytes), yaml_bytes)
@@ -121,6 +128,13 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
     store.push_manifest(repo, None, wrapper, art.MANIFEST, art.MANIFEST_TYPE)
     store.push_manifest(repo, release, index, art.INDEX, art.RELEASE_TYPE)  # last: the tag appears when all is there
     report.releases.append(name)
+
+
+def _profile_manifests(index_body: bytes) -> dict[str, str]:
+    """{profile id: manifest digest} of a published release index."""
+    index = art.parse_json(index_body, "published release index")
+    return {d["annotations"][art.PREFIX + "profile.id"]: d["digest"] for d in index.get("manifests") or []
+            if (d.get("annotations") or {}).get(art.PREFIX + "profile.id")}
 
 
 def _local_blobs(profiles: list[Profile], base: Path) -> dict[str, tuple[int, Path]]:

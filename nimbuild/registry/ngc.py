@@ -96,8 +96,9 @@ class NgcStore:
             registry_copy = Manifest([_ngc_uris(p, self, model, release) for p in profiles]).dumps()
             if self._exists(model, release):
                 there = _read_manifest_text(self._download(model, release, Path(tmp) / "existing"))
-                if there == registry_copy:
-                    return
+                published = parse_manifest(there, f"{self.uri}/{model}:{release}").profiles
+                if sorted(p.id for p in published) == sorted(p.id for p in profiles) and not force:
+                    return  # the same profiles: the same release, whatever their provenance says
                 if not force:
                     raise RegistryError(f"{model}:{release} is already published in {self.uri} with different "
                                         "content; a release is immutable: bump the release, or pass --force")
