@@ -17,7 +17,6 @@ from pathlib import Path
 from common import table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 SIZE = 500 << 20
 
 CHILD = """

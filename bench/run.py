@@ -11,6 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test harness's servers (docker-registry, free ports)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

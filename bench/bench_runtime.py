@@ -1,0 +1,180 @@
+"""runtime_min on the MiniLM example: start-to-ready against a bare tritonserver on the same model
+repository, and embeddings/s through the runtime against onnxruntime in-process on the same graph
+and thread count, at concurrency 1, 8 and 32 (measured in one run), with latency and peak memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from common import table
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = ["A man is eating food.", "The girl is carrying a baby.", "A man is riding a horse.",
+             "Someone performs music on a guitar in the park."]
+
+
+def _compiled(tmp: Path) -> Path:
+    out = tmp / "out"
+    subprocess.run([str(Path(sys.executable).parent / "nimbuild"), "-q", "compile",
+                    str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out)], check=True)
+    return out
+
+
+def _start_runtime(manifest: Path, cache: Path, port: int) -> tuple[subprocess.Popen, float]:
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest),
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "NIM_CACHE_PATH": str(cache)})
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - start
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("runtime_min exited while starting")
+        time.sleep(0.02)
+
+
+def _bare_triton(workspace: Path, cache: Path) -> float:
+    from runtime_min.repository import write_repository
+    from runtime_min.triton import TritonServer, locate_triton
+
+    repository = Path(tempfile.mkdtemp(dir=cache))
+    write_repository("minilm-embed", workspace, repository)
+    server = TritonServer(locate_triton(cache), repository, cache / "bare.log")
+    start = time.perf_counter()
+    server.start()
+    elapsed = time.perf_counter() - start
+    server.stop()
+    return elapsed
+
+
+def _drive(call, concurrency: int, total: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_worker = total // concurrency
+
+    def worker(w: int) -> None:
+        local = []
+        for i in range(per_worker):
+            t = time.perf_counter()
+            call(SENTENCES[(w + i) % len(SENTENCES)])
+            local.append(time.perf_counter() - t)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.perf_counter() - start), sorted(latencies)
+
+
+def _in_process(workspace: Path):
+    """The same graph, tokenizer, pooling and thread count, with no server in between."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(workspace / "tokenizer" / "tokenizer.json"))
+    session = ort.InferenceSession(str(workspace / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def embed(text: str) -> np.ndarray:
+        e = tokenizer.encode(text)
+        feeds = {"input_ids": np.array([e.ids], dtype=np.int64), "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids], dtype=np.int64)}
+        hidden = session.run(None, feeds)[0]
+        pooled = hidden.mean(axis=1)
+        return pooled / np.linalg.norm(pooled)
+
+    return embed
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """Sum of VmHWM (peak RSS) over the runtime and its descendants (tritonserver, backend stub)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        out = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True).stdout.split()
+        pids += [int(p) for p in out]
+        frontier += [int(p) for p in out]
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def main() -> str:
+    from servers import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="nimbuild-bench-rt-"))
+    cache = tmp / "cache"
+    out = _compiled(tmp)
+    workspace = out / "profiles" / "onnxruntime-fp32-throughput"
+    manifest = out / "profiles.yaml"
+    _stop(_start_runtime(manifest, cache, free_port())[0])  # warm: the Triton copy lands in the cache
+    runtime_starts, bare_starts = [], []
+    for _ in range(3):
+        proc, seconds = _start_runtime(manifest, cache, free_port())
+        runtime_starts.append(seconds)
+        _stop(proc)
+        bare_starts.append(_bare_triton(workspace, cache))
+    start_rows = [["bare tritonserver on the same repository", statistics.median(bare_starts), 1.0],
+                  ["runtime_min serve (select, verify, Triton, API)", statistics.median(runtime_starts),
+                   statistics.median(runtime_starts) / statistics.median(bare_starts)]]
+
+    port = free_port()
+    proc, _ = _start_runtime(manifest, cache, port)
+    embed = _in_process(workspace)
+    rows = []
+    try:
+        local = threading.local()
+
+        def via_runtime(text: str) -> None:
+            client = getattr(local, "client", None) or httpx.Client(timeout=30)
+            local.client = client
+            r = client.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm-embed", "input": text})
+            assert r.status_code == 200
+
+        for concurrency, total in ((1, 200), (8, 800), (32, 1600)):
+            _drive(via_runtime, concurrency, concurrency * 4)  # warm connections
+            served, lat = _drive(via_runtime, concurrency, total)
+            direct, direct_lat = _drive(embed, concurrency, total)
+            rows.append([concurrency, served, direct, served / direct, lat[len(lat) // 2] * 1e3,
+                         lat[int(len(lat) * 0.99)] * 1e3, direct_lat[len(direct_lat) // 2] * 1e3])
+        peak = _peak_rss_mib(proc.pid)
+    finally:
+        _stop(proc)
+    return "\n\n".join([
+        table("Start to ready, profile cached (median of 3, seconds)", ["what", "seconds", "x bare Triton"], start_rows),
+        table(f"Embeddings/s, one sentence per request, {os.cpu_count()} CPUs (runtime peak RSS {peak:.0f} MiB "
+              "incl. Triton and its model stub)",
+              ["concurrency", "runtime/s", "ORT in-process/s", "runtime / ORT", "p50 ms", "p99 ms", "ORT p50 ms"], rows),
+    ])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))
+    print(main())
