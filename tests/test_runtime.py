@@ -274,3 +274,20 @@ def test_no_compatible_profile_exits_non_zero_with_the_reasons(published, tmp_pa
     assert "no profile is compatible with this system" in result.stderr
     assert "does not match NIM_TAGS_SELECTOR (precision=fp32)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_triton_that_keeps_dying_ends_the_runtime_with_exit_1(published, tmp_path):
+    out, registry = published
+    served = Runtime(out / "profiles.yaml", tmp_path / "cache", registry=str(registry))
+    served.wait_ready()
+    killed, deadline = set(), time.monotonic() + 120
+    while served.process.poll() is None and time.monotonic() < deadline:
+        for pid in served.triton_pids():
+            if pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.1)
+    assert served.process.wait(timeout=60) == 1
+    assert len(killed) == 4, "the first start and three restarts"
+    assert "gave up after 3 restarts" in served.log.read_text()
+    assert not served.triton_pids()
