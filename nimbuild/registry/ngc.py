@@ -7,7 +7,10 @@ version is not sent again, and a release version with different content is refus
 (then it is removed and uploaded again). Pulled files are verified against profiles.yaml's digests
 in the cache before they are used.
 
-The key comes from NGC_API_KEY or NGC_CLI_API_KEY and is passed to ngcsdk only.
+The key comes from NGC_API_KEY or NGC_CLI_API_KEY and is passed to ngcsdk only. The calls used
+(Client.configure, registry.model.create/get_version/upload_version/download_version/remove) and the
+exception names matched (ResourceNotFoundException, ResourceAlreadyExistsException) were checked
+against ngcsdk 4.37.0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def make_client(org: str, team: str | None):
     try:
         import ngcsdk
     except ImportError:
-        raise RegistryError("ngc:// registries need ngcsdk: pip install ngcsdk (NVIDIA's NGC SDK)") from None
+        raise RegistryError("ngc:// registries need ngcsdk: pip install 'nimbuild[ngc]'") from None
     key = os.environ.get("NGC_API_KEY") or os.environ.get("NGC_CLI_API_KEY")
     if not key:
         raise RegistryError("ngc:// registries need an API key in NGC_API_KEY or NGC_CLI_API_KEY")
