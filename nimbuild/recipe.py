@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from nimbuild.errors import RecipeError
+from nimbuild.fsutil import read_user_text
 from nimbuild.yamlutil import YamlProblem, load_with_lines
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
@@ -202,19 +203,10 @@ class Recipe(_Strict):
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
-    def canonical(self) -> dict[str, Any]:
-        """The recipe as plain data, for digests of build inputs."""
-        return self.model_dump(mode="json")
-
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{path}: cannot read recipe: {e}") from None
+    text = read_user_text(path, "recipe", RecipeError)
     return parse_recipe(text, filename=str(path), base_dir=path.resolve().parent)
 
 

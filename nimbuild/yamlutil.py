@@ -77,3 +77,13 @@ def load_large(text: str, loader: type) -> Any:
     finally:
         if enabled:
             gc.enable()
+
+
+def load_or_raise(text: str, loader: type, origin: str, error: type[Exception]) -> Any:
+    """load_large, with a YAML syntax error turned into `error("origin:line: not valid YAML: ...")`."""
+    try:
+        return load_large(text, loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark else origin
+        raise error(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None

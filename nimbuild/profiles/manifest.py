@@ -15,9 +15,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from nimbuild.errors import ManifestError
-from nimbuild.fsutil import atomic_write_text, sha256_bytes
+from nimbuild.fsutil import atomic_write_text, read_user_text, sha256_bytes
 from nimbuild.profiles.tags import describe, normalise_tags
-from nimbuild.yamlutil import load_large
+from nimbuild.yamlutil import load_or_raise
 
 SCHEMA_VERSION = "1.0"
 # libyaml's C loader and dumper when PyYAML has them: ~10x faster on 10,000-profile manifests.
@@ -137,24 +137,11 @@ class Manifest:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read manifest: {e}") from None
-    return parse_manifest(text, origin=str(path))
+    return parse_manifest(read_user_text(path, "manifest", ManifestError), origin=str(path))
 
 
 def parse_manifest(text: str, origin: str = "<manifest>") -> Manifest:
-    try:
-        data = load_large(text, _Loader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{origin}:{mark.line + 1}" if mark else origin
-        raise ManifestError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    return manifest_from_data(data, origin)
+    return manifest_from_data(load_or_raise(text, _Loader, origin, ManifestError), origin)
 
 
 def manifest_from_data(data: Any, origin: str = "<manifest>") -> Manifest:

@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 
 from nimbuild.errors import ManifestError
+from nimbuild.fsutil import read_user_text
 from nimbuild.profiles.manifest import Profile, WorkspaceFile, manifest_from_data
 from nimbuild.profiles.tags import describe, normalise_tags
-from nimbuild.yamlutil import load_large
+from nimbuild.yamlutil import load_or_raise
 
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -38,23 +39,11 @@ _TolerantLoader.add_multi_constructor("!", _untagged)
 
 def read_profiles(path: str | Path) -> tuple[list[Profile], str]:
     """Profiles from a manifest of any supported kind, and the kind's name."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read manifest: {e}") from None
-    return parse_profiles(text, str(path))
+    return parse_profiles(read_user_text(path, "manifest", ManifestError), str(path))
 
 
 def parse_profiles(text: str, origin: str = "<manifest>") -> tuple[list[Profile], str]:
-    try:
-        data = load_large(text, _TolerantLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{origin}:{mark.line + 1}" if mark else origin
-        raise ManifestError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    data = load_or_raise(text, _TolerantLoader, origin, ManifestError)
     if not isinstance(data, dict):
         raise ManifestError(f"{origin}: not a profiles manifest (expected a mapping)")
     version = str(data.get("schema_version", ""))

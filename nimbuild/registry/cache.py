@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
+from nimbuild.fsutil import sha256_file
 
 CACHE_ENV = "NIM_CACHE_PATH"
 _CHUNK = 1 << 20
@@ -58,7 +59,7 @@ class BlobCache:
         path = self.path(digest)
         if not path.exists():
             return None
-        if path.stat().st_size == size and _sha256(path) == hex_of(digest):
+        if path.stat().st_size == size and sha256_file(path) == hex_of(digest):
             return path
         path.chmod(0o644)
         path.unlink(missing_ok=True)
@@ -129,12 +130,6 @@ class BlobCache:
         except OSError:
             shutil.copyfile(self.path(digest), tmp)
         os.replace(tmp, dest)
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    _hash_into(hasher, path)
-    return hasher.hexdigest()
 
 
 def _hash_into(hasher, path: Path) -> None:
