@@ -8,7 +8,7 @@ DEMO_PORT ?= 8000
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install test demo bench profiles clean
+.PHONY: install system-deps test demo bench profiles clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
 # met and pip does not pull a multi-GB CUDA build.
@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# docker-registry, skopeo, htpasswd: real servers and clients for the registry tests
+system-deps:
+	scripts/install-system-deps.sh
+
+test: install system-deps
 	$(PY) -m pytest -q -ra
 
 # The main job on the embedded defaults: compile the example, publish it to the local registry
@@ -35,7 +39,7 @@ demo: install
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_embed.py build/pulled/profiles.yaml
 
-bench: install
+bench: install system-deps
 	$(PY) bench/run.py
 
 # Regenerate the committed top-level manifest from the example recipes (reproducible: same bytes).

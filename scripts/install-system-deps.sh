@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the integration tests start for real: the CNCF distribution registry, skopeo
+# (a client nobody here wrote) and htpasswd (for the basic-auth registry). Installs only what is
+# missing; needs apt-get, and root or sudo.
+set -euo pipefail
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+    echo "missing ${need[*]} and no apt-get here: install them by hand, or the tests that need them skip" >&2
+    exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing ${need[*]} (apt-get)" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
