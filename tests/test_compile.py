@@ -193,3 +193,11 @@ def test_graphs_carry_no_machine_specific_paths(minilm_compiled):
     graph = (out / "profiles/onnxruntime-fp32-throughput/model.onnx").read_bytes()
     for marker in (str(REPO).encode(), sys.prefix.encode(), b"site-packages", b"stack_trace"):
         assert marker not in graph, marker
+
+
+def test_two_targets_making_the_same_profile_are_refused_before_any_work(write_recipe, tmp_path, tiny_bert_dir):
+    text = recipe_text(str(tiny_bert_dir)).replace(
+        "targets:\n", "targets:\n  - {type: generic, backend: onnxruntime, precisions: [fp32]}\n")
+    result = _compile(write_recipe(text), tmp_path / "out")
+    assert result.exit_code == 2 and "targets[0] and targets[1] both make onnxruntime-fp32-latency" in result.stderr
+    assert not (tmp_path / "out").exists()

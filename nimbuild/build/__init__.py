@@ -75,7 +75,12 @@ def plan_variants(recipe: Recipe) -> list[Variant]:
                 "backend": target.backend, "type": "generic", "precision": precision,
                 "profile": recipe.serving.profile, "tp": "1",
             })
-            variants.append(Variant(i, precision, tuple(tags.items())))
+            variant = Variant(i, precision, tuple(tags.items()))
+            twin = next((v for v in variants if v.description == variant.description), None)
+            if twin:
+                raise NimbuildError(f"targets[{twin.target_index}] and targets[{i}] both make "
+                                    f"{variant.description}; each profile must come from one target")
+            variants.append(variant)
     return variants
 
 
