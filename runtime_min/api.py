@@ -77,11 +77,7 @@ class Metrics:
 
 def create_app(model: ServedModel, triton) -> FastAPI:
     """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .ready, .metrics_port, .restarts)."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model.workspace / "tokenizer" / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
+    tokenizer = _tokenizers(model)
     input_names = [i["name"] for i in model.info["inputs"]]
     metrics = Metrics()
     state: dict[str, Any] = {}
@@ -203,15 +199,29 @@ def _check_texts(texts: list[str]) -> None:
             raise ApiError(413, f"input[{i}] is over {MAX_CHARS_PER_INPUT} characters", param="input")
 
 
-def _encode(tokenizer, text: str, max_tokens: int, truncate: str, index: int):
-    encoding = tokenizer.encode(text)
-    if len(encoding.ids) <= max_tokens:
-        return encoding
-    if truncate == "NONE":
+def _tokenizers(model: ServedModel) -> dict:
+    """One tokenizer per truncation mode. Truncating inside the tokenizer keeps the special tokens
+    ([CLS] ... [SEP]) as sentence-transformers does; cutting an encoding afterwards would drop [SEP]."""
+    from tokenizers import Tokenizer
+
+    path = str(model.workspace / "tokenizer" / "tokenizer.json")
+    modes = {}
+    for mode, direction in (("NONE", None), ("END", "right"), ("START", "left")):
+        tokenizer = Tokenizer.from_file(path)
+        tokenizer.no_padding()
+        if direction:
+            tokenizer.enable_truncation(model.max_tokens, direction=direction)
+        else:
+            tokenizer.no_truncation()
+        modes[mode] = tokenizer
+    return modes
+
+
+def _encode(tokenizers: dict, text: str, max_tokens: int, truncate: str, index: int):
+    encoding = tokenizers[truncate].encode(text)
+    if len(encoding.ids) > max_tokens:  # only possible with NONE
         raise ApiError(400, f"input[{index}] has {len(encoding.ids)} tokens; the model takes at most {max_tokens} "
                             "(set truncate to END or START)", param="input")
-    direction = "right" if truncate == "END" else "left"
-    encoding.truncate(max_tokens, direction=direction)
     return encoding
 
 

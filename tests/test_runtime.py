@@ -100,6 +100,11 @@ def test_openai_sdk_embeddings_match_sentence_transformers(runtime, minilm_dir):
     assert [d.index for d in result.data] == list(range(len(SENTENCES))) and result.model == MODEL
     single = client.embeddings.create(model=MODEL, input=SENTENCES[0])
     assert np.allclose(single.data[0].embedding, served[0], atol=1e-5), "batching does not change a result"
+    # longer than the model's 256 tokens: truncated as sentence-transformers truncates, [SEP] kept
+    long_text = " ".join(f"word{i} is here" for i in range(200))
+    served_long = np.array(client.embeddings.create(model=MODEL, input=long_text).data[0].embedding)
+    expected_long = SentenceTransformer(str(minilm_dir), device="cpu").encode([long_text])[0]
+    assert served_long @ expected_long / np.linalg.norm(expected_long) >= 0.9999
 
 
 def test_tritonclient_straight_to_triton(runtime, published):
@@ -165,6 +170,8 @@ def test_malformed_http_gets_4xx(runtime):
     assert big.status_code == 413
     long_text = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "word " * 2000})
     assert long_text.status_code == 200, "long inputs are truncated to the model's 256 tokens by default"
+    start = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "word " * 2000, "truncate": "START"})
+    assert start.status_code == 200 and start.json()["usage"]["total_tokens"] == 256
 
 
 def test_load_2000_requests_from_16_clients_without_error(runtime):
