@@ -14,7 +14,6 @@ THREADS = os.cpu_count() or 1
 
 
 def main() -> str:
-    import numpy as np
     import onnxruntime as ort
     import torch
 

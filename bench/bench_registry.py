@@ -4,7 +4,6 @@ the same bytes on this disk (the raw speed), with each transfer's peak memory.""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import statistics

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, VENV_BIN
 from nimbuild.errors import ManifestError, SystemDescriptionError
-from nimbuild.profiles.nim import parse_profiles, read_profiles
+from nimbuild.profiles.nim import parse_profiles
 from nimbuild.profiles.select import select_profile
 from nimbuild.profiles.system import detect_system, load_system_file, system_from_dict
 
