@@ -12,11 +12,9 @@ bounded number of times; after that the supervisor reports a fatal failure.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -97,13 +95,13 @@ def _writable_copy(source: Path, stub: Path, cache_root: Path) -> Path:
     return target
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM if the runtime dies, so Triton never outlives it."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    os.setpgrp()  # its own process group: a terminal's Ctrl-C reaches the runtime, which stops Triton
+def _parent_death_prefix() -> list[str]:
+    """`setpriv --pdeathsig TERM`: Triton gets SIGTERM if the runtime dies, so it never outlives it.
+
+    Done by exec-ing through util-linux's setpriv rather than a preexec_fn, which Python documents
+    as unsafe in a threaded process (restarts are launched from the watcher thread)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 class TritonServer:
@@ -145,8 +143,9 @@ class TritonServer:
             cmd.append(f"--backend-directory={self.install.backend_dir}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self.install.env,
-                                        preexec_fn=_die_with_parent)
+        # its own process group: a terminal's Ctrl-C reaches the runtime, which then stops Triton
+        self.process = subprocess.Popen(_parent_death_prefix() + cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                        env=self.install.env, process_group=0)
         log_file.close()
 
     def _wait_ready(self, timeout: float) -> None:

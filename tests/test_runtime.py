@@ -298,3 +298,16 @@ def test_a_triton_that_keeps_dying_ends_the_runtime_with_exit_1(published, tmp_p
     assert len(killed) == 4, "the first start and three restarts"
     assert "gave up after 3 restarts" in served.log.read_text()
     assert not served.triton_pids()
+
+
+def test_triton_does_not_outlive_a_killed_runtime(published, tmp_path):
+    out, registry = published
+    served = Runtime(out / "profiles.yaml", tmp_path / "cache", registry=str(registry))
+    served.wait_ready()
+    (triton,) = served.triton_pids()
+    served.process.kill()  # SIGKILL: no chance to clean up; the parent-death signal must do it
+    served.process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{triton}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{triton}").exists(), "tritonserver outlived its runtime"
