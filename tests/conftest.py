@@ -6,6 +6,7 @@ the hub cache is a private temporary directory that tests fill by hand.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import tempfile
@@ -21,6 +22,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+
+
+def modules_loaded_by(snippet: str, watched: tuple[str, ...]) -> list[str]:
+    """Run `snippet` in a fresh interpreter; the watched modules it loaded. A watched name matches a
+    top-level package ("torch") or a dotted prefix ("nimbuild.build")."""
+    import subprocess
+
+    probe = (f"{snippet}\nimport sys\n"
+             f"print(sorted({{w for w in {watched!r} for m in sys.modules if m == w or m.startswith(w + '.')}}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, VENV_BIN
+from conftest import REPO, VENV_BIN, modules_loaded_by
 from nimbuild.errors import ManifestError, SystemDescriptionError
 from nimbuild.profiles.nim import parse_profiles
 from nimbuild.profiles.select import select_profile
@@ -235,11 +234,9 @@ def test_listing_bad_environment(tmp_path):
 
 
 def test_listing_imports_nothing_heavy():
-    code = ("import sys; from nimbuild.cli import list_model_profiles_main as m; "
-            "sys.argv=['x', '-m', %r]; "
-            "import contextlib, io\n"
-            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): m()\n"
-            "print(sorted(x for x in ('torch', 'transformers', 'onnx', 'onnxruntime', 'pydantic', 'rich', 'numpy') "
-            "if x in sys.modules))") % str(REPO / "profiles.yaml")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "[]", result.stderr
+    snippet = ("import contextlib, io, sys\nfrom nimbuild.cli import list_model_profiles_main\n"
+               f"sys.argv = ['nim_list_model_profiles', '-m', {str(REPO / 'profiles.yaml')!r}]\n"
+               "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+               "    list_model_profiles_main()")
+    watched = ("torch", "transformers", "onnx", "onnxruntime", "pydantic", "rich", "numpy")
+    assert modules_loaded_by(snippet, watched) == []
