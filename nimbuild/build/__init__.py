@@ -55,33 +55,51 @@ class CompileResult:
     reused: list[str]  # profile ids whose inputs had not changed
 
 
+GENERIC_PRECISIONS = ("fp32", "fp16", "int8")
+RTX_PRECISIONS = ("fp32", "fp16")
+
+
 def plan_variants(recipe: Recipe) -> list[Variant]:
-    """Expand targets x precisions; refuse, before any work, what this version cannot build."""
-    variants = []
+    """Expand targets x precisions (x compute capabilities); refuse, before any work, what this
+    version cannot build."""
+    variants: list[Variant] = []
     for i, target in enumerate(recipe.targets):
-        if target.type != "generic":
-            backend = getattr(target, "backend", target.type)
-            raise NimbuildError(
-                f"targets[{i}]: {target.type} targets ({backend}) are not supported by this version of nimbuild yet; "
-                "remove the target to compile the rest"
-            )
-        for precision in target.precisions:
-            if precision != "fp32":
-                raise NimbuildError(
-                    f"targets[{i}]: precision {precision} is not supported by this version of nimbuild yet "
-                    "(generic profiles are fp32)"
-                )
-            tags = normalise_tags({
-                "backend": target.backend, "type": "generic", "precision": precision,
-                "profile": recipe.serving.profile, "tp": "1",
-            })
-            variant = Variant(i, precision, tuple(tags.items()))
+        for tags in _target_tags(recipe, i, target):
+            variant = Variant(i, tags["precision"], tuple(normalise_tags(tags).items()))
             twin = next((v for v in variants if v.description == variant.description), None)
             if twin:
                 raise NimbuildError(f"targets[{twin.target_index}] and targets[{i}] both make "
                                     f"{variant.description}; each profile must come from one target")
             variants.append(variant)
     return variants
+
+
+def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    common = {"profile": recipe.serving.profile, "tp": "1"}
+    if target.type == "generic":
+        _supported(i, target, GENERIC_PRECISIONS)
+        return [{"backend": target.backend, "type": "generic", "precision": p, **common} for p in target.precisions]
+    if target.type == "prebuilt" and target.backend == "tensorrt_rtx":
+        from nimbuild.build.tensorrt_rtx import require_rtx
+
+        _supported(i, target, RTX_PRECISIONS)
+        version = require_rtx()
+        return [{"backend": "tensorrt_rtx", "type": "prebuilt", "precision": p, "compute_capability": cc,
+                 "trt_version": version, **common}
+                for p in target.precisions for cc in target.compute_capabilities]
+    backend = getattr(target, "backend", target.type)
+    raise NimbuildError(
+        f"targets[{i}]: {target.type} targets ({backend}) are not supported by this version of nimbuild yet; "
+        "remove the target to compile the rest"
+    )
+
+
+def _supported(i: int, target, precisions: tuple[str, ...]) -> None:
+    missing = [p for p in target.precisions if p not in precisions]
+    if missing:
+        raise NimbuildError(f"targets[{i}]: precision {', '.join(missing)} is not supported for "
+                            f"{getattr(target, 'backend', target.type)} by this version of nimbuild yet "
+                            f"(it builds {', '.join(precisions)})")
 
 
 def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
@@ -99,15 +117,17 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
         "serving": recipe.serving.model_dump(mode="json"),
         "target": recipe.targets[variant.target_index].model_dump(mode="json"),
         "precision": variant.precision,
+        "tags": dict(variant.tags),
         "precision_spec": recipe.precision_spec(variant.precision).model_dump(mode="json"),
         "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")},
+        "rtx": dict(variant.tags).get("trt_version"),
     }
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
 
 
 # The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
 # fixed exporter is not skipped as "unchanged". The CLI, registry and selection code are not.
-_SHAPING_CODE = ("recipe.py", "sources", "export", "build", "profiles/manifest.py", "profiles/tags.py")
+_SHAPING_CODE = ("recipe.py", "sources", "export", "precision.py", "build", "profiles/manifest.py", "profiles/tags.py")
 
 
 def _code_digest() -> str:
@@ -182,24 +202,51 @@ def _intact(out: Path, profile: Profile) -> bool:
 def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,
            out: Path, reporter: Reporter) -> list[tuple[Profile, Path]]:
     """Build each variant into the staging directory; return (profile, staged workspace) pairs."""
-    from nimbuild.build.generic import make_generic_workspace
+    from nimbuild.build.generic import make_generic_workspace, make_rtx_workspace
     from nimbuild.export import export_reference
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         reference = export_reference(checkpoint, recipe, staging / "_reference", reporter)
+        graphs = _precision_graphs(recipe, reference, {v.precision for v in todo}, staging, reporter)
         staged = []
         for variant in todo:
             workspace = staging / variant.description
-            make_generic_workspace(recipe, checkpoint, reference, variant.precision, workspace)
-            staged.append((_profile_for(recipe, variant, workspace, keys[variant], source_digest, reference), workspace))
+            graph, verification = graphs[variant.precision]
+            tags = dict(variant.tags)
+            if tags["backend"] == "tensorrt_rtx":
+                with reporter.step(f"build TensorRT-RTX engine {variant.description}"):
+                    engine = make_rtx_workspace(recipe, checkpoint, reference, graph, variant.precision,
+                                                tags["compute_capability"], workspace)
+                verification = {**verification, "engine": engine}
+            else:
+                make_generic_workspace(recipe, checkpoint, reference, graph, variant.precision, workspace)
+            profile = _profile_for(recipe, variant, workspace, keys[variant], source_digest, reference, verification)
+            staged.append((profile, workspace))
         return staged
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, source_digest: str, reference) -> Profile:
+def _precision_graphs(recipe: Recipe, reference, precisions: set[str], staging: Path,
+                      reporter: Reporter) -> dict[str, tuple[Path, dict]]:
+    """{precision: (graph, verification record)}: the reference, and each variant that passed its gate."""
+    from nimbuild.precision import gate, make_variant
+
+    graphs = {"fp32": (reference.files[0], {"parity": reference.parity.summary()})}
+    for precision in sorted(precisions - {"fp32"}):
+        with reporter.step(f"make and gate the {precision} variant"):
+            graph = make_variant(reference.files[0], precision, staging / "_variants" / precision)
+            spec = recipe.precision_spec(precision).gate
+            comparison = gate(reference.adapter, reference.files[0], graph, precision, spec, reference.inputs)
+        reporter.debug(comparison.describe())
+        graphs[precision] = (graph, {"gate": comparison.summary()})
+    return graphs
+
+
+def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, source_digest: str, reference,
+                 verification: dict) -> Profile:
     files = {}
     for path in sorted(p for p in workspace.rglob("*") if p.is_file()):
         rel = path.relative_to(workspace).as_posix()
@@ -212,9 +259,11 @@ def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, so
         "key": key,
         "source": {"spec": recipe.source.hf or recipe.source.nemo, "digest": source_digest},
         "builder": reference.builder,
-        "parity": reference.parity.summary(),
+        **verification,
     }
-    return Profile.create(recipe.name, recipe.release, dict(variant.tags), files, build=build)
+    tags = dict(variant.tags)
+    requires = {"min_compute_capability": tags["compute_capability"], "gpus": 1} if tags.get("type") == "prebuilt" else None
+    return Profile.create(recipe.name, recipe.release, tags, files, requires=requires, build=build)
 
 
 def _commit(out: Path, staged: list[tuple[Profile, Path]], manifest: Manifest) -> None:

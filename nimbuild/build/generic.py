@@ -1,4 +1,5 @@
-"""Generic profiles (backend onnxruntime): the verified ONNX itself, runnable anywhere, CPU included.
+"""Profile workspaces. Generic profiles (backend onnxruntime): the verified ONNX itself (the reference,
+or a gated precision variant), runnable anywhere, CPU included. TensorRT-RTX profiles: an engine.
 
 A workspace holds everything a runtime needs and nothing it must fetch elsewhere:
 
@@ -20,14 +21,31 @@ MODEL_INFO = "model_info.json"
 MODEL_INFO_FORMAT = "nimbuild.model_info/1"
 
 
-def make_generic_workspace(recipe: Recipe, checkpoint, reference, precision: str, workspace: Path) -> None:
-    from nimbuild.sources.hf import copy_assets
+def make_generic_workspace(recipe: Recipe, checkpoint, reference, graph: Path, precision: str, workspace: Path) -> None:
+    """The graph itself (the reference, or a gated precision variant) with its tokenizer and model_info."""
+    workspace.mkdir(parents=True)
+    for src in [graph] + [f for f in graph.parent.glob(graph.name + ".data")]:
+        _link_or_copy(src, workspace / src.name)
+    _write_common(recipe, checkpoint, model_info(recipe, reference, precision), workspace)
+
+
+def make_rtx_workspace(recipe: Recipe, checkpoint, reference, graph: Path, precision: str, cc: str,
+                       workspace: Path) -> dict:
+    """A TensorRT-RTX engine for one compute capability, with the same tokenizer and model_info."""
+    from nimbuild.build.tensorrt_rtx import build_engine
 
     workspace.mkdir(parents=True)
-    for src in reference.files:
-        _link_or_copy(src, workspace / src.name)
+    record = build_engine(graph, reference.inputs, cc, workspace / "model.plan")
+    info = {**model_info(recipe, reference, precision), "graph": None, "engine": "model.plan",
+            "engine_builder": record}
+    _write_common(recipe, checkpoint, info, workspace)
+    return record
+
+
+def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path) -> None:
+    from nimbuild.sources.hf import copy_assets
+
     copy_assets(checkpoint, workspace / "tokenizer")
-    info = model_info(recipe, reference, precision)
     (workspace / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

