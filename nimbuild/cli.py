@@ -168,6 +168,34 @@ def profiles_merge(inputs: tuple[Path, ...], out: Path) -> None:
     click.echo(f"merged {len(paths)} manifest(s): {len(merged.profiles)} profile(s) -> {out}")
 
 
+# --- rmir ---------------------------------------------------------------------------------------
+
+@main.group(cls=_Group)
+def rmir() -> None:
+    """Work with RMIR archives (models turned into engines on the target)."""
+
+
+@rmir.command("deploy")
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--target", default=None, help="Compute capability to build for (default: the local GPU's), e.g. 8.9.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Engine cache (default: $NIM_CACHE_PATH, else ~/.cache/nim).")
+@FORMAT_OPTION
+def rmir_deploy(archive: Path, target: str | None, cache_dir: Path | None, fmt: str) -> None:
+    """Build the engine for this GPU or a named compute capability, cached; a second deploy is a cache hit."""
+    from nimbuild.build.rmir import deploy
+    from nimbuild.errors import NimbuildError
+    from nimbuild.registry.cache import default_cache_root
+
+    if not archive.is_file():
+        raise NimbuildError(f"{archive}: RMIR archive not found")
+    engine, hit = deploy(archive, cache_dir or default_cache_root(), target)
+    if fmt == "json":
+        _emit_json({"engine": str(engine), "cache_hit": hit})
+    else:
+        click.echo(f"{'cache hit' if hit else 'built'}: {engine}")
+
+
 # --- registry -----------------------------------------------------------------------------------
 
 REGISTRY_OPTION = click.option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +27,7 @@ precisions:
 targets:
   - {{type: generic, backend: onnxruntime, precisions: [fp32, fp16, int8]}}
   - {{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.0", "8.9"], precisions: [fp16]}}
+  - {{type: rmir, min_compute_capability: "8.0", precisions: [fp16]}}
 """
 
 
@@ -49,8 +51,8 @@ def test_variants_and_engines_are_profiles_with_the_right_tags(engines_out):
     _, out = engines_out
     profiles = {p.description: p for p in load_manifest(out / "profiles.yaml").profiles}
     assert sorted(profiles) == ["onnxruntime-fp16-throughput", "onnxruntime-fp32-throughput",
-                                "onnxruntime-int8-throughput", "tensorrt_rtx-sm80-fp16-throughput",
-                                "tensorrt_rtx-sm89-fp16-throughput"]
+                                "onnxruntime-int8-throughput", "rmir-fp16-throughput",
+                                "tensorrt_rtx-sm80-fp16-throughput", "tensorrt_rtx-sm89-fp16-throughput"]
     rtx = profiles["tensorrt_rtx-sm89-fp16-throughput"]
     assert rtx.tags == {"backend": "tensorrt_rtx", "type": "prebuilt", "precision": "fp16",
                         "compute_capability": "8.9", "trt_version": rtx_version(), "profile": "throughput", "tp": "1"}
@@ -80,7 +82,7 @@ def test_fp16_graph_is_strongly_typed_half_precision(engines_out):
 def test_unchanged_recompile_skips_every_variant_and_engine(engines_out):
     recipe, out = engines_out
     again = _compile(recipe, out)
-    assert again.exit_code == 0 and "up to date: 5 profile(s)" in again.stdout
+    assert again.exit_code == 0 and "up to date: 6 profile(s)" in again.stdout
 
 
 def test_a_gate_out_of_reach_is_refused_with_the_figures(tmp_path, tiny_bert_dir):
@@ -134,3 +136,104 @@ def test_minilm_fp16_and_int8_pass_their_gates(tmp_path):
     gates = {p.tags["precision"]: p.build.get("gate") for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}
     assert float(gates["fp16"]["outputs"]["served"]["cosine_min"]) >= 0.999
     assert float(gates["int8"]["outputs"]["served"]["cosine_min"]) >= 0.98
+
+
+# --- RMIR -----------------------------------------------------------------------------------------
+
+def test_rmir_profile_deploys_for_a_named_target_and_caches(engines_out, tmp_path):
+    import tarfile
+
+    from nimbuild.build.rmir import RmirError, deploy
+
+    _, out = engines_out
+    profile = next(p for p in load_manifest(out / "profiles.yaml").profiles if p.tags["type"] == "rmir")
+    assert profile.tags == {"backend": "rmir", "type": "rmir", "precision": "fp16", "profile": "throughput", "tp": "1"}
+    assert profile.requires == {"min_compute_capability": "8.0", "gpus": 1}
+    archive = out / profile.files["model.rmir"].uri
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert names[0] == "rmir.yaml" and "model.onnx" in names and "model_info.json" in names
+        assert {m.mtime for m in tar.getmembers()} == {0}, "deterministic archive"
+    engine, hit = deploy(archive, tmp_path / "cache", target="8.9")
+    assert not hit and engine.stat().st_size > 100_000
+    assert json.loads((engine.parent / "deploy.json").read_text())["compute_capability"] == "8.9"
+    again, hit = deploy(archive, tmp_path / "cache", target="8.9")
+    assert hit and again == engine
+    other, hit = deploy(archive, tmp_path / "cache", target="12.0")
+    assert not hit and other != engine, "a different compute capability is a different engine"
+    with pytest.raises(RmirError, match="needs compute capability 8.0 or newer; asked to build for 7.5"):
+        deploy(archive, tmp_path / "cache", target="7.5")
+
+
+def test_rmir_deploy_cli(engines_out, tmp_path):
+    _, out = engines_out
+    archive = next((out / "profiles").glob("rmir-*/model.rmir"))
+    args = ["rmir", "deploy", str(archive), "--target", "8.6", "--cache", str(tmp_path / "c"), "--format", "json"]
+    first = CliRunner().invoke(main, args)
+    second = CliRunner().invoke(main, args)
+    assert json.loads(first.stdout)["cache_hit"] is False and json.loads(second.stdout)["cache_hit"] is True
+    missing = CliRunner().invoke(main, ["rmir", "deploy", str(tmp_path / "none.rmir"), "--target", "8.9"])
+    assert missing.exit_code == 2 and "RMIR archive not found" in missing.stderr
+
+
+def _archive(tmp_path, build) -> Path:
+    import io
+    import tarfile
+
+    path = tmp_path / "evil.rmir"
+    with tarfile.open(path, "w") as tar:
+        header = b"format_version: 1\n"
+        info = tarfile.TarInfo("rmir.yaml")
+        info.size = len(header)
+        tar.addfile(info, io.BytesIO(header))
+        build(tar)
+    return path
+
+
+def _member(name, kind=None, data=b"x", target=""):
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    if kind:
+        info.type, info.linkname = kind, target
+        return info, None
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda t: t.addfile(*_member("/etc/evil")), "outside the archive"),
+    (lambda t: t.addfile(*_member("../../evil")), "outside the archive"),
+    (lambda t: t.addfile(*_member("tokenizer/../../evil")), "outside the archive"),
+    (lambda t: t.addfile(*_member("link", __import__("tarfile").SYMTYPE, target="/etc/passwd")), "is a link"),
+    (lambda t: t.addfile(*_member("hard", __import__("tarfile").LNKTYPE, target="rmir.yaml")), "is a link"),
+    (lambda t: t.addfile(*_member("dev", __import__("tarfile").CHRTYPE)), "special file"),
+    (lambda t: t.addfile(*_member("fifo", __import__("tarfile").FIFOTYPE)), "special file"),
+    (lambda t: t.addfile(*_member("big", data=b"0" * 5000)), "more than 4096 bytes"),
+    (lambda t: [t.addfile(*_member(f"f{i}")) for i in range(20)], "over the limit of 10"),
+])
+def test_malicious_rmir_archives_are_refused_and_nothing_is_written(tmp_path, build, message):
+    from nimbuild.build.rmir import RmirError, unpack
+
+    archive = _archive(tmp_path, build)
+    dest = tmp_path / "unpacked"
+    with pytest.raises(RmirError, match=message):
+        unpack(archive, dest, max_members=10, max_bytes=4096)
+    assert not dest.exists()
+    assert not (tmp_path.parent / "evil").exists() and not Path("/etc/evil").exists()
+
+
+def test_a_truncated_or_foreign_archive_is_refused(tmp_path, engines_out):
+    from nimbuild.build.rmir import RmirError, unpack
+
+    _, out = engines_out
+    archive = next((out / "profiles").glob("rmir-*/model.rmir"))
+    cut = tmp_path / "cut.rmir"
+    cut.write_bytes(archive.read_bytes()[:3000])
+    with pytest.raises(RmirError, match="not a readable RMIR archive|missing or unsupported rmir.yaml"):
+        unpack(cut, tmp_path / "a")
+    junk = tmp_path / "junk.rmir"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(RmirError, match="not a readable RMIR archive"):
+        unpack(junk, tmp_path / "b")

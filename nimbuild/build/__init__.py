@@ -87,6 +87,12 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         return [{"backend": "tensorrt_rtx", "type": "prebuilt", "precision": p, "compute_capability": cc,
                  "trt_version": version, **common}
                 for p in target.precisions for cc in target.compute_capabilities]
+    if target.type == "rmir":
+        from nimbuild.build.tensorrt_rtx import require_rtx
+
+        _supported(i, target, RTX_PRECISIONS)
+        require_rtx()  # deploy builds with it; refuse archives this install could never deploy
+        return [{"backend": "rmir", "type": "rmir", "precision": p, **common} for p in target.precisions]
     backend = getattr(target, "backend", target.type)
     raise NimbuildError(
         f"targets[{i}]: {target.type} targets ({backend}) are not supported by this version of nimbuild yet; "
@@ -202,7 +208,7 @@ def _intact(out: Path, profile: Profile) -> bool:
 def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,
            out: Path, reporter: Reporter) -> list[tuple[Profile, Path]]:
     """Build each variant into the staging directory; return (profile, staged workspace) pairs."""
-    from nimbuild.build.generic import make_generic_workspace, make_rtx_workspace
+    from nimbuild.build.generic import make_generic_workspace, make_rmir_workspace, make_rtx_workspace
     from nimbuild.export import export_reference
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
@@ -214,7 +220,11 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
             workspace = staging / variant.description
             graph, verification = graphs[variant.precision]
             tags = dict(variant.tags)
-            if tags["backend"] == "tensorrt_rtx":
+            if tags["type"] == "rmir":
+                target = recipe.targets[variant.target_index]
+                make_rmir_workspace(recipe, checkpoint, reference, graph, variant.precision,
+                                    target.min_compute_capability, workspace)
+            elif tags["backend"] == "tensorrt_rtx":
                 with reporter.step(f"build TensorRT-RTX engine {variant.description}"):
                     engine = make_rtx_workspace(recipe, checkpoint, reference, graph, variant.precision,
                                                 tags["compute_capability"], workspace)
@@ -262,7 +272,11 @@ def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, so
         **verification,
     }
     tags = dict(variant.tags)
-    requires = {"min_compute_capability": tags["compute_capability"], "gpus": 1} if tags.get("type") == "prebuilt" else None
+    requires = None
+    if tags.get("type") == "prebuilt":
+        requires = {"min_compute_capability": tags["compute_capability"], "gpus": 1}
+    elif tags.get("type") == "rmir":
+        requires = {"min_compute_capability": recipe.targets[variant.target_index].min_compute_capability, "gpus": 1}
     return Profile.create(recipe.name, recipe.release, tags, files, requires=requires, build=build)
 
 

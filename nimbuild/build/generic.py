@@ -42,6 +42,27 @@ def make_rtx_workspace(recipe: Recipe, checkpoint, reference, graph: Path, preci
     return record
 
 
+def make_rmir_workspace(recipe: Recipe, checkpoint, reference, graph: Path, precision: str, min_cc: str,
+                        workspace: Path) -> None:
+    """One model.rmir: the graph, model_info and tokenizer, to become an engine on the target."""
+    import tempfile
+
+    from nimbuild.build import rmir
+    from nimbuild.sources.hf import copy_assets
+
+    workspace.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        info = Path(tmp) / MODEL_INFO
+        info.write_text(json.dumps({**model_info(recipe, reference, precision), "graph": None,
+                                    "engine": "model.plan"}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tokenizer = Path(tmp) / "tokenizer"
+        copied = copy_assets(checkpoint, tokenizer)
+        files = {"model.onnx": graph, MODEL_INFO: info, **{f"tokenizer/{n}": tokenizer / n for n in copied}}
+        for extra in graph.parent.glob(graph.name + ".data"):
+            files[extra.name] = extra
+        rmir.pack(workspace / "model.rmir", rmir.metadata_for(recipe, reference, precision, min_cc), files)
+
+
 def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path) -> None:
     from nimbuild.sources.hf import copy_assets
 

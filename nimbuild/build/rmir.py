@@ -1,0 +1,161 @@
+"""RMIR: a portable archive that becomes an engine on the target GPU at first start (DESIGN.md §6).
+
+An `.rmir` file is a plain tar, written deterministically (sorted members, zero times and owners)
+so the same inputs give the same bytes and the same profile id. It holds:
+
+    rmir.yaml            format version, model, release, task, precision, minimum compute capability,
+                         input shapes (the optimisation profile), builder options, serving spec
+    model.onnx           the precision variant's graph (and model.onnx.data for large models)
+    model_info.json      what the runtime needs to serve the engine
+    tokenizer/...        the checkpoint's tokenizer files
+
+Unpacking refuses anything but regular files and directories (no links, devices, FIFOs), any path
+that is absolute or climbs out with `..`, and archives over the member-count or size limits.
+`deploy` builds the engine for the local GPU or a named compute capability and caches it under
+the archive's digest, the compute capability and the builder's name and version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import atomic_write_bytes, sha256_file
+
+FORMAT_VERSION = 1
+MAX_MEMBERS = 10_000
+MAX_TOTAL_BYTES = 64 << 30
+
+
+class RmirError(NimbuildError):
+    pass
+
+
+def pack(dest: Path, meta: dict, files: dict[str, Path]) -> None:
+    """Write the archive: rmir.yaml first, then the files in path order, all with fixed metadata."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        header = yaml.safe_dump(meta, sort_keys=True).encode()
+        tar.addfile(_info("rmir.yaml", len(header)), io.BytesIO(header))
+        for name in sorted(files):
+            with open(files[name], "rb") as f:
+                tar.addfile(_info(name, files[name].stat().st_size), f)
+    tmp.replace(dest)
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def metadata_for(recipe, reference, precision: str, min_cc: str) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": recipe.name,
+        "release": recipe.release,
+        "task": recipe.task,
+        "precision": precision,
+        "min_compute_capability": min_cc,
+        "inputs": {s.name: {d: [r.min, r.opt, r.max] for d, r in s.dims.items()} for s in reference.inputs},
+        "builder": {"strongly_typed": True},
+        "serving": recipe.serving.model_dump(mode="json"),
+    }
+
+
+def unpack(archive: Path, dest: Path, max_members: int = MAX_MEMBERS, max_bytes: int = MAX_TOTAL_BYTES) -> dict:
+    """Safely unpack into dest (which must not exist yet); return rmir.yaml's content."""
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            members = tar.getmembers()
+            _check_members(archive, members, max_members, max_bytes)
+            dest.mkdir(parents=True)
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise RmirError(f"{archive}: not a readable RMIR archive: {e}") from None
+    except RmirError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    try:
+        meta = yaml.safe_load((dest / "rmir.yaml").read_text())
+        assert isinstance(meta, dict) and int(meta["format_version"]) == FORMAT_VERSION
+    except (OSError, yaml.YAMLError, AssertionError, KeyError, TypeError, ValueError):
+        shutil.rmtree(dest, ignore_errors=True)
+        raise RmirError(f"{archive}: missing or unsupported rmir.yaml (this nimbuild reads format {FORMAT_VERSION})") from None
+    return meta
+
+
+def _check_members(archive: Path, members: list, max_members: int, max_bytes: int) -> None:
+    if len(members) > max_members:
+        raise RmirError(f"{archive}: {len(members)} members, over the limit of {max_members}")
+    total = 0
+    for m in members:
+        path = PurePosixPath(m.name)
+        if path.is_absolute() or ".." in path.parts or not m.name.strip("/"):
+            raise RmirError(f"{archive}: member {m.name!r} is outside the archive's directory")
+        if not (m.isfile() or m.isdir()):
+            kind = "link" if (m.issym() or m.islnk()) else "special file"
+            raise RmirError(f"{archive}: member {m.name!r} is a {kind}; RMIR archives hold only files")
+        total += m.size
+        if total > max_bytes:
+            raise RmirError(f"{archive}: members add up to more than {max_bytes} bytes")
+
+
+def deploy(archive: Path, cache_root: Path, target: str | None = None) -> tuple[Path, bool]:
+    """Build (or find in the cache) the engine for `target` or the local GPU: (engine path, cache hit)."""
+    from filelock import FileLock
+
+    from nimbuild.build.tensorrt_rtx import build_engine, require_rtx
+    from nimbuild.export import InputSpec
+    from nimbuild.recipe import DimRange
+
+    digest = sha256_file(archive)
+    target = target or _local_capability()
+    version = require_rtx()
+    slot = cache_root / "rmir-engines" / digest / f"sm{target.replace('.', '')}-tensorrt_rtx-{version}"
+    engine = slot / "model.plan"
+    slot.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(slot) + ".lock"):
+        if engine.exists() and (slot / "deploy.json").exists():
+            return engine, True
+        with tempfile.TemporaryDirectory(dir=slot.parent) as tmp:
+            meta = unpack(archive, Path(tmp) / "rmir")
+            minimum = str(meta.get("min_compute_capability", "0.0"))
+            if _cc(target) < _cc(minimum):
+                raise RmirError(f"{archive}: needs compute capability {minimum} or newer; asked to build for {target}")
+            inputs = [InputSpec(name, {d: DimRange(min=r[0], opt=r[1], max=r[2]) for d, r in dims.items()})
+                      for name, dims in meta["inputs"].items()]
+            staged = Path(tmp) / "engine"
+            record = build_engine(Path(tmp) / "rmir" / "model.onnx", inputs, target, staged / "model.plan")
+            if (Path(tmp) / "rmir" / "tokenizer").is_dir():
+                shutil.copytree(Path(tmp) / "rmir" / "tokenizer", staged / "tokenizer")
+            shutil.copyfile(Path(tmp) / "rmir" / "model_info.json", staged / "model_info.json")
+            atomic_write_bytes(staged / "deploy.json", json.dumps({"rmir": "sha256:" + digest, **record}, indent=2).encode())
+            shutil.rmtree(slot, ignore_errors=True)
+            staged.replace(slot)
+    return engine, False
+
+
+def _local_capability() -> str:
+    from nimbuild.profiles.system import detect_system
+
+    system = detect_system()
+    if not system.gpus:
+        raise RmirError("no GPU here to deploy for; name a compute capability with --target (e.g. --target 8.9)")
+    return system.gpus[0].compute_capability
+
+
+def _cc(value: str) -> tuple[int, int]:
+    major, _, minor = value.partition(".")
+    return int(major), int(minor or 0)
