@@ -116,10 +116,13 @@ def recipe_check(file: Path, fmt: str) -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Directory for profiles.yaml and the profile workspaces.")
 @click.option("--force", is_flag=True, help="Rebuild every profile even if its inputs did not change.")
+@click.option("--target", "targets", type=int, multiple=True, help="Only this target (its index in the recipe); repeatable.")
+@click.option("--precision", "precisions", multiple=True, help="Only this precision; repeatable.")
 @FORMAT_OPTION
 @_verbosity
 @click.pass_context
-def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, fmt: str, **_: bool) -> None:
+def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, targets: tuple[int, ...],
+                precisions: tuple[str, ...], fmt: str, **_: bool) -> None:
     """Build a recipe's profiles into OUT, verified against the source model."""
     from nimbuild.build import compile_recipe
     from nimbuild.profiles.manifest import MANIFEST_NAME
@@ -127,10 +130,11 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, f
 
     loaded = load_recipe(recipe_file)
     reporter = _reporter(ctx)
-    result = compile_recipe(loaded, out, reporter, force=force)
+    result = compile_recipe(loaded, out, reporter, force=force, targets=targets, precisions=precisions)
     if fmt == "json":
         _emit_json({
             "manifest": str(out / MANIFEST_NAME), "built": result.built, "unchanged": result.reused,
+            "skipped": [{"profile": d, "reason": r} for d, r in result.skipped],
             "profiles": [p.to_dict() for p in result.manifest.profiles],
         })
         return
@@ -144,6 +148,8 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, f
         size = sum(f.size for f in p.files.values())
         click.echo(f"  {p.id[:12]}  {p.description:<40} {len(p.files):>3} files {size / 1e6:>9.1f} MB  "
                    f"{'built' if p.id in built else 'unchanged'}")
+    for description, reason in result.skipped:
+        click.echo(f"  {'-' * 12}  {description:<40} skipped: {reason}")
     click.echo(f"manifest: {out / MANIFEST_NAME}")
 
 

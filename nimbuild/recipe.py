@@ -131,6 +131,11 @@ class PrebuiltTarget(_Strict):
     backend: Literal["tensorrt", "tensorrt_rtx"]
     compute_capabilities: list[ComputeCapability] = Field(min_length=1)
     precisions: list[Precision] = Field(min_length=1)
+    # datacenter TensorRT only: what the engine may run on, and how it is built
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    version_compatible: bool = False
+    optimization_level: int | None = Field(None, ge=0, le=5)
+    timing_cache: str | None = None  # a file, loaded if present and saved after each build
 
     @model_validator(mode="after")
     def _rtx_targets(self) -> "PrebuiltTarget":
@@ -141,6 +146,10 @@ class PrebuiltTarget(_Strict):
                     f"TensorRT-RTX cannot build for compute capability {', '.join(bad)}; "
                     f"it builds for {', '.join(RTX_COMPUTE_CAPABILITIES)}"
                 )
+            tuned = [k for k in ("hardware_compatibility", "version_compatible", "optimization_level", "timing_cache")
+                     if k in self.model_fields_set]
+            if tuned:
+                raise ValueError(f"{', '.join(tuned)} apply to backend tensorrt, not tensorrt_rtx")
         return self
 
 

@@ -100,11 +100,11 @@ def test_a_failed_first_compile_leaves_no_output_directory(write_recipe, tmp_pat
     assert not out.exists()
 
 
-def test_targets_this_version_cannot_build_are_refused_before_any_work(write_recipe, tmp_path, tiny_bert_dir):
-    text = recipe_text(str(tiny_bert_dir)).replace(
-        "targets:\n", "targets:\n  - {type: rmir, precisions: [fp32]}\n")
+def test_precisions_this_version_cannot_build_are_refused_before_any_work(write_recipe, tmp_path, tiny_bert_dir):
+    text = recipe_text(str(tiny_bert_dir)).replace("  fp32: {}\n", "  fp32: {}\n  fp8: {}\n").replace(
+        "targets:\n", "targets:\n  - {type: rmir, precisions: [fp8]}\n")
     result = _compile(write_recipe(text), tmp_path / "out")
-    assert result.exit_code == 2 and "targets[0]: rmir targets" in result.stderr and "not supported" in result.stderr
+    assert result.exit_code == 2 and "targets[0]: precision fp8 is not supported for rmir" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -237,3 +237,104 @@ def test_a_truncated_or_foreign_archive_is_refused(tmp_path, engines_out):
     junk.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(RmirError, match="not a readable RMIR archive"):
         unpack(junk, tmp_path / "b")
+
+
+# --- datacenter TensorRT ----------------------------------------------------------------------------
+
+TRT_RECIPE = """\
+name: tiny
+release: 0.1.0
+source: {{hf: {source}}}
+task: embedding
+export:
+  inputs:
+    input_ids: {{batch: [1, 2, 4], sequence: [1, 16, 64]}}
+precisions:
+  fp32: {{}}
+  fp16: {{}}
+targets:
+  - {{type: generic, backend: onnxruntime, precisions: [fp32]}}
+  - {{type: prebuilt, backend: tensorrt, compute_capabilities: ["{cc}"], precisions: [fp16],
+     hardware_compatibility: same_compute_capability, timing_cache: {cache}}}
+"""
+
+
+@pytest.mark.parametrize("system,reason", [
+    ({"gpus": []}, "needs a GPU of compute capability 9.0 (this machine has none; TensorRT cannot build ahead of time)"),
+    ({"gpus": [{"product": "A100 SXM 80GB"}]},
+     "needs a GPU of compute capability 9.0; this machine's NVIDIA A100-SXM4-80GB is 8.0 (TensorRT cannot cross-build)"),
+])
+def test_tensorrt_cells_this_machine_cannot_build_are_skipped_with_the_reason(tmp_path, tiny_bert_dir, monkeypatch,
+                                                                            system, reason):
+    system_file = tmp_path / "system.json"
+    system_file.write_text(json.dumps(system))
+    monkeypatch.setenv("NIMBUILD_SYSTEM", str(system_file))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TRT_RECIPE.format(source=tiny_bert_dir, cc="9.0", cache=tmp_path / "timing.cache"))
+    result = _compile(recipe, tmp_path / "out", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["skipped"] == [{"profile": "tensorrt-sm90-fp16-throughput", "reason": reason}]
+    assert [p["description"] for p in report["profiles"]] == ["onnxruntime-fp32-throughput"]
+
+
+def test_the_right_gpu_without_tensorrt_says_so(tmp_path, monkeypatch):
+    import importlib.util
+
+    from nimbuild.build.tensorrt import why_not_buildable
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    system_file = tmp_path / "system.json"
+    system_file.write_text(json.dumps({"gpus": [{"product": "H100 SXM"}]}))
+    monkeypatch.setenv("NIMBUILD_SYSTEM", str(system_file))
+    assert why_not_buildable("9.0") == ("needs a GPU of compute capability 9.0 and TensorRT installed "
+                                        "(an NGC container, or pip install tensorrt from NVIDIA's index)")
+
+
+def test_subsets_by_target_and_precision(engines_out, tmp_path):
+    recipe, _ = engines_out
+    result = _compile(recipe, tmp_path / "sub", "--target", "0", "--precision", "int8", "--precision", "fp16",
+                      "--format", "json")
+    assert [p["description"] for p in json.loads(result.stdout)["profiles"]] == \
+        ["onnxruntime-fp16-throughput", "onnxruntime-int8-throughput"]
+    nothing = _compile(recipe, tmp_path / "none", "--target", "7")
+    assert nothing.exit_code == 2 and "select nothing" in nothing.stderr
+
+
+def test_tensorrt_options_are_refused_on_tensorrt_rtx():
+    from nimbuild.errors import RecipeError
+    from nimbuild.recipe import parse_recipe
+
+    text = RECIPE.format(source="x", fp16="{}").replace(
+        'compute_capabilities: ["8.0", "8.9"], precisions: [fp16]}',
+        'compute_capabilities: ["8.0", "8.9"], precisions: [fp16], version_compatible: true}')
+    with pytest.raises(RecipeError, match="version_compatible apply to backend tensorrt, not tensorrt_rtx"):
+        parse_recipe(text)
+
+
+def _local_gpu():
+    from nimbuild.profiles.system import detect_system
+
+    gpus = detect_system({}).gpus
+    return gpus[0] if gpus else None
+
+
+@pytest.mark.gpu
+def test_tensorrt_builds_for_the_local_gpu_with_a_timing_cache(tmp_path, tiny_bert_dir):
+    """Runs where a GPU and TensorRT exist (an NGC container, a GPU CI runner); skips cleanly elsewhere."""
+    import importlib.util
+
+    gpu = _local_gpu()
+    if gpu is None or importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("needs an NVIDIA GPU and TensorRT")
+    cache = tmp_path / "timing.cache"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TRT_RECIPE.format(source=tiny_bert_dir, cc=gpu.compute_capability, cache=cache))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    engine = next(p for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles if p.tags["backend"] == "tensorrt")
+    assert engine.tags["compute_capability"] == gpu.compute_capability
+    assert engine.tags["hardware_compatibility"] == "same_compute_capability"
+    assert engine.build["engine"]["timing_cache"] == str(cache) and cache.stat().st_size > 0
+    assert engine.files["model.plan"].size > 10_000

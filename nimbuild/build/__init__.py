@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,6 +53,7 @@ class CompileResult:
     manifest: Manifest
     built: list[str]  # profile ids built in this run
     reused: list[str]  # profile ids whose inputs had not changed
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (description, why this machine cannot build it)
 
 
 GENERIC_PRECISIONS = ("fp32", "fp16", "int8")
@@ -86,6 +87,18 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         version = require_rtx()
         return [{"backend": "tensorrt_rtx", "type": "prebuilt", "precision": p, "compute_capability": cc,
                  "trt_version": version, **common}
+                for p in target.precisions for cc in target.compute_capabilities]
+    if target.type == "prebuilt" and target.backend == "tensorrt":
+        from nimbuild.build.tensorrt import tensorrt_version
+
+        _supported(i, target, RTX_PRECISIONS)
+        extra = {}
+        if target.hardware_compatibility != "none":
+            extra["hardware_compatibility"] = target.hardware_compatibility
+        if target.version_compatible:
+            extra["version_compatible"] = "true"
+        return [{"backend": "tensorrt", "type": "prebuilt", "precision": p, "compute_capability": cc,
+                 "trt_version": tensorrt_version() or "", **extra, **common}
                 for p in target.precisions for cc in target.compute_capabilities]
     if target.type == "rmir":
         from nimbuild.build.tensorrt_rtx import require_rtx
@@ -144,8 +157,33 @@ def _code_digest() -> str:
     return sha256_bytes("\n".join(entries).encode())
 
 
-def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = False) -> CompileResult:
-    variants = plan_variants(recipe)
+def select_variants(variants: list[Variant], targets: tuple[int, ...] = (), precisions: tuple[str, ...] = ()) -> list[Variant]:
+    """The subset `--target`/`--precision` ask for (all when they are empty)."""
+    chosen = [v for v in variants if (not targets or v.target_index in targets)
+              and (not precisions or v.precision in precisions)]
+    if not chosen:
+        raise NimbuildError("--target/--precision select nothing from this recipe's targets")
+    return chosen
+
+
+def split_buildable(variants: list[Variant]) -> tuple[list[Variant], list[tuple[str, str]]]:
+    """Cells this machine can build, and the others with the reason (datacenter TensorRT needs a GPU
+    of the target's compute capability: those cells run on GPU CI runners)."""
+    from nimbuild.build.tensorrt import why_not_buildable
+
+    buildable, skipped = [], []
+    for v in variants:
+        tags = dict(v.tags)
+        reason = why_not_buildable(tags["compute_capability"]) if tags["backend"] == "tensorrt" else None
+        (skipped.append((v.description, reason)) if reason else buildable.append(v))
+    return buildable, skipped
+
+
+def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = False,
+                   targets: tuple[int, ...] = (), precisions: tuple[str, ...] = ()) -> CompileResult:
+    variants, skipped = split_buildable(select_variants(plan_variants(recipe), targets, precisions))
+    for description, reason in skipped:
+        reporter.info(f"skipped {description}: {reason}")
     checkpoint = resolve_source(recipe)
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +202,7 @@ def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = 
         if created_out:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return CompileResult(manifest, built=[p.id for p, _ in built], reused=[p.id for p in kept])
+    return CompileResult(manifest, built=[p.id for p, _ in built], reused=[p.id for p in kept], skipped=skipped)
 
 
 @contextmanager
@@ -208,7 +246,7 @@ def _intact(out: Path, profile: Profile) -> bool:
 def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,
            out: Path, reporter: Reporter) -> list[tuple[Profile, Path]]:
     """Build each variant into the staging directory; return (profile, staged workspace) pairs."""
-    from nimbuild.build.generic import make_generic_workspace, make_rmir_workspace, make_rtx_workspace
+    from nimbuild.build.generic import make_engine_workspace, make_generic_workspace, make_rmir_workspace
     from nimbuild.export import export_reference
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
@@ -224,10 +262,9 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
                 target = recipe.targets[variant.target_index]
                 make_rmir_workspace(recipe, checkpoint, reference, graph, variant.precision,
                                     target.min_compute_capability, workspace)
-            elif tags["backend"] == "tensorrt_rtx":
-                with reporter.step(f"build TensorRT-RTX engine {variant.description}"):
-                    engine = make_rtx_workspace(recipe, checkpoint, reference, graph, variant.precision,
-                                                tags["compute_capability"], workspace)
+            elif tags["backend"] in ("tensorrt_rtx", "tensorrt"):
+                with reporter.step(f"build {tags['backend']} engine {variant.description}"):
+                    engine = make_engine_workspace(recipe, checkpoint, reference, graph, variant, workspace)
                 verification = {**verification, "engine": engine}
             else:
                 make_generic_workspace(recipe, checkpoint, reference, graph, variant.precision, workspace)

@@ -29,14 +29,21 @@ def make_generic_workspace(recipe: Recipe, checkpoint, reference, graph: Path, p
     _write_common(recipe, checkpoint, model_info(recipe, reference, precision), workspace)
 
 
-def make_rtx_workspace(recipe: Recipe, checkpoint, reference, graph: Path, precision: str, cc: str,
-                       workspace: Path) -> dict:
-    """A TensorRT-RTX engine for one compute capability, with the same tokenizer and model_info."""
-    from nimbuild.build.tensorrt_rtx import build_engine
-
+def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, variant, workspace: Path) -> dict:
+    """An engine for one compute capability (TensorRT-RTX ahead of time, or TensorRT on this GPU),
+    with the same tokenizer and model_info."""
+    tags = dict(variant.tags)
     workspace.mkdir(parents=True)
-    record = build_engine(graph, reference.inputs, cc, workspace / "model.plan")
-    info = {**model_info(recipe, reference, precision), "graph": None, "engine": "model.plan",
+    if tags["backend"] == "tensorrt_rtx":
+        from nimbuild.build.tensorrt_rtx import build_engine
+
+        record = build_engine(graph, reference.inputs, tags["compute_capability"], workspace / "model.plan")
+    else:
+        from nimbuild.build.tensorrt import build_engine
+
+        record = build_engine(graph, reference.inputs, tags["compute_capability"], workspace / "model.plan",
+                              recipe.targets[variant.target_index])
+    info = {**model_info(recipe, reference, variant.precision), "graph": None, "engine": "model.plan",
             "engine_builder": record}
     _write_common(recipe, checkpoint, info, workspace)
     return record

@@ -1,0 +1,84 @@
+"""Datacenter TensorRT engines (the `tensorrt` package, TensorRT 10 and 11 APIs).
+
+Unlike TensorRT-RTX, TensorRT cannot build ahead of time: an engine is built on a GPU of the
+target compute capability (an NGC container or a GPU CI runner). Options that matter for fleets:
+hardware compatibility (none / Ampere and newer / same compute capability), version-compatible
+engines, a timing cache loaded before and saved after each build, and the builder optimisation level.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib import metadata
+from pathlib import Path
+
+from nimbuild.errors import ExportError
+
+_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")
+
+
+def tensorrt_version() -> str | None:
+    for dist in _DISTRIBUTIONS:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def why_not_buildable(cc: str) -> str | None:
+    """None when this machine can build for `cc`; otherwise the reason, said plainly."""
+    from nimbuild.profiles.system import detect_system
+
+    needs = f"needs a GPU of compute capability {cc}"
+    gpus = detect_system().gpus
+    if not gpus:
+        return f"{needs} (this machine has none; TensorRT cannot build ahead of time)"
+    if gpus[0].compute_capability != cc:
+        return f"{needs}; this machine's {gpus[0].name} is {gpus[0].compute_capability} (TensorRT cannot cross-build)"
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"{needs} and TensorRT installed (an NGC container, or pip install tensorrt from NVIDIA's index)"
+    return None
+
+
+def build_engine(onnx_path: Path, inputs, cc: str, out: Path, target) -> dict:
+    """Build on the local GPU (which must be `cc`); return the build record."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        raise ExportError("TensorRT cannot parse the graph: " + "; ".join(
+            f"node {e.node_name()!r} ({e.node_operator()}): {e.desc()}" for e in errors))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for spec in inputs:
+        ranges = list(spec.dims.values())
+        profile.set_shape(spec.name, tuple(r.min for r in ranges), tuple(r.opt for r in ranges),
+                          tuple(r.max for r in ranges))
+    config.add_optimization_profile(profile)
+    levels = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
+    if target.hardware_compatibility in levels:
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, levels[target.hardware_compatibility])
+    if target.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if target.optimization_level is not None:
+        config.builder_optimization_level = target.optimization_level
+    cache_path = Path(target.timing_cache).expanduser() if target.timing_cache else None
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT could not build an engine for compute capability {cc}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(plan))
+    if cache_path:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"builder": "tensorrt", "version": trt.__version__, "compute_capability": cc,
+            "hardware_compatibility": target.hardware_compatibility, "version_compatible": target.version_compatible,
+            "timing_cache": str(cache_path) if cache_path else None}
