@@ -35,7 +35,10 @@ def _start_runtime(manifest: Path, cache: Path, port: int) -> tuple[subprocess.P
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest),
                              "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "NIM_CACHE_PATH": str(cache)})
+                            stderr=subprocess.DEVNULL,
+                            # the fp32 profile: the in-process baseline runs the same (fp32) graph
+                            env={**os.environ, "NIM_CACHE_PATH": str(cache),
+                                 "NIM_MODEL_PROFILE": "onnxruntime-fp32-throughput"})
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=1).status_code == 200:

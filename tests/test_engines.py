@@ -56,7 +56,7 @@ def test_variants_and_engines_are_profiles_with_the_right_tags(engines_out):
     rtx = profiles["tensorrt_rtx-sm89-fp16-throughput"]
     assert rtx.tags == {"backend": "tensorrt_rtx", "type": "prebuilt", "precision": "fp16",
                         "compute_capability": "8.9", "trt_version": rtx_version(), "profile": "throughput", "tp": "1"}
-    assert rtx.requires == {"min_compute_capability": "8.9", "gpus": 1}
+    assert rtx.requires == {"gpus": 1}
     assert rtx.build["engine"] == {"builder": "tensorrt_rtx", "version": rtx_version(), "compute_capability": "8.9"}
     assert set(rtx.files) >= {"model.plan", "model_info.json"} and rtx.files["model.plan"].size > 100_000
     assert profiles["tensorrt_rtx-sm80-fp16-throughput"].files["model.plan"].digest != rtx.files["model.plan"].digest

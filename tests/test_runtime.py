@@ -75,10 +75,13 @@ def published(minilm_compiled, tmp_path_factory):
     return out, registry
 
 
+FP32 = {"NIM_MODEL_PROFILE": "onnxruntime-fp32-throughput"}  # on a CPU selection prefers int8; parity is fp32's
+
+
 @pytest.fixture(scope="module")
 def runtime(published, tmp_path_factory):
     out, registry = published
-    served = Runtime(out / "profiles.yaml", tmp_path_factory.mktemp("runtime-cache"), registry=str(registry))
+    served = Runtime(out / "profiles.yaml", tmp_path_factory.mktemp("runtime-cache"), registry=str(registry), env=FP32)
     served.wait_ready()
     yield served
     assert served.stop() == 0
@@ -258,13 +261,20 @@ def test_sigterm_during_requests_ends_cleanly(published, tmp_path):
     assert "shutting down" in log and "Triton stopped" in log and "Traceback" not in log
 
 
-def test_serving_straight_from_a_compile_output(minilm_compiled, tmp_path):
+def test_serving_straight_from_a_compile_output_selects_int8_on_a_cpu(minilm_compiled, minilm_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
     out, _ = minilm_compiled
     served = Runtime(out / "profiles.yaml", tmp_path / "cache")
     try:
         served.wait_ready()
-        r = httpx.post(f"{served.url}/v1/embeddings", json={"model": MODEL, "input": "local files"})
+        assert "(onnxruntime-int8-throughput)" in served.log.read_text(), "on a CPU, int8 is preferred"
+        r = httpx.post(f"{served.url}/v1/embeddings", json={"model": MODEL, "input": SENTENCES})
         assert r.status_code == 200
+        int8 = np.array([d["embedding"] for d in r.json()["data"]])
+        fp32 = SentenceTransformer(str(minilm_dir), device="cpu").encode(SENTENCES)
+        cosine = (int8 * fp32).sum(1) / (np.linalg.norm(int8, axis=1) * np.linalg.norm(fp32, axis=1))
+        assert cosine.min() >= 0.98, f"within the int8 gate of the example recipe: {cosine}"
     finally:
         assert served.stop() == 0
 

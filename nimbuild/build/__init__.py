@@ -311,7 +311,7 @@ def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, so
     tags = dict(variant.tags)
     requires = None
     if tags.get("type") == "prebuilt":
-        requires = {"min_compute_capability": tags["compute_capability"], "gpus": 1}
+        requires = {"gpus": 1}  # the compute_capability tag names exactly what the engine runs on
     elif tags.get("type") == "rmir":
         requires = {"min_compute_capability": recipe.targets[variant.target_index].min_compute_capability, "gpus": 1}
     return Profile.create(recipe.name, recipe.release, tags, files, requires=requires, build=build)
