@@ -170,7 +170,10 @@ def test_version_and_recipe_check_json():
     assert _run("--version").stdout.strip() == "nimbuild, version 0.1.0"
     result = _run("recipe", "check", str(REPO / "recipes" / "minilm-embed.yaml"), "--format", "json")
     assert result.returncode == 0
-    assert json.loads(result.stdout)["variants"] == ["onnxruntime-fp32-throughput"]
+    assert json.loads(result.stdout)["variants"] == [
+        "onnxruntime-fp32-throughput", "onnxruntime-fp16-throughput", "onnxruntime-int8-throughput",
+        "tensorrt_rtx-sm80-fp16-throughput", "tensorrt_rtx-sm86-fp16-throughput", "tensorrt_rtx-sm89-fp16-throughput",
+        "tensorrt_rtx-sm120-fp16-throughput", "tensorrt-sm90-fp16-throughput", "rmir-fp16-throughput"]
 
 
 def test_example_recipe_compiles_to_the_committed_manifest(minilm_compiled):

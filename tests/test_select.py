@@ -139,6 +139,13 @@ def test_engine_runtime_version_must_be_installed():
     assert chosen == "T90_8"
 
 
+def test_an_rmir_needs_its_builder_installed():
+    _, status, _ = _run(_system("L4", runtimes={"tensorrt": "10.13.0"}))
+    assert status["R16"] == (INCOMPATIBLE, ["building the engine at first start needs tensorrt_rtx, which is not installed"])
+    _, status, _ = _run(_system("L4", runtimes={"tensorrt_rtx": "1.7.1"}))
+    assert status["R16"][0] == BUILDABLE
+
+
 def test_version_compatible_and_hardware_compatible_engines():
     vc = _trt("9.0", "fp16", trt_version="10.8.0", version_compatible="true")
     hc = _trt("8.0", "fp16", hardware_compatibility="ampere_plus", trt_version="10.13.0")

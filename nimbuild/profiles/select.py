@@ -152,7 +152,10 @@ def _precision_reasons(precision: str, gpu: GPU) -> list[str]:
 
 
 def _runtime_reasons(profile: Profile, system: System) -> list[str]:
-    """An engine runs only on the runtime version it was built with (unless version-compatible)."""
+    """An engine runs only on the runtime version it was built with (unless version-compatible);
+    an RMIR needs the builder that turns it into one."""
+    if profile.tags.get("type") == "rmir" and system.runtimes is not None and "tensorrt_rtx" not in system.runtimes:
+        return ["building the engine at first start needs tensorrt_rtx, which is not installed"]
     built = profile.tags.get("trt_version")
     backend = profile.tags.get("backend", "")
     if not built or system.runtimes is None or profile.tags.get("type") != "prebuilt":
