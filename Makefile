@@ -33,7 +33,9 @@ test: install system-deps
 # list profiles, then serve it through Triton and answer one real /v1/embeddings request.
 demo: install
 	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
-	$(NIMBUILD) publish build/profiles/minilm-embed --registry build/registry
+	@# build/registry is the demo's own scratch registry: it republishes the example each run (--force),
+	@# so a changed recipe does not meet the immutability that protects real registries
+	$(NIMBUILD) publish build/profiles/minilm-embed --registry build/registry --force
 	$(NIMBUILD) registry ls build/registry
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull minilm-embed:0.1.0 --registry build/registry --select --dest build/pulled
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled/profiles.yaml
