@@ -116,7 +116,8 @@ def recipe_check(file: Path, fmt: str) -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Directory for profiles.yaml and the profile workspaces.")
 @click.option("--force", is_flag=True, help="Rebuild every profile even if its inputs did not change.")
-@click.option("--target", "targets", type=int, multiple=True, help="Only this target (its index in the recipe); repeatable.")
+@click.option("--target", "targets", type=int, multiple=True,
+              help="Only this target (its index in the recipe); repeatable. OUT then holds just this subset.")
 @click.option("--precision", "precisions", multiple=True, help="Only this precision; repeatable.")
 @FORMAT_OPTION
 @_verbosity
