@@ -119,11 +119,12 @@ def recipe_check(file: Path, fmt: str) -> None:
 @click.option("--target", "targets", type=int, multiple=True,
               help="Only this target (its index in the recipe); repeatable. OUT then holds just this subset.")
 @click.option("--precision", "precisions", multiple=True, help="Only this precision; repeatable.")
+@click.option("--cell", default=None, help="Only this cell of `nimbuild matrix RECIPE`; writes a partial manifest.")
 @FORMAT_OPTION
 @_verbosity
 @click.pass_context
 def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, targets: tuple[int, ...],
-                precisions: tuple[str, ...], fmt: str, **_: bool) -> None:
+                precisions: tuple[str, ...], cell: str | None, fmt: str, **_: bool) -> None:
     """Build a recipe's profiles into OUT, verified against the source model."""
     from nimbuild.build import compile_recipe
     from nimbuild.profiles.manifest import MANIFEST_NAME
@@ -131,7 +132,7 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, t
 
     loaded = load_recipe(recipe_file)
     reporter = _reporter(ctx)
-    result = compile_recipe(loaded, out, reporter, force=force, targets=targets, precisions=precisions)
+    result = compile_recipe(loaded, out, reporter, force=force, targets=targets, precisions=precisions, cell=cell)
     if fmt == "json":
         _emit_json({
             "manifest": str(out / MANIFEST_NAME), "built": result.built, "unchanged": result.reused,
@@ -165,14 +166,71 @@ def profiles() -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Where to write the merged profiles.yaml.")
-def profiles_merge(inputs: tuple[Path, ...], out: Path) -> None:
-    """Combine manifests (files, or directories holding profiles.yaml); refuse conflicts."""
+@click.option("--allow-missing", is_flag=True, help="Merge what is there even if matrix cells are missing.")
+def profiles_merge(inputs: tuple[Path, ...], out: Path, allow_missing: bool) -> None:
+    """Combine manifests (files, or directories holding profiles.yaml); refuse conflicts and, for
+    matrix cells, name the cells that are missing or built nothing."""
+    from nimbuild import matrix
+    from nimbuild.errors import NimbuildError
     from nimbuild.profiles.manifest import MANIFEST_NAME, load_manifest, merge_manifests
 
     paths = [p / MANIFEST_NAME if p.is_dir() else p for p in inputs]
+    records = [(str(p.parent), json.loads((p.parent / matrix.CELL_FILE).read_text()))
+               for p in paths if (p.parent / matrix.CELL_FILE).exists()]
+    problems = matrix.check_cells(records)
+    if problems and not allow_missing:
+        raise NimbuildError("cannot merge: " + "; ".join(problems) + " (--allow-missing merges what is there)")
     merged = merge_manifests((str(p), load_manifest(p).rebased(p.parent, out.parent)) for p in paths)
     merged.save(out)
     click.echo(f"merged {len(paths)} manifest(s): {len(merged.profiles)} profile(s) -> {out}")
+
+
+# --- matrix -------------------------------------------------------------------------------------
+
+class _MatrixGroup(_Group):
+    """`nimbuild matrix RECIPE` shows the matrix; `nimbuild matrix run RECIPE --local` runs it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_MatrixGroup)
+def matrix() -> None:
+    """CI build matrices: one recipe fanned out over builder hosts (CPU; one GPU cell per capability)."""
+
+
+@matrix.command("show")
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["json", "github", "gitlab", "k8s"]), default="json", show_default=True,
+              help="github: what strategy.matrix takes via fromJSON; gitlab: parallel:matrix; k8s: one Job per cell.")
+def matrix_show(recipe_file: Path, fmt: str) -> None:
+    """Print the recipe's matrix cells, each with its runner labels, node selector and command."""
+    from nimbuild import matrix as m
+    from nimbuild.build import plan_variants
+    from nimbuild.recipe import load_recipe
+
+    click.echo(m.render(m.expand(plan_variants(load_recipe(recipe_file))), str(recipe_file), fmt), nl=False)
+    click.echo("" if fmt in ("gitlab", "k8s") else "\n", nl=False)
+
+
+@matrix.command("run")
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path(path_type=Path))
+@click.option("--local", is_flag=True, required=True, help="Run the cells this machine can build, here.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--jobs", type=int, default=0, help="Parallel cells (default: the core count).")
+@_verbosity
+@click.pass_context
+def matrix_run(ctx: click.Context, recipe_file: Path, local: bool, out: Path, jobs: int, **_: bool) -> None:
+    """Run every cell this machine can build, in parallel processes, then merge into OUT: the same
+    bytes as a single `nimbuild compile RECIPE --out OUT`."""
+    from nimbuild.matrix_local import run_local
+
+    result = run_local(recipe_file, out, _reporter(ctx), jobs=jobs)
+    for cell, reason in result.skipped:
+        click.echo(f"skipped cell {cell}: {reason}")
+    click.echo(f"ran {len(result.ran)} cell(s) ({', '.join(result.ran)}); {len(result.profiles)} profile(s) -> {out / 'profiles.yaml'}")
 
 
 # --- rmir ---------------------------------------------------------------------------------------

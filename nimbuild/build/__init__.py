@@ -180,8 +180,12 @@ def split_buildable(variants: list[Variant]) -> tuple[list[Variant], list[tuple[
 
 
 def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = False,
-                   targets: tuple[int, ...] = (), precisions: tuple[str, ...] = ()) -> CompileResult:
-    variants, skipped = split_buildable(select_variants(plan_variants(recipe), targets, precisions))
+                   targets: tuple[int, ...] = (), precisions: tuple[str, ...] = (), cell: str | None = None) -> CompileResult:
+    from nimbuild import matrix
+
+    planned = plan_variants(recipe)
+    chosen = matrix.select_cell(planned, cell) if cell else planned
+    variants, skipped = split_buildable(select_variants(chosen, targets, precisions))
     for description, reason in skipped:
         reporter.info(f"skipped {description}: {reason}")
     checkpoint = resolve_source(recipe)
@@ -198,6 +202,10 @@ def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = 
             built = _build(recipe, checkpoint, todo, keys, source_digest, out, reporter) if todo else []
             manifest = Manifest(kept + [p for p, _ in built])
             _commit(out, built, manifest)
+            if cell:  # a partial result: say which cell it is, so merge can name what is missing
+                matrix.write_cell_record(out, recipe, planned, cell, skipped)
+            else:
+                (out / matrix.CELL_FILE).unlink(missing_ok=True)
     except BaseException:
         if created_out:
             shutil.rmtree(out, ignore_errors=True)
