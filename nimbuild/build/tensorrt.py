@@ -9,21 +9,14 @@ engines, a timing cache loaded before and saved after each build, and the builde
 from __future__ import annotations
 
 import importlib.util
-from importlib import metadata
 from pathlib import Path
 
-from nimbuild.errors import ExportError
-
-_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")
-
+from nimbuild.build.trt_common import add_profile, parse_onnx, write_plan
 
 def tensorrt_version() -> str | None:
-    for dist in _DISTRIBUTIONS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    from nimbuild.profiles.system import runtime_version
+
+    return runtime_version("tensorrt")
 
 
 def why_not_buildable(cc: str) -> str | None:
@@ -49,18 +42,9 @@ def build_engine(onnx_path: Path, inputs, cc: str, out: Path, target) -> dict:
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [parser.get_error(i) for i in range(parser.num_errors)]
-        raise ExportError("TensorRT cannot parse the graph: " + "; ".join(
-            f"node {e.node_name()!r} ({e.node_operator()}): {e.desc()}" for e in errors))
+    parser = parse_onnx(trt, network, logger, onnx_path, "TensorRT")
     config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for spec in inputs:
-        ranges = list(spec.dims.values())
-        profile.set_shape(spec.name, tuple(r.min for r in ranges), tuple(r.opt for r in ranges),
-                          tuple(r.max for r in ranges))
-    config.add_optimization_profile(profile)
+    add_profile(builder, config, inputs)
     levels = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
     if target.hardware_compatibility in levels:
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, levels[target.hardware_compatibility])
@@ -71,11 +55,8 @@ def build_engine(onnx_path: Path, inputs, cc: str, out: Path, target) -> dict:
     cache_path = Path(target.timing_cache).expanduser() if target.timing_cache else None
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ExportError(f"TensorRT could not build an engine for compute capability {cc}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(plan))
+    write_plan(builder.build_serialized_network(network, config), out, "TensorRT", cc)
+    del parser  # it owns the weights the network points at: it must live until the build is done
     if cache_path:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))

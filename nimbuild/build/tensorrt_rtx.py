@@ -8,22 +8,16 @@ TRT-RTX runtime of the same version, which the profile's `trt_version` tag recor
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
-from nimbuild.errors import ExportError, NimbuildError
-
-DISTRIBUTIONS = ("tensorrt-rtx", "tensorrt-rtx-cu12", "tensorrt-rtx-cu13")
-
+from nimbuild.build.trt_common import add_profile, parse_onnx, write_plan
+from nimbuild.errors import NimbuildError
 
 def rtx_version() -> str | None:
     """The installed TensorRT-RTX version, from package metadata (nothing is imported)."""
-    for dist in DISTRIBUTIONS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    from nimbuild.profiles.system import runtime_version
+
+    return runtime_version("tensorrt_rtx")
 
 
 def require_rtx() -> str:
@@ -39,25 +33,14 @@ def build_engine(onnx_path: Path, inputs, compute_capability: str, out: Path) ->
 
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise ExportError("TensorRT-RTX cannot parse the graph: " + "; ".join(
-            _describe(parser.get_error(i)) for i in range(parser.num_errors)))
+    network = builder.create_network(0)  # TensorRT-RTX networks are strongly typed
+    parser = parse_onnx(trt, network, logger, onnx_path, "TensorRT-RTX")
     config = builder.create_builder_config()
     config.num_compute_capabilities = 1
     config.set_compute_capability(_capability(trt, compute_capability), 0)
-    profile = builder.create_optimization_profile()
-    for spec in inputs:
-        ranges = list(spec.dims.values())
-        profile.set_shape(spec.name, tuple(r.min for r in ranges), tuple(r.opt for r in ranges),
-                          tuple(r.max for r in ranges))
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ExportError(f"TensorRT-RTX could not build an engine for compute capability {compute_capability}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(plan))
+    add_profile(builder, config, inputs)
+    write_plan(builder.build_serialized_network(network, config), out, "TensorRT-RTX", compute_capability)
+    del parser  # it owns the weights the network points at: it must live until the build is done
     # no timings here: the record is part of a manifest that must be byte-stable
     return {"builder": "tensorrt_rtx", "version": trt.__version__, "compute_capability": compute_capability}
 
@@ -69,7 +52,3 @@ def _capability(trt, cc: str):
         raise NimbuildError(f"TensorRT-RTX {trt.__version__} cannot build for compute capability {cc} (it builds for {known})")
     return getattr(trt.ComputeCapability, name)
 
-
-def _describe(error) -> str:
-    node = f"node {error.node_name()!r} ({error.node_operator()})" if error.node_name() else f"node #{error.node()}"
-    return f"{node}: {error.desc()}"

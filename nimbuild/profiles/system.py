@@ -146,17 +146,20 @@ def _gpu_from_dict(entry: Any, position: int) -> GPU:
     )
 
 
+def runtime_version(runtime: str) -> str | None:
+    """The installed version of an inference runtime ("tensorrt", "tensorrt_rtx", ...), read from
+    package metadata: nothing is imported."""
+    for dist in _RUNTIME_DISTRIBUTIONS[runtime]:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def installed_runtimes() -> dict[str, str]:
-    """Versions of the inference runtimes installed here, read from package metadata (no imports)."""
-    found = {}
-    for runtime, distributions in _RUNTIME_DISTRIBUTIONS.items():
-        for dist in distributions:
-            try:
-                found[runtime] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return found
+    """Versions of the inference runtimes installed here."""
+    return {r: v for r in _RUNTIME_DISTRIBUTIONS if (v := runtime_version(r)) is not None}
 
 
 def _detect_nvml() -> System:
