@@ -10,7 +10,6 @@ import ast
 import os
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -92,24 +91,17 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
 
 def recipe_text(source: str, task: str = "embedding", *, batch=(1, 2, 4), sequence=(1, 16, 64),
-                parity: str = "{}", name: str = "tiny", extra: str = "") -> str:
-    return textwrap.dedent(f"""\
-        name: {name}
-        release: 0.1.0
-        source:
-          hf: {source}
-        task: {task}
-        export:
-          opset: 18
-          inputs:
-            input_ids: {{batch: {list(batch)}, sequence: {list(sequence)}}}
-          parity: {parity}
-        precisions:
-          fp32: {{}}
-        targets:
-          - {{type: generic, backend: onnxruntime, precisions: [fp32]}}
-        serving: {{max_batch_size: 4, profile: latency}}
-        """) + extra
+                parity: str = "{}", name: str = "tiny", extra: str = "", profile: str = "latency",
+                precisions: dict[str, str] | None = None, targets: tuple[str, ...] | None = None) -> str:
+    """A small recipe; precisions map a name to its YAML spec, targets are YAML flow mappings."""
+    precisions = precisions or {"fp32": "{}"}
+    targets = targets or ("{type: generic, backend: onnxruntime, precisions: [fp32]}",)
+    return "\n".join([
+        f"name: {name}", "release: 0.1.0", "source:", f"  hf: {source}", f"task: {task}",
+        "export:", "  opset: 18", "  inputs:", f"    input_ids: {{batch: {list(batch)}, sequence: {list(sequence)}}}",
+        f"  parity: {parity}", "precisions:", *(f"  {k}: {v}" for k, v in precisions.items()),
+        "targets:", *(f"  - {t}" for t in targets), f"serving: {{max_batch_size: 4, profile: {profile}}}", "",
+    ]) + extra
 
 
 @pytest.fixture

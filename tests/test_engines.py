@@ -8,27 +8,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO
+from conftest import REPO, recipe_text
 from nimbuild.cli import main
 from nimbuild.profiles.manifest import load_manifest
 
-RECIPE = """\
-name: tiny
-release: 0.1.0
-source: {{hf: {source}}}
-task: embedding
-export:
-  inputs:
-    input_ids: {{batch: [1, 2, 4], sequence: [1, 16, 64]}}
-precisions:
-  fp32: {{}}
-  fp16: {fp16}
-  int8: {{}}
-targets:
-  - {{type: generic, backend: onnxruntime, precisions: [fp32, fp16, int8]}}
-  - {{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.0", "8.9"], precisions: [fp16]}}
-  - {{type: rmir, min_compute_capability: "8.0", precisions: [fp16]}}
-"""
+TARGETS = ("{type: generic, backend: onnxruntime, precisions: [fp32, fp16, int8]}",
+           '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.0", "8.9"], precisions: [fp16]}',
+           '{type: rmir, min_compute_capability: "8.0", precisions: [fp16]}')
+
+
+def engines_recipe(source, fp16: str = "{}", targets: tuple[str, ...] = TARGETS, extra_precisions=None) -> str:
+    precisions = {"fp32": "{}", "fp16": fp16, "int8": "{}", **(extra_precisions or {})}
+    return recipe_text(str(source), profile="throughput", precisions=precisions, targets=targets)
 
 
 def _compile(recipe, out, *args):
@@ -39,7 +30,7 @@ def _compile(recipe, out, *args):
 def engines_out(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("engines")
     recipe = root / "r.yaml"
-    recipe.write_text(RECIPE.format(source=tiny_bert_dir, fp16="{gate: {cosine_min: 0.999}}"))
+    recipe.write_text(engines_recipe(tiny_bert_dir, fp16="{gate: {cosine_min: 0.999}}"))
     result = _compile(recipe, root / "out")
     assert result.exit_code == 0, result.output
     return recipe, root / "out"
@@ -87,7 +78,7 @@ def test_unchanged_recompile_skips_every_variant_and_engine(engines_out):
 
 def test_a_gate_out_of_reach_is_refused_with_the_figures(tmp_path, tiny_bert_dir):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(source=tiny_bert_dir, fp16="{gate: {cosine_min: 1.0, max_abs: 0}}"))
+    recipe.write_text(engines_recipe(tiny_bert_dir, fp16="{gate: {cosine_min: 1.0, max_abs: 0}}"))
     result = _compile(recipe, tmp_path / "out")
     assert result.exit_code == 2
     assert "the fp16 variant misses its gate" in result.stderr and "served: max abs err" in result.stderr
@@ -117,8 +108,8 @@ def test_an_op_the_builder_rejects_is_named(tmp_path):
 
 def test_precisions_and_targets_not_built_yet_are_refused_before_any_work(tmp_path, tiny_bert_dir):
     recipe = tmp_path / "r.yaml"
-    text = RECIPE.format(source=tiny_bert_dir, fp16="{}").replace("  int8: {}\n", "  int8: {}\n  bf16: {}\n")
-    recipe.write_text(text.replace("precisions: [fp32, fp16, int8]}", "precisions: [fp32, bf16]}"))
+    recipe.write_text(engines_recipe(tiny_bert_dir, extra_precisions={"bf16": "{}"},
+                                     targets=("{type: generic, backend: onnxruntime, precisions: [fp32, bf16]}",)))
     result = _compile(recipe, tmp_path / "out")
     assert result.exit_code == 2 and "precision bf16 is not supported for onnxruntime" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -236,22 +227,11 @@ def test_a_truncated_or_foreign_archive_is_refused(tmp_path, engines_out):
 
 # --- datacenter TensorRT ----------------------------------------------------------------------------
 
-TRT_RECIPE = """\
-name: tiny
-release: 0.1.0
-source: {{hf: {source}}}
-task: embedding
-export:
-  inputs:
-    input_ids: {{batch: [1, 2, 4], sequence: [1, 16, 64]}}
-precisions:
-  fp32: {{}}
-  fp16: {{}}
-targets:
-  - {{type: generic, backend: onnxruntime, precisions: [fp32]}}
-  - {{type: prebuilt, backend: tensorrt, compute_capabilities: ["{cc}"], precisions: [fp16],
-     hardware_compatibility: same_compute_capability, timing_cache: {cache}}}
-"""
+def trt_recipe(source, cc: str, cache) -> str:
+    targets = ("{type: generic, backend: onnxruntime, precisions: [fp32]}",
+               f'{{type: prebuilt, backend: tensorrt, compute_capabilities: ["{cc}"], precisions: [fp16], '
+               f"hardware_compatibility: same_compute_capability, timing_cache: {cache}}}")
+    return recipe_text(str(source), profile="throughput", precisions={"fp32": "{}", "fp16": "{}"}, targets=targets)
 
 
 @pytest.mark.parametrize("system,reason", [
@@ -265,7 +245,7 @@ def test_tensorrt_cells_this_machine_cannot_build_are_skipped_with_the_reason(tm
     system_file.write_text(json.dumps(system))
     monkeypatch.setenv("NIMBUILD_SYSTEM", str(system_file))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(TRT_RECIPE.format(source=tiny_bert_dir, cc="9.0", cache=tmp_path / "timing.cache"))
+    recipe.write_text(trt_recipe(tiny_bert_dir, "9.0", tmp_path / "timing.cache"))
     result = _compile(recipe, tmp_path / "out", "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -301,9 +281,9 @@ def test_tensorrt_options_are_refused_on_tensorrt_rtx():
     from nimbuild.errors import RecipeError
     from nimbuild.recipe import parse_recipe
 
-    text = RECIPE.format(source="x", fp16="{}").replace(
-        'compute_capabilities: ["8.0", "8.9"], precisions: [fp16]}',
-        'compute_capabilities: ["8.0", "8.9"], precisions: [fp16], version_compatible: true}')
+    text = engines_recipe("x", targets=(
+        '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.0", "8.9"], precisions: [fp16], '
+        "version_compatible: true}",))
     with pytest.raises(RecipeError, match="version_compatible apply to backend tensorrt, not tensorrt_rtx"):
         parse_recipe(text)
 
@@ -325,7 +305,7 @@ def test_tensorrt_builds_for_the_local_gpu_with_a_timing_cache(tmp_path, tiny_be
         pytest.skip("needs an NVIDIA GPU and TensorRT")
     cache = tmp_path / "timing.cache"
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(TRT_RECIPE.format(source=tiny_bert_dir, cc=gpu.compute_capability, cache=cache))
+    recipe.write_text(trt_recipe(tiny_bert_dir, gpu.compute_capability, cache))
     result = _compile(recipe, tmp_path / "out")
     assert result.exit_code == 0, result.output
     engine = next(p for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles if p.tags["backend"] == "tensorrt")

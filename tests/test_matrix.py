@@ -9,25 +9,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO
+from conftest import REPO, recipe_text
 from nimbuild.cli import main
 
-RECIPE = """\
-name: tiny
-release: 0.1.0
-source: {{hf: {source}}}
-task: embedding
-export:
-  inputs:
-    input_ids: {{batch: [1, 2, 4], sequence: [1, 16, 64]}}
-precisions:
-  fp32: {{}}
-  fp16: {{}}
-targets:
-  - {{type: generic, backend: onnxruntime, precisions: [fp32, fp16]}}
-  - {{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [fp16]}}
-  - {{type: prebuilt, backend: tensorrt, compute_capabilities: ["9.0", "8.0"], precisions: [fp16]}}
-"""
+TARGETS = ("{type: generic, backend: onnxruntime, precisions: [fp32, fp16]}",
+           '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [fp16]}',
+           '{type: prebuilt, backend: tensorrt, compute_capabilities: ["9.0", "8.0"], precisions: [fp16]}')
 
 
 def _cli(*args):
@@ -37,7 +24,8 @@ def _cli(*args):
 @pytest.fixture
 def recipe(tmp_path, tiny_bert_dir):
     path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.format(source=tiny_bert_dir))
+    path.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions={"fp32": "{}", "fp16": "{}"},
+                                targets=TARGETS))
     return path
 
 
