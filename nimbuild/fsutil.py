@@ -6,17 +6,31 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks so memory stays flat for large weights."""
-    h = hashlib.sha256()
+def iter_file(path: str | os.PathLike, offset: int = 0) -> Iterator[bytes]:
+    """A file's bytes from `offset`, in chunks, so memory stays flat for multi-GB weights."""
     with open(path, "rb") as f:
+        f.seek(offset)
         while chunk := f.read(_CHUNK):
-            h.update(chunk)
+            yield chunk
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    for chunk in iter_file(path):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def file_matches(path: str | os.PathLike, digest: str, size: int) -> bool:
+    """The file exists and holds exactly `size` bytes whose sha256 is `digest` ("sha256:<hex>")."""
+    path = Path(path)
+    return path.is_file() and path.stat().st_size == size and "sha256:" + sha256_file(path) == digest
 
 
 def sha256_bytes(data: bytes) -> str:

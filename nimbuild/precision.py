@@ -120,18 +120,9 @@ def gate(adapter, reference: Path, variant: Path, precision: str, spec, inputs) 
 
 def _served(output: np.ndarray, feeds: dict, pooling: str | None, info: dict) -> np.ndarray:
     """What a client receives: for an embedding model, the pooled (and normalised) vector."""
+    from nimbuild.pooling import pool
+
     output = output.astype(np.float64)
     if pooling is None:
         return output
-    mask = feeds["attention_mask"][..., None].astype(np.float64)
-    if pooling == "cls":
-        pooled = output[:, 0]
-    elif pooling == "max":
-        pooled = np.where(mask > 0, output, -np.inf).max(axis=1)
-    elif pooling == "last":
-        pooled = output[np.arange(output.shape[0]), mask[..., 0].sum(axis=1).astype(int) - 1]
-    else:
-        pooled = (output * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-    if info.get("normalize"):
-        pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    return pooled
+    return pool(output, feeds["attention_mask"], pooling, bool(info.get("normalize")))

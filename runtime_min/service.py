@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from nimbuild.errors import NimbuildError
-from nimbuild.fsutil import sha256_file
+from nimbuild.fsutil import file_matches
 from nimbuild.profiles.manifest import Profile
 from nimbuild.progress import Reporter
 
@@ -59,7 +59,7 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
         path = base / f.uri
         if "://" in f.uri or not path.is_file():
             raise NimbuildError(f"{rel}: {f.uri} is not a local file; pass --registry to fetch the profile")
-        if path.stat().st_size != f.size or "sha256:" + sha256_file(path) != f.digest:
+        if not file_matches(path, f.digest, f.size):
             raise NimbuildError(f"{path}: does not match its digest in {manifest}; the workspace is damaged")
         roots.add(Path(str(path)[: -len(rel)]))
     if len(roots) != 1:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from nimbuild import __version__
 from nimbuild.errors import ManifestError, NimbuildError
-from nimbuild.fsutil import sha256_bytes, sha256_file
+from nimbuild.fsutil import file_matches, sha256_bytes, sha256_file
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest
 from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.progress import Reporter
@@ -244,11 +244,7 @@ def _previous_profiles(out: Path, reporter: Reporter) -> dict[str, Profile]:
 
 
 def _intact(out: Path, profile: Profile) -> bool:
-    for f in profile.files.values():
-        path = out / f.uri
-        if not path.is_file() or path.stat().st_size != f.size or "sha256:" + sha256_file(path) != f.digest:
-            return False
-    return True
+    return all(file_matches(out / f.uri, f.digest, f.size) for f in profile.files.values())
 
 
 def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.fsutil import sha256_file
+from nimbuild.fsutil import file_matches, iter_file
 
 CACHE_ENV = "NIM_CACHE_PATH"
-_CHUNK = 1 << 20
 _WRITE_BUFFER = 8 << 20
 
 
@@ -59,7 +58,7 @@ class BlobCache:
         path = self.path(digest)
         if not path.exists():
             return None
-        if path.stat().st_size == size and sha256_file(path) == hex_of(digest):
+        if file_matches(path, digest, size):
             return path
         path.chmod(0o644)
         path.unlink(missing_ok=True)
@@ -133,6 +132,5 @@ class BlobCache:
 
 
 def _hash_into(hasher, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            hasher.update(chunk)
+    for chunk in iter_file(path):
+        hasher.update(chunk)

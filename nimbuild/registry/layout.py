@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.fsutil import atomic_write_bytes
+from nimbuild.fsutil import atomic_write_bytes, iter_file
 from nimbuild.registry.artifacts import INDEX, canonical, digest_of
 from nimbuild.registry.cache import hex_of
 
@@ -80,10 +80,7 @@ class LayoutStore:
         def read(offset: int) -> Iterator[bytes]:
             if not path.exists():
                 raise RegistryError(f"{self.describe(repo)}: blob {digest[:19]}... is missing from the layout")
-            with open(path, "rb") as f:
-                f.seek(offset)
-                while chunk := f.read(_CHUNK):
-                    yield chunk
+            yield from iter_file(path, offset)
 
         return read
 

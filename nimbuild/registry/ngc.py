@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from nimbuild.errors import RegistryError
+from nimbuild.fsutil import iter_file
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, parse_manifest
 from nimbuild.registry.artifacts import profile_tag
 
@@ -140,7 +141,8 @@ class NgcStore:
                 root = self._download(model, profile_tag(release, p.id), Path(tmp) / p.id)
                 for rel, f in p.files.items():
                     found = _find(root, rel)
-                    _, moved = cache.fetch(f.digest, f.size, _file_reader(found), f"{self.uri}/{model}")
+                    _, moved = cache.fetch(f.digest, f.size, lambda offset, found=found: iter_file(found, offset),
+                                           f"{self.uri}/{model}")
                     report.blobs_sent += int(moved)
                     report.bytes_sent += f.size if moved else 0
             dest = dest or cache.root / "profiles" / model / release
@@ -173,12 +175,3 @@ def _find(root: Path, rel: str) -> Path:
 def _read_manifest_text(root: Path) -> str:
     return _find(root, MANIFEST_NAME).read_text(encoding="utf-8")
 
-
-def _file_reader(path: Path):
-    def read(offset: int):
-        with open(path, "rb") as f:
-            f.seek(offset)
-            while chunk := f.read(1 << 20):
-                yield chunk
-
-    return read

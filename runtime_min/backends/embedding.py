@@ -3,7 +3,8 @@
 Triton's dynamic batcher hands over several requests at once, each [n_i, seq_i] token ids; they
 are padded to one [sum n_i, max seq_i] batch, run in one onnxruntime call, pooled and normalised
 as the profile's model_info.json records (sentence-transformers' pooling), and split back.
-Runs inside the Triton Python backend stub, which provides triton_python_backend_utils.
+Runs inside the Triton Python backend stub, which provides triton_python_backend_utils; the stub's
+interpreter is the runtime's own, so nimbuild is importable.
 """
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from nimbuild.pooling import pool  # the same pooling the precision gate measured
 
 
 class TritonPythonModel:
@@ -37,9 +40,7 @@ class TritonPythonModel:
         longest = max(b["input_ids"].shape[1] for b in batches)
         feeds = {name: np.concatenate([_pad(b[name], longest) for b in batches]) for name in self.inputs}
         hidden = self.session.run([self.output], feeds)[0]
-        embeddings = _pool(hidden, feeds["attention_mask"], self.pooling)
-        if self.normalize:
-            embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        embeddings = pool(hidden, feeds["attention_mask"], self.pooling, self.normalize)
         responses, start = [], 0
         for b in batches:
             count = b["input_ids"].shape[0]
@@ -52,14 +53,3 @@ class TritonPythonModel:
 def _pad(array, length):
     return np.pad(array, ((0, 0), (0, length - array.shape[1]))) if array.shape[1] < length else array
 
-
-def _pool(hidden, mask, mode):
-    mask = mask[..., None].astype(hidden.dtype)
-    if mode == "cls":
-        return hidden[:, 0].copy()
-    if mode == "max":
-        return np.where(mask > 0, hidden, -np.inf).max(axis=1)
-    if mode == "last":
-        last = mask[..., 0].sum(axis=1).astype(np.int64) - 1
-        return hidden[np.arange(hidden.shape[0]), last].copy()
-    return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
