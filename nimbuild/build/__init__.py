@@ -135,11 +135,11 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
         "export": recipe.export.model_dump(mode="json"),
         "serving": recipe.serving.model_dump(mode="json"),
         "target": recipe.targets[variant.target_index].model_dump(mode="json"),
-        "precision": variant.precision,
-        "tags": dict(variant.tags),
+        "tags": dict(variant.tags),  # precision, compute capability and engine builder version among them
         "precision_spec": recipe.precision_spec(variant.precision).model_dump(mode="json"),
-        "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")},
-        "rtx": dict(variant.tags).get("trt_version"),
+        # every library that shapes the files: a newer converter must not be skipped as "unchanged"
+        "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript",
+                                          "onnxconverter-common")},
     }
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
 
