@@ -1,22 +1,30 @@
 """Precision variants of the reference fp32 ONNX, each gated against it (DESIGN.md §4).
 
 TensorRT 11 and TensorRT-RTX build strongly typed networks: the precision lives in the graph.
-So each variant is a graph of its own:
+So each variant is a graph of its own, made by the tool that does it well:
 
 - fp16: onnxconverter-common's float16 conversion, inputs and outputs kept fp32, and the
   numerically fragile ops (LayerNorm, Softmax, reductions, Pow/Sqrt, Erf) kept in fp32.
-- int8 (generic profiles): onnxruntime's dynamic quantization: int8 weights per channel,
-  activations quantised at run time, the standard CPU int8 path (1.9x faster than fp32 on MiniLM
-  here). Q/DQ static quantisation for TensorRT engines is not built yet.
+- bf16: the same placement of casts, with bfloat16 tensors whose values are rounded from the fp32
+  originals (not from fp16). onnxruntime has no CPU kernels for bf16 arithmetic, so its gate runs an
+  emulation: the same graph in fp32 with every bf16 value rounded to bf16, which is what a GPU's
+  bf16 kernels (fp32 accumulation, bf16 results) compute.
+- int8 for generic profiles: onnxruntime's dynamic quantisation, int8 weights per channel and
+  activations quantised at run time: the standard CPU int8 path (1.9x faster than fp32 on MiniLM).
+- int8 and fp8 for engines: explicit Q/DQ on the linear layers with calibration (nimbuild.quantize),
+  the form TensorRT and TensorRT-RTX take.
 
 The gate runs the variant and the reference with onnxruntime on a fixed, seeded evaluation set and
 compares what the profile serves (for embeddings: the pooled, normalised vectors; otherwise the raw
-output). A variant that misses its gate is refused with the figures; a gate never only warns.
+output). A variant that misses its gate is refused with the figures; a gate never only warns. A
+variant this machine cannot evaluate is refused too, unless the recipe says `gate: {evaluate:
+false}`; its profile then records that the gate did not run.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,20 +35,56 @@ from nimbuild.errors import NimbuildError
 from nimbuild.export.parity import Comparison
 
 GATE_SEED = 7
+CALIBRATION_SEED = 1234
+CALIBRATION_BATCH = 8
 # Gates used when the recipe gives none, per precision (minimum cosine of served outputs).
-DEFAULT_COSINE = {"fp16": 0.999, "int8": 0.98}
+DEFAULT_COSINE = {"fp16": 0.999, "bf16": 0.995, "int8": 0.98, "fp8": 0.98}
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf", "Range", "CumSum"]
+# How each variant's graph is made; int8 takes two forms (see the module docstring).
+FORMS = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8-qdq"}
 
 
 class GateError(NimbuildError):
     """A variant that does not keep close enough to the reference."""
 
 
-def make_variant(reference: Path, precision: str, dest: Path) -> Path:
-    """Write the `precision` variant of the reference graph to dest/model.onnx."""
+def form_for(precision: str, backend: str) -> str:
+    """The graph a precision becomes for a backend: int8 is dynamic for onnxruntime, Q/DQ for engines."""
+    if precision == "int8":
+        return "int8-dynamic" if backend == "onnxruntime" else "int8-qdq"
+    return FORMS[precision]
+
+
+def make_gated(reference, form: str, spec, dest: Path, calibration: list[dict]) -> tuple[Path, dict]:
+    """Make the variant in dest/model.onnx and gate it; return the graph and its verification record."""
+    precision = form.split("-")[0]
     dest.mkdir(parents=True, exist_ok=True)
+    out = dest / "model.onnx"
+    gate_spec = spec.gate if spec else None
+    evaluate = gate_spec is None or gate_spec.evaluate
     with _quiet():
-        return _convert(reference, precision, dest / "model.onnx")
+        if form in ("int8-qdq", "fp8-qdq") and evaluate:
+            from nimbuild.quantize import quantize_gated
+
+            graph, comparison, kept = quantize_gated(
+                reference.files[0], out, precision, calibration,
+                lambda candidate: gate(reference, candidate, form, gate_spec))
+            return graph, _record(form, comparison, quantization=_quantization_record(calibration, kept))
+        graph = _convert(reference.files[0], form, out, calibration)
+    if not evaluate:
+        return graph, {"gate": {"run": False, "why": "the recipe sets gate.evaluate: false"},
+                       "form": form}
+    return graph, _record(form, gate(reference, graph, form, gate_spec))
+
+
+def _record(form: str, comparison: Comparison, **extra) -> dict:
+    return {"gate": {"run": True, **comparison.summary()}, "form": form,
+            "evaluated_as": EVALUATED_AS.get(form, "the variant itself, with onnxruntime"), **extra}
+
+
+def _quantization_record(calibration: list[dict], kept: list[str]) -> dict:
+    return {"scheme": "symmetric; activations per tensor, weights per output channel",
+            "calibration_batches": len(calibration), "layers_kept_fp32": kept}
 
 
 @contextmanager
@@ -55,22 +99,69 @@ def _quiet():
             logging.disable(logging.NOTSET)
 
 
-def _convert(reference: Path, precision: str, out: Path) -> Path:
-    if precision == "fp16":
+def _convert(reference: Path, form: str, out: Path, calibration: list[dict]) -> Path:
+    if form in ("fp16", "bf16"):
         import onnx
-        from onnxconverter_common import float16
 
         original = onnx.load(str(reference))
-        model = float16.convert_float_to_float16(original, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
-        _restore_fp32_outputs(model, {o.name: o.type.tensor_type.elem_type for o in original.graph.output})
+        model = _float16(original)
+        if form == "bf16":
+            _retype_to_bfloat16(model, original)
         onnx.save(model, str(out))
-    elif precision == "int8":
+    elif form == "int8-dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(reference), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    elif form in ("int8-qdq", "fp8-qdq"):  # built ungated, as the recipe asked: no fallback to steer
+        import onnx
+
+        from nimbuild.quantize import calibrate, linear_layers, quantize
+
+        layers = linear_layers(onnx.load(str(reference), load_external_data=False))
+        quantize(reference, out, form.split("-")[0], layers, calibrate(reference, layers, calibration))
     else:
-        raise NimbuildError(f"precision {precision} variants are not supported by this version of nimbuild yet")
+        raise NimbuildError(f"{form} variants are not supported by this version of nimbuild yet")
     return out
+
+
+def _float16(original):
+    from onnx import ModelProto
+    from onnxconverter_common import float16
+
+    copy = ModelProto()
+    copy.CopyFrom(original)
+    model = float16.convert_float_to_float16(copy, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    _restore_fp32_outputs(model, {o.name: o.type.tensor_type.elem_type for o in original.graph.output})
+    return model
+
+
+def _retype_to_bfloat16(model, original) -> None:
+    """Turn the fp16 graph into bf16: same casts, bf16 types, weights rounded from the fp32 originals
+    (so neither fp16's rounding nor its range limit reaches the bf16 weights)."""
+    from onnx import TensorProto, numpy_helper
+
+    originals = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT16:
+            source = originals.get(init.name, numpy_helper.to_array(init))
+            init.CopyFrom(_bf16_tensor(init.name, source))
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
+                attribute.i = TensorProto.BFLOAT16
+            elif attribute.t.data_type == TensorProto.FLOAT16:
+                attribute.t.CopyFrom(_bf16_tensor(attribute.t.name, numpy_helper.to_array(attribute.t)))
+
+
+def _bf16_tensor(name: str, values: np.ndarray):
+    import ml_dtypes
+    from onnx import TensorProto, helper
+
+    rounded = np.asarray(values, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    return helper.make_tensor(name, TensorProto.BFLOAT16, rounded.shape, rounded.view(np.uint16).tobytes(), raw=True)
 
 
 def _restore_fp32_outputs(model, original_types: dict) -> None:
@@ -98,24 +189,138 @@ def _restore_fp32_outputs(model, original_types: dict) -> None:
         output.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
-def gate(adapter, reference: Path, variant: Path, precision: str, spec, inputs) -> Comparison:
+EVALUATED_AS = {
+    "bf16": "an fp32 emulation rounding every bf16 value to bf16 (onnxruntime has no CPU bf16 kernels)",
+    "int8-qdq": "the Q/DQ graph as written, onnxruntime's graph fusions off",
+    "fp8-qdq": "the Q/DQ graph as written, onnxruntime's graph fusions off",
+}
+
+
+def gate(reference, variant: Path, form: str, spec) -> Comparison:
     """Compare the variant with the reference on the evaluation set; refuse it when it misses."""
     from nimbuild.export import open_session, parity_shapes
 
+    precision = form.split("-")[0]
     cosine_min = spec.cosine_min if spec and spec.cosine_min is not None else DEFAULT_COSINE[precision]
     max_abs = spec.max_abs if spec and spec.max_abs is not None else float("inf")
     comparison = Comparison(atol=max_abs, rtol=0.0, cosine_min=cosine_min)
-    ref_session, var_session = open_session(reference), open_session(variant)
-    pooling = adapter.runtime_info.get("pooling") if adapter.task == "embedding" else None
-    for i, (batch, seq) in enumerate(parity_shapes(inputs[0])):
-        feeds = adapter.sample_inputs({"batch": batch, "sequence": seq}, seed=GATE_SEED + i)
-        expected = _served(ref_session.run(None, feeds)[0], feeds, pooling, adapter.runtime_info)
-        got = _served(var_session.run(None, feeds)[0], feeds, pooling, adapter.runtime_info)
-        comparison.add(f"{batch}x{seq}", {"served": expected}, {"served": got})
+    adapter = reference.adapter
+    with tempfile.TemporaryDirectory(prefix="nimbuild-gate-") as tmp:
+        runnable = _bf16_emulation(variant, Path(tmp)) if form == "bf16" else variant
+        var_session = _evaluation_session(runnable, precision, fused=form not in EVALUATED_AS)
+        ref_session = open_session(reference.files[0])
+        pooling = adapter.runtime_info.get("pooling") if adapter.task == "embedding" else None
+        for i, (batch, seq) in enumerate(parity_shapes(reference.inputs[0])):
+            feeds = adapter.sample_inputs({"batch": batch, "sequence": seq}, seed=GATE_SEED + i)
+            expected = _served(ref_session.run(None, feeds)[0], feeds, pooling, adapter.runtime_info)
+            got = _served(_run(var_session, feeds, precision), feeds, pooling, adapter.runtime_info)
+            comparison.add(f"{batch}x{seq}", {"served": expected}, {"served": got})
     if not comparison.passed:
         raise GateError(f"the {precision} variant misses its gate (shapes {', '.join(comparison.shapes)}):\n"
                         + comparison.describe())
     return comparison
+
+
+def _evaluation_session(graph: Path, precision: str, fused: bool):
+    """onnxruntime on the variant; a variant it cannot load is refused unless the recipe opts out."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not fused:  # evaluate Q/DQ and rounding exactly as written, not as a CPU kernel would fuse them
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise NimbuildError(
+            f"the {precision} variant cannot be evaluated on this machine ({_first_line(e)}); "
+            f"to build it without its gate, set precisions.{precision}.gate.evaluate: false in the recipe "
+            "(its profile will record that the gate did not run)") from None
+
+
+def _run(session, feeds: dict, precision: str) -> np.ndarray:
+    try:
+        return session.run(None, feeds)[0]
+    except Exception as e:
+        raise NimbuildError(f"the {precision} variant cannot be evaluated on this machine ({_first_line(e)}); "
+                            f"set precisions.{precision}.gate.evaluate: false to build it ungated") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _bf16_emulation(variant: Path, tmp: Path) -> Path:
+    """The bf16 graph with fp32 tensors, every bf16 value rounded to bf16 through a Cast pair."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(variant)))
+    bf16_values = {v.name for v in list(model.graph.value_info) + list(model.graph.output)
+                   if v.type.tensor_type.elem_type == TensorProto.BFLOAT16}
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.BFLOAT16:  # bf16 values are exact in fp32
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    nodes = []
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.t.data_type == TensorProto.BFLOAT16:
+                attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float32),
+                                                             attribute.t.name))
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.BFLOAT16:
+                attribute.i = TensorProto.FLOAT
+        nodes.append(node)
+        for i, output in enumerate(node.output):
+            if output in bf16_values:  # compute in fp32, then round the result as bf16 storage would
+                exact = output + "_fp32"
+                node.output[i] = exact
+                nodes.append(helper.make_node("Cast", [exact], [output + "_bf16"], to=TensorProto.BFLOAT16))
+                nodes.append(helper.make_node("Cast", [output + "_bf16"], [output], to=TensorProto.FLOAT))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.value_info[:]
+    path = tmp / "bf16-emulation.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def calibration_batches(reference, checkpoint, spec, base_dir: Path) -> list[dict]:
+    """Calibration inputs: the recipe's texts (one per line) through the checkpoint's tokenizer,
+    or seeded synthetic token batches at the recipe's opt sequence length."""
+    calibration = spec.calibration if spec else None
+    samples = calibration.samples if calibration else 64
+    adapter = reference.adapter
+    if calibration and calibration.data:
+        texts = _calibration_texts(calibration.data if calibration.data.is_absolute() else base_dir / calibration.data)
+        return _tokenized(checkpoint, adapter, texts[:samples], reference.inputs[0])
+    seq = min(reference.inputs[0].dims[list(reference.inputs[0].dims)[1]].opt, 128)
+    return [adapter.sample_inputs({"batch": min(CALIBRATION_BATCH, samples - start), "sequence": seq},
+                                  seed=CALIBRATION_SEED + start)
+            for start in range(0, samples, CALIBRATION_BATCH)]
+
+
+def _calibration_texts(path: Path) -> list[str]:
+    from nimbuild.fsutil import read_user_text
+
+    texts = [line.strip() for line in read_user_text(path, "calibration data", NimbuildError).splitlines() if line.strip()]
+    if not texts:
+        raise NimbuildError(f"{path}: calibration data holds no text (one sample per line)")
+    return texts
+
+
+def _tokenized(checkpoint, adapter, texts: list[str], spec) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, local_files_only=True)
+    max_length = spec.dims[list(spec.dims)[1]].max
+    batches = []
+    for start in range(0, len(texts), CALIBRATION_BATCH):
+        encoded = tokenizer(texts[start:start + CALIBRATION_BATCH], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="np")
+        feeds = {"token_type_ids": np.zeros_like(encoded["input_ids"]), **encoded}
+        batches.append({name: np.asarray(feeds[name], dtype=np.int64) for name in adapter.input_names})
+    return batches
 
 
 def _served(output: np.ndarray, feeds: dict, pooling: str | None, info: dict) -> np.ndarray:

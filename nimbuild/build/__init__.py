@@ -56,8 +56,10 @@ class CompileResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (description, why this machine cannot build it)
 
 
-GENERIC_PRECISIONS = ("fp32", "fp16", "int8")
-RTX_PRECISIONS = ("fp32", "fp16")
+GENERIC_PRECISIONS = ("fp32", "fp16", "int8")  # what onnxruntime runs well on any machine
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+# The oldest GPU generation with kernels for a precision: bf16 from Ampere, fp8 from Ada.
+MIN_COMPUTE_CAPABILITY = {"bf16": "8.0", "fp8": "8.9"}
 
 
 def plan_variants(recipe: Recipe) -> list[Variant]:
@@ -83,7 +85,7 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     if target.type == "prebuilt" and target.backend == "tensorrt_rtx":
         from nimbuild.build.tensorrt_rtx import require_rtx
 
-        _supported(i, target, RTX_PRECISIONS)
+        _supported(i, target, ENGINE_PRECISIONS, target.compute_capabilities)
         version = require_rtx()
         return [{"backend": "tensorrt_rtx", "type": "prebuilt", "precision": p, "compute_capability": cc,
                  "trt_version": version, **common}
@@ -91,7 +93,7 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     if target.type == "prebuilt" and target.backend == "tensorrt":
         from nimbuild.build.tensorrt import tensorrt_version
 
-        _supported(i, target, RTX_PRECISIONS)
+        _supported(i, target, ENGINE_PRECISIONS, target.compute_capabilities)
         extra = {}
         if target.hardware_compatibility != "none":
             extra["hardware_compatibility"] = target.hardware_compatibility
@@ -103,7 +105,7 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     if target.type == "rmir":
         from nimbuild.build.tensorrt_rtx import require_rtx
 
-        _supported(i, target, RTX_PRECISIONS)
+        _supported(i, target, ENGINE_PRECISIONS, [target.min_compute_capability])
         require_rtx()  # deploy builds with it; refuse archives this install could never deploy
         return [{"backend": "rmir", "type": "rmir", "precision": p, **common} for p in target.precisions]
     backend = getattr(target, "backend", target.type)
@@ -113,12 +115,22 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     )
 
 
-def _supported(i: int, target, precisions: tuple[str, ...]) -> None:
+def _supported(i: int, target, precisions: tuple[str, ...], capabilities: list[str] = ()) -> None:
     missing = [p for p in target.precisions if p not in precisions]
     if missing:
         raise NimbuildError(f"targets[{i}]: precision {', '.join(missing)} is not supported for "
                             f"{getattr(target, 'backend', target.type)} by this version of nimbuild yet "
                             f"(it builds {', '.join(precisions)})")
+    for precision in target.precisions:
+        floor = MIN_COMPUTE_CAPABILITY.get(precision)
+        too_old = [cc for cc in capabilities if floor and _cc(cc) < _cc(floor)]
+        if too_old:
+            raise NimbuildError(f"targets[{i}]: {precision} needs compute capability {floor} or newer; "
+                                f"this target lists {', '.join(too_old)}")
+
+
+def _cc(value: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in value.split("."))
 
 
 def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
@@ -256,11 +268,11 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         reference = export_reference(checkpoint, recipe, staging / "_reference", reporter)
-        graphs = _precision_graphs(recipe, reference, {v.precision for v in todo}, staging, reporter)
+        graphs = _precision_graphs(recipe, checkpoint, reference, {_form(v) for v in todo}, staging, reporter)
         staged = []
         for variant in todo:
             workspace = staging / variant.description
-            graph, verification = graphs[variant.precision]
+            graph, verification = graphs[_form(variant)]
             tags = dict(variant.tags)
             if tags["type"] == "rmir":
                 target = recipe.targets[variant.target_index]
@@ -280,19 +292,27 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
         raise
 
 
-def _precision_graphs(recipe: Recipe, reference, precisions: set[str], staging: Path,
+def _form(variant: Variant) -> str:
+    """Which graph a variant is built from (int8 is dynamic for onnxruntime, Q/DQ for engines)."""
+    from nimbuild.precision import form_for
+
+    return "fp32" if variant.precision == "fp32" else form_for(variant.precision, dict(variant.tags)["backend"])
+
+
+def _precision_graphs(recipe: Recipe, checkpoint, reference, forms: set[str], staging: Path,
                       reporter: Reporter) -> dict[str, tuple[Path, dict]]:
-    """{precision: (graph, verification record)}: the reference, and each variant that passed its gate."""
-    from nimbuild.precision import gate, make_variant
+    """{form: (graph, verification record)}: the reference, and each variant that passed its gate
+    (or that the recipe asked to build ungated)."""
+    from nimbuild.precision import calibration_batches, make_gated
 
     graphs = {"fp32": (reference.files[0], {"parity": reference.parity.summary()})}
-    for precision in sorted(precisions - {"fp32"}):
-        with reporter.step(f"make and gate the {precision} variant"):
-            graph = make_variant(reference.files[0], precision, staging / "_variants" / precision)
-            spec = recipe.precision_spec(precision).gate
-            comparison = gate(reference.adapter, reference.files[0], graph, precision, spec, reference.inputs)
-        reporter.debug(comparison.describe())
-        graphs[precision] = (graph, {"gate": comparison.summary()})
+    for form in sorted(forms - {"fp32"}):
+        precision = form.split("-")[0]
+        spec = recipe.precision_spec(precision)
+        with reporter.step(f"make and gate the {form} variant"):
+            calibration = calibration_batches(reference, checkpoint, spec, recipe.base_dir) if "qdq" in form else []
+            graphs[form] = make_gated(reference, form, spec, staging / "_variants" / form, calibration)
+        reporter.debug(f"{form}: {graphs[form][1]}")
     return graphs
 
 
