@@ -126,3 +126,12 @@ def test_rebase_keeps_relative_uris_pointing_at_the_same_files(tmp_path):
     uris = {m.tags["precision"]: m.files["model.plan"].uri for m in moved.profiles}
     assert uris["fp16"] == "cells/a/p/model.plan"
     assert uris["fp8"] == registry.uri
+
+
+def test_shared_records_are_written_out_not_aliased():
+    shared = {"run": True, "cosine_min": "0.98"}
+    profiles = [Profile.create("m", "0.1.0", {"backend": "tensorrt_rtx", "precision": "fp8", "compute_capability": cc},
+                               {"model.plan": _file(cc.encode(), f"p{cc}/model.plan")}, build={"gate": shared})
+                for cc in ("8.9", "12.0")]
+    text = Manifest(profiles).dumps()
+    assert "&id" not in text and "*id" not in text and text.count("cosine_min: '0.98'") == 2

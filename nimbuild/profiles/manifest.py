@@ -22,7 +22,15 @@ from nimbuild.yamlutil import load_or_raise
 SCHEMA_VERSION = "1.0"
 # libyaml's C loader and dumper when PyYAML has them: ~10x faster on 10,000-profile manifests.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+    """Profiles built from one variant share its gate record; write it out in each, not as
+    &id001/*id001 aliases a reader of the manifest has to chase."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
 MANIFEST_NAME = "profiles.yaml"
 
 
