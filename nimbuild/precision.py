@@ -285,15 +285,13 @@ def _bf16_emulation(variant: Path, tmp: Path) -> Path:
     return path
 
 
-def calibration_batches(reference, checkpoint, spec, base_dir: Path) -> list[dict]:
-    """Calibration inputs: the recipe's texts (one per line) through the checkpoint's tokenizer,
-    or seeded synthetic token batches at the recipe's opt sequence length."""
-    calibration = spec.calibration if spec else None
-    samples = calibration.samples if calibration else 64
+def calibration_batches(reference, checkpoint, spec, data: Path | None) -> list[dict]:
+    """Calibration inputs: the recipe's texts (`data`, one per line) through the checkpoint's
+    tokenizer, or seeded synthetic token batches at the recipe's opt sequence length."""
+    samples = spec.calibration.samples if spec and spec.calibration else 64
     adapter = reference.adapter
-    if calibration and calibration.data:
-        texts = _calibration_texts(calibration.data if calibration.data.is_absolute() else base_dir / calibration.data)
-        return _tokenized(checkpoint, adapter, texts[:samples], reference.inputs[0])
+    if data is not None:
+        return _tokenized(checkpoint, adapter, _calibration_texts(data)[:samples], reference.inputs[0])
     seq = min(reference.inputs[0].dims[list(reference.inputs[0].dims)[1]].opt, 128)
     return [adapter.sample_inputs({"batch": min(CALIBRATION_BATCH, samples - start), "sequence": seq},
                                   seed=CALIBRATION_SEED + start)

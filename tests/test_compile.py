@@ -102,10 +102,14 @@ def test_a_failed_first_compile_leaves_no_output_directory(write_recipe, tmp_pat
 
 def test_precisions_this_version_cannot_build_are_refused_before_any_work(write_recipe, tmp_path, tiny_bert_dir):
     text = recipe_text(str(tiny_bert_dir)).replace("  fp32: {}\n", "  fp32: {}\n  fp8: {}\n").replace(
-        "targets:\n", "targets:\n  - {type: rmir, precisions: [fp8]}\n")
+        "targets:\n", "targets:\n  - {type: generic, precisions: [fp8]}\n")
     result = _compile(write_recipe(text), tmp_path / "out")
-    assert result.exit_code == 2 and "targets[0]: precision fp8 is not supported for rmir" in result.stderr
+    assert result.exit_code == 2 and "targets[0]: precision fp8 is not supported for onnxruntime" in result.stderr
     assert not (tmp_path / "out").exists()
+    too_old = write_recipe(text.replace("{type: generic, precisions: [fp8]}", "{type: rmir, precisions: [fp8]}"))
+    result = _compile(too_old, tmp_path / "out")
+    assert result.exit_code == 2 and "targets[0]: fp8 needs compute capability 8.9 or newer; this target lists 7.5" \
+        in result.stderr
 
 
 def test_merge_cli_combines_and_rebases(write_recipe, tmp_path, tiny_bert_dir, tiny_llama_dir):
@@ -173,7 +177,8 @@ def test_version_and_recipe_check_json():
     assert json.loads(result.stdout)["variants"] == [
         "onnxruntime-fp32-throughput", "onnxruntime-fp16-throughput", "onnxruntime-int8-throughput",
         "tensorrt_rtx-sm80-fp16-throughput", "tensorrt_rtx-sm86-fp16-throughput", "tensorrt_rtx-sm89-fp16-throughput",
-        "tensorrt_rtx-sm120-fp16-throughput", "tensorrt-sm90-fp16-throughput", "rmir-fp16-throughput"]
+        "tensorrt_rtx-sm120-fp16-throughput", "tensorrt_rtx-sm89-fp8-throughput", "tensorrt_rtx-sm120-fp8-throughput",
+        "tensorrt-sm90-fp16-throughput", "tensorrt-sm90-fp8-throughput", "rmir-fp16-throughput"]
 
 
 def test_example_recipe_compiles_to_the_committed_manifest(minilm_compiled):

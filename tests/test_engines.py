@@ -228,6 +228,9 @@ def test_calibration_texts_come_from_the_recipe(tmp_path, tiny_bert_dir):
     result = _compile(recipe, tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert load_manifest(tmp_path / "out" / "profiles.yaml").profiles[0].build["quantization"]["calibration_batches"] == 1
+    assert "up to date: 1 profile(s)" in _compile(recipe, tmp_path / "out").stdout
+    texts.write_text("Other words entirely.\nA second sentence.\n")
+    assert "1 built" in _compile(recipe, tmp_path / "out").stdout, "new calibration texts are new scales"
     texts.unlink()
     missing = _compile(recipe, tmp_path / "out2")
     assert missing.exit_code == 2 and "calibration.txt: calibration data not found" in missing.stderr

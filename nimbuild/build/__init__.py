@@ -149,16 +149,26 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
         "target": recipe.targets[variant.target_index].model_dump(mode="json"),
         "tags": dict(variant.tags),  # precision, compute capability and engine builder version among them
         "precision_spec": recipe.precision_spec(variant.precision).model_dump(mode="json"),
+        "calibration_data": _calibration_digest(recipe, variant.precision),
         # every library that shapes the files: a newer converter must not be skipped as "unchanged"
         "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript",
-                                          "onnxconverter-common")},
+                                          "onnxconverter-common", "ml_dtypes")},
     }
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
 
 
+def _calibration_digest(recipe: Recipe, precision: str) -> str | None:
+    """The calibration texts shape Q/DQ scales: edited texts are a rebuild, the same path or not."""
+    calibration = recipe.precision_spec(precision).calibration
+    if not calibration or not calibration.data:
+        return None
+    path = recipe.resolve_path(calibration.data)
+    return "sha256:" + sha256_file(path) if path.is_file() else None  # a missing file fails the build itself
+
+
 # The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
 # fixed exporter is not skipped as "unchanged". The CLI, registry and selection code are not.
-_SHAPING_CODE = ("recipe.py", "sources", "export", "precision.py", "build", "profiles/manifest.py", "profiles/tags.py")
+_SHAPING_CODE = ("recipe.py", "sources", "export", "precision.py", "quantize.py", "pooling.py", "build", "profiles/manifest.py", "profiles/tags.py")
 
 
 def _code_digest() -> str:
@@ -310,7 +320,8 @@ def _precision_graphs(recipe: Recipe, checkpoint, reference, forms: set[str], st
         precision = form.split("-")[0]
         spec = recipe.precision_spec(precision)
         with reporter.step(f"make and gate the {form} variant"):
-            calibration = calibration_batches(reference, checkpoint, spec, recipe.base_dir) if "qdq" in form else []
+            data = recipe.resolve_path(spec.calibration.data) if spec.calibration and spec.calibration.data else None
+            calibration = calibration_batches(reference, checkpoint, spec, data) if "qdq" in form else []
             graphs[form] = make_gated(reference, form, spec, staging / "_variants" / form, calibration)
         reporter.debug(f"{form}: {graphs[form][1]}")
     return graphs
