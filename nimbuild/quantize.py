@@ -108,7 +108,7 @@ def quantize(reference: Path, out: Path, fmt: str, layers: list[Linear], activat
     nodes = {n.name: n for n in model.graph.node}
     initializers = {i.name: i for i in model.graph.initializer}
     chains: dict[str, list] = {}  # value read -> the Q/DQ nodes that read it
-    quantized_acts = {}
+    quantized_acts, quantized_weights = {}, {}
     for layer in layers:
         if layer.node in keep:
             continue
@@ -117,13 +117,17 @@ def quantize(reference: Path, out: Path, fmt: str, layers: list[Linear], activat
             scale = np.float32(_amax(activations[layer.activation]) / qmax)
             quantized_acts[layer.activation] = _qdq(model, chains, layer.activation, scale, elem)
         node.input[0] = quantized_acts[layer.activation]
+        if (layer.weight, layer.channel_axis) in quantized_weights:  # a weight shared by layers: one copy
+            node.input[1] = quantized_weights[layer.weight, layer.channel_axis]
+            continue
         w = numpy_helper.to_array(initializers[layer.weight]).astype(np.float32)
         reduce_axis = 1 - layer.channel_axis
         scales = (np.maximum(np.abs(w).max(axis=reduce_axis), 1e-12) / qmax).astype(np.float32)
         q = _to_format(w / np.expand_dims(scales, reduce_axis), fmt)
-        stored = layer.weight + "_quantized"
+        stored = f"{layer.weight}_quantized_{layer.channel_axis}"
         model.graph.initializer.append(_tensor(stored, q, elem))
-        node.input[1] = _dequantize(model, chains, stored, scales, layer.channel_axis, elem, layer.weight)
+        node.input[1] = _dequantize(model, chains, stored, scales, layer.channel_axis, elem, stored)
+        quantized_weights[layer.weight, layer.channel_axis] = node.input[1]
     _insert_in_order(model, chains)
     unused = {layer.weight for layer in layers if layer.node not in keep}
     still_read = {i for n in model.graph.node for i in n.input}

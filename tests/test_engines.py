@@ -450,3 +450,27 @@ def test_tensorrt_builds_for_the_local_gpu_with_a_timing_cache(tmp_path, tiny_be
     assert engine.tags["hardware_compatibility"] == "same_compute_capability"
     assert engine.build["engine"]["timing_cache"] == str(cache) and cache.stat().st_size > 0
     assert engine.files["model.plan"].size > 10_000
+
+
+def test_a_weight_shared_by_two_layers_is_quantised_once(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nimbuild import quantize
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="a"), helper.make_node("MatMul", ["h", "W"], ["y"], name="b")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [weight])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(path))
+    layers = quantize.linear_layers(onnx.load(str(path)))
+    activations = quantize.calibrate(path, layers, [{"x": np.ones((2, 4), np.float32)}])
+    for fmt in ("int8", "fp8"):
+        model = onnx.load(str(quantize.quantize(path, tmp_path / f"{fmt}.onnx", fmt, layers, activations)))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.initializer if i.name.endswith("_quantized_1")] == ["W_quantized_1"]
+        assert "W" not in {i.name for i in model.graph.initializer}, "the fp32 copy is dropped"
+        assert [n.op_type for n in model.graph.node].count("QuantizeLinear") == 2, "x and h, once each"
