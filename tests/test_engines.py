@@ -185,15 +185,17 @@ def test_fp8_for_a_gpu_without_fp8_kernels_is_refused_when_planning(tmp_path, ti
     assert "targets[0]: fp8 needs compute capability 8.9 or newer; this target lists 8.0" in result.stderr
 
 
-def test_a_quantised_variant_out_of_reach_is_refused_after_falling_back(tmp_path, tiny_bert_dir):
+@pytest.mark.parametrize("precision", ["bf16", "int8", "fp8"])
+def test_an_engine_variant_out_of_reach_is_refused_with_the_figures(tmp_path, tiny_bert_dir, precision):
     recipe = tmp_path / "r.yaml"
-    precisions = {**ENGINE_PRECISIONS, "int8": "{gate: {cosine_min: 1.0, max_abs: 0}, calibration: {samples: 8}}"}
+    precisions = {**ENGINE_PRECISIONS, precision: "{gate: {cosine_min: 1.0, max_abs: 0}, calibration: {samples: 8}}"}
     recipe.write_text(recipe_text(str(tiny_bert_dir), profile="throughput", precisions=precisions, targets=(
-        '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [int8]}',)))
+        f'{{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.9"], precisions: [{precision}]}}',)))
     result = _compile(recipe, tmp_path / "out")
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
-    assert "the int8 variant misses its gate" in result.stderr and "served: max abs err" in result.stderr
-    assert "most sensitive of 12 layers kept in fp32" in result.stderr
+    assert f"the {precision} variant misses its gate" in result.stderr and "served: max abs err" in result.stderr
+    if precision != "bf16":  # Q/DQ variants first fall back to keeping sensitive layers in fp32
+        assert "most sensitive of 12 layers kept in fp32" in result.stderr
 
 
 def test_a_variant_that_cannot_be_evaluated_is_refused_unless_the_recipe_opts_out(tmp_path, tiny_bert_dir,
