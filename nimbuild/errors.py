@@ -1,6 +1,12 @@
 """Errors a user can cause. The CLI prints them as one line and exits non-zero."""
 
 
+def first_line(error: BaseException) -> str:
+    """A library exception's first line, for a one-line message (or its type when it says nothing)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class NimbuildError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
 

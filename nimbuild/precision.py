@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.errors import NimbuildError
+from nimbuild.errors import NimbuildError, first_line
 from nimbuild.export.parity import Comparison
 
 GATE_SEED = 7
@@ -113,12 +113,10 @@ def _convert(reference: Path, form: str, out: Path, calibration: list[dict]) -> 
 
         quantize_dynamic(str(reference), str(out), weight_type=QuantType.QInt8, per_channel=True)
     elif form in ("int8-qdq", "fp8-qdq"):  # built ungated, as the recipe asked: no fallback to steer
-        import onnx
+        from nimbuild.quantize import calibrated_layers, quantize
 
-        from nimbuild.quantize import calibrate, linear_layers, quantize
-
-        layers = linear_layers(onnx.load(str(reference), load_external_data=False))
-        quantize(reference, out, form.split("-")[0], layers, calibrate(reference, layers, calibration))
+        fmt = form.split("-")[0]
+        quantize(reference, out, fmt, *calibrated_layers(reference, calibration, fmt))
     else:
         raise NimbuildError(f"{form} variants are not supported by this version of nimbuild yet")
     return out
@@ -222,18 +220,16 @@ def gate(reference, variant: Path, form: str, spec) -> Comparison:
 
 
 def _evaluation_session(graph: Path, precision: str, fused: bool):
-    """onnxruntime on the variant; a variant it cannot load is refused unless the recipe opts out."""
-    import onnxruntime as ort
+    """onnxruntime on the variant (unfused: Q/DQ and rounding exactly as written, not as a CPU kernel
+    would fuse them); a variant it cannot load is refused unless the recipe opts out."""
+    from nimbuild.errors import ExportError
+    from nimbuild.export import open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not fused:  # evaluate Q/DQ and rounding exactly as written, not as a CPU kernel would fuse them
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    except Exception as e:
+        return open_session(graph, fused=fused)
+    except ExportError as e:
         raise NimbuildError(
-            f"the {precision} variant cannot be evaluated on this machine ({_first_line(e)}); "
+            f"the {precision} variant cannot be evaluated on this machine ({e}); "
             f"to build it without its gate, set precisions.{precision}.gate.evaluate: false in the recipe "
             "(its profile will record that the gate did not run)") from None
 
@@ -242,13 +238,8 @@ def _run(session, feeds: dict, precision: str) -> np.ndarray:
     try:
         return session.run(None, feeds)[0]
     except Exception as e:
-        raise NimbuildError(f"the {precision} variant cannot be evaluated on this machine ({_first_line(e)}); "
+        raise NimbuildError(f"the {precision} variant cannot be evaluated on this machine ({first_line(e)}); "
                             f"set precisions.{precision}.gate.evaluate: false to build it ungated") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _bf16_emulation(variant: Path, tmp: Path) -> Path:

@@ -126,7 +126,7 @@ def quantize(reference: Path, out: Path, fmt: str, layers: list[Linear], activat
         q = _to_format(w / np.expand_dims(scales, reduce_axis), fmt)
         stored = f"{layer.weight}_quantized_{layer.channel_axis}"
         model.graph.initializer.append(_tensor(stored, q, elem))
-        node.input[1] = _dequantize(model, chains, stored, scales, layer.channel_axis, elem, stored)
+        node.input[1] = _dequantize(model, chains, stored, scales, layer.channel_axis, elem)
         quantized_weights[layer.weight, layer.channel_axis] = node.input[1]
     _insert_in_order(model, chains)
     unused = {layer.weight for layer in layers if layer.node not in keep}
@@ -142,14 +142,9 @@ def quantize_gated(reference: Path, out: Path, fmt: str, batches: list[dict],
                    passes: Callable[[Path], object]) -> tuple[Path, object, list[str]]:
     """Quantise; while the gate misses, keep the 1, 2, 4, ... most sensitive layers in fp32.
     Returns (graph, the passing comparison, layers kept in fp32); raises the last gate error."""
-    import onnx
-
     from nimbuild.precision import GateError
 
-    layers = linear_layers(onnx.load(str(reference), load_external_data=False))
-    if not layers:
-        raise GateError(f"{reference.name} has no MatMul/Gemm layer with constant weights to quantise to {fmt}")
-    activations = calibrate(reference, layers, batches)
+    layers, activations = calibrated_layers(reference, batches, fmt)
     ranked = _ranked(reference, layers, activations, fmt)
     count, last_error = 0, None
     while count <= len(layers) // 2:
@@ -162,6 +157,18 @@ def quantize_gated(reference: Path, out: Path, fmt: str, batches: list[dict],
         count = 1 if count == 0 else count * 2
     raise GateError(f"{last_error}\n(still missed with the {len(ranked[:count // 2])} most sensitive of "
                     f"{len(layers)} layers kept in fp32)") from None
+
+
+def calibrated_layers(reference: Path, batches: list[dict], fmt: str) -> tuple[list[Linear], dict[str, np.ndarray]]:
+    """The graph's linear layers and their activations on the calibration batches."""
+    import onnx
+
+    from nimbuild.precision import GateError
+
+    layers = linear_layers(onnx.load(str(reference), load_external_data=False))
+    if not layers:
+        raise GateError(f"{reference.name} has no MatMul/Gemm layer with constant weights to quantise to {fmt}")
+    return layers, calibrate(reference, layers, batches)
 
 
 def _ranked(reference: Path, layers: list[Linear], activations: dict, fmt: str) -> list[Linear]:
@@ -212,15 +219,15 @@ def _qdq(model, chains: dict, value: str, scale: np.float32, elem: int) -> str:
     return dequantized
 
 
-def _dequantize(model, chains: dict, stored: str, scales: np.ndarray, axis: int, elem: int, weight: str) -> str:
+def _dequantize(model, chains: dict, stored: str, scales: np.ndarray, axis: int, elem: int) -> str:
     from onnx import helper, numpy_helper
 
-    scale_name = weight + "_scale"
-    zp = _zero_point(model, weight + "_zero_point", scales.shape, elem)
+    scale_name = stored + "_scale"
+    zp = _zero_point(model, stored + "_zero_point", scales.shape, elem)
     model.graph.initializer.append(numpy_helper.from_array(scales, scale_name))
-    dequantized = weight + "_dq"
+    dequantized = stored + "_dq"
     chains[stored] = [helper.make_node("DequantizeLinear", [stored, scale_name, zp], [dequantized],
-                                       name=weight + "_DQ", axis=axis)]
+                                       name=stored + "_DQ", axis=axis)]
     return dequantized
 
 

@@ -157,13 +157,15 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
 
 
+def _calibration_file(recipe: Recipe, precision: str) -> Path | None:
+    calibration = recipe.precision_spec(precision).calibration
+    return recipe.resolve_path(calibration.data) if calibration and calibration.data else None
+
+
 def _calibration_digest(recipe: Recipe, precision: str) -> str | None:
     """The calibration texts shape Q/DQ scales: edited texts are a rebuild, the same path or not."""
-    calibration = recipe.precision_spec(precision).calibration
-    if not calibration or not calibration.data:
-        return None
-    path = recipe.resolve_path(calibration.data)
-    return "sha256:" + sha256_file(path) if path.is_file() else None  # a missing file fails the build itself
+    path = _calibration_file(recipe, precision)
+    return "sha256:" + sha256_file(path) if path and path.is_file() else None  # a missing file fails the build
 
 
 # The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
@@ -320,7 +322,7 @@ def _precision_graphs(recipe: Recipe, checkpoint, reference, forms: set[str], st
         precision = form.split("-")[0]
         spec = recipe.precision_spec(precision)
         with reporter.step(f"make and gate the {form} variant"):
-            data = recipe.resolve_path(spec.calibration.data) if spec.calibration and spec.calibration.data else None
+            data = _calibration_file(recipe, precision)
             calibration = calibration_batches(reference, checkpoint, spec, data) if "qdq" in form else []
             graphs[form] = make_gated(reference, form, spec, staging / "_variants" / form, calibration)
         reporter.debug(f"{form}: {graphs[form][1]}")

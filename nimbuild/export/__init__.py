@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nimbuild.errors import ExportError, ParityError
+from nimbuild.errors import ExportError, ParityError, first_line
 from nimbuild.export.parity import Comparison
 from nimbuild.progress import Reporter
 from nimbuild.recipe import DimRange, Recipe
@@ -167,20 +167,23 @@ def _check_graph(path: Path, opset: int) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # ValidationError or shape-inference errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         hint = " (the exporter targets opset 18 natively; try export.opset: 18 or higher)" if opset < 18 else ""
         raise ExportError(f"the exported graph is not valid ONNX: {first}{hint}") from None
 
 
-def open_session(path: Path):
+def open_session(path: Path, fused: bool = True):
+    """onnxruntime on the CPU; fused=False runs the graph exactly as written (no graph fusions)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ExportError(f"{path}: onnxruntime cannot load the graph: {str(e).strip().splitlines()[0]}") from None
+        raise ExportError(f"{path}: onnxruntime cannot load the graph: {first_line(e)}") from None
 
 
 def check_parity(adapter, onnx_path: Path, specs: list[InputSpec], tolerance) -> Comparison:

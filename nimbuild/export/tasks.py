@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nimbuild.errors import ExportError
+from nimbuild.errors import ExportError, first_line
 from nimbuild.sources.hf import HFCheckpoint
 
 # sentence-transformers pooling modes this project's runtime implements.
@@ -76,8 +76,7 @@ def _load(auto_class_name: str, checkpoint: HFCheckpoint):
             checkpoint.path, dtype=torch.float32, use_safetensors=use_safetensors, local_files_only=True,
         )
     except Exception as e:  # transformers raises many types for a bad checkpoint; all are user errors here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{checkpoint.path}: cannot load as {auto_class_name}: {first}") from None
+        raise ExportError(f"{checkpoint.path}: cannot load as {auto_class_name}: {first_line(e)}") from None
     return model.eval()
 
 
