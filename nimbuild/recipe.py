@@ -132,9 +132,13 @@ class GenericTarget(_Strict):
 
 class PrebuiltTarget(_Strict):
     type: Literal["prebuilt"]
-    backend: Literal["tensorrt", "tensorrt_rtx"]
+    backend: Literal["tensorrt", "tensorrt_rtx", "tensorrt_llm"]
     compute_capabilities: list[ComputeCapability] = Field(min_length=1)
     precisions: list[Precision] = Field(min_length=1)
+    # tensorrt_llm only: tensor and pipeline parallelism, and whether the engine takes LoRA adapters
+    tp: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
+    lora: bool = False
     # datacenter TensorRT only: what the engine may run on, and how it is built
     hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
     version_compatible: bool = False
@@ -154,6 +158,9 @@ class PrebuiltTarget(_Strict):
                      if k in self.model_fields_set]
             if tuned:
                 raise ValueError(f"{', '.join(tuned)} apply to backend tensorrt, not tensorrt_rtx")
+        parallel = [k for k in ("tp", "pp", "lora") if k in self.model_fields_set]
+        if parallel and self.backend != "tensorrt_llm":
+            raise ValueError(f"{', '.join(parallel)} apply to backend tensorrt_llm, not {self.backend}")
         return self
 
 

@@ -73,23 +73,34 @@ class Metrics:
         self.tokens = Counter("nimbuild_embedding_tokens_total", "Tokens embedded", registry=self.registry)
         self.ready = Gauge("nimbuild_triton_ready", "1 when Triton reports the model ready", registry=self.registry)
         self.restarts = Gauge("nimbuild_triton_restarts", "Times Triton was restarted", registry=self.registry)
+        self.prompt_tokens = Counter("nimbuild_prompt_tokens_total", "Prompt tokens of completions", registry=self.registry)
+        self.completion_tokens = Counter("nimbuild_completion_tokens_total", "Tokens generated", registry=self.registry)
+        self.first_token = Histogram("nimbuild_time_to_first_token_seconds", "Time from request to first token",
+                                     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
 
 
 def create_app(model: ServedModel, triton) -> FastAPI:
-    """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .ready, .metrics_port, .restarts)."""
-    tokenizer = _tokenizers(model)
-    input_names = [i["name"] for i in model.info["inputs"]]
+    """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .grpc_port, .ready,
+    .metrics_port, .restarts). Embedding profiles get /v1/embeddings; text-generation profiles
+    get /v1/completions and /v1/chat/completions (runtime_min.completions)."""
     metrics = Metrics()
     state: dict[str, Any] = {}
+    generating = model.info.get("task") == "text-generation"
 
     async def lifespan(app):
         import tritonclient.http.aio as triton_http
 
         state["client"] = triton_http.InferenceServerClient(triton.url, conn_limit=256)
         state["http"] = httpx.AsyncClient(timeout=5.0)
+        if generating:  # a decoupled model streams its responses, which only Triton's gRPC API carries
+            import tritonclient.grpc.aio as triton_grpc
+
+            state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
         yield
         await state["client"].close()
         await state["http"].aclose()
+        if generating:
+            await state["grpc"].close()
 
     app = FastAPI(title="runtime_min", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -153,6 +164,19 @@ def create_app(model: ServedModel, triton) -> FastAPI:
             text += "# Triton metrics unavailable: Triton is not running\n"
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
+    if generating:
+        from runtime_min.completions import add_completion_routes
+
+        add_completion_routes(app, model, triton, state, metrics)
+    else:
+        _add_embedding_routes(app, model, triton, state, metrics)
+    return app
+
+
+def _add_embedding_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:
+    tokenizer = _tokenizers(model)
+    input_names = [i["name"] for i in model.info["inputs"]]
+
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
         if body.model != model.name:
@@ -178,8 +202,6 @@ def create_app(model: ServedModel, triton) -> FastAPI:
                 for i, v in enumerate(matrix)]
         return {"object": "list", "data": data, "model": model.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-    return app
 
 
 def _error(error: ApiError) -> JSONResponse:

@@ -79,6 +79,10 @@ def plan_variants(recipe: Recipe) -> list[Variant]:
 
 def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     common = {"profile": recipe.serving.profile, "tp": "1"}
+    if recipe.task == "text-generation":
+        return _llm_target_tags(recipe, i, target)
+    if getattr(target, "backend", None) == "tensorrt_llm":
+        raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is {recipe.task}")
     if target.type == "generic":
         _supported(i, target, GENERIC_PRECISIONS)
         return [{"backend": target.backend, "type": "generic", "precision": p, **common} for p in target.precisions]
@@ -113,6 +117,26 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         f"targets[{i}]: {target.type} targets ({backend}) are not supported by this version of nimbuild yet; "
         "remove the target to compile the rest"
     )
+
+
+def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    """Decoder LMs: the generic KV-cache graph (fp32) anywhere, TensorRT-LLM engines on GPU hosts."""
+    from nimbuild.build.tensorrt_llm import LLM_PRECISIONS, tensorrt_llm_version
+
+    profile = recipe.serving.profile
+    if target.type == "generic":
+        _supported(i, target, ("fp32",))
+        return [{"backend": target.backend, "type": "generic", "precision": p, "profile": profile, "tp": "1"}
+                for p in target.precisions]
+    if getattr(target, "backend", None) != "tensorrt_llm":
+        raise NimbuildError(f"targets[{i}]: text-generation models are built as generic onnxruntime profiles or "
+                            f"TensorRT-LLM engines (type: prebuilt, backend: tensorrt_llm), not {target.type} "
+                            f"{getattr(target, 'backend', '')}".rstrip())
+    _supported(i, target, LLM_PRECISIONS, target.compute_capabilities)
+    return [{"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": p, "compute_capability": cc,
+             "trt_version": tensorrt_llm_version() or "", "profile": profile, "tp": str(target.tp),
+             "pp": str(target.pp), "feat_lora": "true" if target.lora else "false"}
+            for p in target.precisions for cc in target.compute_capabilities]
 
 
 def _supported(i: int, target, precisions: tuple[str, ...], capabilities: list[str] = ()) -> None:
@@ -198,7 +222,13 @@ def split_buildable(variants: list[Variant]) -> tuple[list[Variant], list[tuple[
     buildable, skipped = [], []
     for v in variants:
         tags = dict(v.tags)
-        reason = why_not_buildable(tags["compute_capability"]) if tags["backend"] == "tensorrt" else None
+        reason = None
+        if tags.get("backend") == "tensorrt":
+            reason = why_not_buildable(tags["compute_capability"])
+        elif tags.get("llm_engine") == "tensorrt_llm":
+            from nimbuild.build.tensorrt_llm import why_not_buildable as why_not_llm
+
+            reason = why_not_llm(tags["compute_capability"], int(tags["tp"]) * int(tags["pp"]))
         (skipped.append((v.description, reason)) if reason else buildable.append(v))
     return buildable, skipped
 
@@ -290,6 +320,12 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
                 target = recipe.targets[variant.target_index]
                 make_rmir_workspace(recipe, checkpoint, reference, graph, variant.precision,
                                     target.min_compute_capability, workspace)
+            elif tags.get("llm_engine") == "tensorrt_llm":
+                from nimbuild.build.tensorrt_llm import make_llm_engine_workspace
+
+                with reporter.step(f"build TensorRT-LLM engine {variant.description}"):
+                    engine = make_llm_engine_workspace(recipe, checkpoint, reference, variant, workspace)
+                verification = {**verification, "engine": engine}
             elif tags["backend"] in ("tensorrt_rtx", "tensorrt"):
                 with reporter.step(f"build {tags['backend']} engine {variant.description}"):
                     engine = make_engine_workspace(recipe, checkpoint, reference, graph, variant, workspace)
@@ -308,7 +344,10 @@ def _form(variant: Variant) -> str:
     """Which graph a variant is built from (int8 is dynamic for onnxruntime, Q/DQ for engines)."""
     from nimbuild.precision import form_for
 
-    return "fp32" if variant.precision == "fp32" else form_for(variant.precision, dict(variant.tags)["backend"])
+    tags = dict(variant.tags)
+    if variant.precision == "fp32" or "llm_engine" in tags:  # TensorRT-LLM quantises from the checkpoint itself
+        return "fp32"
+    return form_for(variant.precision, tags["backend"])
 
 
 def _precision_graphs(recipe: Recipe, checkpoint, reference, forms: set[str], staging: Path,
@@ -348,7 +387,7 @@ def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, so
     tags = dict(variant.tags)
     requires = None
     if tags.get("type") == "prebuilt":
-        requires = {"gpus": 1}  # the compute_capability tag names exactly what the engine runs on
+        requires = {"gpus": int(tags.get("tp", "1")) * int(tags.get("pp", "1"))}  # the compute_capability tag names exactly what the engine runs on
     elif tags.get("type") == "rmir":
         requires = {"min_compute_capability": recipe.targets[variant.target_index].min_compute_capability, "gpus": 1}
     return Profile.create(recipe.name, recipe.release, tags, files, requires=requires, build=build)

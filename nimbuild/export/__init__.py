@@ -65,6 +65,8 @@ def parity_shapes(spec: InputSpec) -> list[tuple[int, int]]:
 
 
 def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    if recipe.task == "text-generation":
+        return _export_decoder(checkpoint, recipe, dest, reporter)
     from nimbuild.export.tasks import load_task
 
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
@@ -73,21 +75,53 @@ def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, repor
     _check_sequence_limit(specs, checkpoint)
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
-    metadata = {
-        "nimbuild.task": recipe.task,
-        "nimbuild.source_digest": checkpoint.digest(),
-        "nimbuild.runtime_info": json.dumps(adapter.runtime_info, sort_keys=True),
-    }
     with reporter.step(f"export reference ONNX (opset {recipe.export.opset})"):
-        _export(adapter, specs, onnx_path, recipe.export.opset, metadata, reporter)
+        _export(adapter, specs, onnx_path, recipe.export.opset, _metadata(recipe, checkpoint, adapter), reporter)
         _check_graph(onnx_path, recipe.export.opset)
     with reporter.step("check parity against PyTorch"):
         comparison = check_parity(adapter, onnx_path, specs, recipe.export.parity)
     reporter.debug(comparison.describe())
-    files = [onnx_path] + ([onnx_path.with_name("model.onnx.data")] if onnx_path.with_name("model.onnx.data").exists() else [])
+    return _reference(onnx_path, specs, adapter, comparison)
+
+
+def _export_decoder(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A decoder-only LM with its KV cache (nimbuild.export.decoder)."""
+    from nimbuild.export import decoder
+
+    batch, context = decoder.context_limits(recipe.export.inputs, checkpoint)
+    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
+        adapter = decoder.load_decoder(checkpoint)
+    adapter.runtime_info = {
+        "max_sequence_length": context.max, "max_batch": batch.max, "eos_token_ids": adapter.eos_ids,
+        "kv_cache": {"layers": adapter.layers, "heads": adapter.kv_heads, "head_dim": adapter.head_dim},
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx_path = dest / "model.onnx"
+    opset, metadata = recipe.export.opset, _metadata(recipe, checkpoint, adapter)
+    with reporter.step(f"export reference ONNX with KV cache (opset {opset})"):
+        decoder.export_decoder(adapter, batch, context, onnx_path, opset,
+                               lambda *args: _run_exporter(*args, onnx_path, opset, metadata, reporter))
+        _check_graph(onnx_path, opset)
+    with reporter.step("check greedy generation against transformers"):
+        comparison = decoder.check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
+    reporter.debug(comparison.describe())
+    specs = [InputSpec("input_ids", {"batch": batch, "sequence": context})]
+    return _reference(onnx_path, specs, adapter, comparison)
+
+
+def _metadata(recipe: Recipe, checkpoint: HFCheckpoint, adapter) -> dict[str, str]:
+    return {
+        "nimbuild.task": recipe.task,
+        "nimbuild.source_digest": checkpoint.digest(),
+        "nimbuild.runtime_info": json.dumps(adapter.runtime_info, sort_keys=True),
+    }
+
+
+def _reference(onnx_path: Path, specs: list[InputSpec], adapter, comparison: Comparison) -> ReferenceExport:
+    data = onnx_path.with_name("model.onnx.data")
     return ReferenceExport(
-        files=files, inputs=specs, output_names=adapter.output_names, parity=comparison,
-        runtime_info=adapter.runtime_info, builder=_builder_versions(), adapter=adapter,
+        files=[onnx_path] + ([data] if data.exists() else []), inputs=specs, output_names=adapter.output_names,
+        parity=comparison, runtime_info=adapter.runtime_info, builder=_builder_versions(), adapter=adapter,
     )
 
 
@@ -122,14 +156,22 @@ def _export(adapter, specs: list[InputSpec], path: Path, opset: int, metadata: d
             shape.append(min(max(rng.opt, 2), rng.max))
         dynamic_shapes.append(axes or None)
         example.append(torch.ones(shape, dtype=torch.long))
+    _run_exporter(adapter.module, tuple(example), [s.name for s in specs], adapter.output_names,
+                  (tuple(dynamic_shapes),), path, opset, metadata, reporter)
+
+
+def _run_exporter(module, example: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: tuple,
+                  path: Path, opset: int, metadata: dict[str, str], reporter: Reporter) -> None:
+    """torch.onnx.export (dynamo), quiet, with debug metadata stripped and our metadata added."""
+    import torch
+
     log = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                adapter.module, tuple(example), None, input_names=[s.name for s in specs],
-                output_names=adapter.output_names, opset_version=opset, dynamo=True,
-                dynamic_shapes=(tuple(dynamic_shapes),), verbose=False,
+                module, example, None, input_names=input_names, output_names=output_names,
+                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
             )
             _strip_debug_metadata(program.model)
             program.model.metadata_props.update(metadata)

@@ -65,6 +65,7 @@ class Comparison:
     cosine_min: float
     outputs: dict[str, Figures] = field(default_factory=dict)
     shapes: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # what else was checked (e.g. greedy tokens compared)
 
     def add(self, shape_label: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> None:
         self.shapes.append(shape_label)
@@ -95,4 +96,5 @@ class Comparison:
             "atol": f"{self.atol:g}", "rtol": f"{self.rtol:g}", "cosine_min": f"{self.cosine_min:g}",
             "shapes": list(self.shapes),
             "outputs": {name: f.summary() for name, f in self.outputs.items()},
+            **self.notes,
         }

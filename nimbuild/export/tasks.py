@@ -45,9 +45,9 @@ class TaskAdapter:
 
 
 def load_task(task: str, checkpoint: HFCheckpoint) -> TaskAdapter:
+    """Encoder tasks; decoder LMs (text-generation) have their own exporter, nimbuild.export.decoder."""
     loaders: dict[str, Callable[[HFCheckpoint], TaskAdapter]] = {
         "embedding": _embedding,
-        "text-generation": _text_generation,
     }
     return loaders[task](checkpoint)
 
@@ -126,26 +126,3 @@ def _pooling_info(checkpoint: HFCheckpoint) -> dict[str, Any]:
     st_config = checkpoint.read_json("sentence_bert_config.json") or {}
     max_len = st_config.get("max_seq_length") or checkpoint.config.get("max_position_embeddings")
     return {"pooling": pooling, "normalize": normalize, "max_sequence_length": int(max_len) if max_len else None}
-
-
-def _text_generation(checkpoint: HFCheckpoint) -> TaskAdapter:
-    import torch
-
-    model = _load("AutoModelForCausalLM", checkpoint)
-    names = ["input_ids", "attention_mask"]
-
-    class CausalLogits(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, *inputs):  # positional, like every adapter: the exporter relies on it
-            return self.lm(**dict(zip(names, inputs)), use_cache=False).logits
-
-    config = checkpoint.config
-    max_len = config.get("max_position_embeddings") or config.get("n_positions")
-    return TaskAdapter(
-        task="text-generation", input_names=names, output_names=["logits"],
-        module=CausalLogits(model), vocab_size=int(config["vocab_size"]),
-        runtime_info={"max_sequence_length": int(max_len) if max_len else None},
-    )

@@ -1,0 +1,216 @@
+"""Decoder-only language models (Llama, Qwen2, GPT-2, ...) to one KV-cache ONNX graph, checked
+against `transformers`' own generation.
+
+One graph serves both phases: the prefill runs with a past of length 0, each decode step with the
+cache the previous call returned (nimbuild.generation documents the layout). The wrapper builds a
+`DynamicCache` from flat past tensors and flattens the present one, so the graph's inputs and
+outputs are plain tensors any runtime can feed. Only the last position's logits leave the graph:
+generation needs no others, and a [batch, prompt, vocab] output would dominate prefill memory.
+
+Parity is judged on what serving does: for fixed prompts, the greedy token sequence through the
+graph must equal `transformers.generate`'s exactly, every step's logits must be within tolerance,
+and the same prompts batched together (left-padded, as the runtime batches them) must give the
+same tokens again.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nimbuild.errors import ExportError, ParityError
+from nimbuild.export.parity import Comparison
+from nimbuild.recipe import DimRange
+from nimbuild.sources.hf import HFCheckpoint
+
+PROMPT_SEED = 20240611
+GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+@dataclass
+class DecoderAdapter:
+    task: str
+    module: Any  # forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present)
+    model: Any  # the transformers model, for generate()
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    eos_ids: list[int]
+    runtime_info: dict[str, Any]
+
+    @property
+    def past_names(self) -> list[str]:
+        return [f"past_key_values.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+
+    @property
+    def present_names(self) -> list[str]:
+        return [f"present.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [*GRAPH_INPUTS, *self.past_names]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits", *self.present_names]
+
+
+def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
+    import torch
+    from transformers import DynamicCache
+
+    from nimbuild.export.tasks import _load
+
+    model = _load("AutoModelForCausalLM", checkpoint)
+    config = model.config
+    layers = int(config.num_hidden_layers)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    class DecoderWithPast(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache(config=self.lm.config)
+            for layer in range(layers):
+                cache.update(past[2 * layer], past[2 * layer + 1], layer)
+            extra = {"logits_to_keep": 1} if keeps_last else {}
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True, **extra)
+            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return (out.logits[:, -1:, :], *present)
+
+    return DecoderAdapter(
+        task="text-generation", module=DecoderWithPast(model), model=model, layers=layers, kv_heads=kv_heads,
+        head_dim=head_dim, vocab_size=int(config.vocab_size), eos_ids=eos_token_ids(checkpoint),
+        runtime_info={},
+    )
+
+
+def eos_token_ids(checkpoint: HFCheckpoint) -> list[int]:
+    """generation_config.json's end-of-sequence ids (what generate() stops on), else config.json's."""
+    generation = checkpoint.read_json("generation_config.json") or {}
+    value = generation.get("eos_token_id", checkpoint.config.get("eos_token_id"))
+    values = value if isinstance(value, list) else [value]
+    return sorted({int(v) for v in values if v is not None})
+
+
+def context_limits(recipe_inputs: dict[str, dict[str, DimRange]], checkpoint: HFCheckpoint) -> tuple[DimRange, DimRange]:
+    """(batch, context) ranges from the recipe's `input_ids: {batch, sequence}`; sequence max is the
+    context length (prompt plus generated tokens) the profile serves."""
+    unknown = [name for name in recipe_inputs if name != "input_ids"]
+    if unknown:
+        raise ExportError(f"export.inputs: text-generation takes input_ids only (the cache inputs follow from it); "
+                          f"remove {', '.join(unknown)}")
+    dims = recipe_inputs.get("input_ids") or {}
+    if len(dims) != 2:
+        raise ExportError("export.inputs.input_ids: give two axes, batch and sequence (the context length)")
+    batch, context = dims.values()
+    limit = checkpoint.config.get("max_position_embeddings") or checkpoint.config.get("n_positions")
+    if limit and context.max > int(limit):
+        raise ExportError(f"export.inputs.input_ids.{list(dims)[1]}: max {context.max} exceeds the model's {limit} positions")
+    if context.max < 8:
+        raise ExportError(f"export.inputs.input_ids.{list(dims)[1]}: max {context.max} leaves no room to generate; give 8 or more")
+    return batch, context
+
+
+def export_decoder(adapter: DecoderAdapter, batch: DimRange, context: DimRange, path: Path, opset: int,
+                   export_fn) -> None:
+    """Export with batch, new-token, past and total lengths as dynamic axes. `export_fn` is the
+    generic exporter's (module, example, names, dynamic_shapes) runner, which strips debug data."""
+    import torch
+
+    Dim = torch.export.Dim
+    b = Dim("batch", min=batch.min, max=batch.max) if batch.max > batch.min else None
+    seq = Dim("sequence", min=1, max=context.max)
+    past = Dim("past_sequence", min=0, max=context.max - 1)
+    total = Dim("total_sequence", min=1, max=context.max)
+    rows, new, old = (2 if b else batch.min), 3, 4  # example sizes: none may be 0 or 1 (the exporter would specialise)
+
+    def axes(named: dict) -> dict:
+        return {axis: dim for axis, dim in named.items() if dim is not None}
+
+    example = (
+        torch.ones(rows, new, dtype=torch.long), torch.ones(rows, old + new, dtype=torch.long),
+        torch.arange(old, old + new).expand(rows, new).contiguous(),
+        *(torch.zeros(rows, adapter.kv_heads, old, adapter.head_dim) for _ in adapter.past_names),
+    )
+    dynamic = (axes({0: b, 1: seq}), axes({0: b, 1: total}), axes({0: b, 1: seq}),
+               tuple(axes({0: b, 2: past}) for _ in adapter.past_names))
+    export_fn(adapter.module, example, adapter.input_names, adapter.output_names, dynamic)
+
+
+def parity_prompts(vocab_size: int, context: int) -> list[list[int]]:
+    """Seeded prompts: one token, a short one, and one reaching a third of the context."""
+    rng = np.random.default_rng(PROMPT_SEED)
+    lengths = sorted({1, min(7, context // 4), max(2, context // 3)})
+    return [rng.integers(0, vocab_size, size=n).tolist() for n in lengths]
+
+
+def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: int, batch_max: int, tolerance) -> Comparison:
+    """Greedy tokens and per-step logits through the graph against transformers.generate; refuse on mismatch."""
+    from nimbuild.export import open_session
+    from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequence, greedy
+
+    graph = DecoderGraph(open_session(onnx_path))
+    comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
+    prompts = parity_prompts(adapter.vocab_size, context)
+    budget = [min(16, context - len(p)) for p in prompts]
+    problems = []
+    expected_all = []
+    for prompt, new in zip(prompts, budget):
+        expected, expected_logits = _transformers_greedy(adapter, prompt, new)
+        expected_all.append(expected)
+        got_logits: list[np.ndarray] = []
+        got = greedy(graph, prompt, new, adapter.eos_ids, on_logits=got_logits.append)
+        steps = min(len(got_logits), len(expected_logits))
+        comparison.add(f"prompt {len(prompt)}", {"logits": np.stack(expected_logits[:steps])},
+                       {"logits": np.stack(got_logits[:steps])})
+        if got != expected:
+            problems.append(_first_difference(f"prompt of {len(prompt)} tokens", expected, got))
+    # the runtime batches: the same prompts together, left-padded, must give the same tokens
+    generator = Generator(graph, max_batch=max(1, batch_max), max_context=context, eos_ids=adapter.eos_ids)
+    sequences = [Sequence(p, SamplingParams(max_tokens=n)) for p, n in zip(prompts, budget)]
+    for s in sequences:
+        generator.add(s)
+    while generator.busy:
+        generator.step()
+    for s, expected in zip(sequences, expected_all):
+        if s.tokens != expected:
+            problems.append(_first_difference(f"prompt of {len(s.prompt)} tokens, batched", expected, s.tokens))
+    if problems or not comparison.passed:
+        raise ParityError("the exported decoder does not generate what transformers generates:\n"
+                          + "\n".join(problems + [comparison.describe()]))
+    comparison.notes = {"greedy_tokens_compared": sum(len(e) for e in expected_all), "prompts": len(prompts)}
+    return comparison
+
+
+def _transformers_greedy(adapter: DecoderAdapter, prompt: list[int], new: int) -> tuple[list[int], list[np.ndarray]]:
+    import torch
+    from transformers import GenerationConfig
+
+    # a fresh config: the checkpoint's own may sample or penalise repeats, and parity is about greedy
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=new, min_new_tokens=0,
+                              eos_token_id=adapter.eos_ids or None,
+                              pad_token_id=(adapter.eos_ids or [0])[0])
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = adapter.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                     output_logits=True, return_dict_in_generate=True)
+    tokens = out.sequences[0, len(prompt):].tolist()
+    return tokens, [step[0].float().numpy() for step in out.logits]
+
+
+def _first_difference(what: str, expected: list[int], got: list[int]) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    return (f"  {what}: greedy tokens differ at step {at}: transformers {expected[at:at + 4]}..., "
+            f"graph {got[at:at + 4]}... ({len(expected)} vs {len(got)} tokens)")

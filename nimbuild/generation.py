@@ -1,0 +1,294 @@
+"""Token generation over a KV-cache decoder graph, with continuous batching.
+
+The same code runs the export's parity check (greedy, against `transformers.generate`) and the
+runtime's Triton model, so the generation loop that was verified is the one that is served.
+
+The graph (nimbuild.export.decoder) takes `input_ids [B, S]`, `attention_mask [B, past + S]`,
+`position_ids [B, S]` and `past_key_values.<layer>.key|value [B, heads, past, head_dim]`, and
+returns the last position's `logits [B, 1, vocab]` and `present.<layer>.key|value`. One graph
+handles the prefill (past of length 0) and each decode step.
+
+Batching: running sequences share one left-padded cache ([B, heads, T, dim], with a [B, T] mask
+that is 0 over each row's padding). A decode step feeds that batch as it is and gets back the same
+layout one column longer, so nothing is copied while the batch is unchanged. Newcomers are
+prefilled together (their prompts left-padded) and joined by padding whichever side is shorter;
+a finished sequence's row is dropped and all-padding columns trimmed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class DecoderGraph:
+    """An onnxruntime session over a KV-cache decoder graph, with the graph's layout read from it."""
+
+    def __init__(self, session):
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
+        self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
+        self.output_names = ["logits", *self.present_names]
+        first = inputs[self.past_names[0]]
+        self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.cache_dtype = np.float16 if "float16" in first.type else np.float32
+
+    def empty_cache(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, self.heads, 0, self.head_dim), self.cache_dtype) for _ in self.past_names]
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+            cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Returns the last position's logits [B, vocab] (fp32) and the new cache."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **dict(zip(self.past_names, cache))}
+        logits, *present = self.session.run(self.output_names, feeds)
+        return logits[:, -1, :].astype(np.float32, copy=False), present
+
+
+def _layer_order(name: str) -> tuple[int, int]:
+    _, layer, kind = name.split(".")
+    return int(layer), 0 if kind == "key" else 1
+
+
+def prefill_inputs(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-padded ids, the mask, and position ids that count only real tokens (padding gets 0)."""
+    longest = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), longest), np.int64)
+    mask = np.zeros((len(prompts), longest), np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt):] = prompt
+        mask[row, longest - len(prompt):] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    return ids, mask, positions
+
+
+def greedy(graph: DecoderGraph, prompt: list[int], max_new_tokens: int, eos_ids: Iterable[int] = (),
+           on_logits: Callable[[np.ndarray], None] | None = None) -> list[int]:
+    """Greedy tokens for one prompt, stopping after an end-of-sequence token (which is kept, as
+    `transformers.generate` keeps it). `on_logits` sees each step's logits, for parity checks."""
+    eos = set(eos_ids)
+    ids, mask, positions = prefill_inputs([prompt])
+    cache = graph.empty_cache(1)
+    tokens: list[int] = []
+    for _ in range(max_new_tokens):
+        logits, cache = graph.run(ids, mask, positions, cache)
+        if on_logits:
+            on_logits(logits[0])
+        token = int(np.argmax(logits[0]))
+        tokens.append(token)
+        if token in eos:
+            break
+        ids = np.array([[token]], np.int64)
+        positions = positions[:, -1:] + 1
+        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+    return tokens
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; otherwise softmax(logits / T) restricted to the top-p nucleus."""
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = (logits.astype(np.float64) - logits.max()) / params.temperature
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]  # the smallest set reaching top_p
+        nucleus = np.zeros_like(probs)
+        nucleus[keep] = probs[keep]
+        probs = nucleus / nucleus.sum()
+    return int(rng.choice(len(probs), p=probs))
+
+
+class TextStream:
+    """Incremental detokenisation with stop sequences.
+
+    Each new token's text is the growth of the decoded whole (so multi-token characters and
+    tokenizers that merge spaces come out right). Text from the first U+FFFD on (a character whose
+    bytes have not all arrived, or never will) and any tail that could still become a stop sequence
+    are held back until they resolve or the output ends, so the pieces always add up to exactly
+    the decoded whole."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...]):
+        self.decode, self.stop = decode, tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the decoded text already handed out
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """The text that is now certain, and whether a stop sequence ended the output."""
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        hits = [h for h in (text.find(s, self.emitted) for s in self.stop) if h >= 0]
+        if hits:
+            end = min(hits)
+            delta, self.emitted = text[self.emitted:end], max(self.emitted, end)
+            return delta, True
+        safe = text.find("\ufffd", self.emitted)
+        safe = len(text) if safe < 0 else safe
+        for s in self.stop:  # hold back a tail that is the start of a stop sequence
+            for k in range(min(len(s) - 1, safe - self.emitted), 0, -1):
+                if text[safe - k:safe] == s[:k]:
+                    safe -= k
+                    break
+        delta = text[self.emitted:safe]
+        self.emitted = max(self.emitted, safe)
+        return delta, False
+
+    def flush(self) -> str:
+        """What was held back, once the output ends for another reason."""
+        text = self.decode(self.ids)
+        delta = text[self.emitted:]
+        self.emitted = len(text)
+        return delta
+
+
+@dataclass
+class Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    context: Any = None  # the caller's handle (a Triton response sender, a test's list)
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    text: TextStream | None = None
+    rng: np.random.Generator | None = None
+
+
+@dataclass
+class Event:
+    sequence: Sequence
+    token: int
+    text: str
+    finish_reason: str | None  # set on a sequence's last event
+
+
+class Generator:
+    """Continuous batching over one DecoderGraph: `add` queues, `step` advances every running
+    sequence by one token (prefilling newcomers first) and returns what each produced."""
+
+    def __init__(self, graph: DecoderGraph, max_batch: int, max_context: int, eos_ids: Iterable[int] = (),
+                 decode: Callable[[list[int]], str] | None = None):
+        self.graph, self.max_batch, self.max_context = graph, max_batch, max_context
+        self.eos = set(eos_ids)
+        self.decode = decode or (lambda ids: "")
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.cache: list[np.ndarray] = []
+        self.mask = np.zeros((0, 0), np.int64)
+        self.positions = np.zeros((0,), np.int64)
+        self.last = np.zeros((0,), np.int64)
+        self.batch_sizes: list[int] = []  # rows in each graph call, for metrics
+        self._seeds = itertools.count(1)
+
+    def add(self, sequence: Sequence) -> None:
+        if not sequence.prompt:
+            raise ValueError("a prompt needs at least one token")
+        sequence.text = TextStream(self.decode, sequence.params.stop)
+        seed = sequence.params.seed
+        sequence.rng = np.random.default_rng(seed if seed is not None else np.random.SeedSequence().entropy)
+        self.waiting.append(sequence)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def cancel(self, predicate: Callable[[Sequence], bool]) -> list[Sequence]:
+        """Drop sequences (a client went away) without producing anything for them."""
+        dropped = [s for s in self.waiting + self.running if predicate(s)]
+        self.waiting = [s for s in self.waiting if not predicate(s)]
+        self._keep([i for i, s in enumerate(self.running) if not predicate(s)])
+        return dropped
+
+    def step(self) -> list[Event]:
+        events: list[Event] = []
+        if self.running:
+            events += self._decode()
+        room = self.max_batch - len(self.running)
+        if self.waiting and room > 0:
+            newcomers, self.waiting = self.waiting[:room], self.waiting[room:]
+            events += self._prefill(newcomers)
+        return events
+
+    def _prefill(self, newcomers: list[Sequence]) -> list[Event]:
+        ids, mask, positions = prefill_inputs([s.prompt for s in newcomers])
+        logits, cache = self.graph.run(ids, mask, positions, self.graph.empty_cache(len(newcomers)))
+        self.batch_sizes.append(len(newcomers))
+        self._join(newcomers, cache, mask, positions[:, -1] + 1)
+        return self._advance(logits, range(len(self.running) - len(newcomers), len(self.running)))
+
+    def _decode(self) -> list[Event]:
+        rows = len(self.running)
+        mask = np.concatenate([self.mask, np.ones((rows, 1), np.int64)], axis=1)
+        logits, self.cache = self.graph.run(self.last[:, None], mask, self.positions[:, None], self.cache)
+        self.batch_sizes.append(rows)
+        self.mask, self.positions = mask, self.positions + 1
+        return self._advance(logits, range(rows))
+
+    def _advance(self, logits: np.ndarray, rows: Iterable[int]) -> list[Event]:
+        """Sample each row's next token, emit its text, and retire the rows that finished."""
+        events, finished = [], set()
+        for row, logit_row in zip(rows, logits):
+            seq = self.running[row]
+            token = sample(logit_row, seq.params, seq.rng)
+            seq.tokens.append(token)
+            self.last[row] = token
+            text, stopped = ("", False) if token in self.eos else seq.text.push(token)
+            if stopped or token in self.eos:
+                seq.finish_reason = FINISH_STOP
+            elif len(seq.tokens) >= seq.params.max_tokens or len(seq.prompt) + len(seq.tokens) >= self.max_context:
+                seq.finish_reason = FINISH_LENGTH
+            if seq.finish_reason:
+                text += "" if stopped else seq.text.flush()
+                finished.add(row)
+            events.append(Event(seq, token, text, seq.finish_reason))
+        if finished:
+            self._keep([i for i in range(len(self.running)) if i not in finished])
+        return events
+
+    def _join(self, newcomers: list[Sequence], cache: list[np.ndarray], mask: np.ndarray, positions: np.ndarray) -> None:
+        width = max(self.mask.shape[1], mask.shape[1])
+        if self.running:
+            self.cache = [np.concatenate([_left_pad(a, width, 2), _left_pad(b, width, 2)]) for a, b in zip(self.cache, cache)]
+            self.mask = np.concatenate([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        else:
+            self.cache, self.mask = cache, mask
+        self.positions = np.concatenate([self.positions, positions])
+        self.last = np.concatenate([self.last, np.zeros(len(newcomers), np.int64)])
+        self.running = self.running + newcomers
+
+    def _keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self.running):
+            return
+        self.running = [self.running[i] for i in rows]
+        if not rows:
+            self.cache, self.mask = [], np.zeros((0, 0), np.int64)
+            self.positions, self.last = np.zeros((0,), np.int64), np.zeros((0,), np.int64)
+            return
+        mask = self.mask[rows]
+        start = int(np.argmax(mask.any(axis=0)))  # columns that are padding in every remaining row
+        self.mask = mask[:, start:]
+        self.cache = [c[rows][:, :, start:, :] for c in self.cache]
+        self.positions, self.last = self.positions[rows], self.last[rows]
+
+
+def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
+    missing = width - array.shape[axis]
+    if missing <= 0:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (missing, 0)
+    return np.pad(array, pad)

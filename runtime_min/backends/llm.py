@@ -1,0 +1,144 @@
+"""Triton Python-backend model (decoupled): token-by-token generation over a generic
+text-generation profile's KV-cache graph, with continuous batching across requests.
+
+`execute` only queues: each request becomes a nimbuild.generation.Sequence whose context is the
+request's response sender. One worker thread owns the onnxruntime session and the Generator; each
+step advances every running sequence by one token in one batched graph call and sends each token
+as its own response (text delta, token id, and on the last one the finish reason, flagged final).
+Cancelled requests (the client went away) are dropped between steps.
+
+Custom metrics in Triton's /metrics: nimbuild_llm_step_rows_total / nimbuild_llm_steps_total is the
+mean number of sequences per graph call, nimbuild_llm_step_rows_max the largest batch so far.
+"""
+
+import json
+import os
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequence
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        workspace = Path(config["parameters"]["workspace"]["string_value"])
+        info = json.loads((workspace / "model_info.json").read_text())
+        runtime = info.get("runtime") or {}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("NIMBUILD_ORT_THREADS", "0"))
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(workspace / info["graph"]), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(workspace / "tokenizer" / "tokenizer.json"))
+        self.generator = Generator(
+            DecoderGraph(session), max_batch=int(config.get("max_batch_size") or 1),
+            max_context=int(runtime["max_sequence_length"]), eos_ids=runtime.get("eos_token_ids") or [],
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        )
+        self.incoming = queue.Queue()
+        self.stopping = threading.Event()
+        self._metrics()
+        self.worker = threading.Thread(target=self._loop, name="generation", daemon=True)
+        self.worker.start()
+
+    def _metrics(self):
+        labels = {"model": self.name}
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        # the families must outlive their metrics, so they are kept too
+        self.families = [
+            pb_utils.MetricFamily("nimbuild_llm_step_rows_total", "Sequences advanced, summed over graph calls", counter),
+            pb_utils.MetricFamily("nimbuild_llm_steps_total", "Batched graph calls (prefill or decode)", counter),
+            pb_utils.MetricFamily("nimbuild_llm_step_rows_max", "Most sequences in one graph call", gauge),
+        ]
+        self.rows_total, self.steps_total, self.rows_max = (f.Metric(labels=labels) for f in self.families)
+        self.largest = 0
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self.incoming.put(Sequence(_ids(request), _params(request), context=(request, sender)))
+            except ValueError as e:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _loop(self):
+        generator = self.generator
+        while not self.stopping.is_set():
+            try:
+                self._admit(block=not generator.busy)
+                generator.cancel(lambda s: s.context[0].is_cancelled())
+                if not generator.busy:
+                    continue
+                before = len(generator.batch_sizes)
+                events = generator.step()
+                self._count(generator.batch_sizes[before:])
+                for event in events:
+                    _, sender = event.sequence.context
+                    flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.finish_reason else 0
+                    sender.send(_response(event), flags=flags)
+            except Exception as e:  # fail the sequences in flight, keep serving the next ones
+                for sequence in generator.cancel(lambda s: True):
+                    sequence.context[1].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {e}")),
+                                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _admit(self, block):
+        try:
+            self.generator.add(self.incoming.get(timeout=0.2) if block else self.incoming.get_nowait())
+            while True:
+                self.generator.add(self.incoming.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _count(self, sizes):
+        for rows in sizes:
+            self.rows_total.increment(rows)
+            self.steps_total.increment(1)
+            if rows > self.largest:
+                self.largest = rows
+                self.rows_max.set(rows)
+
+    def finalize(self):
+        self.stopping.set()
+        self.worker.join(timeout=5)
+
+
+def _ids(request):
+    ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)
+    if ids.size == 0:
+        raise ValueError("input_ids is empty")
+    return ids.astype(np.int64).tolist()
+
+
+def _scalar(request, name, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+
+
+def _params(request):
+    stop = pb_utils.get_input_tensor_by_name(request, "stop")
+    stops = tuple(s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in stop.as_numpy().reshape(-1)) if stop else ()
+    seed = _scalar(request, "seed", None)
+    params = SamplingParams(max_tokens=int(_scalar(request, "max_tokens", 16)), temperature=float(_scalar(request, "temperature", 0.0)),
+                            top_p=float(_scalar(request, "top_p", 1.0)), seed=None if seed is None or seed < 0 else int(seed),
+                            stop=stops)
+    if params.max_tokens < 1:
+        raise ValueError("max_tokens must be at least 1")
+    return params
+
+
+def _response(event):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor("token_id", np.array([[event.token]], np.int64)),
+        pb_utils.Tensor("text", np.array([[event.text.encode("utf-8")]], np.object_)),
+        pb_utils.Tensor("finish_reason", np.array([[(event.finish_reason or "").encode()]], np.object_)),
+    ])

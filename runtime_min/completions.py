@@ -1,0 +1,336 @@
+"""OpenAI-shaped `/v1/completions` and `/v1/chat/completions` over the decoupled Triton LLM model.
+
+The prompt is rendered (chat template, as transformers renders it: Jinja in a sandbox) and
+tokenised here, so a prompt over the profile's context is refused with a 400 before any work is
+queued. Token ids go to Triton over a gRPC stream; each response is one token with its text
+delta (detokenisation and stop sequences happen next to the generator, in the model). With
+`stream: true` the deltas are forwarded as server-sent events as they arrive; a client that goes
+away cancels its stream, and Triton drops the sequence from the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Literal, Union
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime_min.api import ApiError, Metrics, ServedModel
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_PROMPTS = 16
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: Any = None
+    user: str | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    echo: bool = False
+    suffix: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[dict], None] = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+def add_completion_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model.workspace / "tokenizer" / "tokenizer.json"))
+    template = _chat_template(model)
+    context = int((model.info.get("runtime") or {}).get("max_sequence_length") or 0)
+
+    def prepare(body: _Sampling, ids: list[int], max_tokens: int | None, index: int = 0) -> tuple[list[int], int]:
+        if len(ids) >= context:
+            raise ApiError(400, f"prompt{f'[{index}]' if index else ''} has {len(ids)} tokens; this model's context is "
+                                f"{context} tokens, and at least one must be left to generate",
+                           param="prompt", code="context_length_exceeded")
+        room = context - len(ids)
+        if max_tokens is not None and max_tokens > room:
+            raise ApiError(400, f"max_tokens is {max_tokens}, but the prompt leaves room for {room} of this model's "
+                                f"{context}-token context", param="max_tokens", code="context_length_exceeded")
+        return ids, max_tokens or room
+
+    def check(body: _Sampling) -> None:
+        if body.model != model.name:
+            raise ApiError(404, f"The model '{body.model}' does not exist; this service serves '{model.name}'",
+                           param="model", code="model_not_found")
+        unsupported = [name for name, bad in (("n", body.n != 1), ("logprobs", body.logprobs not in (None, False)),
+                                              ("presence_penalty", body.presence_penalty != 0),
+                                              ("frequency_penalty", body.frequency_penalty != 0)) if bad]
+        if unsupported:
+            raise ApiError(400, f"{unsupported[0]} is not supported by this runtime", param=unsupported[0])
+        if len(_stops(body)) > MAX_STOP_SEQUENCES:
+            raise ApiError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
+        if not triton.ready.is_set():
+            raise ApiError(503, "the model is not ready (Triton is restarting)", kind="service_unavailable", code="not_ready")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        check(body)
+        if body.echo or body.suffix:
+            raise ApiError(400, f"{'echo' if body.echo else 'suffix'} is not supported by this runtime",
+                           param="echo" if body.echo else "suffix")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise ApiError(400, f"give 1 to {MAX_PROMPTS} prompts", param="prompt")
+        jobs = [prepare(body, tokenizer.encode(p).ids, body.max_tokens, i) for i, p in enumerate(prompts)]
+        reply = Reply("cmpl", "text_completion", model.name, chat=False)
+        if body.stream:
+            return _sse(reply.stream(_merged(state, model, jobs, body, metrics), len(jobs), _usage_wanted(body),
+                                     sum(len(ids) for ids, _ in jobs)))
+        return await reply.whole(_merged(state, model, jobs, body, metrics), [len(ids) for ids, _ in jobs])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        check(body)
+        if template is None:
+            raise ApiError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
+        text = _render(template, body.messages, model)
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        jobs = [prepare(body, ids, body.max_completion_tokens or body.max_tokens)]
+        reply = Reply("chatcmpl", "chat.completion", model.name, chat=True)
+        if body.stream:
+            return _sse(reply.stream(_merged(state, model, jobs, body, metrics), 1, _usage_wanted(body), len(ids)))
+        return await reply.whole(_merged(state, model, jobs, body, metrics), [len(ids)])
+
+
+class Reply:
+    """Builds OpenAI's response objects, whole or as stream chunks, from (index, text, finish) events."""
+
+    def __init__(self, prefix: str, kind: str, model: str, chat: bool):
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.kind, self.model, self.chat = kind, model, chat
+        self.created = int(time.time())
+
+    def _envelope(self, choices: list, chunk: bool) -> dict:
+        kind = self.kind + (".chunk" if chunk and self.chat else "")
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+
+    def _choice(self, index: int, text: str | None, finish: str | None, chunk: bool) -> dict:
+        if not self.chat:
+            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if chunk:
+            return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+
+    async def whole(self, events: AsyncIterator, prompt_tokens: list[int]) -> dict:
+        texts = [""] * len(prompt_tokens)
+        finishes: list[str | None] = [None] * len(prompt_tokens)
+        generated = 0
+        async for index, text, finish in events:
+            texts[index] += text
+            generated += 1
+            finishes[index] = finish or finishes[index]
+        choices = [self._choice(i, t, f, chunk=False) for i, (t, f) in enumerate(zip(texts, finishes))]
+        return {**self._envelope(choices, chunk=False), "usage": _usage(sum(prompt_tokens), generated)}
+
+    async def stream(self, events: AsyncIterator, count: int, want_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
+        if self.chat:
+            yield _event(self._envelope([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                          "finish_reason": None} for i in range(count)], chunk=True))
+        generated = 0
+        async for index, text, finish in events:
+            generated += 1
+            if text or finish:
+                yield _event(self._envelope([self._choice(index, text, finish, chunk=True)], chunk=True))
+        if want_usage:
+            yield _event({**self._envelope([], chunk=True), "usage": _usage(prompt_tokens, generated)})
+        yield "data: [DONE]\n\n"
+
+
+async def _merged(state: dict, model: ServedModel, jobs: list[tuple[list[int], int]], body: _Sampling,
+                  metrics: Metrics) -> AsyncIterator[tuple[int, str, str | None]]:
+    """Events of every prompt's generation, interleaved as they arrive: (prompt index, text, finish)."""
+    if len(jobs) == 1:
+        async for text, finish in _generate(state, model, *jobs[0], body, metrics):
+            yield 0, text, finish
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def run(index, ids, max_tokens):
+        try:
+            async for text, finish in _generate(state, model, ids, max_tokens, body, metrics):
+                await queue.put((index, text, finish))
+        except BaseException as e:
+            await queue.put(e)
+            raise
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(run(i, ids, n)) for i, (ids, n) in enumerate(jobs)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens: int, body: _Sampling,
+                    metrics: Metrics) -> AsyncIterator[tuple[str, str | None]]:
+    """One prompt through the Triton model: (text delta, finish reason or None) per token."""
+    import tritonclient.grpc.aio as triton_grpc
+
+    inputs = [_tensor(triton_grpc, "input_ids", np.array([ids], np.int64), "INT64"),
+              _tensor(triton_grpc, "max_tokens", np.array([[max_tokens]], np.int32), "INT32"),
+              _tensor(triton_grpc, "temperature", np.array([[body.temperature]], np.float32), "FP32"),
+              _tensor(triton_grpc, "top_p", np.array([[body.top_p]], np.float32), "FP32")]
+    if body.seed is not None:
+        inputs.append(_tensor(triton_grpc, "seed", np.array([[body.seed]], np.int64), "INT64"))
+    stops = _stops(body)
+    if stops:
+        inputs.append(_tensor(triton_grpc, "stop", np.array([[s.encode() for s in stops]], np.object_), "BYTES"))
+
+    async def request():
+        yield {"model_name": model.name, "inputs": inputs, "request_id": uuid.uuid4().hex}
+
+    start = time.perf_counter()
+    metrics.prompt_tokens.inc(len(ids))
+    responses = state["grpc"].stream_infer(request())
+    first = True
+    try:
+        async for result, error in responses:
+            if error is not None:
+                raise ApiError(503, error.message(), kind="service_unavailable",
+                               code="inference_failed")
+            if first:
+                metrics.first_token.observe(time.perf_counter() - start)
+                first = False
+            metrics.completion_tokens.inc()
+            finish = result.as_numpy("finish_reason").reshape(-1)[0].decode() or None
+            yield result.as_numpy("text").reshape(-1)[0].decode("utf-8"), finish
+            if finish:
+                return
+        raise ApiError(503, "generation ended without a finish reason (Triton stopped)", kind="service_unavailable",
+                       code="inference_failed")
+    except ApiError:
+        raise
+    except Exception as e:  # gRPC errors while Triton restarts
+        raise ApiError(503, f"generation failed: {type(e).__name__}", kind="service_unavailable",
+                       code="inference_failed") from None
+    finally:
+        responses.cancel()  # ends the stream; for an unfinished sequence Triton drops it from the batch
+
+
+def _tensor(module, name: str, array: np.ndarray, dtype: str):
+    tensor = module.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _stops(body: _Sampling) -> list[str]:
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return [s for s in stops if s]
+
+
+def _usage_wanted(body) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _sse(chunks: AsyncIterator[str]) -> StreamingResponse:
+    """Server-sent events; an error after the stream has begun is sent as an error event (the
+    status line has gone out already)."""
+    async def guarded():
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except ApiError as e:
+            yield _event({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})
+            yield "data: [DONE]\n\n"
+
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _chat_template(model: ServedModel):
+    """The checkpoint's chat template (chat_template.jinja, or tokenizer_config.json's), compiled in
+    Jinja's sandbox as transformers does; None when the model has none."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    folder = model.workspace / "tokenizer"
+    source = None
+    if (folder / "chat_template.jinja").is_file():
+        source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (folder / "tokenizer_config.json").is_file():
+        value = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+        source = value if isinstance(value, str) else None
+    if not source:
+        return None
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(source)
+
+
+def _render(template, messages: list[Message], model: ServedModel) -> str:
+    config = _tokenizer_config(model)
+    plain = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):  # content parts: only text is meaningful to a text model
+            if any(part.get("type") != "text" for part in content):
+                raise ApiError(400, "only text content parts are supported by this model", param="messages")
+            content = "".join(str(part.get("text", "")) for part in content)
+        plain.append({"role": m.role, "content": content or ""})
+    try:
+        return template.render(messages=plain, add_generation_prompt=True, bos_token=config.get("bos_token") or "",
+                               eos_token=config.get("eos_token") or "")
+    except Exception as e:  # a template that raises on these messages (e.g. roles it does not allow)
+        raise ApiError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
+
+
+def _tokenizer_config(model: ServedModel) -> dict:
+    path = model.workspace / "tokenizer" / "tokenizer_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items() if k in ("bos_token", "eos_token")}
