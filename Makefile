@@ -35,7 +35,8 @@ test: install system-deps tools
 
 # The main job on the embedded defaults: compile the example, publish it to the local registry
 # (an OCI layout in build/registry), pull back the profile this machine would run (verified),
-# list profiles, then serve it through Triton and answer one real /v1/embeddings request.
+# list profiles, then serve it through Triton and answer one real /v1/embeddings request; then the same
+# for the tiny-llama text-generation example, answering one streamed /v1/chat/completions request.
 demo: install
 	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
 	@# build/registry is the demo's own scratch registry: it republishes the example each run (--force),
@@ -45,6 +46,12 @@ demo: install
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull minilm-embed:0.1.0 --registry build/registry --select --dest build/pulled
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_embed.py build/pulled/profiles.yaml
+	@# text generation: the tiny Llama example, through the same registry, served with an OpenAI chat API
+	$(NIMBUILD) compile recipes/tiny-llama.yaml --out build/profiles/tiny-llama
+	$(NIMBUILD) publish build/profiles/tiny-llama --registry build/registry --force
+	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull tiny-llama:0.1.0 --registry build/registry --select --dest build/pulled-llm
+	$(VENV)/bin/nim_list_model_profiles -m build/pulled-llm/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_chat.py build/pulled-llm/profiles.yaml
 
 bench: install system-deps
 	$(PY) bench/run.py

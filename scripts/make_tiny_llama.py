@@ -24,8 +24,9 @@ def tokenizer(corpus: list[str]):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # the alphabet is what the corpus uses (ASCII), not all 256 bytes: every token is then whole
+    # characters, so even random weights produce readable (if meaningless) text
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL, show_progress=False)
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
