@@ -194,7 +194,7 @@ def _calibration_digest(recipe: Recipe, precision: str) -> str | None:
 
 # The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
 # fixed exporter is not skipped as "unchanged". The CLI, registry and selection code are not.
-_SHAPING_CODE = ("recipe.py", "sources", "export", "precision.py", "quantize.py", "pooling.py", "build", "profiles/manifest.py", "profiles/tags.py")
+_SHAPING_CODE = ("recipe.py", "sources", "export", "generation.py", "precision.py", "quantize.py", "pooling.py", "build", "profiles/manifest.py", "profiles/tags.py")
 
 
 def _code_digest() -> str:
