@@ -49,7 +49,8 @@ class Cell:
 
 def cell_of(variant) -> str:
     tags = dict(variant.tags)
-    if tags["backend"] == "tensorrt":
+    # datacenter TensorRT and TensorRT-LLM build on a GPU of the target's compute capability
+    if tags.get("backend") == "tensorrt" or tags.get("llm_engine") == "tensorrt_llm":
         return "gpu-sm" + tags["compute_capability"].replace(".", "")
     return "cpu"
 

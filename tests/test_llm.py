@@ -188,6 +188,9 @@ def test_planning_text_generation_targets(write_recipe):
     assert engine == {"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": "fp8", "compute_capability": "9.0",
                       "trt_version": engine["trt_version"], "profile": "latency", "tp": "2", "pp": "1", "feat_lora": "true"}
     assert variants[1].description == "tensorrt_llm-sm90-fp8-tp2-latency-lora"
+    from nimbuild.matrix import cell_of
+
+    assert [cell_of(v) for v in variants] == ["cpu", "gpu-sm90"], "TensorRT-LLM builds on a GPU runner"
     buildable, skipped = split_buildable(variants)
     assert buildable == variants[:1]
     assert skipped[0][1].startswith("needs 2 GPU(s) of compute capability 9.0")
