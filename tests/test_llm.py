@@ -390,3 +390,14 @@ def test_sdk_raises_its_own_errors_and_a_dropped_stream_does_not_hurt_the_next_r
         next(response.iter_lines())  # read one event, then hang up
     assert client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=12, temperature=0).choices[0].text \
         == reference(PROMPTS[2], 12)
+
+
+def test_a_tensorrt_llm_profile_is_judged_on_the_tensorrt_llm_version():
+    from nimbuild.profiles.manifest import Profile
+    from nimbuild.profiles.select import _runtime_reasons
+    from nimbuild.profiles.system import System
+
+    profile = Profile.create("m", "1", {"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": "fp8",
+                                        "compute_capability": "9.0", "trt_version": "1.0.0"}, {})
+    assert _runtime_reasons(profile, System(gpus=[], runtimes={})) == ["engine needs tensorrt_llm 1.0.0, which is not installed"]
+    assert _runtime_reasons(profile, System(gpus=[], runtimes={"tensorrt_llm": "1.0.0"})) == []

@@ -157,7 +157,7 @@ def _runtime_reasons(profile: Profile, system: System) -> list[str]:
     if profile.tags.get("type") == "rmir" and system.runtimes is not None and "tensorrt_rtx" not in system.runtimes:
         return ["building the engine at first start needs tensorrt_rtx, which is not installed"]
     built = profile.tags.get("trt_version")
-    backend = profile.tags.get("backend", "")
+    backend = profile.tags.get("backend") or profile.tags.get("llm_engine", "")  # TensorRT-LLM profiles name their engine
     if not built or system.runtimes is None or profile.tags.get("type") != "prebuilt":
         return []
     installed = system.runtimes.get(backend)
