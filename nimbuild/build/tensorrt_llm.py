@@ -76,19 +76,14 @@ def build_llm_engine(checkpoint_dir: Path, out: Path, precision: str, tp: int, p
 
 
 def make_llm_engine_workspace(recipe, checkpoint, reference, variant, workspace: Path) -> dict:
-    from nimbuild.build.generic import MODEL_INFO, model_info
-    from nimbuild.sources.hf import copy_assets
+    from nimbuild.build.generic import _write_common, model_info
 
-    import json
-
-    tags = dict(variant.tags)
     target = recipe.targets[variant.target_index]
     batch, context = list(reference.inputs[0].dims.values())
     workspace.mkdir(parents=True)
     record = build_llm_engine(checkpoint.path, workspace / "engine", variant.precision, target.tp, target.pp,
                               target.lora, batch.max, context.max)
-    copy_assets(checkpoint, workspace / "tokenizer")
     info = {**model_info(recipe, reference, variant.precision), "graph": None, "engine": "engine",
-            "engine_builder": record, "llm_engine": tags["llm_engine"]}
-    (workspace / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            "engine_builder": record, "llm_engine": dict(variant.tags)["llm_engine"]}
+    _write_common(recipe, checkpoint, info, workspace)  # tokenizer files and model_info.json, as every profile
     return record

@@ -88,7 +88,9 @@ def _export_decoder(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, report
     """A decoder-only LM with its KV cache (nimbuild.export.decoder)."""
     from nimbuild.export import decoder
 
-    batch, context = decoder.context_limits(recipe.export.inputs, checkpoint)
+    batch, context = decoder.context_limits(recipe.export.inputs)
+    specs = [InputSpec("input_ids", dict(recipe.export.inputs["input_ids"]))]
+    _check_sequence_limit(specs, checkpoint)
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
         adapter = decoder.load_decoder(checkpoint)
     adapter.runtime_info = {
@@ -105,7 +107,6 @@ def _export_decoder(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, report
     with reporter.step("check greedy generation against transformers"):
         comparison = decoder.check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
     reporter.debug(comparison.describe())
-    specs = [InputSpec("input_ids", {"batch": batch, "sequence": context})]
     return _reference(onnx_path, specs, adapter, comparison)
 
 
