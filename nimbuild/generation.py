@@ -17,7 +17,6 @@ a finished sequence's row is dropped and all-padding columns trimmed.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -191,8 +190,7 @@ class Generator:
         self.mask = np.zeros((0, 0), np.int64)
         self.positions = np.zeros((0,), np.int64)
         self.last = np.zeros((0,), np.int64)
-        self.batch_sizes: list[int] = []  # rows in each graph call, for metrics
-        self._seeds = itertools.count(1)
+        self.batch_sizes: list[int] = []  # rows in each graph call, for metrics; a long-running caller drains it
 
     def add(self, sequence: Sequence) -> None:
         if not sequence.prompt:

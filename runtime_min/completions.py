@@ -72,8 +72,11 @@ def add_completion_routes(app: FastAPI, model: ServedModel, triton, state: dict,
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model.workspace / "tokenizer" / "tokenizer.json"))
-    template = _chat_template(model)
-    context = int((model.info.get("runtime") or {}).get("max_sequence_length") or 0)
+    config = _tokenizer_config(model)  # read once: the template and its special tokens serve every request
+    template = _chat_template(model, config)
+    special = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items()
+               if k in ("bos_token", "eos_token")}
+    context = model.max_tokens
 
     def prepare(body: _Sampling, ids: list[int], max_tokens: int | None, index: int = 0) -> tuple[list[int], int]:
         if len(ids) >= context:
@@ -121,7 +124,7 @@ def add_completion_routes(app: FastAPI, model: ServedModel, triton, state: dict,
         check(body)
         if template is None:
             raise ApiError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
-        text = _render(template, body.messages, model)
+        text = _render(template, body.messages, special)
         ids = tokenizer.encode(text, add_special_tokens=False).ids
         jobs = [prepare(body, ids, body.max_completion_tokens or body.max_tokens)]
         reply = Reply("chatcmpl", "chat.completion", model.name, chat=True)
@@ -292,7 +295,7 @@ def _sse(chunks: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _chat_template(model: ServedModel):
+def _chat_template(model: ServedModel, config: dict):
     """The checkpoint's chat template (chat_template.jinja, or tokenizer_config.json's), compiled in
     Jinja's sandbox as transformers does; None when the model has none."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -301,17 +304,15 @@ def _chat_template(model: ServedModel):
     source = None
     if (folder / "chat_template.jinja").is_file():
         source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (folder / "tokenizer_config.json").is_file():
-        value = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
-        source = value if isinstance(value, str) else None
+    elif isinstance(config.get("chat_template"), str):
+        source = config["chat_template"]
     if not source:
         return None
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     return environment.from_string(source)
 
 
-def _render(template, messages: list[Message], model: ServedModel) -> str:
-    config = _tokenizer_config(model)
+def _render(template, messages: list[Message], special: dict) -> str:
     plain = []
     for m in messages:
         content = m.content
@@ -321,8 +322,8 @@ def _render(template, messages: list[Message], model: ServedModel) -> str:
             content = "".join(str(part.get("text", "")) for part in content)
         plain.append({"role": m.role, "content": content or ""})
     try:
-        return template.render(messages=plain, add_generation_prompt=True, bos_token=config.get("bos_token") or "",
-                               eos_token=config.get("eos_token") or "")
+        return template.render(messages=plain, add_generation_prompt=True, bos_token=special.get("bos_token") or "",
+                               eos_token=special.get("eos_token") or "")
     except Exception as e:  # a template that raises on these messages (e.g. roles it does not allow)
         raise ApiError(400, f"the chat template cannot render these messages: {e}", param="messages") from None
 
@@ -333,4 +334,4 @@ def _tokenizer_config(model: ServedModel) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items() if k in ("bos_token", "eos_token")}
+    return config if isinstance(config, dict) else {}

@@ -79,9 +79,9 @@ class TritonPythonModel:
                 generator.cancel(lambda s: s.context[0].is_cancelled())
                 if not generator.busy:
                     continue
-                before = len(generator.batch_sizes)
                 events = generator.step()
-                self._count(generator.batch_sizes[before:])
+                self._count(generator.batch_sizes)
+                generator.batch_sizes.clear()  # counted; kept, it would grow for as long as the server runs
                 for event in events:
                     _, sender = event.sequence.context
                     flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.finish_reason else 0
