@@ -8,6 +8,8 @@ so the same inputs give the same bytes and the same profile id. It holds:
     model.onnx           the precision variant's graph (and model.onnx.data for large models)
     model_info.json      what the runtime needs to serve the engine
     tokenizer/...        the checkpoint's tokenizer files
+    asr/...              speech models: the front end's mel filterbank and the CTC vocabulary
+                         (the feature config is in model_info.json)
 
 Unpacking refuses anything but regular files and directories (no links, devices, FIFOs), any path
 that is absolute or climbs out with `..`, and archives over the member-count or size limits.
@@ -22,16 +24,15 @@ import json
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 
+from nimbuild.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_extract
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import atomic_write_bytes, sha256_file
 
 FORMAT_VERSION = 1
-MAX_MEMBERS = 10_000
-MAX_TOTAL_BYTES = 64 << 30
 
 
 class RmirError(NimbuildError):
@@ -75,18 +76,7 @@ def metadata_for(recipe, reference, precision: str, min_cc: str) -> dict:
 
 def unpack(archive: Path, dest: Path, max_members: int = MAX_MEMBERS, max_bytes: int = MAX_TOTAL_BYTES) -> dict:
     """Safely unpack into dest (which must not exist yet); return rmir.yaml's content."""
-    try:
-        with tarfile.open(archive, "r:") as tar:
-            members = tar.getmembers()
-            _check_members(archive, members, max_members, max_bytes)
-            dest.mkdir(parents=True)
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise RmirError(f"{archive}: not a readable RMIR archive: {e}") from None
-    except RmirError:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
+    safe_extract(archive, dest, RmirError, "RMIR archive", max_members, max_bytes)
     try:
         meta = yaml.safe_load((dest / "rmir.yaml").read_text())
         assert isinstance(meta, dict) and int(meta["format_version"]) == FORMAT_VERSION
@@ -94,22 +84,6 @@ def unpack(archive: Path, dest: Path, max_members: int = MAX_MEMBERS, max_bytes:
         shutil.rmtree(dest, ignore_errors=True)
         raise RmirError(f"{archive}: missing or unsupported rmir.yaml (this nimbuild reads format {FORMAT_VERSION})") from None
     return meta
-
-
-def _check_members(archive: Path, members: list, max_members: int, max_bytes: int) -> None:
-    if len(members) > max_members:
-        raise RmirError(f"{archive}: {len(members)} members, over the limit of {max_members}")
-    total = 0
-    for m in members:
-        path = PurePosixPath(m.name)
-        if path.is_absolute() or ".." in path.parts or not m.name.strip("/"):
-            raise RmirError(f"{archive}: member {m.name!r} is outside the archive's directory")
-        if not (m.isfile() or m.isdir()):
-            kind = "link" if (m.issym() or m.islnk()) else "special file"
-            raise RmirError(f"{archive}: member {m.name!r} is a {kind}; RMIR archives hold only files")
-        total += m.size
-        if total > max_bytes:
-            raise RmirError(f"{archive}: members add up to more than {max_bytes} bytes")
 
 
 def deploy(archive: Path, cache_root: Path, target: str | None = None) -> tuple[Path, bool]:
@@ -138,8 +112,9 @@ def deploy(archive: Path, cache_root: Path, target: str | None = None) -> tuple[
                       for name, dims in meta["inputs"].items()]
             staged = Path(tmp) / "engine"
             record = build_engine(Path(tmp) / "rmir" / "model.onnx", inputs, target, staged / "model.plan")
-            if (Path(tmp) / "rmir" / "tokenizer").is_dir():
-                shutil.copytree(Path(tmp) / "rmir" / "tokenizer", staged / "tokenizer")
+            for assets in ("tokenizer", "asr"):  # what the runtime reads beside the engine
+                if (Path(tmp) / "rmir" / assets).is_dir():
+                    shutil.copytree(Path(tmp) / "rmir" / assets, staged / assets)
             shutil.copyfile(Path(tmp) / "rmir" / "model_info.json", staged / "model_info.json")
             atomic_write_bytes(staged / "deploy.json", json.dumps({"rmir": "sha256:" + digest, **record}, indent=2).encode())
             shutil.rmtree(slot, ignore_errors=True)
