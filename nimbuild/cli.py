@@ -109,6 +109,23 @@ def recipe_check(file: Path, fmt: str) -> None:
                    f"{', '.join(v.description for v in variants)})")
 
 
+@main.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@FORMAT_OPTION
+def inspect_cmd(file: Path, fmt: str) -> None:
+    """Describe a .nemo checkpoint (model class, sample rate, features, vocabulary) without NeMo."""
+    from nimbuild.sources.nemo import resolve_nemo
+
+    summary = resolve_nemo(str(file), Path.cwd()).summary()
+    if fmt == "json":
+        _emit_json(summary)
+        return
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        click.echo(f"{key + ':':<20} {value if value is not None else '-'}")
+
+
 # --- compile ------------------------------------------------------------------------------------
 
 @main.command("compile")

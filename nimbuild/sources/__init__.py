@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from nimbuild.errors import SourceError
 from nimbuild.recipe import Recipe
 from nimbuild.sources.hf import HFCheckpoint, resolve_hf
+from nimbuild.sources.nemo import NemoCheckpoint, resolve_nemo
+
+Checkpoint = HFCheckpoint | NemoCheckpoint
 
 
-def resolve_source(recipe: Recipe) -> HFCheckpoint:
+def resolve_source(recipe: Recipe) -> Checkpoint:
     if recipe.source.hf is not None:
         return resolve_hf(recipe.source.hf, recipe.base_dir)
-    raise SourceError("NeMo sources (source.nemo) are not supported by this version of nimbuild yet")
+    return resolve_nemo(recipe.source.nemo, recipe.base_dir)

@@ -1,0 +1,169 @@
+""".nemo checkpoints: a tar of model_config.yaml, model_weights.ckpt and any artifacts (tokenizers).
+
+Nothing here imports NeMo. The archive is unpacked by nimbuild itself (nimbuild.archive: no links,
+no absolute or climbing paths, size limits), never by NeMo's own extractor, and only into a
+private directory. Inspection reads model_config.yaml with a safe YAML loader. Restoring through
+`nemo_toolkit` (nimbuild.export.asr) happens later, and only after `check_targets` has refused a
+config naming anything but NeMo's own classes: NeMo instantiates every `_target_` it finds, so a
+crafted config could otherwise name any Python callable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nimbuild.archive import check_members, safe_extract
+from nimbuild.errors import SourceError
+from nimbuild.fsutil import sha256_bytes, sha256_file
+
+CONFIG_NAME = "model_config.yaml"
+WEIGHTS_NAME = "model_weights.ckpt"
+MAX_MEMBERS = 1_000
+MAX_BYTES = 16 << 30
+# NeMo classes a config may name; anything else is refused before NeMo sees the config.
+ALLOWED_TARGET_PREFIX = "nemo.collections."
+CTC_CLASSES = ("EncDecCTCModel", "EncDecCTCModelBPE")
+
+
+@dataclass
+class NemoCheckpoint:
+    spec: str  # as written in the recipe
+    source: Path  # the .nemo file, or a directory holding its unpacked contents
+    config: dict[str, Any]
+    _path: Path | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def model_class(self) -> str:
+        return str(self.config.get("target", "")).rsplit(".", 1)[-1] or "unknown"
+
+    @property
+    def model_type(self) -> str:
+        return self.model_class
+
+    @property
+    def path(self) -> Path:
+        """The unpacked contents (a private temporary directory for a .nemo file)."""
+        if self._path is None:
+            if self.source.is_dir():
+                self._path = self.source
+            else:
+                self._path = Path(tempfile.mkdtemp(prefix="nimbuild-nemo-")) / "model"
+                atexit.register(shutil.rmtree, self._path.parent, True)
+                safe_extract(self.source, self._path, SourceError, ".nemo archive", MAX_MEMBERS, MAX_BYTES)
+                _find_config(self._path)
+        return self._path
+
+    def digest(self) -> str:
+        """The archive's bytes; for a directory, every file's relative path and content."""
+        if self._digest is None:
+            if self.source.is_file():
+                self._digest = sha256_file(self.source)
+            else:
+                entries = [f"{p.relative_to(self.source).as_posix()}\0{sha256_file(p)}"
+                           for p in sorted(self.source.rglob("*")) if p.is_file()]
+                self._digest = sha256_bytes("\n".join(entries).encode())
+        return self._digest
+
+    def summary(self) -> dict[str, Any]:
+        """What `nimbuild inspect` prints: enough to write a recipe, read without NeMo."""
+        pre = self.config.get("preprocessor") or {}
+        encoder = self.config.get("encoder") or {}
+        return {
+            "source": str(self.source),
+            "format": "nemo",
+            "model_class": self.model_class,
+            "nemo_version": self.config.get("nemo_version"),
+            "sample_rate": self.config.get("sample_rate") or pre.get("sample_rate"),
+            "features": {k: pre.get(k) for k in ("features", "window_size", "window_stride", "n_fft", "window",
+                                                "normalize", "dither", "pad_to", "log") if k in pre},
+            "preprocessor": _short(pre.get("_target_")),
+            "encoder": _short(encoder.get("_target_")),
+            "encoder_layers": encoder.get("n_layers"),
+            "d_model": encoder.get("d_model"),
+            "subsampling_factor": encoder.get("subsampling_factor"),
+            "vocabulary_size": len(vocabulary_labels(self.config) or []) or _tokenizer_size(self.config),
+            "tokenizer": (self.config.get("tokenizer") or {}).get("type") or ("characters" if self.config.get("labels") else None),
+        }
+
+
+def resolve_nemo(spec: str, base_dir: Path) -> NemoCheckpoint:
+    path = Path(spec).expanduser()
+    path = (path if path.is_absolute() else base_dir / path).resolve()
+    if not path.exists():
+        raise SourceError(f"NeMo checkpoint not found: {path}")
+    config = read_config(path)
+    check_targets(config, path)
+    return NemoCheckpoint(spec=spec, source=path, config=config)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """model_config.yaml from a .nemo file (only that member is read) or an unpacked directory."""
+    if path.is_dir():
+        return _parse_config(_find_config(path).read_bytes(), path)
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()
+            check_members(path, members, SourceError, ".nemo archive", MAX_MEMBERS, MAX_BYTES)
+            member = next((m for m in members if m.isfile() and Path(m.name).name == CONFIG_NAME), None)
+            if member is None:
+                raise SourceError(f"{path}: no {CONFIG_NAME} in the archive; is it a .nemo checkpoint?")
+            handle = tar.extractfile(member)
+            data = handle.read(member.size) if handle else b""
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise SourceError(f"{path}: not a readable .nemo archive: {e}") from None
+    return _parse_config(data, path)
+
+
+def _find_config(root: Path) -> Path:
+    found = sorted(root.rglob(CONFIG_NAME))
+    if not found:
+        raise SourceError(f"{root}: no {CONFIG_NAME}; is it a .nemo checkpoint?")
+    return found[0]
+
+
+def _parse_config(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(data.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise SourceError(f"{path}: {CONFIG_NAME} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{path}: {CONFIG_NAME} is not a mapping")
+    return config
+
+
+def check_targets(config: Any, path: Path, where: str = "") -> None:
+    """Refuse a config whose `_target_`/`target` names anything outside NeMo's collections."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in ("_target_", "target") and isinstance(value, str) and not value.startswith(ALLOWED_TARGET_PREFIX):
+                raise SourceError(f"{path}: {CONFIG_NAME} {here} names {value!r}; only {ALLOWED_TARGET_PREFIX}* "
+                                  "classes are restored (NeMo would instantiate whatever it names)")
+            check_targets(value, path, here)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            check_targets(value, path, f"{where}[{i}]")
+
+
+def vocabulary_labels(config: dict[str, Any]) -> list[str] | None:
+    """A character model's labels (top-level `labels`, or the decoder's `vocabulary`)."""
+    labels = config.get("labels") or (config.get("decoder") or {}).get("vocabulary")
+    return [str(x) for x in labels] if isinstance(labels, list) and labels else None
+
+
+def _tokenizer_size(config: dict[str, Any]) -> int | None:
+    classes = (config.get("decoder") or {}).get("num_classes")
+    return int(classes) if isinstance(classes, int) and classes > 0 else None
+
+
+def _short(target: Any) -> str | None:
+    return str(target).rsplit(".", 1)[-1] if target else None
