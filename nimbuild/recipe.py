@@ -29,7 +29,7 @@ from nimbuild.fsutil import read_user_text
 from nimbuild.yamlutil import YamlProblem, load_with_lines
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-TASKS = ("embedding", "text-generation")
+TASKS = ("embedding", "text-generation", "asr-ctc")
 # Compute capabilities TensorRT-RTX can build for ahead of time (PLATFORM.md).
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -96,6 +96,8 @@ class Export(_Strict):
     opset: int = Field(18, ge=13, le=23)
     inputs: dict[str, Dims] = Field(min_length=1)
     parity: Parity = Parity()
+    # speech: recordings (relative to the recipe) the front end is checked on against NeMo's
+    audio: list[str] = Field(default_factory=list)
 
     @field_validator("inputs")
     @classmethod
@@ -177,17 +179,26 @@ class DynamicBatching(_Strict):
     max_queue_delay_us: int = Field(0, ge=0)
 
 
+class Streaming(_Strict):
+    """Speech `str` profiles: audio arrives in chunks; a partial transcript follows each chunk."""
+
+    chunk_ms: int = Field(400, ge=40, le=10_000)
+
+
 class Serving(_Strict):
     max_batch_size: int = Field(8, ge=0)
     dynamic_batching: DynamicBatching | None = None
     profile: Literal["throughput", "latency"] = "throughput"
+    # speech only: offline (whole files) and/or streaming (chunks in, partial transcripts out)
+    modes: list[Literal["ofl", "str"]] = Field(default_factory=lambda: ["ofl"], min_length=1)
+    streaming: Streaming = Streaming()
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     source: Source
-    task: Literal["embedding", "text-generation"]
+    task: Literal["embedding", "text-generation", "asr-ctc"]
     export: Export
     precisions: dict[Precision, PrecisionSpec | None] = Field(min_length=1)
     targets: list[Target] = Field(min_length=1)
@@ -215,6 +226,18 @@ class Recipe(_Strict):
                     f"targets[{i}] uses precision {', '.join(missing)}, which is not declared under 'precisions'"
                 )
         return targets
+
+    @model_validator(mode="after")
+    def _speech_only_fields(self) -> "Recipe":
+        if self.task != "asr-ctc":
+            speech = [f for f, given in (("serving.modes", "modes" in self.serving.model_fields_set),
+                                         ("serving.streaming", "streaming" in self.serving.model_fields_set),
+                                         ("export.audio", bool(self.export.audio))) if given]
+            if speech:
+                raise ValueError(f"{', '.join(speech)} apply to speech recipes (task: asr-ctc), not {self.task}")
+        if len(set(self.serving.modes)) != len(self.serving.modes):
+            raise ValueError("serving.modes lists a mode twice")
+        return self
 
     def precision_spec(self, precision: str) -> PrecisionSpec:
         return self.precisions.get(precision) or PrecisionSpec()
@@ -375,7 +398,7 @@ def _all_field_names() -> set[str]:
     if _FIELD_NAMES is None:
         names: set[str] = set()
         for cls in (Recipe, Source, Export, Parity, Gate, Calibration, PrecisionSpec, GenericTarget,
-                    PrebuiltTarget, RmirTarget, Serving, DynamicBatching, DimRange):
+                    PrebuiltTarget, RmirTarget, Serving, Streaming, DynamicBatching, DimRange):
             names.update(cls.model_fields)
         _FIELD_NAMES = names
     return _FIELD_NAMES

@@ -81,6 +81,8 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     common = {"profile": recipe.serving.profile, "tp": "1"}
     if recipe.task == "text-generation":
         return _llm_target_tags(recipe, i, target)
+    if recipe.task == "asr-ctc":
+        return _speech_target_tags(recipe, i, target)
     if getattr(target, "backend", None) == "tensorrt_llm":
         raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is {recipe.task}")
     if target.type == "generic":
@@ -117,6 +119,17 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         f"targets[{i}]: {target.type} targets ({backend}) are not supported by this version of nimbuild yet; "
         "remove the target to compile the rest"
     )
+
+
+def _speech_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    """Speech profiles carry Speech NIM's `mode` (ofl: whole files, str: chunked streaming) and
+    `name` tags, one profile per mode; the graph is the same, the serving differs."""
+    if getattr(target, "backend", None) == "tensorrt_llm":
+        raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is asr-ctc")
+    _supported(i, target, ("fp32",))  # the precision gate for speech (log-probs and transcripts) is not built yet
+    plain = recipe.model_copy(update={"task": "embedding"})
+    return [{**tags, "mode": mode, "name": recipe.name}
+            for tags in _target_tags(plain, i, target) for mode in recipe.serving.modes]
 
 
 def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
@@ -176,7 +189,8 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
         "calibration_data": _calibration_digest(recipe, variant.precision),
         # every library that shapes the files: a newer converter must not be skipped as "unchanged"
         "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript",
-                                          "onnxconverter-common", "ml_dtypes")},
+                                          "onnxconverter-common", "ml_dtypes")
+                  + (("nemo_toolkit",) if recipe.source.nemo else ())},
     }
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
 
@@ -194,7 +208,7 @@ def _calibration_digest(recipe: Recipe, precision: str) -> str | None:
 
 # The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
 # fixed exporter is not skipped as "unchanged". The CLI, registry and selection code are not.
-_SHAPING_CODE = ("recipe.py", "sources", "export", "generation.py", "precision.py", "quantize.py", "pooling.py", "build", "profiles/manifest.py", "profiles/tags.py")
+_SHAPING_CODE = ("recipe.py", "archive.py", "audio.py", "sources", "export", "generation.py", "precision.py", "quantize.py", "pooling.py", "build", "profiles/manifest.py", "profiles/tags.py")
 
 
 def _code_digest() -> str:

@@ -26,7 +26,7 @@ def make_generic_workspace(recipe: Recipe, checkpoint, reference, graph: Path, p
     workspace.mkdir(parents=True)
     for src in [graph] + [f for f in graph.parent.glob(graph.name + ".data")]:
         _link_or_copy(src, workspace / src.name)
-    _write_common(recipe, checkpoint, model_info(recipe, reference, precision), workspace)
+    _write_common(recipe, checkpoint, model_info(recipe, reference, precision), workspace, reference.assets)
 
 
 def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, variant, workspace: Path) -> dict:
@@ -45,7 +45,7 @@ def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, va
                               recipe.targets[variant.target_index])
     info = {**model_info(recipe, reference, variant.precision), "graph": None, "engine": "model.plan",
             "engine_builder": record}
-    _write_common(recipe, checkpoint, info, workspace)
+    _write_common(recipe, checkpoint, info, workspace, reference.assets)
     return record
 
 
@@ -64,16 +64,20 @@ def make_rmir_workspace(recipe: Recipe, checkpoint, reference, graph: Path, prec
                                     "engine": "model.plan"}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tokenizer = Path(tmp) / "tokenizer"
         copied = copy_assets(checkpoint, tokenizer)
-        files = {"model.onnx": graph, MODEL_INFO: info, **{f"tokenizer/{n}": tokenizer / n for n in copied}}
+        files = {"model.onnx": graph, MODEL_INFO: info, **{f"tokenizer/{n}": tokenizer / n for n in copied},
+                 **reference.assets}
         for extra in graph.parent.glob(graph.name + ".data"):
             files[extra.name] = extra
         rmir.pack(workspace / "model.rmir", rmir.metadata_for(recipe, reference, precision, min_cc), files)
 
 
-def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path) -> None:
+def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path, assets: dict[str, Path] | None = None) -> None:
     from nimbuild.sources.hf import copy_assets
 
     copy_assets(checkpoint, workspace / "tokenizer")
+    for rel, src in sorted((assets or {}).items()):  # e.g. a speech model's filterbank and vocabulary
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, workspace / rel)
     (workspace / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -89,7 +93,7 @@ def model_info(recipe: Recipe, reference, precision: str) -> dict:
         "inputs": [
             {
                 "name": spec.name,
-                "dtype": "int64",
+                "dtype": spec.dtype,
                 "dims": list(spec.dims),
                 "shapes": {dim: [r.min, r.opt, r.max] for dim, r in spec.dims.items()},
             }

@@ -12,7 +12,7 @@ import contextlib
 import io
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ PARITY_SEED = 20240611
 class InputSpec:
     name: str
     dims: dict[str, DimRange]  # axis name -> [min, opt, max], in axis order
+    dtype: str = "int64"  # token ids; speech features are float32
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ReferenceExport:
     runtime_info: dict[str, Any]
     builder: dict[str, str]
     adapter: Any = None  # the loaded task adapter, for gating precision variants against the source
+    assets: dict[str, Path] = field(default_factory=dict)  # files the runtime needs besides the tokenizer
 
 
 def input_specs(recipe_inputs: dict[str, dict[str, DimRange]], model_inputs: list[str]) -> list[InputSpec]:
@@ -67,6 +69,8 @@ def parity_shapes(spec: InputSpec) -> list[tuple[int, int]]:
 def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     if recipe.task == "text-generation":
         return _export_decoder(checkpoint, recipe, dest, reporter)
+    if recipe.task == "asr-ctc":
+        return _export_asr(checkpoint, recipe, dest, reporter)
     from nimbuild.export.tasks import load_task
 
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
@@ -108,6 +112,30 @@ def _export_decoder(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, report
         comparison = decoder.check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
     reporter.debug(comparison.describe())
     return _reference(onnx_path, specs, adapter, comparison)
+
+
+def _export_asr(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A CTC speech model from a .nemo checkpoint (nimbuild.export.asr)."""
+    from nimbuild.export import asr
+    from nimbuild.sources.nemo import NemoCheckpoint
+
+    if not isinstance(checkpoint, NemoCheckpoint):
+        raise ExportError("task asr-ctc builds NeMo checkpoints (source.nemo)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
+        adapter = asr.load_adapter(checkpoint, recipe, dest / "asr")
+    specs = asr.input_specs(recipe.export.inputs, adapter.runtime_info["features"]["features"])
+    onnx_path = dest / "model.onnx"
+    with reporter.step(f"export reference ONNX with NeMo (opset {recipe.export.opset})"):
+        asr.export_graph(adapter, onnx_path, recipe.export.opset, _metadata(recipe, checkpoint, adapter), reporter)
+        _check_graph(onnx_path, recipe.export.opset)
+    audio = asr.parity_audio(recipe, adapter.runtime_info["sample_rate"])
+    with reporter.step("check front end and graph against NeMo"):
+        comparison = asr.check_graph_parity(adapter, onnx_path, specs, recipe.export.parity, audio)
+    reporter.debug(comparison.describe())
+    reference = _reference(onnx_path, specs, adapter, comparison)
+    reference.builder, reference.assets = asr.builder_versions(), adapter.assets
+    return reference
 
 
 def _metadata(recipe: Recipe, checkpoint: HFCheckpoint, adapter) -> dict[str, str]:

@@ -1,0 +1,187 @@
+"""Speech front and back ends in numpy: what a served CTC model needs around its ONNX graph.
+
+- `read_audio`: any WAV (or FLAC/OGG) soundfile reads, downmixed to mono and resampled to the
+  model's rate with a polyphase filter (scipy's resample_poly).
+- `FrontEnd`: NeMo's AudioToMelSpectrogramPreprocessor at inference (pre-emphasis, centred STFT
+  with zero padding, power spectrum, the model's own mel filterbank, log with the zero guard,
+  per-feature normalisation over the valid frames, zeroed padding), from the feature config the
+  build wrote. The filterbank is NeMo's own (saved at build), so librosa is not needed to serve.
+  Compute is float64 and the result float32; the build checks it against NeMo on real speech.
+- `encoded_lengths`: how many encoder frames a CTC model emits for N feature frames (the exported
+  graph returns log-probs only), from the subsampling layers the build recorded and checked.
+- `ctc_greedy`: best path, repeats merged, blanks dropped, tokens joined into text.
+
+Only numpy (and soundfile/scipy for decoding audio) are imported: this runs inside Triton.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WINDOWS = {"hann": np.hanning, "hamming": np.hamming, "blackman": np.blackman, "bartlett": np.bartlett}
+NORMALISE_FLOOR = 1e-5  # NeMo's CONSTANT, added to the standard deviation
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read or is unusable; the message is fit for a 400 response."""
+
+
+def read_audio(data: bytes, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Decode audio bytes to mono float32 at `sample_rate`."""
+    import soundfile
+
+    try:
+        audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError for junk
+        raise AudioError(f"cannot read the audio file ({str(e).strip() or type(e).__name__}); send WAV, FLAC or OGG") from None
+    if audio.shape[0] == 0:
+        raise AudioError("the audio file holds no samples")
+    if max_seconds is not None and audio.shape[0] / rate > max_seconds:
+        raise AudioError(f"the audio is {audio.shape[0] / rate:.1f} s long; this model takes at most {max_seconds:.1f} s")
+    return resample(audio.mean(axis=1), rate, sample_rate)
+
+
+def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return np.ascontiguousarray(audio, dtype=np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    return resample_poly(audio, target // g, rate // g).astype(np.float32)
+
+
+def feature_config(preprocessor_config: dict[str, Any], featurizer) -> dict[str, Any]:
+    """The front end's settings, as the build records them (from NeMo's module, not guessed)."""
+    normalize = preprocessor_config.get("normalize", "per_feature")
+    return {
+        "sample_rate": int(featurizer.sample_rate),
+        "n_fft": int(featurizer.n_fft),
+        "win_length": int(featurizer.win_length),
+        "hop_length": int(featurizer.hop_length),
+        "window": preprocessor_config.get("window", "hann"),
+        "preemph": featurizer.preemph,
+        "exact_pad": bool(featurizer.exact_pad),
+        "mag_power": float(featurizer.mag_power),
+        "log": bool(featurizer.log),
+        "log_zero_guard_type": featurizer.log_zero_guard_type,
+        "log_zero_guard_value": float(featurizer.log_zero_guard_value_fn(featurizer.fb)),
+        "normalize": normalize if normalize in ("per_feature", "all_features") else None,
+        "pad_value": float(featurizer.pad_value),
+        "features": int(featurizer.fb.shape[-2]),
+        "filterbank": "asr/filterbank.npy",
+    }
+
+
+class FrontEnd:
+    def __init__(self, config: dict[str, Any], filterbank: np.ndarray):
+        self.config = config
+        self.hop = int(config["hop_length"])
+        self.n_fft = int(config["n_fft"])
+        self.fb = filterbank.astype(np.float64)
+        window = WINDOWS[config["window"]](int(config["win_length"])) if config.get("window") in WINDOWS \
+            else np.ones(int(config["win_length"]))
+        left = (self.n_fft - len(window)) // 2  # torch.stft centres a short window in n_fft
+        self.window = np.zeros(self.n_fft)
+        self.window[left:left + len(window)] = window
+
+    @classmethod
+    def load(cls, config: dict[str, Any], root: Path) -> "FrontEnd":
+        return cls(config, np.load(root / config["filterbank"], allow_pickle=False))
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config["sample_rate"])
+
+    def frames(self, samples: int) -> int:
+        """Valid feature frames for `samples` samples (NeMo's get_seq_len)."""
+        pad = (self.n_fft - self.hop) // 2 * 2 if self.config.get("exact_pad") else self.n_fft // 2 * 2
+        return max((samples + pad - self.n_fft) // self.hop, 0)
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """[features, frames] float32 for one utterance."""
+        c = self.config
+        x = np.asarray(audio, dtype=np.float64)
+        valid = self.frames(len(x))
+        if c.get("exact_pad"):
+            pad = (self.n_fft - self.hop) // 2
+            x = np.pad(x, (pad, pad))
+        if c.get("preemph") is not None:
+            x = np.concatenate([x[:1], x[1:] - float(c["preemph"]) * x[:-1]])
+        if not c.get("exact_pad"):
+            x = np.pad(x, (self.n_fft // 2, self.n_fft // 2))
+        count = 1 + (len(x) - self.n_fft) // self.hop
+        index = np.arange(self.n_fft)[None, :] + self.hop * np.arange(count)[:, None]
+        spectrum = np.abs(np.fft.rfft(x[index] * self.window, axis=1)) ** float(c.get("mag_power", 2.0))
+        feats = self.fb @ spectrum.T  # [features, frames]
+        if c.get("log"):
+            guard = float(c["log_zero_guard_value"])
+            feats = np.log(feats + guard) if c.get("log_zero_guard_type", "add") == "add" else np.log(np.maximum(feats, guard))
+        feats = _normalise(feats, valid, c.get("normalize"))
+        feats[:, valid:] = float(c.get("pad_value", 0.0))
+        return feats.astype(np.float32)
+
+
+def _normalise(feats: np.ndarray, valid: int, kind: str | None) -> np.ndarray:
+    if kind is None or valid == 0:
+        return feats
+    part = feats[:, :valid]
+    if kind == "per_feature":
+        mean = part.mean(axis=1, keepdims=True)
+        std = part.std(axis=1, ddof=1, keepdims=True) if valid > 1 else np.zeros_like(mean)
+    else:
+        mean, std = part.mean(), (part.std(ddof=1) if part.size > 1 else 0.0)
+    return (feats - mean) / (np.nan_to_num(std) + NORMALISE_FLOOR)
+
+
+def batch_features(front: FrontEnd, audios: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """[batch, features, max_frames] zero-padded, and each utterance's valid frame count."""
+    feats = [front(a) for a in audios]
+    lengths = np.array([front.frames(len(a)) for a in audios], dtype=np.int64)
+    out = np.full((len(feats), feats[0].shape[0], max(f.shape[1] for f in feats)),
+                  float(front.config.get("pad_value", 0.0)), dtype=np.float32)
+    for i, f in enumerate(feats):
+        out[i, :, :f.shape[1]] = f
+    return out, lengths
+
+
+def encoded_lengths(frames: np.ndarray, layers: list[dict[str, Any]]) -> np.ndarray:
+    """Frames after the encoder's subsampling: each layer is (L + padding - kernel) / stride + 1,
+    rounded down (or up, for ceil-mode layers)."""
+    lengths = np.asarray(frames, dtype=np.float64)
+    for layer in layers:
+        lengths = (lengths + layer["padding"] - layer["kernel"]) / layer["stride"] + 1.0
+        lengths = np.ceil(lengths) if layer.get("ceil") else np.floor(lengths)
+    return np.maximum(lengths, 0).astype(np.int64)
+
+
+class Vocabulary:
+    """Token ids to text: characters (joined as they are) or sentencepiece pieces ('▁' is a space)."""
+
+    def __init__(self, tokens: list[str], kind: str):
+        self.tokens, self.kind = tokens, kind
+        self.blank = len(tokens)  # NeMo's CTC decoders put the blank last
+
+    @classmethod
+    def load(cls, path: Path) -> "Vocabulary":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(list(data["tokens"]), data["kind"])
+
+    def text(self, ids: list[int]) -> str:
+        pieces = "".join(self.tokens[i] for i in ids if 0 <= i < len(self.tokens))
+        if self.kind == "sentencepiece":
+            return pieces.replace("\u2581", " ").strip()
+        return pieces.strip()
+
+
+def ctc_greedy(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) -> str:
+    """Best path over the first `length` frames of one utterance's [frames, vocab+1] log-probs."""
+    best = logprobs[:length].argmax(axis=-1)
+    keep = np.ones(len(best), dtype=bool)
+    keep[1:] = best[1:] != best[:-1]
+    return vocabulary.text([int(t) for t in best[keep] if t != vocabulary.blank])
