@@ -77,6 +77,9 @@ class Metrics:
         self.completion_tokens = Counter("nimbuild_completion_tokens_total", "Tokens generated", registry=self.registry)
         self.first_token = Histogram("nimbuild_time_to_first_token_seconds", "Time from request to first token",
                                      buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
+        self.audio_seconds = Counter("nimbuild_audio_seconds_total", "Seconds of audio transcribed", registry=self.registry)
+        self.transcription = Histogram("nimbuild_transcription_seconds", "Time to transcribe one file",
+                                       buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
 
 
 def create_app(model: ServedModel, triton) -> FastAPI:
@@ -104,18 +107,7 @@ def create_app(model: ServedModel, triton) -> FastAPI:
 
     app = FastAPI(title="runtime_min", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        endpoint = request.url.path
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            response = _error(ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large"))
-        else:
-            start = time.perf_counter()
-            response = await call_next(request)
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Observe, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
@@ -168,9 +160,41 @@ def create_app(model: ServedModel, triton) -> FastAPI:
         from runtime_min.completions import add_completion_routes
 
         add_completion_routes(app, model, triton, state, metrics)
+    elif model.info.get("task") == "asr-ctc":
+        from runtime_min.transcriptions import add_transcription_routes
+
+        add_transcription_routes(app, model, triton, state, metrics)
     else:
         _add_embedding_routes(app, model, triton, state, metrics)
     return app
+
+
+class _Observe:
+    """Request counts and latency (to the response's start) per endpoint, and the body-size limit.
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware: that one cuts a streamed request body
+    off once the response has started, which a streaming transcription needs to keep reading."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"]
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self.metrics.requests.labels(endpoint, "413").inc()
+            return await _error(ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large"))(
+                scope, receive, send)
+        start = time.perf_counter()
+
+        async def observed(message):
+            if message["type"] == "http.response.start":
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, observed)
 
 
 def _add_embedding_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:

@@ -79,7 +79,7 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
     install = locate_triton(cache_root)
     repository = Path(tempfile.mkdtemp(prefix="triton-repo-", dir=_ensure(cache_root)))
     try:
-        info = write_repository(profile.model, workspace, repository)
+        info = write_repository(profile.model, workspace, repository, profile.tags.get("mode"))
         exit_code = {"value": 0}
         server: dict = {}
 

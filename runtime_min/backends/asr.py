@@ -1,0 +1,138 @@
+"""Triton Python models for CTC speech profiles: one file, four stages (the `stage` parameter).
+
+Offline (`mode: ofl`), an ensemble of three models, each with its own dynamic batcher:
+    features  audio [samples] float32 at the model's rate -> audio_signal [features, frames], length [1]
+    encoder   the profile's ONNX graph (onnxruntime): audio_signal, length -> logprobs [frames', vocab+1],
+              cut to each utterance's encoded length
+    decoder   CTC greedy decoding -> text
+Streaming (`mode: str`), one sequence-batched model, as Triton's Kaldi ASR integration does: chunks
+arrive with a correlation id and start/end flags; the model keeps each sequence's audio and answers
+every chunk with the transcript so far. The graph is an offline (full-context) model, so each
+answer re-decodes the audio heard so far (bounded by the profile's maximum frames).
+
+The arithmetic is nimbuild.audio's, the same code the build checked against NeMo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from nimbuild.audio import FrontEnd, Vocabulary, batch_features, ctc_greedy, encoded_lengths
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        workspace = Path(params["workspace"])
+        self.stage = params["stage"]
+        info = json.loads((workspace / "model_info.json").read_text())
+        runtime = info["runtime"]
+        self.layers = runtime["subsampling"]
+        self.max_frames = int(runtime["max_frames"])
+        if self.stage in ("features", "stream"):
+            self.front = FrontEnd.load(runtime["features"], workspace)
+        if self.stage in ("encoder", "stream"):
+            self.session = _session(workspace / info["graph"])
+        if self.stage in ("decoder", "stream"):
+            self.vocabulary = Vocabulary.load(workspace / runtime["vocabulary"])
+        self.streams: dict[int, list[np.ndarray]] = {}
+
+    def execute(self, requests):
+        return getattr(self, "_" + self.stage)(requests)
+
+    def _features(self, requests):
+        responses = []
+        for request in requests:
+            audio = pb_utils.get_input_tensor_by_name(request, "audio").as_numpy()[0]
+            frames = self.front.frames(len(audio))
+            if not 1 <= frames <= self.max_frames:
+                responses.append(_error(f"the audio makes {frames} feature frames; this profile takes 1 to {self.max_frames}"))
+                continue
+            feats = self.front(audio)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("audio_signal", _owned(feats[None])),
+                pb_utils.Tensor("length", np.array([[frames]], dtype=np.int64))]))
+        return responses
+
+    def _encoder(self, requests):
+        feats = [pb_utils.get_input_tensor_by_name(r, "audio_signal").as_numpy()[0] for r in requests]
+        lengths = np.array([int(pb_utils.get_input_tensor_by_name(r, "length").as_numpy().reshape(-1)[0]) for r in requests])
+        logprobs, encoded = self._run(feats, lengths)
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logprobs", _owned(logprobs[i, :encoded[i]][None]))])
+                for i in range(len(requests))]
+
+    def _decoder(self, requests):
+        responses = []
+        for request in requests:
+            logprobs = pb_utils.get_input_tensor_by_name(request, "logprobs").as_numpy()[0]
+            text = ctc_greedy(logprobs, len(logprobs), self.vocabulary)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("text", np.array([[text.encode()]], dtype=np.object_))]))
+        return responses
+
+    def _stream(self, requests):
+        """One chunk per request, from different sequences: decode every sequence's audio so far in one batch."""
+        live, responses = [], [None] * len(requests)
+        for i, request in enumerate(requests):
+            corrid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().reshape(-1)[0])
+            start = bool(pb_utils.get_input_tensor_by_name(request, "START").as_numpy().reshape(-1)[0])
+            end = bool(pb_utils.get_input_tensor_by_name(request, "END").as_numpy().reshape(-1)[0])
+            chunk = pb_utils.get_input_tensor_by_name(request, "audio_chunk").as_numpy().reshape(-1)
+            if start or corrid not in self.streams:
+                self.streams[corrid] = []
+            self.streams[corrid].append(chunk.astype(np.float32))
+            audio = np.concatenate(self.streams[corrid])
+            if end:
+                del self.streams[corrid]
+            frames = self.front.frames(len(audio))
+            if frames > self.max_frames:
+                self.streams.pop(corrid, None)
+                responses[i] = _error(f"the stream is over this profile's {self.max_frames} frames; end it sooner")
+            elif frames < 1:
+                responses[i] = _text("")
+            else:
+                live.append((i, audio))
+        if live:
+            feats, lengths = batch_features(self.front, [audio for _, audio in live])
+            logprobs, encoded = self._run(list(feats), lengths)
+            for row, (i, _) in enumerate(live):
+                responses[i] = _text(ctc_greedy(logprobs[row], int(encoded[row]), self.vocabulary))
+        return responses
+
+    def _run(self, feats: list[np.ndarray], lengths: np.ndarray):
+        longest = max(f.shape[-1] for f in feats)
+        batch = np.zeros((len(feats), feats[0].shape[0], longest), dtype=np.float32)
+        for i, f in enumerate(feats):
+            batch[i, :, :f.shape[-1]] = f
+        lengths = np.asarray(lengths, dtype=np.int64)
+        (logprobs,) = self.session.run(["logprobs"], {"audio_signal": batch, "length": lengths})
+        return logprobs, encoded_lengths(lengths, self.layers)
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    """A copy that owns its memory: the Python backend sends a view's base buffer, which here
+    was empty (a numpy view or slice as an output tensor reached the next model as 0 bytes)."""
+    return np.array(array, copy=True, order="C")
+
+
+def _session(graph: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("NIMBUILD_ORT_THREADS", "0"))
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(str(graph), options, providers=providers)
+
+
+def _text(text: str):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text", np.array([[text.encode()]], dtype=np.object_))])
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
