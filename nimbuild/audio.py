@@ -56,6 +56,30 @@ def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     return resample_poly(audio, target // g, rate // g).astype(np.float32)
 
 
+class StreamResampler:
+    """Resamples audio that arrives in pieces so that the pieces out, joined, equal resampling the
+    whole recording at once (what the offline endpoint does): the growing input is resampled
+    whole each time and only settled output is released. The last samples depend on input still
+    to come (the polyphase filter reaches about 10 output samples ahead), so HOLD are kept back
+    until the end."""
+
+    HOLD = 64
+
+    def __init__(self, rate: int, target: int):
+        self.rate, self.target = int(rate), int(target)
+        self.heard = np.zeros(0, dtype=np.float32)
+        self.sent = 0
+
+    def push(self, samples: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.rate == self.target:
+            return np.asarray(samples, dtype=np.float32)
+        self.heard = np.concatenate([self.heard, np.asarray(samples, dtype=np.float32)])
+        whole = resample(self.heard, self.rate, self.target) if len(self.heard) else np.zeros(0, np.float32)
+        upto = len(whole) if final else max(self.sent, len(whole) - self.HOLD)
+        out, self.sent = whole[self.sent:upto], upto
+        return out
+
+
 def feature_config(preprocessor_config: dict[str, Any], featurizer) -> dict[str, Any]:
     """The front end's settings, as the build records them (from NeMo's module, not guessed)."""
     normalize = preprocessor_config.get("normalize", "per_feature")

@@ -148,17 +148,18 @@ async def _stream_events(request: Request, client, model: ServedModel, source_ra
                          max_seconds: float, metrics: Metrics) -> AsyncIterator[bytes]:
     """Chunks of the request body in, one SSE event per chunk out; the sequence always ends (END
     flag) so Triton drops its state, even when the client sends too much or goes away."""
+    from nimbuild.audio import StreamResampler
     from runtime_min.repository import stream_model_name
-    from nimbuild.audio import resample
 
     corrid, name = next(_correlation), stream_model_name(model.name)
     pending, received, first, ended = b"", 0, True, False
+    resampler = StreamResampler(source_rate, rate)  # the same samples the whole file would give
 
     async def send(data: bytes, end: bool) -> str:
         nonlocal first, ended
         samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         ended = ended or end
-        result = await _infer(client, name, "audio_chunk", resample(samples, source_rate, rate),
+        result = await _infer(client, name, "audio_chunk", resampler.push(samples, final=end),
                               sequence_id=corrid, sequence_start=first, sequence_end=end)
         first = False
         return result

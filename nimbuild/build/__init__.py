@@ -325,7 +325,7 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
     try:
         reference = export_reference(checkpoint, recipe, staging / "_reference", reporter)
         graphs = _precision_graphs(recipe, checkpoint, reference, {_form(v) for v in todo}, staging, reporter)
-        staged = []
+        staged, engines = [], {}
         for variant in todo:
             workspace = staging / variant.description
             graph, verification = graphs[_form(variant)]
@@ -342,7 +342,7 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
                 verification = {**verification, "engine": engine}
             elif tags["backend"] in ("tensorrt_rtx", "tensorrt"):
                 with reporter.step(f"build {tags['backend']} engine {variant.description}"):
-                    engine = make_engine_workspace(recipe, checkpoint, reference, graph, variant, workspace)
+                    engine = make_engine_workspace(recipe, checkpoint, reference, graph, variant, workspace, engines)
                 verification = {**verification, "engine": engine}
             else:
                 make_generic_workspace(recipe, checkpoint, reference, graph, variant.precision, workspace)

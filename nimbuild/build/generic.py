@@ -29,12 +29,18 @@ def make_generic_workspace(recipe: Recipe, checkpoint, reference, graph: Path, p
     _write_common(recipe, checkpoint, model_info(recipe, reference, precision), workspace, reference.assets)
 
 
-def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, variant, workspace: Path) -> dict:
+def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, variant, workspace: Path,
+                          built: dict | None = None) -> dict:
     """An engine for one compute capability (TensorRT-RTX ahead of time, or TensorRT on this GPU),
-    with the same tokenizer and model_info."""
+    with the same tokenizer and model_info. `built` remembers engines by graph, backend and
+    capability, so profiles that differ only in how they are served (speech ofl/str) share one build."""
     tags = dict(variant.tags)
     workspace.mkdir(parents=True)
-    if tags["backend"] == "tensorrt_rtx":
+    key = (str(graph), tags["backend"], tags["compute_capability"])
+    if built is not None and key in built:
+        plan, record = built[key]
+        _link_or_copy(plan, workspace / "model.plan")
+    elif tags["backend"] == "tensorrt_rtx":
         from nimbuild.build.tensorrt_rtx import build_engine
 
         record = build_engine(graph, reference.inputs, tags["compute_capability"], workspace / "model.plan")
@@ -43,6 +49,8 @@ def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, va
 
         record = build_engine(graph, reference.inputs, tags["compute_capability"], workspace / "model.plan",
                               recipe.targets[variant.target_index])
+    if built is not None:
+        built.setdefault(key, (workspace / "model.plan", record))
     info = {**model_info(recipe, reference, variant.precision), "graph": None, "engine": "model.plan",
             "engine_builder": record}
     _write_common(recipe, checkpoint, info, workspace, reference.assets)

@@ -34,6 +34,7 @@ class TritonPythonModel:
         info = json.loads((workspace / "model_info.json").read_text())
         runtime = info["runtime"]
         self.layers = runtime["subsampling"]
+        self.padded = bool(runtime.get("padded_batches", True))
         self.max_frames = int(runtime["max_frames"])
         if self.stage in ("features", "stream"):
             self.front = FrontEnd.load(runtime["features"], workspace)
@@ -106,11 +107,19 @@ class TritonPythonModel:
         return responses
 
     def _run(self, feats: list[np.ndarray], lengths: np.ndarray):
+        """[batch, frames', vocab+1] log-probs and each row's valid frames; a graph without length
+        masks (NeMo's convolutional encoders) runs one unpadded utterance at a time."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if not self.padded:
+            rows = [self.session.run(["logprobs"], {"audio_signal": f[None, :, :n]})[0][0] for f, n in zip(feats, lengths)]
+            out = np.zeros((len(rows), max(len(r) for r in rows), rows[0].shape[-1]), dtype=np.float32)
+            for i, r in enumerate(rows):
+                out[i, :len(r)] = r
+            return out, encoded_lengths(lengths, self.layers)
         longest = max(f.shape[-1] for f in feats)
         batch = np.zeros((len(feats), feats[0].shape[0], longest), dtype=np.float32)
         for i, f in enumerate(feats):
             batch[i, :, :f.shape[-1]] = f
-        lengths = np.asarray(lengths, dtype=np.int64)
         (logprobs,) = self.session.run(["logprobs"], {"audio_signal": batch, "length": lengths})
         return logprobs, encoded_lengths(lengths, self.layers)
 

@@ -1,0 +1,482 @@
+"""Speech: .nemo checkpoints (made here by nemo_toolkit from configs, and the committed digits model
+trained on espeak-ng speech) to checked ONNX, TRT-RTX and RMIR profiles; then served through a real
+tritonserver and compared with NeMo's own transcribe() on the same audio."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import REPO, modules_loaded_by
+from nimbuild.errors import NimbuildError, ParityError, SourceError
+from nimbuild.progress import Reporter
+
+QUIET = Reporter(quiet=True)
+DIGITS_RECIPE = REPO / "recipes" / "asr-digits.yaml"
+DIGITS_NEMO = REPO / "recipes" / "models" / "asr-digits.nemo"
+MODEL = "asr-digits"
+pytest.importorskip("nemo", reason="the nemo extra is not installed")
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+def _trainer():
+    """scripts/make_asr_digits.py: its voice lists and sentence generator define the held-out set."""
+    spec = importlib.util.spec_from_file_location("make_asr_digits", REPO / "scripts" / "make_asr_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LABELS = [" ", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s",
+          "t", "u", "v", "w", "x", "y", "z", "'"]
+
+
+def _tiny_config(encoder: str) -> dict:
+    pre = {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor", "sample_rate": 16000,
+           "normalize": "per_feature", "window_size": 0.025, "window_stride": 0.01, "features": 40, "n_fft": 512,
+           "dither": 1e-5, "pad_to": 0}
+    if encoder == "conformer":
+        enc = {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": 40, "n_layers": 1, "d_model": 32,
+               "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": 16,
+               "n_heads": 2, "conv_kernel_size": 9, "ff_expansion_factor": 2}
+    else:  # a QuartzNet-like convolutional encoder with one strided block
+        enc = {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 40, "activation": "relu",
+               "conv_mask": True,
+               "jasper": [{"filters": 32, "repeat": 1, "kernel": [11], "stride": [2], "dilation": [1], "dropout": 0.0,
+                           "residual": False, "separable": True},
+                          {"filters": 32, "repeat": 2, "kernel": [13], "stride": [1], "dilation": [1], "dropout": 0.0,
+                           "residual": True, "separable": True}]}
+    return {"sample_rate": 16000, "labels": LABELS, "preprocessor": pre, "encoder": enc,
+            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": 32,
+                        "num_classes": len(LABELS), "vocabulary": LABELS}}
+
+
+@pytest.fixture(scope="session")
+def tiny_nemo(tmp_path_factory):
+    """Tiny random-weight CTC models saved by NeMo itself: {encoder kind: path.nemo}."""
+    import torch
+    from nemo.collections.asr.models import EncDecCTCModel
+    from omegaconf import OmegaConf
+
+    out = {}
+    for kind in ("conformer", "convasr"):
+        torch.manual_seed(0)
+        model = EncDecCTCModel(cfg=OmegaConf.create(_tiny_config(kind)))
+        path = tmp_path_factory.mktemp(f"nemo-{kind}") / f"tiny-{kind}.nemo"
+        model.save_to(str(path))
+        out[kind] = path
+    return out
+
+
+def _asr_recipe(source: Path, *, targets: str = "[{type: generic, backend: onnxruntime, precisions: [fp32]}]",
+                frames=(1, 200, 800), modes="[ofl]", audio: str = "[]") -> str:
+    return (f"name: tiny-asr\nrelease: 0.1.0\nsource: {{nemo: {source}}}\ntask: asr-ctc\n"
+            f"export:\n  inputs:\n    audio_signal: {{batch: [1, 2, 4], frames: {list(frames)}}}\n  audio: {audio}\n"
+            f"precisions: {{fp32: {{}}}}\ntargets: {targets}\nserving: {{max_batch_size: 4, modes: {modes}}}\n")
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+def test_inspect_reads_a_nemo_checkpoint_without_importing_nemo_or_torch():
+    snippet = (f"from click.testing import CliRunner\nfrom nimbuild.cli import main\n"
+               f"r = CliRunner().invoke(main, ['inspect', {str(DIGITS_NEMO)!r}, '--format', 'json'])\n"
+               "assert r.exit_code == 0, r.output\nimport json\nd = json.loads(r.output)\n"
+               "assert d['model_class'] == 'EncDecCTCModel' and d['sample_rate'] == 16000, d\n"
+               "assert d['vocabulary_size'] == 28 and d['features']['features'] == 64 and d['encoder'] == 'ConformerEncoder', d")
+    assert modules_loaded_by(snippet, ("nemo", "torch", "lightning")) == []
+
+
+def _tampered(tmp_path: Path, add) -> Path:
+    """The digits .nemo with one crafted member added."""
+    path = tmp_path / "bad.nemo"
+    with tarfile.open(DIGITS_NEMO) as src, tarfile.open(path, "w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        add(dst)
+    return path
+
+
+def _file(name: str, data: bytes = b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+def _link(name: str, target: str, hard: bool = False):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return (info,)
+
+
+def _device(name: str):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    return (info,)
+
+
+@pytest.mark.parametrize("add, message", [
+    (lambda t: t.addfile(*_file("/etc/evil")), "outside the archive"),
+    (lambda t: t.addfile(*_file("../evil")), "outside the archive"),
+    (lambda t: t.addfile(*_link("./tokenizer.model", "/etc/passwd")), "is a link"),
+    (lambda t: t.addfile(*_link("./w.ckpt", "./model_weights.ckpt", hard=True)), "is a link"),
+    (lambda t: t.addfile(*_device("./dev")), "is a special file"),
+])
+def test_malicious_nemo_archives_are_refused_before_anything_is_written(tmp_path, add, message):
+    from nimbuild.sources.nemo import resolve_nemo
+
+    bad = _tampered(tmp_path, add)
+    with pytest.raises(SourceError, match=message):
+        resolve_nemo(str(bad), tmp_path).path
+    assert not (tmp_path / "evil").exists()
+
+
+def test_a_config_naming_code_outside_nemo_is_refused(tmp_path):
+    from nimbuild.sources.nemo import resolve_nemo
+
+    config = tarfile.open(DIGITS_NEMO).extractfile("./model_config.yaml").read().decode()
+    crafted = tmp_path / "crafted"
+    crafted.mkdir()
+    (crafted / "model_config.yaml").write_text(config.replace("nemo.collections.asr.modules.ConvASRDecoder", "os.system"))
+    with pytest.raises(SourceError, match=r"decoder\._target_ names 'os.system'"):
+        resolve_nemo(str(crafted), tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a tar at all", "not a readable .nemo archive"),
+    (None, "no model_config.yaml"),
+])
+def test_broken_nemo_files_get_one_clear_line(tmp_path, content, message):
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    path = tmp_path / "x.nemo"
+    if content is None:
+        with tarfile.open(path, "w") as tar:
+            tar.addfile(*_file("./model_weights.ckpt"))
+    else:
+        path.write_bytes(content)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+# --- export and parity ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["conformer", "convasr"])
+def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_recipe, tmp_path, kind):
+    import onnx
+
+    from nimbuild.export import export_reference
+    from nimbuild.recipe import load_recipe
+    from nimbuild.sources import resolve_source
+
+    recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo[kind], audio=f"[{REPO}/recipes/data/speech/stop-cancel.wav]")))
+    ref = export_reference(resolve_source(recipe), recipe, tmp_path / "ref", QUIET)
+    graph = onnx.load(str(ref.files[0]))
+    # NeMo exports convolutional encoders without their length masks: such graphs run unpadded
+    padded = kind == "conformer"
+    assert [i.name for i in graph.graph.input] == (["audio_signal", "length"] if padded else ["audio_signal"])
+    assert ref.runtime_info["padded_batches"] is padded
+    assert {p.key for p in graph.metadata_props} >= {"nimbuild.task", "nimbuild.source_digest"}
+    summary = ref.parity.summary()
+    assert summary["audio_clips"] == 1 and summary["lengths_checked"] >= 4
+    assert float(summary["outputs"]["features"]["max_abs"]) < 1e-3
+    assert float(summary["outputs"]["logprobs"]["max_abs"]) < 1e-4
+    # rows of one batch have different lengths: padding is where exported speech graphs go wrong
+    rows = [s for s in ref.parity.shapes if s.startswith("4x")]
+    assert len(rows) == 4 and (len({r.split(":")[1] for r in rows}) > 1) is padded
+    assert set(ref.assets) == {"asr/filterbank.npy", "asr/vocabulary.json"}
+    vocabulary = json.loads(ref.assets["asr/vocabulary.json"].read_text())
+    assert vocabulary == {"kind": "characters", "tokens": LABELS, "blank": 28}
+    factor = 8 if kind == "conformer" else 2
+    from nimbuild.audio import encoded_lengths
+
+    assert encoded_lengths(np.array([800]), ref.runtime_info["subsampling"])[0] == 800 // factor
+
+
+def test_a_graph_that_does_not_match_nemo_is_refused(tiny_nemo, write_recipe, tmp_path):
+    import torch
+
+    from nimbuild.export import asr, export_reference
+    from nimbuild.recipe import load_recipe
+    from nimbuild.sources import resolve_source
+
+    recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo["conformer"])))
+    ref = export_reference(resolve_source(recipe), recipe, tmp_path / "ref", QUIET)
+    with torch.no_grad():  # the model now differs from the graph exported before
+        ref.adapter.model.decoder.decoder_layers[0].weight.mul_(1.05)
+    with pytest.raises(ParityError, match="does not match NeMo"):
+        asr.check_graph_parity(ref.adapter, ref.files[0], ref.inputs, recipe.export.parity, [])
+
+
+def test_front_end_matches_nemo_on_stereo_audio_at_other_rates(tiny_nemo):
+    """What the server does to an uploaded file (downmix, resample, features) against NeMo's
+    preprocessor on the same resampled signal."""
+    import soundfile
+    import torch
+
+    from nimbuild.audio import FrontEnd, feature_config, read_audio
+    from nimbuild.export.asr import restore
+    from nimbuild.sources.nemo import resolve_nemo
+
+    model = restore(resolve_nemo(str(tiny_nemo["conformer"]), Path.cwd()))
+    featurizer = model.preprocessor.featurizer
+    front = FrontEnd(feature_config(dict(model.cfg.preprocessor), featurizer), featurizer.fb[0].numpy())
+    mono, rate = soundfile.read(REPO / "recipes" / "data" / "speech" / "call-five-five-one-two.wav", dtype="float32")
+    stereo = np.stack([mono, 0.5 * mono], axis=1)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, stereo, rate, format="WAV", subtype="PCM_24")
+    audio = read_audio(buffer.getvalue(), 16000)
+    assert abs(len(audio) - round(len(mono) * 16000 / rate)) <= 1
+    with torch.inference_mode():
+        expected, frames = model.preprocessor(input_signal=torch.from_numpy(audio[None]), length=torch.tensor([len(audio)]))
+    assert int(frames[0]) == front.frames(len(audio))
+    np.testing.assert_allclose(front(audio), expected[0].numpy(), atol=2e-4)
+
+
+def test_streamed_resampling_equals_resampling_the_whole_recording():
+    from nimbuild.audio import StreamResampler, resample
+
+    signal = np.random.default_rng(0).standard_normal(41_707).astype(np.float32)
+    resampler = StreamResampler(22_050, 16_000)
+    pieces = [resampler.push(signal[i:i + 3_001]) for i in range(0, len(signal), 3_001)]
+    joined = np.concatenate(pieces + [resampler.push(signal[:0], final=True)])
+    np.testing.assert_array_equal(joined, resample(signal, 22_050, 16_000))
+    assert all(len(p) > 0 for p in pieces[1:])  # released as it arrives, not all at the end
+
+
+@pytest.mark.parametrize("data, message", [(b"RIFF....WAVEjunk", "cannot read the audio file"), (b"", "cannot read")])
+def test_unreadable_audio_is_an_audio_error(data, message):
+    from nimbuild.audio import AudioError, read_audio
+
+    with pytest.raises(AudioError, match=message):
+        read_audio(data, 16000)
+
+
+def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
+    from nimbuild.build import plan_variants
+    from nimbuild.recipe import load_recipe, parse_recipe
+
+    recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo["conformer"], modes="[ofl, str]")))
+    assert [v.description for v in plan_variants(recipe)] == ["onnxruntime-fp32-throughput-ofl",
+                                                              "onnxruntime-fp32-throughput-str"]
+    assert dict(plan_variants(recipe)[1].tags)["name"] == "tiny-asr"
+    fp16 = _asr_recipe(tiny_nemo["conformer"]).replace("precisions: {fp32: {}}", "precisions: {fp32: {}, fp16: {}}") \
+        .replace("precisions: [fp32]", "precisions: [fp16]")
+    with pytest.raises(NimbuildError, match="precision fp16 is not supported"):
+        plan_variants(load_recipe(write_recipe(fp16)))
+    embedding = "name: x\nrelease: '1'\nsource: {hf: m}\ntask: embedding\nexport: {inputs: {input_ids: {batch: [1,1,1], sequence: [1,1,1]}}}\n" \
+                "precisions: {fp32: {}}\ntargets: [{type: generic, precisions: [fp32]}]\nserving: {modes: [str]}\n"
+    with pytest.raises(NimbuildError, match="serving.modes apply to speech recipes"):
+        parse_recipe(embedding)
+
+
+# --- the committed digits model: compile, serve, compare with NeMo ------------------------------
+
+@pytest.fixture(scope="module")
+def digits_compiled(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    out = tmp_path_factory.mktemp("asr-digits") / "out"
+    result = CliRunner().invoke(main, ["-q", "compile", str(DIGITS_RECIPE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_digits_recipe_compiles_to_generic_engine_and_rmir_profiles(digits_compiled):
+    from nimbuild.build.rmir import unpack
+    from nimbuild.profiles.manifest import load_manifest
+
+    manifest = load_manifest(digits_compiled / "profiles.yaml")
+    descriptions = sorted(p.description for p in manifest.profiles)
+    assert descriptions == [f"{b}-fp32-throughput-{m}" for b in ("onnxruntime", "rmir", "tensorrt_rtx-sm89")
+                            for m in ("ofl", "str")]
+    for profile in manifest.profiles:
+        assert profile.tags["name"] == MODEL and profile.tags["mode"] in ("ofl", "str")
+        assert profile.build["parity"]["audio_clips"] == 2
+    engines = [p for p in manifest.profiles if p.tags["backend"] == "tensorrt_rtx"]
+    assert {p.files["model.plan"].digest for p in engines}.__len__() == 1  # one build serves both modes
+    rmir = next(p for p in manifest.profiles if p.tags["type"] == "rmir")
+    meta = unpack(digits_compiled / rmir.files["model.rmir"].uri, digits_compiled / "unpacked")
+    assert meta["task"] == "asr-ctc"
+    info = json.loads((digits_compiled / "unpacked" / "model_info.json").read_text())
+    assert info["runtime"]["features"]["features"] == 64 and info["runtime"]["sample_rate"] == 16000
+    assert (digits_compiled / "unpacked" / "asr" / "filterbank.npy").is_file()
+    assert json.loads((digits_compiled / "unpacked" / "asr" / "vocabulary.json").read_text())["blank"] == 28
+
+
+@pytest.fixture(scope="module")
+def served_digits(digits_compiled, tmp_path_factory):
+    from test_runtime import Runtime
+
+    runtime = Runtime(digits_compiled / "profiles.yaml", tmp_path_factory.mktemp("asr-cache"),
+                      env={"NIM_TAGS_SELECTOR": "mode=str"})
+    runtime.wait_ready(120)
+    yield runtime
+    assert runtime.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """40 espeak-ng utterances in voices, speaker variants and speeds training never heard, as
+    16 kHz float WAVs (the bytes both NeMo and the server read) and as espeak-ng's own 22.05 kHz."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    import random
+
+    import soundfile
+
+    trainer = _trainer()
+    rng = random.Random(1234)
+    root = tmp_path_factory.mktemp("held-out")
+    items = []
+    for i in range(40):
+        text = trainer.sentence(rng)
+        voice = rng.choice(trainer.HELD_OUT_VOICES) + rng.choice(trainer.HELD_OUT_VARIANTS)
+        native = root / f"{i}-22k.wav"
+        trainer.speak(text, voice, rng.choice(trainer.HELD_OUT_SPEEDS), rng.randint(30, 70), native)
+        at16k = root / f"{i}.wav"
+        soundfile.write(str(at16k), trainer.load_16k(native), 16000, subtype="FLOAT")
+        items.append((text, at16k, native))
+    return items
+
+
+def _transcribe(url: str, path: Path, **fields) -> httpx.Response:
+    with open(path, "rb") as f:
+        return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (path.name, f, "audio/wav")},
+                          data={"model": MODEL, **fields}, timeout=60)
+
+
+def test_served_transcripts_equal_nemo_transcribe_and_meet_the_word_error_rate(served_digits, held_out):
+    from nimbuild.export.asr import quiet, restore
+    from nimbuild.sources.nemo import resolve_nemo
+
+    served = [_transcribe(served_digits.url, path).json()["text"] for _, path, _ in held_out]
+    model = restore(resolve_nemo(str(DIGITS_NEMO), REPO))
+    with quiet():
+        hypotheses = model.transcribe([str(path) for _, path, _ in held_out], batch_size=8, verbose=False)
+    nemo = [h.text if hasattr(h, "text") else h for h in hypotheses]
+    assert served == nemo
+    wer = _trainer().word_error_rate([text for text, _, _ in held_out], served)
+    assert wer < 0.10, f"held-out word error rate {wer:.3f}"
+
+
+def test_any_rate_and_stereo_uploads_transcribe_like_the_16k_mono_file(served_digits, held_out, tmp_path):
+    import soundfile
+
+    text, at16k, native = held_out[0]
+    expected = _transcribe(served_digits.url, at16k).json()["text"]
+    assert _transcribe(served_digits.url, native).json()["text"] == expected  # espeak-ng's 22.05 kHz, resampled here
+    audio, rate = soundfile.read(str(native), dtype="float32")
+    stereo = tmp_path / "stereo-44k.wav"
+    soundfile.write(str(stereo), np.stack([audio, audio], axis=1), rate, subtype="PCM_16")
+    got = _transcribe(served_digits.url, stereo).json()["text"]
+    assert _trainer().word_error_rate([expected], [got]) <= 0.2
+
+
+def test_response_formats(served_digits, held_out):
+    _, path, _ = held_out[1]
+    text = _transcribe(served_digits.url, path).json()["text"]
+    plain = _transcribe(served_digits.url, path, response_format="text")
+    assert plain.headers["content-type"].startswith("text/plain") and plain.text.strip() == text
+    verbose = _transcribe(served_digits.url, path, response_format="verbose_json", language="en").json()
+    assert verbose["text"] == text and verbose["language"] == "en" and verbose["duration"] > 0.2
+    assert verbose["segments"][0]["end"] == verbose["duration"]
+
+
+def test_the_openai_sdk_transcribes_a_file(served_digits, held_out):
+    from openai import OpenAI
+
+    _, path, _ = held_out[2]
+    client = OpenAI(base_url=f"{served_digits.url}/v1", api_key="unused")
+    with open(path, "rb") as f:
+        result = client.audio.transcriptions.create(model=MODEL, file=f)
+    assert result.text == _transcribe(served_digits.url, path).json()["text"]
+
+
+def test_bad_transcription_requests_get_4xx_with_a_json_error(served_digits, held_out, tmp_path):
+    url = served_digits.url
+    long = tmp_path / "long.wav"
+    import soundfile
+
+    soundfile.write(str(long), np.zeros(16000 * 25, np.float32), 16000)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    cases = [
+        (httpx.post(f"{url}/v1/audio/transcriptions", data={"model": MODEL}), 400, "file"),
+        (httpx.post(f"{url}/v1/audio/transcriptions", json={"model": MODEL}), 400, "multipart"),
+        (_transcribe(url, junk), 400, "cannot read the audio"),
+        (_transcribe(url, long), 400, "at most 20.0 s"),
+        (_transcribe(url, held_out[0][1], response_format="srt"), 400, "response_format"),
+        (httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}, data={"model": "nope"}), 404, "does not exist"),
+        (httpx.post(f"{url}/v1/audio/transcriptions/stream?sample_rate=12", content=b""), 400, "sample_rate"),
+    ]
+    for response, status, fragment in cases:
+        assert response.status_code == status, response.text
+        assert fragment in response.json()["error"]["message"]
+    assert httpx.get(f"{url}/v1/health/ready").status_code == 200
+
+
+def _stream(url: str, pcm: bytes, rate: int, piece: int = 3200) -> list[dict]:
+    def body():
+        for i in range(0, len(pcm), piece):
+            yield pcm[i:i + piece]
+
+    events = []
+    with httpx.stream("POST", f"{url}/v1/audio/transcriptions/stream?sample_rate={rate}", content=body(), timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def test_streaming_gives_partials_then_the_offline_transcript(served_digits, held_out):
+    import soundfile
+
+    _, _, native = held_out[3]
+    audio, rate = soundfile.read(str(native), dtype="int16")
+    events = _stream(served_digits.url, audio.tobytes(), rate)
+    assert len(events) >= 3 and [e["is_final"] for e in events] == [False] * (len(events) - 1) + [True]
+    assert events[-1]["text"] == _transcribe(served_digits.url, native).json()["text"]
+
+
+def test_concurrent_streams_keep_their_own_audio(served_digits, held_out):
+    """Sequences from several clients share the sequence-batched model's batches; each must still
+    get its own transcript."""
+    import concurrent.futures
+
+    import soundfile
+
+    clips = [soundfile.read(str(native), dtype="int16") for _, _, native in held_out[4:12]]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        finals = list(pool.map(lambda c: _stream(served_digits.url, c[0].tobytes(), c[1])[-1]["text"], clips))
+    expected = [_transcribe(served_digits.url, native).json()["text"] for _, _, native in held_out[4:12]]
+    assert finals == expected
+
+
+def test_an_offline_profile_says_streaming_needs_a_str_profile(digits_compiled, tmp_path):
+    from test_runtime import Runtime
+
+    runtime = Runtime(digits_compiled / "profiles.yaml", tmp_path / "cache", env={"NIM_TAGS_SELECTOR": "mode=ofl"})
+    try:
+        runtime.wait_ready(120)
+        r = httpx.post(f"{runtime.url}/v1/audio/transcriptions/stream", content=b"\x00\x00" * 1600)
+        assert r.status_code == 404 and "mode=str" in r.json()["error"]["message"]
+        ok = _transcribe(runtime.url, REPO / "recipes" / "data" / "speech" / "stop-cancel.wav")
+        assert ok.status_code == 200
+    finally:
+        assert runtime.stop() == 0
