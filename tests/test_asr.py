@@ -61,19 +61,44 @@ def _tiny_config(encoder: str) -> dict:
                         "num_classes": len(LABELS), "vocabulary": LABELS}}
 
 
+def _sentencepiece_dir(root: Path) -> Path:
+    """A real sentencepiece BPE model, trained here on the digits vocabulary, as NeMo's BPE models use."""
+    import sentencepiece
+
+    trainer = _trainer()
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(trainer.DIGITS + trainer.COMMANDS) * 20 + "\n")
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(root / "tokenizer"), vocab_size=48,
+                                             model_type="bpe", character_coverage=1.0, minloglevel=2)
+    vocab = [line.split("\t")[0] for line in (root / "tokenizer.vocab").read_text().splitlines()]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_nemo(tmp_path_factory):
-    """Tiny random-weight CTC models saved by NeMo itself: {encoder kind: path.nemo}."""
+    """Tiny random-weight CTC models saved by NeMo itself: {kind: path.nemo}; "bpe" is an
+    EncDecCTCModelBPE with a sentencepiece tokenizer."""
     import torch
-    from nemo.collections.asr.models import EncDecCTCModel
+    from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
     from omegaconf import OmegaConf
 
+    from nimbuild.export.asr import quiet
+
     out = {}
-    for kind in ("conformer", "convasr"):
+    for kind in ("conformer", "convasr", "bpe"):
         torch.manual_seed(0)
-        model = EncDecCTCModel(cfg=OmegaConf.create(_tiny_config(kind)))
-        path = tmp_path_factory.mktemp(f"nemo-{kind}") / f"tiny-{kind}.nemo"
-        model.save_to(str(path))
+        config = _tiny_config("convasr" if kind == "convasr" else "conformer")
+        with quiet():
+            if kind == "bpe":
+                del config["labels"]
+                config["tokenizer"] = {"dir": str(_sentencepiece_dir(tmp_path_factory.mktemp("spm"))), "type": "bpe"}
+                config["decoder"]["num_classes"], config["decoder"]["vocabulary"] = -1, []
+                model = EncDecCTCModelBPE(cfg=OmegaConf.create(config))
+            else:
+                model = EncDecCTCModel(cfg=OmegaConf.create(config))
+            path = tmp_path_factory.mktemp(f"nemo-{kind}") / f"tiny-{kind}.nemo"
+            model.save_to(str(path))
         out[kind] = path
     return out
 
@@ -173,7 +198,7 @@ def test_broken_nemo_files_get_one_clear_line(tmp_path, content, message):
 
 # --- export and parity ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["conformer", "convasr"])
+@pytest.mark.parametrize("kind", ["conformer", "convasr", "bpe"])
 def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_recipe, tmp_path, kind):
     import onnx
 
@@ -185,7 +210,7 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
     ref = export_reference(resolve_source(recipe), recipe, tmp_path / "ref", QUIET)
     graph = onnx.load(str(ref.files[0]))
     # NeMo exports convolutional encoders without their length masks: such graphs run unpadded
-    padded = kind == "conformer"
+    padded = kind != "convasr"
     assert [i.name for i in graph.graph.input] == (["audio_signal", "length"] if padded else ["audio_signal"])
     assert ref.runtime_info["padded_batches"] is padded
     assert {p.key for p in graph.metadata_props} >= {"nimbuild.task", "nimbuild.source_digest"}
@@ -198,8 +223,18 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
     assert len(rows) == 4 and (len({r.split(":")[1] for r in rows}) > 1) is padded
     assert set(ref.assets) == {"asr/filterbank.npy", "asr/vocabulary.json"}
     vocabulary = json.loads(ref.assets["asr/vocabulary.json"].read_text())
-    assert vocabulary == {"kind": "characters", "tokens": LABELS, "blank": 28}
-    factor = 8 if kind == "conformer" else 2
+    if kind == "bpe":
+        import sentencepiece
+
+        pieces = sentencepiece.SentencePieceProcessor(model_file=str(next(Path(tiny_nemo["bpe"]).parent.parent.glob("spm*/tokenizer.model"))))
+        assert vocabulary["kind"] == "sentencepiece" and vocabulary["tokens"] == [pieces.id_to_piece(i) for i in range(48)]
+        from nimbuild.audio import Vocabulary
+
+        ids = pieces.encode("call five nine")
+        assert Vocabulary(vocabulary["tokens"], "sentencepiece").text(ids) == "call five nine"
+    else:
+        assert vocabulary == {"kind": "characters", "tokens": LABELS, "blank": 28}
+    factor = 2 if kind == "convasr" else 8
     from nimbuild.audio import encoded_lengths
 
     assert encoded_lengths(np.array([800]), ref.runtime_info["subsampling"])[0] == 800 // factor

@@ -1,0 +1,52 @@
+"""The speech end of `make demo`: speak a sentence with espeak-ng, serve the asr-digits profile with
+runtime_min, transcribe the recording through POST /v1/audio/transcriptions (espeak-ng's own
+22.05 kHz WAV: the server resamples it), then stream the same audio in 400 ms pieces to the
+streaming endpoint and print its partial transcripts, and stop the runtime with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from demo_embed import running
+
+SENTENCE = "call four one five nine"
+VOICE = "en-us-nyc+f4"  # an accent and a speaker the model never heard in training
+
+
+def main(manifest: str, port: int) -> int:
+    import soundfile
+
+    with tempfile.TemporaryDirectory() as tmp, running(manifest, port) as url:
+        if url is None:
+            return 1
+        wav = Path(tmp) / "spoken.wav"
+        subprocess.run(["espeak-ng", "-v", VOICE, "-s", "150", "-w", str(wav), SENTENCE], check=True)
+        with open(wav, "rb") as f:
+            reply = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("spoken.wav", f, "audio/wav")},
+                               data={"model": "asr-digits", "response_format": "verbose_json"}, timeout=60)
+        reply.raise_for_status()
+        result = reply.json()
+        print(f"espeak-ng ({VOICE}) said {SENTENCE!r}; POST {url}/v1/audio/transcriptions -> {result['text']!r} "
+              f"({result['duration']:.2f} s of audio)")
+        audio, rate = soundfile.read(str(wav), dtype="int16")
+        pcm = audio.tobytes()
+        pieces = (pcm[i:i + rate // 10 * 2] for i in range(0, len(pcm), rate // 10 * 2))  # 100 ms at a time
+        with httpx.stream("POST", f"{url}/v1/audio/transcriptions/stream?sample_rate={rate}", content=pieces,
+                          timeout=60) as stream:
+            stream.raise_for_status()
+            for line in stream.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    print(f"  stream {'final  ' if event.get('is_final') else 'partial'}: {event.get('text')!r}")
+        return 0 if result["text"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(os.environ.get("NIM_HTTP_API_PORT", "8000"))))
