@@ -193,6 +193,11 @@ class Serving(_Strict):
     modes: list[Literal["ofl", "str"]] = Field(default_factory=lambda: ["ofl"], min_length=1)
     streaming: Streaming = Streaming()
 
+    def spec_for(self, task: str) -> dict:
+        """What a profile records of its serving; the speech settings only for speech profiles, so
+        other profiles' bytes (and ids) do not carry fields that mean nothing to them."""
+        return self.model_dump(mode="json", exclude=None if task == "asr-ctc" else {"modes", "streaming"})
+
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
@@ -229,6 +234,10 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _speech_only_fields(self) -> "Recipe":
+        if (self.task == "asr-ctc") != (self.source.nemo is not None):
+            raise ValueError("task asr-ctc builds NeMo checkpoints (source.nemo), and NeMo checkpoints are built "
+                             f"as asr-ctc; this recipe has task {self.task} and source "
+                             f"{'nemo' if self.source.nemo else 'hf'}")
         if self.task != "asr-ctc":
             speech = [f for f, given in (("serving.modes", "modes" in self.serving.model_fields_set),
                                          ("serving.streaming", "streaming" in self.serving.model_fields_set),

@@ -38,6 +38,7 @@ def add_transcription_routes(app: FastAPI, model: ServedModel, triton, state: di
 
     runtime = model.info["runtime"]
     rate, max_seconds = int(runtime["sample_rate"]), float(runtime["max_seconds"])
+    shortest = int(runtime["features"]["hop_length"])  # one feature frame
     streaming = model.info.get("mode") == "str"
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
 
@@ -60,6 +61,9 @@ def add_transcription_routes(app: FastAPI, model: ServedModel, triton, state: di
             audio = read_audio(await upload.read(), rate, max_seconds)
         except AudioError as e:
             raise ApiError(400, f"file: {e}", param="file") from None
+        if len(audio) < shortest:
+            raise ApiError(400, f"file: the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)",
+                           param="file")
         _require_ready(triton)
         start = time.perf_counter()
         text = await _transcribe(state["client"], model.name, audio)

@@ -315,6 +315,10 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
                 "precisions: {fp32: {}}\ntargets: [{type: generic, precisions: [fp32]}]\nserving: {modes: [str]}\n"
     with pytest.raises(NimbuildError, match="serving.modes apply to speech recipes"):
         parse_recipe(embedding)
+    with pytest.raises(NimbuildError, match="task asr-ctc builds NeMo checkpoints"):
+        parse_recipe(embedding.replace("task: embedding", "task: asr-ctc"))
+    with pytest.raises(NimbuildError, match="and NeMo checkpoints are built as asr-ctc"):
+        parse_recipe(embedding.replace("{hf: m}", "{nemo: m.nemo}").replace("serving: {modes: [str]}\n", ""))
 
 
 # --- the committed digits model: compile, serve, compare with NeMo ------------------------------
@@ -351,6 +355,18 @@ def test_digits_recipe_compiles_to_generic_engine_and_rmir_profiles(digits_compi
     assert info["runtime"]["features"]["features"] == 64 and info["runtime"]["sample_rate"] == 16000
     assert (digits_compiled / "unpacked" / "asr" / "filterbank.npy").is_file()
     assert json.loads((digits_compiled / "unpacked" / "asr" / "vocabulary.json").read_text())["blank"] == 28
+
+
+def test_speech_rmir_deploys_with_its_front_end_and_vocabulary(digits_compiled, tmp_path):
+    from nimbuild.build.rmir import deploy
+    from nimbuild.profiles.manifest import load_manifest
+
+    rmir = next(p for p in load_manifest(digits_compiled / "profiles.yaml").profiles if p.tags["type"] == "rmir")
+    engine, hit = deploy(digits_compiled / rmir.files["model.rmir"].uri, tmp_path / "cache", target="8.6")
+    assert not hit and engine.stat().st_size > 0
+    assert {p.name for p in (engine.parent / "asr").iterdir()} == {"filterbank.npy", "vocabulary.json"}
+    info = json.loads((engine.parent / "model_info.json").read_text())
+    assert info["task"] == "asr-ctc" and info["runtime"]["subsampling"]
 
 
 @pytest.fixture(scope="module")
@@ -448,6 +464,8 @@ def test_bad_transcription_requests_get_4xx_with_a_json_error(served_digits, hel
     import soundfile
 
     soundfile.write(str(long), np.zeros(16000 * 25, np.float32), 16000)
+    short = tmp_path / "short.wav"
+    soundfile.write(str(short), np.zeros(100, np.float32), 16000)
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
     cases = [
@@ -455,6 +473,7 @@ def test_bad_transcription_requests_get_4xx_with_a_json_error(served_digits, hel
         (httpx.post(f"{url}/v1/audio/transcriptions", json={"model": MODEL}), 400, "multipart"),
         (_transcribe(url, junk), 400, "cannot read the audio"),
         (_transcribe(url, long), 400, "at most 20.0 s"),
+        (_transcribe(url, short), 400, "shorter than one feature frame"),
         (_transcribe(url, held_out[0][1], response_format="srt"), 400, "response_format"),
         (httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}, data={"model": "nope"}), 404, "does not exist"),
         (httpx.post(f"{url}/v1/audio/transcriptions/stream?sample_rate=12", content=b""), 400, "sample_rate"),

@@ -109,7 +109,7 @@ def model_info(recipe: Recipe, reference, precision: str) -> dict:
         ],
         "outputs": [{"name": name, "dtype": "float32"} for name in reference.output_names],
         "runtime": reference.runtime_info,
-        "serving": recipe.serving.model_dump(mode="json"),
+        "serving": recipe.serving.spec_for(recipe.task),
     }
 
 

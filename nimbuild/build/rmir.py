@@ -70,7 +70,7 @@ def metadata_for(recipe, reference, precision: str, min_cc: str) -> dict:
         "min_compute_capability": min_cc,
         "inputs": {s.name: {d: [r.min, r.opt, r.max] for d, r in s.dims.items()} for s in reference.inputs},
         "builder": {"strongly_typed": True},
-        "serving": recipe.serving.model_dump(mode="json"),
+        "serving": recipe.serving.spec_for(recipe.task),
     }
 
 
