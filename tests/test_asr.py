@@ -240,6 +240,26 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
     assert encoded_lengths(np.array([800]), ref.runtime_info["subsampling"])[0] == 800 // factor
 
 
+@pytest.mark.parametrize("kind", ["conformer", "convasr", "bpe"])
+def test_tiny_nemo_models_compile_to_generic_trt_rtx_and_rmir_profiles(tiny_nemo, write_recipe, tmp_path, kind):
+    from nimbuild.build import compile_recipe
+    from nimbuild.recipe import load_recipe
+
+    targets = ('[{type: generic, backend: onnxruntime, precisions: [fp32]}, '
+               '{type: prebuilt, backend: tensorrt_rtx, compute_capabilities: ["8.6"], precisions: [fp32]}, '
+               '{type: rmir, precisions: [fp32]}]')
+    recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo[kind], targets=targets)))
+    result = compile_recipe(recipe, tmp_path / "out", QUIET)
+    profiles = {p.description: p for p in result.manifest.profiles}
+    assert sorted(profiles) == ["onnxruntime-fp32-throughput-ofl", "rmir-fp32-throughput-ofl",
+                                "tensorrt_rtx-sm86-fp32-throughput-ofl"]
+    engine = profiles["tensorrt_rtx-sm86-fp32-throughput-ofl"]
+    assert engine.files["model.plan"].size > 0 and {"asr/filterbank.npy", "asr/vocabulary.json"} <= set(engine.files)
+    assert engine.build["engine"]["builder"] == "tensorrt_rtx"
+    for profile in profiles.values():
+        assert float(profile.build["parity"]["outputs"]["logprobs"]["max_abs"]) < 1e-4
+
+
 def test_a_graph_that_does_not_match_nemo_is_refused(tiny_nemo, write_recipe, tmp_path):
     import torch
 
