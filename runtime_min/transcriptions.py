@@ -16,6 +16,7 @@ response streams a server-sent event with the transcript so far after each chunk
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -58,7 +59,8 @@ def add_transcription_routes(app: FastAPI, model: ServedModel, triton, state: di
                            param="response_format")
         language = str(form.get("language") or "en")
         try:
-            audio = read_audio(await upload.read(), rate, max_seconds)
+            # decoding and resampling are CPU work: off the event loop, so other requests keep flowing
+            audio = await asyncio.to_thread(read_audio, await upload.read(), rate, max_seconds)
         except AudioError as e:
             raise ApiError(400, f"file: {e}", param="file") from None
         if len(audio) < shortest:
