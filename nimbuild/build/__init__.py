@@ -78,13 +78,18 @@ def plan_variants(recipe: Recipe) -> list[Variant]:
 
 
 def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
-    common = {"profile": recipe.serving.profile, "tp": "1"}
     if recipe.task == "text-generation":
         return _llm_target_tags(recipe, i, target)
-    if recipe.task == "asr-ctc":
-        return _speech_target_tags(recipe, i, target)
     if getattr(target, "backend", None) == "tensorrt_llm":
         raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is {recipe.task}")
+    if recipe.task == "asr-ctc":
+        return _speech_target_tags(recipe, i, target)
+    return _graph_target_tags(recipe, i, target)
+
+
+def _graph_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    """A task's one ONNX graph (and its precision variants) as generic, engine and RMIR profiles."""
+    common = {"profile": recipe.serving.profile, "tp": "1"}
     if target.type == "generic":
         _supported(i, target, GENERIC_PRECISIONS)
         return [{"backend": target.backend, "type": "generic", "precision": p, **common} for p in target.precisions]
@@ -124,12 +129,9 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
 def _speech_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     """Speech profiles carry Speech NIM's `mode` (ofl: whole files, str: chunked streaming) and
     `name` tags, one profile per mode; the graph is the same, the serving differs."""
-    if getattr(target, "backend", None) == "tensorrt_llm":
-        raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is asr-ctc")
     _supported(i, target, ("fp32",))  # the precision gate for speech (log-probs and transcripts) is not built yet
-    plain = recipe.model_copy(update={"task": "embedding"})
     return [{**tags, "mode": mode, "name": recipe.name}
-            for tags in _target_tags(plain, i, target) for mode in recipe.serving.modes]
+            for tags in _graph_target_tags(recipe, i, target) for mode in recipe.serving.modes]
 
 
 def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:

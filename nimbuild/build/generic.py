@@ -85,7 +85,7 @@ def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path, asset
     copy_assets(checkpoint, workspace / "tokenizer")
     for rel, src in sorted((assets or {}).items()):  # e.g. a speech model's filterbank and vocabulary
         (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, workspace / rel)
+        _link_or_copy(src, workspace / rel)
     (workspace / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -124,13 +124,11 @@ def _export_asr(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> R
     dest.mkdir(parents=True, exist_ok=True)
     with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
         adapter = asr.load_adapter(checkpoint, recipe, dest / "asr")
-    specs = asr.input_specs(recipe.export.inputs, adapter.runtime_info["features"]["features"])
     onnx_path = dest / "model.onnx"
     with reporter.step(f"export reference ONNX with NeMo (opset {recipe.export.opset})"):
         asr.export_graph(adapter, onnx_path, recipe.export.opset, _metadata(recipe, checkpoint, adapter), reporter)
         _check_graph(onnx_path, recipe.export.opset)
-    if not adapter.runtime_info["padded_batches"]:
-        specs = specs[:1]
+    specs = asr.input_specs(recipe.export.inputs, adapter.runtime_info)
     audio = asr.parity_audio(recipe, adapter.runtime_info["sample_rate"])
     with reporter.step("check front end and graph against NeMo"):
         comparison = asr.check_graph_parity(adapter, onnx_path, specs, recipe.export.parity, audio)

@@ -85,8 +85,9 @@ def restore(checkpoint: NemoCheckpoint) -> Any:
     return model
 
 
-def input_specs(recipe_inputs: dict, features: int):
-    """audio_signal [batch, features, frames] and length [batch] from the recipe's batch/frames ranges."""
+def input_specs(recipe_inputs: dict, runtime: dict):
+    """audio_signal [batch, features, frames] and, for graphs that take padding, length [batch],
+    from the recipe's batch/frames ranges."""
     from nimbuild.export import InputSpec
 
     if list(recipe_inputs) != [AUDIO_INPUT]:
@@ -95,9 +96,10 @@ def input_specs(recipe_inputs: dict, features: int):
     dims = recipe_inputs[AUDIO_INPUT]
     if list(dims) != ["batch", "frames"]:
         raise ExportError(f"export.inputs.{AUDIO_INPUT}: expected the axes batch and frames, got {', '.join(dims)}")
+    features = runtime["features"]["features"]
     fixed = DimRange(min=features, opt=features, max=features)
-    return [InputSpec(AUDIO_INPUT, {"batch": dims["batch"], "features": fixed, "frames": dims["frames"]}, "float32"),
-            InputSpec(LENGTH_INPUT, {"batch": dims["batch"]}, "int64")]
+    audio = InputSpec(AUDIO_INPUT, {"batch": dims["batch"], "features": fixed, "frames": dims["frames"]}, "float32")
+    return [audio, InputSpec(LENGTH_INPUT, {"batch": dims["batch"]}, "int64")] if runtime["padded_batches"] else [audio]
 
 
 def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAdapter:
