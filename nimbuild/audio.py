@@ -118,10 +118,6 @@ class FrontEnd:
     def load(cls, config: dict[str, Any], root: Path) -> "FrontEnd":
         return cls(config, np.load(root / config["filterbank"], allow_pickle=False))
 
-    @property
-    def sample_rate(self) -> int:
-        return int(self.config["sample_rate"])
-
     def frames(self, samples: int) -> int:
         """Valid feature frames for `samples` samples (NeMo's get_seq_len)."""
         pad = (self.n_fft - self.hop) // 2 * 2 if self.config.get("exact_pad") else self.n_fft // 2 * 2
@@ -161,17 +157,6 @@ def _normalise(feats: np.ndarray, valid: int, kind: str | None) -> np.ndarray:
     else:
         mean, std = part.mean(), (part.std(ddof=1) if part.size > 1 else 0.0)
     return (feats - mean) / (np.nan_to_num(std) + NORMALISE_FLOOR)
-
-
-def batch_features(front: FrontEnd, audios: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """[batch, features, max_frames] zero-padded, and each utterance's valid frame count."""
-    feats = [front(a) for a in audios]
-    lengths = np.array([front.frames(len(a)) for a in audios], dtype=np.int64)
-    out = np.full((len(feats), feats[0].shape[0], max(f.shape[1] for f in feats)),
-                  float(front.config.get("pad_value", 0.0)), dtype=np.float32)
-    for i, f in enumerate(feats):
-        out[i, :, :f.shape[1]] = f
-    return out, lengths
 
 
 def encoded_lengths(frames: np.ndarray, layers: list[dict[str, Any]]) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nimbuild.audio import FrontEnd, Vocabulary, batch_features, ctc_greedy, encoded_lengths
+from nimbuild.audio import FrontEnd, Vocabulary, ctc_greedy, encoded_lengths
 
 
 class TritonPythonModel:
@@ -57,7 +57,7 @@ class TritonPythonModel:
                 continue
             feats = self.front(audio)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("audio_signal", _owned(feats[None])),
+                pb_utils.Tensor("audio_signal", feats[None]),
                 pb_utils.Tensor("length", np.array([[frames]], dtype=np.int64))]))
         return responses
 
@@ -65,16 +65,14 @@ class TritonPythonModel:
         feats = [pb_utils.get_input_tensor_by_name(r, "audio_signal").as_numpy()[0] for r in requests]
         lengths = np.array([int(pb_utils.get_input_tensor_by_name(r, "length").as_numpy().reshape(-1)[0]) for r in requests])
         logprobs, encoded = self._run(feats, lengths)
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logprobs", _owned(logprobs[i, :encoded[i]][None]))])
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logprobs", logprobs[i, :encoded[i]][None])])
                 for i in range(len(requests))]
 
     def _decoder(self, requests):
         responses = []
         for request in requests:
             logprobs = pb_utils.get_input_tensor_by_name(request, "logprobs").as_numpy()[0]
-            text = ctc_greedy(logprobs, len(logprobs), self.vocabulary)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("text", np.array([[text.encode()]], dtype=np.object_))]))
+            responses.append(_text(ctc_greedy(logprobs, len(logprobs), self.vocabulary)))
         return responses
 
     def _stream(self, requests):
@@ -98,11 +96,10 @@ class TritonPythonModel:
             elif frames < 1:
                 responses[i] = _text("")
             else:
-                live.append((i, audio))
+                live.append((i, audio, frames))
         if live:
-            feats, lengths = batch_features(self.front, [audio for _, audio in live])
-            logprobs, encoded = self._run(list(feats), lengths)
-            for row, (i, _) in enumerate(live):
+            logprobs, encoded = self._run([self.front(audio) for _, audio, _ in live], [n for _, _, n in live])
+            for row, (i, _, _) in enumerate(live):
                 responses[i] = _text(ctc_greedy(logprobs[row], int(encoded[row]), self.vocabulary))
         return responses
 
@@ -122,12 +119,6 @@ class TritonPythonModel:
             batch[i, :, :f.shape[-1]] = f
         (logprobs,) = self.session.run(["logprobs"], {"audio_signal": batch, "length": lengths})
         return logprobs, encoded_lengths(lengths, self.layers)
-
-
-def _owned(array: np.ndarray) -> np.ndarray:
-    """A copy that owns its memory: the Python backend sends a view's base buffer, which here
-    was empty (a numpy view or slice as an output tensor reached the next model as 0 bytes)."""
-    return np.array(array, copy=True, order="C")
 
 
 def _session(graph: Path):
