@@ -210,8 +210,7 @@ def _add_embedding_routes(app: FastAPI, model: ServedModel, triton, state: dict,
         _check_texts(texts)
         if body.dimensions is not None:
             raise ApiError(400, "dimensions is not supported by this model", param="dimensions")
-        if not triton.ready.is_set():
-            raise ApiError(503, "the model is not ready (Triton is restarting)", kind="service_unavailable", code="not_ready")
+        require_ready(triton)
         encodings = [_encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)]
         vectors = []
         for start in range(0, len(encodings), model.max_batch):
@@ -271,9 +270,25 @@ def _encode(tokenizers: dict, text: str, max_tokens: int, truncate: str, index: 
     return encoding
 
 
+def require_ready(triton) -> None:
+    if not triton.ready.is_set():
+        raise ApiError(503, "the model is not ready (Triton is restarting)", kind="service_unavailable", code="not_ready")
+
+
+async def triton_infer(client, model_name: str, inputs: list, outputs: list, **options):
+    """One inference over Triton's HTTP client; any failure is a 503 with the reason, never a 500."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return await client.infer(model_name, inputs, outputs=outputs, **options)
+    except (InferenceServerException, OSError) as e:
+        raise ApiError(503, f"inference failed: {e}", kind="service_unavailable", code="inference_failed") from None
+    except Exception as e:  # aiohttp's connection errors while Triton restarts
+        raise ApiError(503, f"inference failed: {type(e).__name__}", kind="service_unavailable", code="inference_failed") from None
+
+
 async def _infer(client, model_name: str, input_names: list[str], encodings) -> np.ndarray:
     import tritonclient.http.aio as triton_http
-    from tritonclient.utils import InferenceServerException
 
     longest = max(len(e.ids) for e in encodings)
     arrays = {
@@ -286,12 +301,7 @@ async def _infer(client, model_name: str, input_names: list[str], encodings) -> 
         tensor = triton_http.InferInput(name, arrays[name].shape, "INT64")
         tensor.set_data_from_numpy(arrays[name], binary_data=True)
         inputs.append(tensor)
-    try:
-        result = await client.infer(model_name, inputs, outputs=[triton_http.InferRequestedOutput("embeddings", binary_data=True)])
-    except (InferenceServerException, OSError) as e:
-        raise ApiError(503, f"inference failed: {e}", kind="service_unavailable", code="inference_failed") from None
-    except Exception as e:  # aiohttp's connection errors while Triton restarts
-        raise ApiError(503, f"inference failed: {type(e).__name__}", kind="service_unavailable", code="inference_failed") from None
+    result = await triton_infer(client, model_name, inputs, [triton_http.InferRequestedOutput("embeddings", binary_data=True)])
     return result.as_numpy("embeddings")
 
 

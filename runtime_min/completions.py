@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime_min.api import ApiError, Metrics, ServedModel
+from runtime_min.api import ApiError, Metrics, ServedModel, require_ready
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_PROMPTS = 16
@@ -100,8 +100,7 @@ def add_completion_routes(app: FastAPI, model: ServedModel, triton, state: dict,
             raise ApiError(400, f"{unsupported[0]} is not supported by this runtime", param=unsupported[0])
         if len(_stops(body)) > MAX_STOP_SEQUENCES:
             raise ApiError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
-        if not triton.ready.is_set():
-            raise ApiError(503, "the model is not ready (Triton is restarting)", kind="service_unavailable", code="not_ready")
+        require_ready(triton)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from runtime_min.api import MAX_BODY_BYTES, ApiError, Metrics, ServedModel
+from runtime_min.api import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready, triton_infer
 
 FORMATS = ("json", "text", "verbose_json")
 _correlation = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
@@ -66,9 +66,9 @@ def add_transcription_routes(app: FastAPI, model: ServedModel, triton, state: di
         if len(audio) < shortest:
             raise ApiError(400, f"file: the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)",
                            param="file")
-        _require_ready(triton)
+        require_ready(triton)
         start = time.perf_counter()
-        text = await _transcribe(state["client"], model.name, audio)
+        text = await _infer(state["client"], model.name, "audio", audio)
         metrics.audio_seconds.inc(len(audio) / rate)
         metrics.transcription.observe(time.perf_counter() - start)
         if response_format == "text":
@@ -85,7 +85,7 @@ def add_transcription_routes(app: FastAPI, model: ServedModel, triton, state: di
             raise ApiError(404, "this profile is served offline (mode ofl); streaming needs a mode=str profile "
                                 "(NIM_TAGS_SELECTOR=mode=str)", code="not_found")
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
-        _require_ready(triton)
+        require_ready(triton)
         chunk_bytes = 2 * max(1, source_rate * chunk_ms // 1000)
         return _DuplexStream(_stream_events(request, state["client"], model, source_rate, rate, chunk_bytes,
                                             max_seconds, metrics),
@@ -125,29 +125,14 @@ def _sample_rate(value: str | None, default: int) -> int:
     return int(value)
 
 
-def _require_ready(triton) -> None:
-    if not triton.ready.is_set():
-        raise ApiError(503, "the model is not ready (Triton is restarting)", kind="service_unavailable", code="not_ready")
-
-
 async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequence) -> str:
     import tritonclient.http.aio as triton_http
-    from tritonclient.utils import InferenceServerException
 
     tensor = triton_http.InferInput(name, [1, len(audio)], "FP32")
     tensor.set_data_from_numpy(audio.reshape(1, -1).astype(np.float32), binary_data=True)
-    try:
-        result = await client.infer(model_name, [tensor], outputs=[triton_http.InferRequestedOutput("text", binary_data=True)],
-                                    **sequence)
-    except (InferenceServerException, OSError) as e:
-        raise ApiError(503, f"inference failed: {e}", kind="service_unavailable", code="inference_failed") from None
-    except Exception as e:  # aiohttp's connection errors while Triton restarts
-        raise ApiError(503, f"inference failed: {type(e).__name__}", kind="service_unavailable", code="inference_failed") from None
+    result = await triton_infer(client, model_name, [tensor], [triton_http.InferRequestedOutput("text", binary_data=True)],
+                                **sequence)
     return result.as_numpy("text").reshape(-1)[0].decode()
-
-
-async def _transcribe(client, model_name: str, audio: np.ndarray) -> str:
-    return await _infer(client, model_name, "audio", audio)
 
 
 async def _stream_events(request: Request, client, model: ServedModel, source_rate: int, rate: int, chunk_bytes: int,
