@@ -96,7 +96,7 @@ def recipe() -> None:
 @FORMAT_OPTION
 def recipe_check(file: Path, fmt: str) -> None:
     """Validate a recipe; exit 2 naming the line and field of each problem."""
-    from nimbuild.build import plan_variants
+    from nimbuild.targets import plan_variants
     from nimbuild.recipe import load_recipe
 
     loaded = load_recipe(file)
@@ -143,7 +143,7 @@ def inspect_cmd(file: Path, fmt: str) -> None:
 def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, targets: tuple[int, ...],
                 precisions: tuple[str, ...], cell: str | None, fmt: str, **_: bool) -> None:
     """Build a recipe's profiles into OUT, verified against the source model."""
-    from nimbuild.build import compile_recipe
+    from nimbuild.targets import compile_recipe
     from nimbuild.profiles.manifest import MANIFEST_NAME
     from nimbuild.recipe import load_recipe
 
@@ -225,7 +225,7 @@ def matrix() -> None:
 def matrix_show(recipe_file: Path, fmt: str) -> None:
     """Print the recipe's matrix cells, each with its runner labels, node selector and command."""
     from nimbuild import matrix as m
-    from nimbuild.build import plan_variants
+    from nimbuild.targets import plan_variants
     from nimbuild.recipe import load_recipe
 
     click.echo(m.render(m.expand(plan_variants(load_recipe(recipe_file))), str(recipe_file), fmt), nl=False)
@@ -265,7 +265,7 @@ def rmir() -> None:
 @FORMAT_OPTION
 def rmir_deploy(archive: Path, target: str | None, cache_dir: Path | None, fmt: str) -> None:
     """Build the engine for this GPU or a named compute capability, cached; a second deploy is a cache hit."""
-    from nimbuild.build.rmir import deploy
+    from nimbuild.targets.rmir import deploy
     from nimbuild.errors import NimbuildError
     from nimbuild.registry.cache import default_cache_root
 

@@ -29,8 +29,8 @@ class LocalRun:
 
 
 def run_local(recipe_path: Path, out: Path, reporter: Reporter, jobs: int = 0) -> LocalRun:
-    from nimbuild.build import plan_variants
-    from nimbuild.build.tensorrt import why_not_buildable
+    from nimbuild.targets import plan_variants
+    from nimbuild.targets.tensorrt import why_not_buildable
     from nimbuild.recipe import load_recipe
 
     cells = matrix.expand(plan_variants(load_recipe(recipe_path)))

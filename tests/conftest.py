@@ -25,7 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 
 def modules_loaded_by(snippet: str, watched: tuple[str, ...]) -> list[str]:
     """Run `snippet` in a fresh interpreter; the watched modules it loaded. A watched name matches a
-    top-level package ("torch") or a dotted prefix ("nimbuild.build")."""
+    top-level package ("torch") or a dotted prefix ("nimbuild.targets")."""
     import subprocess
 
     probe = (f"{snippet}\nimport sys\n"
@@ -125,3 +125,17 @@ def minilm_compiled(tmp_path_factory):
     result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result.output
+
+
+@pytest.fixture(scope="session")
+def digits_compiled(tmp_path_factory):
+    """The shipped speech example (recipes/asr-digits.yaml) compiled once: its output directory."""
+    pytest.importorskip("nemo", reason="the nemo extra is not installed")
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    out = tmp_path_factory.mktemp("asr-digits") / "out"
+    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "asr-digits.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

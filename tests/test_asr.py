@@ -242,7 +242,7 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
 
 @pytest.mark.parametrize("kind", ["conformer", "convasr", "bpe"])
 def test_tiny_nemo_models_compile_to_generic_trt_rtx_and_rmir_profiles(tiny_nemo, write_recipe, tmp_path, kind):
-    from nimbuild.build import compile_recipe
+    from nimbuild.targets import compile_recipe
     from nimbuild.recipe import load_recipe
 
     targets = ('[{type: generic, backend: onnxruntime, precisions: [fp32]}, '
@@ -320,7 +320,7 @@ def test_unreadable_audio_is_an_audio_error(data, message):
 
 
 def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
-    from nimbuild.build import plan_variants
+    from nimbuild.targets import plan_variants
     from nimbuild.recipe import load_recipe, parse_recipe
 
     recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo["conformer"], modes="[ofl, str]")))
@@ -343,20 +343,8 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
 
 # --- the committed digits model: compile, serve, compare with NeMo ------------------------------
 
-@pytest.fixture(scope="module")
-def digits_compiled(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("asr-digits") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(DIGITS_RECIPE), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def test_digits_recipe_compiles_to_generic_engine_and_rmir_profiles(digits_compiled):
-    from nimbuild.build.rmir import unpack
+    from nimbuild.targets.rmir import unpack
     from nimbuild.profiles.manifest import load_manifest
 
     manifest = load_manifest(digits_compiled / "profiles.yaml")
@@ -378,7 +366,7 @@ def test_digits_recipe_compiles_to_generic_engine_and_rmir_profiles(digits_compi
 
 
 def test_speech_rmir_deploys_with_its_front_end_and_vocabulary(digits_compiled, tmp_path):
-    from nimbuild.build.rmir import deploy
+    from nimbuild.targets.rmir import deploy
     from nimbuild.profiles.manifest import load_manifest
 
     rmir = next(p for p in load_manifest(digits_compiled / "profiles.yaml").profiles if p.tags["type"] == "rmir")

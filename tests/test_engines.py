@@ -37,7 +37,7 @@ def engines_out(tmp_path_factory, tiny_bert_dir):
 
 
 def test_variants_and_engines_are_profiles_with_the_right_tags(engines_out):
-    from nimbuild.build.tensorrt_rtx import rtx_version
+    from nimbuild.targets.tensorrt_rtx import rtx_version
 
     _, out = engines_out
     profiles = {p.description: p for p in load_manifest(out / "profiles.yaml").profiles}
@@ -89,7 +89,7 @@ def test_an_op_the_builder_rejects_is_named(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from nimbuild.build.tensorrt_rtx import build_engine
+    from nimbuild.targets.tensorrt_rtx import build_engine
     from nimbuild.errors import ExportError
     from nimbuild.export import InputSpec
     from nimbuild.recipe import DimRange
@@ -137,7 +137,7 @@ def engine_precisions_out(tmp_path_factory, tiny_bert_dir):
 def _rmir_graph(out: Path, profile, tmp_path: Path):
     import onnx
 
-    from nimbuild.build.rmir import unpack
+    from nimbuild.targets.rmir import unpack
 
     unpack(out / profile.files["model.rmir"].uri, tmp_path / profile.description)
     return onnx.load(str(tmp_path / profile.description / "model.onnx"))
@@ -268,7 +268,7 @@ def test_minilm_engine_precisions_pass_their_gates(tmp_path):
 def test_rmir_profile_deploys_for_a_named_target_and_caches(engines_out, tmp_path):
     import tarfile
 
-    from nimbuild.build.rmir import RmirError, deploy
+    from nimbuild.targets.rmir import RmirError, deploy
 
     _, out = engines_out
     profile = next(p for p in load_manifest(out / "profiles.yaml").profiles if p.tags["type"] == "rmir")
@@ -339,7 +339,7 @@ def _member(name, kind=None, data=b"x", target=""):
     (lambda t: [t.addfile(*_member(f"f{i}")) for i in range(20)], "over the limit of 10"),
 ])
 def test_malicious_rmir_archives_are_refused_and_nothing_is_written(tmp_path, build, message):
-    from nimbuild.build.rmir import RmirError, unpack
+    from nimbuild.targets.rmir import RmirError, unpack
 
     archive = _archive(tmp_path, build)
     dest = tmp_path / "unpacked"
@@ -350,7 +350,7 @@ def test_malicious_rmir_archives_are_refused_and_nothing_is_written(tmp_path, bu
 
 
 def test_a_truncated_or_foreign_archive_is_refused(tmp_path, engines_out):
-    from nimbuild.build.rmir import RmirError, unpack
+    from nimbuild.targets.rmir import RmirError, unpack
 
     _, out = engines_out
     archive = next((out / "profiles").glob("rmir-*/model.rmir"))
@@ -395,7 +395,7 @@ def test_tensorrt_cells_this_machine_cannot_build_are_skipped_with_the_reason(tm
 def test_the_right_gpu_without_tensorrt_says_so(tmp_path, monkeypatch):
     import importlib.util
 
-    from nimbuild.build.tensorrt import why_not_buildable
+    from nimbuild.targets.tensorrt import why_not_buildable
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")

@@ -194,7 +194,11 @@ def test_listing_json_shape(l40s_system):
     assert data["system"]["gpus"][0] == {"index": 0, "name": "NVIDIA L40S", "device_id": "26b9:10de",
                                          "compute_capability": "8.9", "memory_mib": 46068}
     assert data["selected"] == data["profiles"][0]["id"]
-    assert data["profiles"][0]["status"] == "runnable" and data["profiles"][0]["reasons"] == []
+    # no TensorRT-RTX here, so no TRT-RTX engine runs; datacenter TensorRT builds the RMIR on this GPU
+    first = data["profiles"][0]
+    assert first["description"] == "rmir-fp16-throughput" and first["status"] == "buildable" and first["reasons"] == []
+    runnable = [p for p in data["profiles"] if p["status"] == "runnable"]
+    assert runnable and all(p["tags"]["backend"] == "onnxruntime" and p["reasons"] == [] for p in runnable)
 
 
 def test_manifest_from_environment_and_profiles_subcommands(tmp_path, l40s_system):

@@ -175,7 +175,7 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
 # --- planning: what is built where ------------------------------------------------------------------
 
 def test_planning_text_generation_targets(write_recipe):
-    from nimbuild.build import plan_variants, split_buildable
+    from nimbuild.targets import plan_variants, split_buildable
 
     llm = [
         "{type: generic, backend: onnxruntime, precisions: [fp32]}",
@@ -205,7 +205,7 @@ def test_planning_text_generation_targets(write_recipe):
 
 
 def test_tensorrt_llm_options_belong_to_tensorrt_llm_and_to_decoders(write_recipe, tiny_bert_dir):
-    from nimbuild.build import plan_variants
+    from nimbuild.targets import plan_variants
     from nimbuild.errors import RecipeError
 
     bad = recipe_text(str(tiny_bert_dir), precisions={"fp32": "{}", "fp16": "{}"},
@@ -221,7 +221,7 @@ def test_tensorrt_llm_options_belong_to_tensorrt_llm_and_to_decoders(write_recip
 @pytest.mark.gpu
 def test_tensorrt_llm_engine_builds_on_a_gpu(write_recipe, tmp_path):
     """Real where a GPU of compute capability 9.0 and tensorrt_llm exist; skipped cleanly elsewhere."""
-    from nimbuild.build import compile_recipe, plan_variants, split_buildable
+    from nimbuild.targets import compile_recipe, plan_variants, split_buildable
 
     targets = ("{type: prebuilt, backend: tensorrt_llm, compute_capabilities: ['9.0'], precisions: [fp16]}",)
     recipe = load_recipe(write_recipe(recipe_text(str(TINY_LLAMA), "text-generation", targets=targets,

@@ -139,11 +139,29 @@ def test_engine_runtime_version_must_be_installed():
     assert chosen == "T90_8"
 
 
-def test_an_rmir_needs_its_builder_installed():
-    _, status, _ = _run(_system("L4", runtimes={"tensorrt": "10.13.0"}))
-    assert status["R16"] == (INCOMPATIBLE, ["building the engine at first start needs tensorrt_rtx, which is not installed"])
-    _, status, _ = _run(_system("L4", runtimes={"tensorrt_rtx": "1.7.1"}))
+def test_an_rmir_needs_a_builder_for_this_gpu_installed():
+    _, status, _ = _run(_system("L4", runtimes={}))
+    assert status["R16"] == (INCOMPATIBLE, ["building the engine for compute capability 8.9 at first start needs "
+                                            "tensorrt_rtx or, on that GPU, tensorrt; neither is installed"])
+    for builder in ("tensorrt_rtx", "tensorrt"):  # either builds for an Ada GPU
+        _, status, _ = _run(_system("L4", runtimes={builder: "1.7.1"}))
+        assert status["R16"][0] == BUILDABLE
+    # TensorRT-RTX has no Hopper target: on an H100 only datacenter TensorRT can build the engine
+    _, status, _ = _run(_system("H100 SXM", runtimes={"tensorrt_rtx": "1.7.1"}))
+    assert status["R16"] == (INCOMPATIBLE, ["building the engine for compute capability 9.0 at first start needs "
+                                            "TensorRT on that GPU, which is not installed (TensorRT-RTX builds only "
+                                            "for 7.5, 8.0, 8.6, 8.9, 12.0, 12.1)"])
+    _, status, _ = _run(_system("H100 SXM", runtimes={"tensorrt": "10.13.0"}))
     assert status["R16"][0] == BUILDABLE
+
+
+def test_the_tensorrt_rtx_targets_selection_knows_are_the_installed_builders():
+    trt = pytest.importorskip("tensorrt_rtx")
+    from nimbuild.profiles.builders import TENSORRT_RTX_TARGETS
+
+    installed = sorted((n[2:-1] + "." + n[-1] for n in dir(trt.ComputeCapability) if n.startswith("SM")),
+                       key=lambda cc: tuple(map(int, cc.split("."))))
+    assert list(TENSORRT_RTX_TARGETS) == installed
 
 
 def test_version_compatible_and_hardware_compatible_engines():

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 from nimbuild.errors import NimbuildError, SelectionError
 from nimbuild.profiles import gpus as catalogue
+from nimbuild.profiles.builders import rmir_builder
 from nimbuild.profiles.manifest import Profile
 from nimbuild.profiles.system import GPU, System, cc_tuple
 
@@ -154,8 +155,9 @@ def _precision_reasons(precision: str, gpu: GPU) -> list[str]:
 def _runtime_reasons(profile: Profile, system: System) -> list[str]:
     """An engine runs only on the runtime version it was built with (unless version-compatible);
     an RMIR needs the builder that turns it into one."""
-    if profile.tags.get("type") == "rmir" and system.runtimes is not None and "tensorrt_rtx" not in system.runtimes:
-        return ["building the engine at first start needs tensorrt_rtx, which is not installed"]
+    if profile.tags.get("type") == "rmir":
+        _, why = rmir_builder(system.gpus[0].compute_capability, system.runtimes)
+        return [why] if why else []
     built = profile.tags.get("trt_version")
     backend = profile.tags.get("backend") or profile.tags.get("llm_engine", "")  # TensorRT-LLM profiles name their engine
     if not built or system.runtimes is None or profile.tags.get("type") != "prebuilt":

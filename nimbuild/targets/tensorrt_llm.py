@@ -76,7 +76,7 @@ def build_llm_engine(checkpoint_dir: Path, out: Path, precision: str, tp: int, p
 
 
 def make_llm_engine_workspace(recipe, checkpoint, reference, variant, workspace: Path) -> dict:
-    from nimbuild.build.generic import _write_common, model_info
+    from nimbuild.targets.generic import _write_common, model_info
 
     target = recipe.targets[variant.target_index]
     batch, context = list(reference.inputs[0].dims.values())

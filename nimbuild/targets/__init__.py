@@ -20,7 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from nimbuild import __version__
 from nimbuild.errors import ManifestError, NimbuildError
@@ -28,8 +28,9 @@ from nimbuild.fsutil import file_matches, sha256_bytes, sha256_file
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest
 from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.progress import Reporter
-from nimbuild.recipe import Recipe
-from nimbuild.sources import resolve_source
+
+if TYPE_CHECKING:  # the recipe schema (pydantic) loads only where a recipe is read: an RMIR deploy needs none
+    from nimbuild.recipe import Recipe
 
 WORKSPACES_DIR = "profiles"
 STAGING_PREFIX = ".nimbuild-staging-"
@@ -94,7 +95,7 @@ def _graph_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         _supported(i, target, GENERIC_PRECISIONS)
         return [{"backend": target.backend, "type": "generic", "precision": p, **common} for p in target.precisions]
     if target.type == "prebuilt" and target.backend == "tensorrt_rtx":
-        from nimbuild.build.tensorrt_rtx import require_rtx
+        from nimbuild.targets.tensorrt_rtx import require_rtx
 
         _supported(i, target, ENGINE_PRECISIONS, target.compute_capabilities)
         version = require_rtx()
@@ -102,7 +103,7 @@ def _graph_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
                  "trt_version": version, **common}
                 for p in target.precisions for cc in target.compute_capabilities]
     if target.type == "prebuilt" and target.backend == "tensorrt":
-        from nimbuild.build.tensorrt import tensorrt_version
+        from nimbuild.targets.tensorrt import tensorrt_version
 
         _supported(i, target, ENGINE_PRECISIONS, target.compute_capabilities)
         extra = {}
@@ -114,7 +115,7 @@ def _graph_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
                  "trt_version": tensorrt_version() or "", **extra, **common}
                 for p in target.precisions for cc in target.compute_capabilities]
     if target.type == "rmir":
-        from nimbuild.build.tensorrt_rtx import require_rtx
+        from nimbuild.targets.tensorrt_rtx import require_rtx
 
         _supported(i, target, ENGINE_PRECISIONS, [target.min_compute_capability])
         require_rtx()  # deploy builds with it; refuse archives this install could never deploy
@@ -136,7 +137,7 @@ def _speech_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
 
 def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     """Decoder LMs: the generic KV-cache graph (fp32) anywhere, TensorRT-LLM engines on GPU hosts."""
-    from nimbuild.build.tensorrt_llm import LLM_PRECISIONS, tensorrt_llm_version
+    from nimbuild.targets.tensorrt_llm import LLM_PRECISIONS, tensorrt_llm_version
 
     profile = recipe.serving.profile
     if target.type == "generic":
@@ -210,7 +211,7 @@ def _calibration_digest(recipe: Recipe, precision: str) -> str | None:
 
 # The parts of nimbuild that shape a profile's files; a change to them is a build input, so a
 # fixed exporter is not skipped as "unchanged". The CLI, registry and selection code are not.
-_SHAPING_CODE = ("recipe.py", "archive.py", "audio.py", "sources", "export", "generation.py", "precision.py", "quantize.py", "pooling.py", "build", "profiles/manifest.py", "profiles/tags.py")
+_SHAPING_CODE = ("recipe.py", "archive.py", "audio.py", "sources", "export", "generation.py", "precision.py", "quantize.py", "pooling.py", "targets", "profiles/manifest.py", "profiles/tags.py")
 
 
 def _code_digest() -> str:
@@ -233,7 +234,7 @@ def select_variants(variants: list[Variant], targets: tuple[int, ...] = (), prec
 def split_buildable(variants: list[Variant]) -> tuple[list[Variant], list[tuple[str, str]]]:
     """Cells this machine can build, and the others with the reason (datacenter TensorRT needs a GPU
     of the target's compute capability: those cells run on GPU CI runners)."""
-    from nimbuild.build.tensorrt import why_not_buildable
+    from nimbuild.targets.tensorrt import why_not_buildable
 
     buildable, skipped = [], []
     for v in variants:
@@ -242,7 +243,7 @@ def split_buildable(variants: list[Variant]) -> tuple[list[Variant], list[tuple[
         if tags.get("backend") == "tensorrt":
             reason = why_not_buildable(tags["compute_capability"])
         elif tags.get("llm_engine") == "tensorrt_llm":
-            from nimbuild.build.tensorrt_llm import why_not_buildable as why_not_llm
+            from nimbuild.targets.tensorrt_llm import why_not_buildable as why_not_llm
 
             reason = why_not_llm(tags["compute_capability"], int(tags["tp"]) * int(tags["pp"]))
         (skipped.append((v.description, reason)) if reason else buildable.append(v))
@@ -258,6 +259,8 @@ def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = 
     variants, skipped = split_buildable(select_variants(chosen, targets, precisions))
     for description, reason in skipped:
         reporter.info(f"skipped {description}: {reason}")
+    from nimbuild.sources import resolve_source
+
     checkpoint = resolve_source(recipe)
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -320,7 +323,7 @@ def _intact(out: Path, profile: Profile) -> bool:
 def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,
            out: Path, reporter: Reporter) -> list[tuple[Profile, Path]]:
     """Build each variant into the staging directory; return (profile, staged workspace) pairs."""
-    from nimbuild.build.generic import make_engine_workspace, make_generic_workspace, make_rmir_workspace
+    from nimbuild.targets.generic import make_engine_workspace, make_generic_workspace, make_rmir_workspace
     from nimbuild.export import export_reference
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
@@ -337,7 +340,7 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
                 make_rmir_workspace(recipe, checkpoint, reference, graph, variant.precision,
                                     target.min_compute_capability, workspace)
             elif tags.get("llm_engine") == "tensorrt_llm":
-                from nimbuild.build.tensorrt_llm import make_llm_engine_workspace
+                from nimbuild.targets.tensorrt_llm import make_llm_engine_workspace
 
                 with reporter.step(f"build TensorRT-LLM engine {variant.description}"):
                     engine = make_llm_engine_workspace(recipe, checkpoint, reference, variant, workspace)

@@ -86,51 +86,93 @@ def unpack(archive: Path, dest: Path, max_members: int = MAX_MEMBERS, max_bytes:
     return meta
 
 
-def deploy(archive: Path, cache_root: Path, target: str | None = None) -> tuple[Path, bool]:
-    """Build (or find in the cache) the engine for `target` or the local GPU: (engine path, cache hit)."""
+def deploy(archive: Path, cache_root: Path, target: str | None = None, digest: str | None = None) -> tuple[Path, bool]:
+    """Build (or find in the cache) the engine for `target` or the local GPU: (engine path, cache hit).
+
+    The builder is chosen per target as riva-deploy does (nimbuild.profiles.builders): datacenter
+    TensorRT when it is installed and this machine's GPU is the target, else TensorRT-RTX where its
+    builder supports the capability. The slot beside the engine holds what the runtime serves it
+    with (model_info.json, tokenizer, speech assets) and deploy.json, the build record. `digest`
+    ("sha256:..."): the archive's, when the caller has just verified it (the runtime's fetch does),
+    which spares re-reading a multi-GB archive at every start."""
     from filelock import FileLock
 
-    from nimbuild.build.tensorrt_rtx import build_engine, require_rtx
-    from nimbuild.export import InputSpec
-    from nimbuild.recipe import DimRange
+    from nimbuild.profiles.builders import rmir_builder
+    from nimbuild.profiles.system import installed_runtimes
 
-    digest = sha256_file(archive)
-    target = target or _local_capability()
-    version = require_rtx()
-    slot = cache_root / "rmir-engines" / digest / f"sm{target.replace('.', '')}-tensorrt_rtx-{version}"
+    digest = digest.removeprefix("sha256:") if digest else sha256_file(archive)
+    local = _local_capability(required=target is None)
+    target = target or local
+    _cc(target, archive)
+    builder, why = rmir_builder(target, installed_runtimes(), on_target_gpu=local == target)
+    if builder is None:
+        raise RmirError(f"{archive}: {why}")
+    version = installed_runtimes()[builder]
+    slot = cache_root / "rmir-engines" / digest / f"sm{target.replace('.', '')}-{builder}-{version}"
     engine = slot / "model.plan"
     slot.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(slot) + ".lock"):
         if engine.exists() and (slot / "deploy.json").exists():
             return engine, True
         with tempfile.TemporaryDirectory(dir=slot.parent) as tmp:
-            meta = unpack(archive, Path(tmp) / "rmir")
-            minimum = str(meta.get("min_compute_capability", "0.0"))
-            if _cc(target) < _cc(minimum):
-                raise RmirError(f"{archive}: needs compute capability {minimum} or newer; asked to build for {target}")
-            inputs = [InputSpec(name, {d: DimRange(min=r[0], opt=r[1], max=r[2]) for d, r in dims.items()})
-                      for name, dims in meta["inputs"].items()]
-            staged = Path(tmp) / "engine"
-            record = build_engine(Path(tmp) / "rmir" / "model.onnx", inputs, target, staged / "model.plan")
-            for assets in ("tokenizer", "asr"):  # what the runtime reads beside the engine
-                if (Path(tmp) / "rmir" / assets).is_dir():
-                    shutil.copytree(Path(tmp) / "rmir" / assets, staged / assets)
-            shutil.copyfile(Path(tmp) / "rmir" / "model_info.json", staged / "model_info.json")
-            atomic_write_bytes(staged / "deploy.json", json.dumps({"rmir": "sha256:" + digest, **record}, indent=2).encode())
+            staged, record = _build(archive, Path(tmp), target, builder)
+            atomic_write_bytes(staged / "deploy.json", json.dumps({"rmir": "sha256:" + digest, **record},
+                                                                  indent=2).encode())
             shutil.rmtree(slot, ignore_errors=True)
             staged.replace(slot)
     return engine, False
 
 
-def _local_capability() -> str:
+def _build(archive: Path, tmp: Path, target: str, builder: str) -> tuple[Path, dict]:
+    """Unpack, build with `builder`, and stage the engine with what it is served with."""
+    from nimbuild.export import InputSpec
+    from nimbuild.recipe import DimRange
+
+    meta = unpack(archive, tmp / "rmir")
+    minimum = str(meta.get("min_compute_capability", "0.0"))
+    if _cc(target, archive) < _cc(minimum, archive):
+        raise RmirError(f"{archive}: needs compute capability {minimum} or newer; asked to build for {target}")
+    try:
+        inputs = [InputSpec(name, {d: DimRange(min=r[0], opt=r[1], max=r[2]) for d, r in dims.items()})
+                  for name, dims in meta["inputs"].items()]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise RmirError(f"{archive}: rmir.yaml's inputs are malformed ({type(e).__name__}: {e})") from None
+    staged = tmp / "engine"
+    if builder == "tensorrt":
+        from types import SimpleNamespace
+
+        from nimbuild.targets.tensorrt import build_engine as build_tensorrt
+
+        # an engine for exactly this GPU and TensorRT: it is built where it runs
+        options = SimpleNamespace(hardware_compatibility="none", version_compatible=False, optimization_level=None,
+                                  timing_cache=None)
+        record = build_tensorrt(tmp / "rmir" / "model.onnx", inputs, target, staged / "model.plan", options)
+    else:
+        from nimbuild.targets.tensorrt_rtx import build_engine as build_rtx
+
+        record = build_rtx(tmp / "rmir" / "model.onnx", inputs, target, staged / "model.plan")
+    for assets in ("tokenizer", "asr"):  # what the runtime reads beside the engine
+        if (tmp / "rmir" / assets).is_dir():
+            shutil.copytree(tmp / "rmir" / assets, staged / assets)
+    info = json.loads((tmp / "rmir" / "model_info.json").read_text())
+    info["engine_builder"] = record
+    (staged / "model_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return staged, record
+
+
+def _local_capability(required: bool) -> str | None:
     from nimbuild.profiles.system import detect_system
 
     system = detect_system()
     if not system.gpus:
-        raise RmirError("no GPU here to deploy for; name a compute capability with --target (e.g. --target 8.9)")
+        if required:
+            raise RmirError("no GPU here to deploy for; name a compute capability with --target (e.g. --target 8.9)")
+        return None
     return system.gpus[0].compute_capability
 
 
-def _cc(value: str) -> tuple[int, int]:
-    major, _, minor = value.partition(".")
-    return int(major), int(minor or 0)
+def _cc(value: str, archive: Path) -> tuple[int, int]:
+    major, dot, minor = str(value).partition(".")
+    if not (major.isdigit() and minor.isdigit() and dot):
+        raise RmirError(f"{archive}: {value!r} is not a compute capability (expected e.g. 8.9)")
+    return int(major), int(minor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nimbuild.build.trt_common import add_profile, parse_onnx, write_plan
+from nimbuild.targets.trt_common import add_profile, parse_onnx, write_plan
 from nimbuild.errors import NimbuildError
 
 def rtx_version() -> str | None:

@@ -26,7 +26,7 @@ def make_generic_workspace(recipe: Recipe, checkpoint, reference, graph: Path, p
     workspace.mkdir(parents=True)
     for src in [graph] + [f for f in graph.parent.glob(graph.name + ".data")]:
         _link_or_copy(src, workspace / src.name)
-    _write_common(recipe, checkpoint, model_info(recipe, reference, precision), workspace, reference.assets)
+    _write_common(recipe, checkpoint, model_info(recipe, reference, precision, graph), workspace, reference.assets)
 
 
 def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, variant, workspace: Path,
@@ -41,17 +41,17 @@ def make_engine_workspace(recipe: Recipe, checkpoint, reference, graph: Path, va
         plan, record = built[key]
         _link_or_copy(plan, workspace / "model.plan")
     elif tags["backend"] == "tensorrt_rtx":
-        from nimbuild.build.tensorrt_rtx import build_engine
+        from nimbuild.targets.tensorrt_rtx import build_engine
 
         record = build_engine(graph, reference.inputs, tags["compute_capability"], workspace / "model.plan")
     else:
-        from nimbuild.build.tensorrt import build_engine
+        from nimbuild.targets.tensorrt import build_engine
 
         record = build_engine(graph, reference.inputs, tags["compute_capability"], workspace / "model.plan",
                               recipe.targets[variant.target_index])
     if built is not None:
         built.setdefault(key, (workspace / "model.plan", record))
-    info = {**model_info(recipe, reference, variant.precision), "graph": None, "engine": "model.plan",
+    info = {**model_info(recipe, reference, variant.precision, graph), "graph": None, "engine": "model.plan",
             "engine_builder": record}
     _write_common(recipe, checkpoint, info, workspace, reference.assets)
     return record
@@ -62,13 +62,13 @@ def make_rmir_workspace(recipe: Recipe, checkpoint, reference, graph: Path, prec
     """One model.rmir: the graph, model_info and tokenizer, to become an engine on the target."""
     import tempfile
 
-    from nimbuild.build import rmir
+    from nimbuild.targets import rmir
     from nimbuild.sources.hf import copy_assets
 
     workspace.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / MODEL_INFO
-        info.write_text(json.dumps({**model_info(recipe, reference, precision), "graph": None,
+        info.write_text(json.dumps({**model_info(recipe, reference, precision, graph), "graph": None,
                                     "engine": "model.plan"}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tokenizer = Path(tmp) / "tokenizer"
         copied = copy_assets(checkpoint, tokenizer)
@@ -77,6 +77,20 @@ def make_rmir_workspace(recipe: Recipe, checkpoint, reference, graph: Path, prec
         for extra in graph.parent.glob(graph.name + ".data"):
             files[extra.name] = extra
         rmir.pack(workspace / "model.rmir", rmir.metadata_for(recipe, reference, precision, min_cc), files)
+
+
+def graph_outputs(graph: Path, names: list[str]) -> list[dict]:
+    import onnx
+    from onnx import helper
+
+    declared = {o.name: o.type.tensor_type for o in onnx.load(str(graph), load_external_data=False).graph.output}
+    outputs = []
+    for name in names:
+        tensor = declared[name]
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        outputs.append({"name": name, "dtype": dtype, "shape": shape})
+    return outputs
 
 
 def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path, assets: dict[str, Path] | None = None) -> None:
@@ -89,7 +103,10 @@ def _write_common(recipe: Recipe, checkpoint, info: dict, workspace: Path, asset
     (workspace / MODEL_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def model_info(recipe: Recipe, reference, precision: str) -> dict:
+def model_info(recipe: Recipe, reference, precision: str, graph: Path | None = None) -> dict:
+    """What a runtime needs to serve the profile. Outputs carry the graph's own element types and
+    shapes (a name for a dynamic dimension, a number for a fixed one): a Triton configuration for
+    an engine must state them exactly, and an engine cannot be asked."""
     return {
         "format": MODEL_INFO_FORMAT,
         "model": recipe.name,
@@ -107,7 +124,7 @@ def model_info(recipe: Recipe, reference, precision: str) -> dict:
             }
             for spec in reference.inputs
         ],
-        "outputs": [{"name": name, "dtype": "float32"} for name in reference.output_names],
+        "outputs": graph_outputs(graph or reference.files[0], reference.output_names),
         "runtime": reference.runtime_info,
         "serving": recipe.serving.spec_for(recipe.task),
     }

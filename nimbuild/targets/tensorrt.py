@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from nimbuild.build.trt_common import add_profile, parse_onnx, write_plan
+from nimbuild.targets.trt_common import add_profile, parse_onnx, write_plan
 
 def tensorrt_version() -> str | None:
     from nimbuild.profiles.system import runtime_version
