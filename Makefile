@@ -49,6 +49,9 @@ demo: install system-deps
 	$(NIMBUILD) registry ls build/registry
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull minilm-embed:0.1.0 --registry build/registry --select --dest build/pulled
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled/profiles.yaml
+	@# NIM's create-model-store: the selected profile's Triton repository alone (serve writes the same)
+	NIM_CACHE_PATH=build/cache $(PY) -m runtime_min create-model-store -m build/pulled/profiles.yaml \
+		--profile "$$($(NIMBUILD) profiles select -m build/pulled/profiles.yaml)" --model-store build/model-store
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_embed.py build/pulled/profiles.yaml
 	@# text generation: the tiny Llama example, through the same registry, served with an OpenAI chat API
 	$(NIMBUILD) compile recipes/tiny-llama.yaml --out build/profiles/tiny-llama

@@ -51,11 +51,13 @@ def _start_runtime(manifest: Path, cache: Path, port: int) -> tuple[subprocess.P
 
 
 def _bare_triton(workspace: Path, cache: Path) -> float:
-    from runtime_min.repository import write_repository
+    from runtime_min.deploy import plan, read_info, write_store
     from runtime_min.triton import TritonServer, locate_triton
 
     repository = Path(tempfile.mkdtemp(dir=cache))
-    write_repository("minilm-embed", workspace, repository)
+    info = read_info(workspace)
+    _, core = plan("onnxruntime", workspace, info, [locate_triton(cache)], gpu=False)
+    write_store("minilm-embed", info, core, workspace, repository)
     server = TritonServer(locate_triton(cache), repository, cache / "bare.log")
     start = time.perf_counter()
     server.start()

@@ -379,6 +379,23 @@ def serve_cmd(manifest: Path | None, registry: str | None, host: str | None, por
     sys.exit(run_serve(manifest, registry, host or os.environ.get("NIM_HTTP_API_HOST", "0.0.0.0"), port))
 
 
+@main.command("create-model-store")
+@click.option("--profile", "-p", "profile", required=True, help="Profile id, unique id prefix, or description.")
+@click.option("--model-store", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory to write the Triton model repository into.")
+@click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
+@click.option("--registry", default=None, help="Fetch the profile from this registry.")
+@click.option("--triton-backends", "backends", default=None,
+              help="Write for a Triton with these backends (e.g. python,onnxruntime,tensorrt); default: the one here.")
+def create_model_store_cmd(profile: str, store: Path, manifest: Path | None, registry: str | None,
+                           backends: str | None) -> None:
+    """Write one profile's Triton model repository (same as python -m runtime_min create-model-store)."""
+    from runtime_min.cli import run_create_model_store
+
+    click.echo(run_create_model_store(profile, store, manifest, registry, backends))
+
+
 def _manifest_option(command):
     return click.option(
         "-m", "--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,

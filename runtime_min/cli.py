@@ -35,21 +35,72 @@ def run_serve(manifest: Path | None, registry: str | None, host: str, port: int 
     return serve(manifest, registry, host, port, default_cache_root())
 
 
+def store_options(command):
+    command = click.option("--profile", "-p", "profile", required=True,
+                           help="Profile id, unique id prefix, or description.")(command)
+    command = click.option("--model-store", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
+                           help="Directory to write the Triton model repository into.")(command)
+    command = click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                           help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")(command)
+    command = click.option("--registry", default=None,
+                           help="Fetch the profile from this registry instead of the files next to the manifest.")(command)
+    return click.option("--triton-backends", "backends", default=None,
+                        help="Write for a Triton with these backends (comma-separated, e.g. python,onnxruntime,tensorrt "
+                             "for NGC's Triton container); default: the tritonserver found here.")(command)
+
+
+def run_create_model_store(profile: str, store: Path, manifest: Path | None, registry: str | None,
+                           backends: str | None) -> str:
+    """Write the repository; the line that says what was written."""
+    from nimbuild.registry.cache import default_cache_root
+    from runtime_min.service import create_model_store
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    manifest = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
+    wanted = {b.strip() for b in backends.split(",") if b.strip()} if backends else None
+    deployment = create_model_store(manifest, profile, store, registry, default_cache_root(), wanted)
+    return (f"wrote {len(deployment.models)} model(s) to {store}: {', '.join(deployment.models)} "
+            f"(core: {deployment.core.describe()})")
+
+
 @click.group()
 def main() -> None:
     """The minimal NIM-style runtime."""
+
+
+def _one_line_errors(run) -> int:
+    try:
+        return run()
+    except NimbuildError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except Exception as e:  # Triton failing to start, a port in use: one line, non-zero
+        click.echo(f"error: {type(e).__name__}: {e}", err=True)
+        return 1
 
 
 @main.command("serve")
 @serve_options
 def serve_cmd(manifest, registry, host, port) -> None:
     """Select the profile for this machine, fetch it, and serve it through Triton."""
-    try:
-        code = run_serve(manifest, registry, host, port)
-    except NimbuildError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except Exception as e:  # Triton failing to start, a port in use: one line, non-zero
-        click.echo(f"error: {type(e).__name__}: {e}", err=True)
-        sys.exit(1)
-    sys.exit(code)
+    sys.exit(_one_line_errors(lambda: run_serve(manifest, registry, host, port)))
+
+
+@main.command("create-model-store")
+@store_options
+def create_model_store_cmd(profile, store, manifest, registry, backends) -> None:
+    """Write one profile's Triton model repository (servable by `tritonserver --model-repository`)."""
+    def run() -> int:
+        click.echo(run_create_model_store(profile, store, manifest, registry, backends))
+        return 0
+
+    sys.exit(_one_line_errors(run))
+
+
+@main.command("list-model-profiles", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def list_model_profiles_cmd(ctx) -> None:
+    """NIM's listing (the same as nim_list_model_profiles)."""
+    from nimbuild.cli import list_model_profiles_main
+
+    list_model_profiles_main.main(args=ctx.args, prog_name="list-model-profiles")

@@ -1,8 +1,10 @@
 """What a NIM container does at start, reduced to its essentials (DESIGN.md §8):
 
-detect the system -> select a profile (the same function as nim_list_model_profiles) -> fetch it
-into the cache, verified -> write a Triton model repository -> start tritonserver -> serve the HTTP
-API -> on SIGTERM/SIGINT, finish in-flight requests, stop Triton, exit 0 (no child left behind).
+detect the system -> select a profile (the same function as nim_list_model_profiles) -> check that
+a Triton here can run it (before anything is downloaded) -> fetch it into the cache, verified ->
+deploy it (an RMIR becomes an engine for this GPU first) into a Triton model repository -> start
+tritonserver -> serve the HTTP API with the task's routes -> on SIGTERM/SIGINT, finish in-flight
+requests, stop Triton, exit 0 (no child left behind).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import file_matches
 from nimbuild.profiles.manifest import Profile
+from nimbuild.profiles.system import System
 from nimbuild.progress import Reporter
 
 log = logging.getLogger("runtime_min")
 DEFAULT_PORT = 8000
 
 
-def select(manifest: Path) -> Profile:
+def select(manifest: Path) -> tuple[Profile, System]:
     from nimbuild.profiles.nim import read_profiles
     from nimbuild.profiles.select import select_profile
     from nimbuild.profiles.system import detect_system
@@ -36,10 +39,30 @@ def select(manifest: Path) -> Profile:
     log.info("Selected profile: %s (%s)", profile.id, profile.description)
     for key, value in profile.tags.items():
         log.info("Profile metadata: %s: %s", key, value)
-    if profile.tags.get("type") in ("prebuilt", "rmir") or profile.tags.get("backend") != "onnxruntime":
-        raise NimbuildError(f"profile {profile.description}: runtime_min serves generic onnxruntime profiles; "
-                            "engine and RMIR profiles are not supported by this version")
-    return profile
+    return profile, system
+
+
+def check_runnable(profile: Profile, servers: list, core=None) -> None:
+    """What only this machine can tell (selection may have judged a simulated system): a GPU core
+    needs a real GPU, and a runner needs its Python modules in the bundled server's interpreter."""
+    import importlib.util
+
+    from nimbuild.profiles.system import detect_system
+    from runtime_min.deploy import kind_of, plan
+
+    kind = kind_of(profile)
+    if kind == "rmir":
+        return  # what it becomes is known once it is built; selection has checked its builder
+    server, core = (None, core) if core else plan(kind, Path(), {}, servers, gpu=False)
+    if core.gpu and not detect_system({}).gpus:
+        simulated = f" (NIMBUILD_SYSTEM={os.environ['NIMBUILD_SYSTEM']} describes another machine)" \
+            if os.environ.get("NIMBUILD_SYSTEM") else ""
+        raise NimbuildError(f"profile {profile.description} runs as {core.describe()}; this machine has no GPU{simulated}")
+    if server is None or server.bundled:
+        missing = [m for m in core.python_modules if importlib.util.find_spec(m.split(".")[0]) is None]
+        if missing:
+            raise NimbuildError(f"profile {profile.description} runs as {core.describe()}, which needs the Python "
+                                f"module(s) {', '.join(missing)} (pip install 'nimbuild[trt]' for tensorrt_rtx)")
 
 
 def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Path) -> Path:
@@ -67,19 +90,36 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
     return roots.pop()
 
 
+def deploy_into(profile: Profile, workspace: Path, system: System, servers: list, store: Path, cache_root: Path):
+    """Write the profile's model repository for the first server that can run it: (server, Deployment)."""
+    from runtime_min.deploy import Deployment, plan, prepare, write_store
+
+    cc = system.gpus[0].compute_capability if system.gpus else None
+    served, kind, info = prepare(profile, workspace, cache_root, cc)
+    if info.get("task") == "asr-ctc":  # Speech NIM's mode: served offline (ofl) or streaming too (str)
+        info["mode"] = profile.tags.get("mode") or "ofl"
+    server, core = plan(kind, served, info, servers, gpu=bool(system.gpus))
+    models = write_store(profile.model, info, core, served, store)
+    log.info("Model repository: %s (%s; models %s)", store, core.describe(), ", ".join(models))
+    return server, Deployment(profile.model, info, core, served, models)
+
+
 def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root: Path) -> int:
     import uvicorn
 
-    from runtime_min.api import ServedModel, create_app
-    from runtime_min.repository import write_repository
-    from runtime_min.triton import TritonServer, locate_triton
+    from runtime_min.http import ServedModel, create_app
+    from runtime_min.tasks import task_module
+    from runtime_min.triton import TritonServer, find_servers
 
-    profile = select(manifest)
+    profile, system = select(manifest)
+    servers = find_servers(cache_root)
+    check_runnable(profile, servers)  # before anything is downloaded
     workspace = fetch(profile, manifest, registry, cache_root)
-    install = locate_triton(cache_root)
     repository = Path(tempfile.mkdtemp(prefix="triton-repo-", dir=_ensure(cache_root)))
     try:
-        info = write_repository(profile.model, workspace, repository, profile.tags.get("mode"))
+        install, deployment = deploy_into(profile, workspace, system, servers, repository, cache_root)
+        check_runnable(profile, [install], deployment.core)
+        task = task_module(deployment.info)
         exit_code = {"value": 0}
         server: dict = {}
 
@@ -89,11 +129,12 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
                 server["uvicorn"].should_exit = True
 
         triton = TritonServer(install, repository, cache_root / "logs" / f"tritonserver-{os.getpid()}.log", on_fatal=fatal)
-        log.info("Starting tritonserver (%s)", "bundled with nvidia-pytriton" if install.bundled else install.binary)
+        log.info("Starting %s", install.describe())
         triton.start()
         try:
             log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, host, port)
-            app = create_app(ServedModel(profile.model, profile.id, workspace, info), triton)
+            served = ServedModel(profile.model, profile.id, deployment.workspace, deployment.info)
+            app = create_app(served, triton, task.add_routes, grpc=task.GRPC)
             config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=15,
                                     access_log=False)
             server["uvicorn"] = uvicorn.Server(config)
@@ -109,6 +150,26 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
         return exit_code["value"]
     finally:
         shutil.rmtree(repository, ignore_errors=True)
+
+
+def create_model_store(manifest: Path, requested: str, store: Path, registry: str | None, cache_root: Path,
+                       backends: set[str] | None) -> "Deployment":
+    """NIM's create-model-store: the profile's repository alone, for any `tritonserver
+    --model-repository STORE`. `backends` names the target Triton's (default: a Triton found here)."""
+    from nimbuild.profiles.nim import read_profiles
+    from nimbuild.profiles.select import Candidate, find_candidate
+    from nimbuild.profiles.system import detect_system
+    from runtime_min.triton import TritonInstall, find_servers
+
+    profiles, _ = read_profiles(manifest)
+    profile = find_candidate(requested, [Candidate(p) for p in profiles]).profile
+    if backends:
+        servers = [TritonInstall(Path("tritonserver"), None, {}, bundled=False, backends=frozenset(backends))]
+    else:
+        servers = find_servers(None)
+    workspace = fetch(profile, manifest, registry, cache_root)
+    _, deployment = deploy_into(profile, workspace, detect_system(), servers, store, cache_root)
+    return deployment
 
 
 def _ensure(path: Path) -> Path:

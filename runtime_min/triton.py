@@ -1,10 +1,13 @@
 """Start, watch and stop a real Triton Inference Server.
 
-A `tritonserver` on PATH (NGC's Triton container) is used as it is. Otherwise the server bundled
-in the `nvidia-pytriton` wheel is used (PLATFORM.md): it is copied once into the cache (it must be
-writable, and the Python backend stub for this interpreter goes into backends/python/), and run
-with this interpreter's libpython first on LD_LIBRARY_PATH and this environment's bin/ first on
-PATH (the stub finds its interpreter as `python3`). Triton listens on loopback only, on free ports.
+Two servers can be at hand, and `find_servers` lists them in the order they are preferred: the
+server bundled in the `nvidia-pytriton` wheel (PLATFORM.md), which has the Python backend only,
+and a `tritonserver` on PATH (NGC's Triton container), with whatever backends its backend
+directory holds. The deploy step takes the first that has every backend its repository needs.
+The bundled one is copied once into the cache (it must be writable, and the Python backend stub
+for this interpreter goes into backends/python/), and run with this interpreter's libpython first
+on LD_LIBRARY_PATH and this environment's bin/ first on PATH (the stub finds its interpreter as
+`python3`). Triton listens on loopback only, on free ports.
 
 If Triton exits on its own, readiness turns false at once and it is restarted with backoff, a
 bounded number of times; after that the supervisor reports a fatal failure.
@@ -46,29 +49,68 @@ class TritonInstall:
     backend_dir: Path | None  # None: the server's own default
     env: dict[str, str]
     bundled: bool
+    backends: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        which = "the tritonserver bundled with nvidia-pytriton" if self.bundled else f"{self.binary}"
+        return f"{which} (backends: {', '.join(sorted(self.backends)) or 'none'})"
+
+
+def find_servers(cache_root: Path | None) -> list[TritonInstall]:
+    """The bundled server first (if nvidia-pytriton is installed), then one on PATH. With
+    `cache_root` None nothing is copied: the bundled server is described, not made runnable."""
+    servers = []
+    bundled = _bundled(cache_root)
+    if bundled:
+        servers.append(bundled)
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        binary = Path(on_path)
+        # NGC's layout: /opt/tritonserver/bin/tritonserver beside /opt/tritonserver/backends (the default)
+        default = binary.resolve().parents[1] / "backends"
+        backend_dir = default if default.is_dir() else Path("/opt/tritonserver/backends")
+        servers.append(TritonInstall(binary, None, dict(os.environ), bundled=False, backends=_backends(backend_dir)))
+    return servers
+
+
+def _backends(directory: Path) -> frozenset[str]:
+    """Backends a directory holds: <name>/libtriton_<name>.so (Python-based backends: model.py)."""
+    if not directory.is_dir():
+        return frozenset()
+    return frozenset(d.name for d in directory.iterdir()
+                     if (d / f"libtriton_{d.name}.so").exists() or (d / "model.py").exists())
 
 
 def locate_triton(cache_root: Path) -> TritonInstall:
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return TritonInstall(Path(on_path), None, dict(os.environ), bundled=False)
+    """The preferred server (bundled, else PATH), for callers that need no backend beyond Python."""
+    servers = find_servers(cache_root)
+    if not servers:
+        raise TritonError("no tritonserver on PATH and nvidia-pytriton is not installed "
+                          "(pip install 'nimbuild[serve]')")
+    return servers[0]
+
+
+def _bundled(cache_root: Path | None) -> TritonInstall | None:
     try:
         import pytriton
     except ImportError:
-        raise TritonError("no tritonserver on PATH and nvidia-pytriton is not installed "
-                          "(pip install 'nimbuild[serve]')") from None
+        return None
     source = Path(pytriton.__file__).parent / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = source / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
-        raise TritonError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+        log.warning("nvidia-pytriton has no Python backend stub for Python %s; its tritonserver is not used", version)
+        return None
+    backends = _backends(source / "backends")
+    if cache_root is None:
+        return TritonInstall(source / "bin" / "tritonserver", source / "backends", {}, bundled=True, backends=backends)
     target = _writable_copy(source, stub, cache_root)
     libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
     libpython_dir = sysconfig.get_config_var("LIBDIR") or ""
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libpython_dir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    return TritonInstall(target / "bin" / "tritonserver", target / "backends", env, bundled=True)
+    return TritonInstall(target / "bin" / "tritonserver", target / "backends", env, bundled=True, backends=backends)
 
 
 def _writable_copy(source: Path, stub: Path, cache_root: Path) -> Path:

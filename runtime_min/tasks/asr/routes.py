@@ -28,14 +28,25 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from runtime_min.api import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready, triton_infer
+from prometheus_client import Counter, Histogram
+
+from runtime_min.http import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready, triton_infer
 
 FORMATS = ("json", "text", "verbose_json")
 _correlation = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
 
 
-def add_transcription_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:
+class SpeechMetrics:
+    def __init__(self, registry):
+        self.audio_seconds = Counter("nimbuild_audio_seconds_total", "Seconds of audio transcribed", registry=registry)
+        self.transcription = Histogram("nimbuild_transcription_seconds", "Time to transcribe one file",
+                                       buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
+
+
+def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_metrics: Metrics) -> None:
     from nimbuild.audio import AudioError, read_audio
+
+    metrics = SpeechMetrics(runtime_metrics.registry)
 
     runtime = model.info["runtime"]
     rate, max_seconds = int(runtime["sample_rate"]), float(runtime["max_seconds"])
@@ -136,11 +147,11 @@ async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequen
 
 
 async def _stream_events(request: Request, client, model: ServedModel, source_rate: int, rate: int, chunk_bytes: int,
-                         max_seconds: float, metrics: Metrics) -> AsyncIterator[bytes]:
+                         max_seconds: float, metrics: SpeechMetrics) -> AsyncIterator[bytes]:
     """Chunks of the request body in, one SSE event per chunk out; the sequence always ends (END
     flag) so Triton drops its state, even when the client sends too much or goes away."""
     from nimbuild.audio import StreamResampler
-    from runtime_min.repository import stream_model_name
+    from runtime_min.tasks.asr import stream_model_name
 
     corrid, name = next(_correlation), stream_model_name(model.name)
     pending, received, first, ended = b"", 0, True, False

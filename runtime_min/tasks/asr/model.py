@@ -2,9 +2,10 @@
 
 Offline (`mode: ofl`), an ensemble of three models, each with its own dynamic batcher:
     features  audio [samples] float32 at the model's rate -> audio_signal [features, frames], length [1]
-    encoder   the profile's ONNX graph (onnxruntime): audio_signal, length -> logprobs [frames', vocab+1],
-              cut to each utterance's encoded length
-    decoder   CTC greedy decoding -> text
+    encoder   the core network through its runner (onnxruntime, a TensorRT-RTX engine):
+              audio_signal, length -> logprobs [frames', vocab+1], cut to each utterance's encoded
+              length (absent when the core runs on a native backend as its own ensemble step)
+    decoder   logprobs and the feature length -> CTC greedy decoding over the encoded frames -> text
 Streaming (`mode: str`), one sequence-batched model, as Triton's Kaldi ASR integration does: chunks
 arrive with a correlation id and start/end flags; the model keeps each sequence's audio and answers
 every chunk with the transcript so far. The graph is an offline (full-context) model, so each
@@ -16,20 +17,23 @@ The arithmetic is nimbuild.audio's, the same code the build checked against NeMo
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nimbuild.audio import FrontEnd, Vocabulary, ctc_greedy, encoded_lengths
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
+
+from nimbuild.audio import FrontEnd, Vocabulary, ctc_greedy, encoded_lengths  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
-        workspace = Path(params["workspace"])
+        workspace = HERE
         self.stage = params["stage"]
         info = json.loads((workspace / "model_info.json").read_text())
         runtime = info["runtime"]
@@ -38,8 +42,13 @@ class TritonPythonModel:
         self.max_frames = int(runtime["max_frames"])
         if self.stage in ("features", "stream"):
             self.front = FrontEnd.load(runtime["features"], workspace)
+        self.takes_length = any(i["name"] == "length" for i in info["inputs"])
         if self.stage in ("encoder", "stream"):
-            self.session = _session(workspace / info["graph"])
+            from runners import open_runner
+
+            self.bls = params["runner"].startswith("triton:")  # the native core model: scalars travel as [batch, 1]
+            self.session = open_runner(params["runner"], workspace / params["core"],
+                                       int(args.get("model_instance_device_id") or 0))
         if self.stage in ("decoder", "stream"):
             self.vocabulary = Vocabulary.load(workspace / runtime["vocabulary"])
         self.streams: dict[int, list[np.ndarray]] = {}
@@ -72,7 +81,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             logprobs = pb_utils.get_input_tensor_by_name(request, "logprobs").as_numpy()[0]
-            responses.append(_text(ctc_greedy(logprobs, len(logprobs), self.vocabulary)))
+            frames = pb_utils.get_input_tensor_by_name(request, "length").as_numpy().reshape(-1)[:1]
+            valid = min(len(logprobs), int(encoded_lengths(frames.astype(np.int64), self.layers)[0]))
+            responses.append(_text(ctc_greedy(logprobs, valid, self.vocabulary)))
         return responses
 
     def _stream(self, requests):
@@ -108,7 +119,8 @@ class TritonPythonModel:
         masks (NeMo's convolutional encoders) runs one unpadded utterance at a time."""
         lengths = np.asarray(lengths, dtype=np.int64)
         if not self.padded:
-            rows = [self.session.run(["logprobs"], {"audio_signal": f[None, :, :n]})[0][0] for f, n in zip(feats, lengths)]
+            rows = [self.session.run(["logprobs"], self._feeds(f[None, :, :n], np.array([n])))[0][0]
+                    for f, n in zip(feats, lengths)]
             out = np.zeros((len(rows), max(len(r) for r in rows), rows[0].shape[-1]), dtype=np.float32)
             for i, r in enumerate(rows):
                 out[i, :len(r)] = r
@@ -117,17 +129,14 @@ class TritonPythonModel:
         batch = np.zeros((len(feats), feats[0].shape[0], longest), dtype=np.float32)
         for i, f in enumerate(feats):
             batch[i, :, :f.shape[-1]] = f
-        (logprobs,) = self.session.run(["logprobs"], {"audio_signal": batch, "length": lengths})
+        (logprobs,) = self.session.run(["logprobs"], self._feeds(batch, lengths))
         return logprobs, encoded_lengths(lengths, self.layers)
 
-
-def _session(graph: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("NIMBUILD_ORT_THREADS", "0"))
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(graph), options, providers=providers)
+    def _feeds(self, signal: np.ndarray, lengths: np.ndarray) -> dict:
+        feeds = {"audio_signal": signal}
+        if self.takes_length:
+            feeds["length"] = lengths.reshape(-1, 1) if self.bls else lengths
+        return feeds
 
 
 def _text(text: str):

@@ -14,13 +14,17 @@ mean number of sequences per graph call, nimbuild_llm_step_rows_max the largest 
 import json
 import os
 import queue
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequence
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
+
+from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequence  # noqa: E402
 
 
 class TritonPythonModel:
@@ -30,7 +34,7 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         self.name = config["name"]
-        workspace = Path(config["parameters"]["workspace"]["string_value"])
+        workspace = HERE
         info = json.loads((workspace / "model_info.json").read_text())
         runtime = info.get("runtime") or {}
         options = ort.SessionOptions()

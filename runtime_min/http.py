@@ -1,30 +1,24 @@
-"""The HTTP API in front of Triton: health, models, metrics, and OpenAI-shaped `/v1/embeddings`.
+"""The HTTP API in front of Triton that every task shares: health, models, metrics, and the
+error shape. It knows no task: the service hands it the task's routes (runtime_min/tasks/<task>/),
+which add their endpoints, their metrics and any Triton clients they need.
 
-Text is tokenised here with the checkpoint's own tokenizer (`tokenizers`, from the profile's
-tokenizer.json), sent to Triton as token ids through tritonclient's asyncio client, and the
-pooled, normalised embeddings come back. Every bad request gets a 4xx with an OpenAI-style error
-body; Triton being down is a 503, never a 500.
+Every bad request gets a 4xx with an OpenAI-style error body; Triton being down is a 503, never a 500.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable
 
 import httpx
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict
 
-MAX_INPUTS = 2048  # OpenAI's own limit per request
 MAX_BODY_BYTES = 16 << 20
-MAX_CHARS_PER_INPUT = 1 << 20
 
 
 class ApiError(Exception):
@@ -34,24 +28,12 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    input: Union[str, list[str]]
-    model: str
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-    # NIM's extension: what to do with inputs longer than the model's maximum sequence length
-    truncate: Literal["NONE", "START", "END"] = "END"
-
-
 @dataclass
 class ServedModel:
     name: str
     profile_id: str
-    workspace: Path
-    info: dict
+    workspace: Path  # the profile's files (tokenizer, vocabulary) the routes read
+    info: dict  # its model_info.json
 
     @property
     def max_batch(self) -> int:
@@ -63,46 +45,43 @@ class ServedModel:
 
 
 class Metrics:
+    """The runtime's own metrics; tasks add theirs to `registry`."""
+
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter("nimbuild_http_requests_total", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("nimbuild_http_request_seconds", "HTTP request latency by endpoint", ["endpoint"],
                                  buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
-        self.inputs = Counter("nimbuild_embedding_inputs_total", "Texts embedded", registry=self.registry)
-        self.tokens = Counter("nimbuild_embedding_tokens_total", "Tokens embedded", registry=self.registry)
         self.ready = Gauge("nimbuild_triton_ready", "1 when Triton reports the model ready", registry=self.registry)
         self.restarts = Gauge("nimbuild_triton_restarts", "Times Triton was restarted", registry=self.registry)
-        self.prompt_tokens = Counter("nimbuild_prompt_tokens_total", "Prompt tokens of completions", registry=self.registry)
-        self.completion_tokens = Counter("nimbuild_completion_tokens_total", "Tokens generated", registry=self.registry)
-        self.first_token = Histogram("nimbuild_time_to_first_token_seconds", "Time from request to first token",
-                                     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
-        self.audio_seconds = Counter("nimbuild_audio_seconds_total", "Seconds of audio transcribed", registry=self.registry)
-        self.transcription = Histogram("nimbuild_transcription_seconds", "Time to transcribe one file",
-                                       buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
 
 
-def create_app(model: ServedModel, triton) -> FastAPI:
+# A task's routes: (app, served model, triton, state, metrics) -> None. `state` holds the shared
+# clients: "client" (Triton's asyncio HTTP client), "grpc" when the task asks for it.
+AddRoutes = Callable[[FastAPI, ServedModel, Any, dict, Metrics], None]
+
+
+def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = False) -> FastAPI:
     """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .grpc_port, .ready,
-    .metrics_port, .restarts). Embedding profiles get /v1/embeddings; text-generation profiles
-    get /v1/completions and /v1/chat/completions (runtime_min.completions)."""
+    .metrics_port, .restarts). `grpc`: the task streams decoupled responses, which only Triton's
+    gRPC API carries, so it gets Triton's asyncio gRPC client as well as the HTTP one."""
     metrics = Metrics()
     state: dict[str, Any] = {}
-    generating = model.info.get("task") == "text-generation"
 
     async def lifespan(app):
         import tritonclient.http.aio as triton_http
 
         state["client"] = triton_http.InferenceServerClient(triton.url, conn_limit=256)
         state["http"] = httpx.AsyncClient(timeout=5.0)
-        if generating:  # a decoupled model streams its responses, which only Triton's gRPC API carries
+        if grpc:
             import tritonclient.grpc.aio as triton_grpc
 
             state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
         yield
         await state["client"].close()
         await state["http"].aclose()
-        if generating:
+        if grpc:
             await state["grpc"].close()
 
     app = FastAPI(title="runtime_min", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -135,7 +114,7 @@ def create_app(model: ServedModel, triton) -> FastAPI:
     async def ready():
         if await _triton_ready(state, triton, model.name):
             metrics.ready.set(1)
-            return {"object": "health.response", "message": "Service is ready."}
+            return {"object": "health.response", "status": "ready", "message": "Service is ready."}
         metrics.ready.set(0)
         return _error(ApiError(503, "Triton is not ready", kind="service_unavailable", code="not_ready"))
 
@@ -156,16 +135,7 @@ def create_app(model: ServedModel, triton) -> FastAPI:
             text += "# Triton metrics unavailable: Triton is not running\n"
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    if generating:
-        from runtime_min.completions import add_completion_routes
-
-        add_completion_routes(app, model, triton, state, metrics)
-    elif model.info.get("task") == "asr-ctc":
-        from runtime_min.transcriptions import add_transcription_routes
-
-        add_transcription_routes(app, model, triton, state, metrics)
-    else:
-        _add_embedding_routes(app, model, triton, state, metrics)
+    add_routes(app, model, triton, state, metrics)
     return app
 
 
@@ -197,77 +167,9 @@ class _Observe:
         await self.app(scope, receive, observed)
 
 
-def _add_embedding_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:
-    tokenizer = _tokenizers(model)
-    input_names = [i["name"] for i in model.info["inputs"]]
-
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest):
-        if body.model != model.name:
-            raise ApiError(404, f"The model '{body.model}' does not exist; this service serves '{model.name}'",
-                           param="model", code="model_not_found")
-        texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        _check_texts(texts)
-        if body.dimensions is not None:
-            raise ApiError(400, "dimensions is not supported by this model", param="dimensions")
-        require_ready(triton)
-        encodings = [_encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)]
-        vectors = []
-        for start in range(0, len(encodings), model.max_batch):
-            vectors.append(await _infer(state["client"], model.name, input_names, encodings[start:start + model.max_batch]))
-        matrix = np.concatenate(vectors)
-        tokens = sum(len(e.ids) for e in encodings)
-        metrics.inputs.inc(len(texts))
-        metrics.tokens.inc(tokens)
-        data = [{"object": "embedding", "index": i,
-                 "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
-                               else v.tolist())}
-                for i, v in enumerate(matrix)]
-        return {"object": "list", "data": data, "model": model.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-
 def _error(error: ApiError) -> JSONResponse:
     return JSONResponse(status_code=error.status, content={"error": {
         "message": error.message, "type": error.kind, "param": error.param, "code": error.code}})
-
-
-def _check_texts(texts: list[str]) -> None:
-    if not texts:
-        raise ApiError(400, "input must not be empty", param="input")
-    if len(texts) > MAX_INPUTS:
-        raise ApiError(400, f"at most {MAX_INPUTS} inputs per request, got {len(texts)}", param="input")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise ApiError(400, f"input[{i}] is empty", param="input")
-        if len(text) > MAX_CHARS_PER_INPUT:
-            raise ApiError(413, f"input[{i}] is over {MAX_CHARS_PER_INPUT} characters", param="input")
-
-
-def _tokenizers(model: ServedModel) -> dict:
-    """One tokenizer per truncation mode. Truncating inside the tokenizer keeps the special tokens
-    ([CLS] ... [SEP]) as sentence-transformers does; cutting an encoding afterwards would drop [SEP]."""
-    from tokenizers import Tokenizer
-
-    path = str(model.workspace / "tokenizer" / "tokenizer.json")
-    modes = {}
-    for mode, direction in (("NONE", None), ("END", "right"), ("START", "left")):
-        tokenizer = Tokenizer.from_file(path)
-        tokenizer.no_padding()
-        if direction:
-            tokenizer.enable_truncation(model.max_tokens, direction=direction)
-        else:
-            tokenizer.no_truncation()
-        modes[mode] = tokenizer
-    return modes
-
-
-def _encode(tokenizers: dict, text: str, max_tokens: int, truncate: str, index: int):
-    encoding = tokenizers[truncate].encode(text)
-    if len(encoding.ids) > max_tokens:  # only possible with NONE
-        raise ApiError(400, f"input[{index}] has {len(encoding.ids)} tokens; the model takes at most {max_tokens} "
-                            "(set truncate to END or START)", param="input")
-    return encoding
 
 
 def require_ready(triton) -> None:
@@ -285,24 +187,6 @@ async def triton_infer(client, model_name: str, inputs: list, outputs: list, **o
         raise ApiError(503, f"inference failed: {e}", kind="service_unavailable", code="inference_failed") from None
     except Exception as e:  # aiohttp's connection errors while Triton restarts
         raise ApiError(503, f"inference failed: {type(e).__name__}", kind="service_unavailable", code="inference_failed") from None
-
-
-async def _infer(client, model_name: str, input_names: list[str], encodings) -> np.ndarray:
-    import tritonclient.http.aio as triton_http
-
-    longest = max(len(e.ids) for e in encodings)
-    arrays = {
-        "input_ids": np.array([e.ids + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
-    }
-    inputs = []
-    for name in input_names:
-        tensor = triton_http.InferInput(name, arrays[name].shape, "INT64")
-        tensor.set_data_from_numpy(arrays[name], binary_data=True)
-        inputs.append(tensor)
-    result = await triton_infer(client, model_name, inputs, [triton_http.InferRequestedOutput("embeddings", binary_data=True)])
-    return result.as_numpy("embeddings")
 
 
 async def _triton_ready(state, triton, model_name: str) -> bool:

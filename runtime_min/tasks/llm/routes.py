@@ -21,7 +21,9 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime_min.api import ApiError, Metrics, ServedModel, require_ready
+from prometheus_client import Counter, Histogram
+
+from runtime_min.http import ApiError, Metrics, ServedModel, require_ready
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_PROMPTS = 16
@@ -68,8 +70,18 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
-def add_completion_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:
+class LlmMetrics:
+    def __init__(self, registry):
+        self.prompt_tokens = Counter("nimbuild_prompt_tokens_total", "Prompt tokens of completions", registry=registry)
+        self.completion_tokens = Counter("nimbuild_completion_tokens_total", "Tokens generated", registry=registry)
+        self.first_token = Histogram("nimbuild_time_to_first_token_seconds", "Time from request to first token",
+                                     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
+
+
+def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_metrics: Metrics) -> None:
     from tokenizers import Tokenizer
+
+    metrics = LlmMetrics(runtime_metrics.registry)
 
     tokenizer = Tokenizer.from_file(str(model.workspace / "tokenizer" / "tokenizer.json"))
     config = _tokenizer_config(model)  # read once: the template and its special tokens serve every request
@@ -177,7 +189,7 @@ class Reply:
 
 
 async def _merged(state: dict, model: ServedModel, jobs: list[tuple[list[int], int]], body: _Sampling,
-                  metrics: Metrics) -> AsyncIterator[tuple[int, str, str | None]]:
+                  metrics: LlmMetrics) -> AsyncIterator[tuple[int, str, str | None]]:
     """Events of every prompt's generation, interleaved as they arrive: (prompt index, text, finish)."""
     if len(jobs) == 1:
         async for text, finish in _generate(state, model, *jobs[0], body, metrics):
@@ -212,7 +224,7 @@ async def _merged(state: dict, model: ServedModel, jobs: list[tuple[list[int], i
 
 
 async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens: int, body: _Sampling,
-                    metrics: Metrics) -> AsyncIterator[tuple[str, str | None]]:
+                    metrics: LlmMetrics) -> AsyncIterator[tuple[str, str | None]]:
     """One prompt through the Triton model: (text delta, finish reason or None) per token."""
     import tritonclient.grpc.aio as triton_grpc
 

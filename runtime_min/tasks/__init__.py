@@ -1,0 +1,35 @@
+"""One folder per task. Each task module says how its profile is laid out in Triton around the
+core network the deploy step hands it (`models`), whether it can use a core (`refuses`), and adds
+its HTTP routes (`add_routes`, importing the web stack only when serving)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import nimbuild
+from nimbuild.errors import NimbuildError
+
+# the helpers Python models import (pooling, audio front end, generation loop) are copied from here
+NIMBUILD = Path(nimbuild.__file__).parent
+
+TASKS = {"embedding": "embedding", "text-generation": "llm", "asr-ctc": "asr"}
+
+
+def task_module(info: dict):
+    task = info.get("task")
+    if task not in TASKS:
+        raise NimbuildError(f"runtime_min serves {', '.join(TASKS)} profiles; this one is {task!r}")
+    return importlib.import_module(f"runtime_min.tasks.{TASKS[task]}")
+
+
+def serving(info: dict) -> tuple[int, int]:
+    """(max batch size, dynamic batching delay in microseconds) from the profile's serving spec."""
+    spec = info.get("serving") or {}
+    return max(1, int(spec.get("max_batch_size") or 1)), int((spec.get("dynamic_batching") or {}).get("max_queue_delay_us", 0))
+
+
+def tensor_dims(shape: list, drop_batch: bool = True) -> list[int]:
+    """A recorded shape ([\"batch\", \"sequence\", 384]) as Triton dims: fixed sizes kept, names -1."""
+    dims = [d if isinstance(d, int) and d > 0 else -1 for d in shape]
+    return dims[1:] if drop_batch else dims

@@ -1,0 +1,121 @@
+"""OpenAI-shaped `POST /v1/embeddings` (with NIM's `truncate`).
+
+Text is tokenised here with the checkpoint's own tokenizer (`tokenizers`, from the profile's
+tokenizer.json) and sent to Triton as token ids through tritonclient's asyncio client; the pooled,
+normalised embeddings come back.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal, Union
+
+import numpy as np
+from fastapi import FastAPI
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict
+
+from runtime_min.http import ApiError, Metrics, ServedModel, require_ready, triton_infer
+
+MAX_INPUTS = 2048  # OpenAI's own limit per request
+MAX_CHARS_PER_INPUT = 1 << 20
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: Union[str, list[str]]
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    # NIM's extension: what to do with inputs longer than the model's maximum sequence length
+    truncate: Literal["NONE", "START", "END"] = "END"
+
+
+def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: Metrics) -> None:
+    tokenizer = _tokenizers(model)
+    inputs_total = Counter("nimbuild_embedding_inputs_total", "Texts embedded", registry=metrics.registry)
+    tokens_total = Counter("nimbuild_embedding_tokens_total", "Tokens embedded", registry=metrics.registry)
+    input_names = [i["name"] for i in model.info["inputs"]]
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        if body.model != model.name:
+            raise ApiError(404, f"The model '{body.model}' does not exist; this service serves '{model.name}'",
+                           param="model", code="model_not_found")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        _check_texts(texts)
+        if body.dimensions is not None:
+            raise ApiError(400, "dimensions is not supported by this model", param="dimensions")
+        require_ready(triton)
+        encodings = [_encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)]
+        vectors = []
+        for start in range(0, len(encodings), model.max_batch):
+            vectors.append(await _infer(state["client"], model.name, input_names, encodings[start:start + model.max_batch]))
+        matrix = np.concatenate(vectors)
+        tokens = sum(len(e.ids) for e in encodings)
+        inputs_total.inc(len(texts))
+        tokens_total.inc(tokens)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
+                               else v.tolist())}
+                for i, v in enumerate(matrix)]
+        return {"object": "list", "data": data, "model": model.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _check_texts(texts: list[str]) -> None:
+    if not texts:
+        raise ApiError(400, "input must not be empty", param="input")
+    if len(texts) > MAX_INPUTS:
+        raise ApiError(400, f"at most {MAX_INPUTS} inputs per request, got {len(texts)}", param="input")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ApiError(400, f"input[{i}] is empty", param="input")
+        if len(text) > MAX_CHARS_PER_INPUT:
+            raise ApiError(413, f"input[{i}] is over {MAX_CHARS_PER_INPUT} characters", param="input")
+
+
+def _tokenizers(model: ServedModel) -> dict:
+    """One tokenizer per truncation mode. Truncating inside the tokenizer keeps the special tokens
+    ([CLS] ... [SEP]) as sentence-transformers does; cutting an encoding afterwards would drop [SEP]."""
+    from tokenizers import Tokenizer
+
+    path = str(model.workspace / "tokenizer" / "tokenizer.json")
+    modes = {}
+    for mode, direction in (("NONE", None), ("END", "right"), ("START", "left")):
+        tokenizer = Tokenizer.from_file(path)
+        tokenizer.no_padding()
+        if direction:
+            tokenizer.enable_truncation(model.max_tokens, direction=direction)
+        else:
+            tokenizer.no_truncation()
+        modes[mode] = tokenizer
+    return modes
+
+
+def _encode(tokenizers: dict, text: str, max_tokens: int, truncate: str, index: int):
+    encoding = tokenizers[truncate].encode(text)
+    if len(encoding.ids) > max_tokens:  # only possible with NONE
+        raise ApiError(400, f"input[{index}] has {len(encoding.ids)} tokens; the model takes at most {max_tokens} "
+                            "(set truncate to END or START)", param="input")
+    return encoding
+
+
+async def _infer(client, model_name: str, input_names: list[str], encodings) -> np.ndarray:
+    import tritonclient.http.aio as triton_http
+
+    longest = max(len(e.ids) for e in encodings)
+    arrays = {
+        "input_ids": np.array([e.ids + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
+    }
+    inputs = []
+    for name in input_names:
+        tensor = triton_http.InferInput(name, arrays[name].shape, "INT64")
+        tensor.set_data_from_numpy(arrays[name], binary_data=True)
+        inputs.append(tensor)
+    result = await triton_infer(client, model_name, inputs, [triton_http.InferRequestedOutput("embeddings", binary_data=True)])
+    return result.as_numpy("embeddings")
