@@ -42,23 +42,27 @@ def select(manifest: Path) -> tuple[Profile, System]:
     return profile, system
 
 
-def check_runnable(profile: Profile, servers: list, core=None) -> None:
+def check_runnable(profile: Profile, servers: list, chosen: tuple | None = None) -> None:
     """What only this machine can tell (selection may have judged a simulated system): a GPU core
-    needs a real GPU, and a runner needs its Python modules in the bundled server's interpreter."""
+    needs a real GPU, and a runner needs its Python modules in the bundled server's interpreter
+    (the runtime's own). `chosen`: the (server, Core) deployed; before the fetch, the planned one."""
     import importlib.util
 
     from nimbuild.profiles.system import detect_system
     from runtime_min.deploy import kind_of, plan
 
+    simulated = f" (NIMBUILD_SYSTEM={os.environ['NIMBUILD_SYSTEM']} describes another machine)" \
+        if os.environ.get("NIMBUILD_SYSTEM") else ""
     kind = kind_of(profile)
-    if kind == "rmir":
+    if kind == "rmir" and not chosen:  # whichever builder makes its engine, the engine runs on a GPU
+        if not detect_system({}).gpus:
+            raise NimbuildError(f"profile {profile.description} becomes an engine for this GPU; this machine has "
+                                f"no GPU{simulated}")
         return  # what it becomes is known once it is built; selection has checked its builder
-    server, core = (None, core) if core else plan(kind, Path(), {}, servers, gpu=False)
+    server, core = chosen or plan(kind, Path(), {}, servers, gpu=False)
     if core.gpu and not detect_system({}).gpus:
-        simulated = f" (NIMBUILD_SYSTEM={os.environ['NIMBUILD_SYSTEM']} describes another machine)" \
-            if os.environ.get("NIMBUILD_SYSTEM") else ""
         raise NimbuildError(f"profile {profile.description} runs as {core.describe()}; this machine has no GPU{simulated}")
-    if server is None or server.bundled:
+    if server.bundled:
         missing = [m for m in core.python_modules if importlib.util.find_spec(m.split(".")[0]) is None]
         if missing:
             raise NimbuildError(f"profile {profile.description} runs as {core.describe()}, which needs the Python "
@@ -118,7 +122,7 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
     repository = Path(tempfile.mkdtemp(prefix="triton-repo-", dir=_ensure(cache_root)))
     try:
         install, deployment = deploy_into(profile, workspace, system, servers, repository, cache_root)
-        check_runnable(profile, [install], deployment.core)
+        check_runnable(profile, [install], (install, deployment.core))
         task = task_module(deployment.info)
         exit_code = {"value": 0}
         server: dict = {}

@@ -267,11 +267,14 @@ def test_an_rmir_on_a_simulated_h100_without_tensorrt_is_refused_at_selection(mi
     assert "Traceback" not in result.stderr and not (tmp_path / "cache" / "blobs").exists(), "nothing was fetched"
 
 
-def test_serving_an_engine_on_a_machine_without_a_gpu_is_refused_before_download(minilm_compiled, tmp_path):
+@pytest.mark.parametrize("profile,message", [
+    ("tensorrt_rtx-sm89-fp16-throughput", "runs as tensorrt_rtx (tensorrt_rtx in a Python model, GPU); this machine has no GPU"),
+    ("rmir-fp16-throughput", "becomes an engine for this GPU; this machine has no GPU"),
+])
+def test_serving_an_engine_on_a_machine_without_a_gpu_is_refused_before_download(minilm_compiled, tmp_path, profile,
+                                                                                 message):
     """Selection judged a simulated L40S; only this machine can say it has no GPU to run the engine on."""
     out, _ = minilm_compiled
-    profile = "tensorrt_rtx-sm89-fp16-throughput"
-    message = "runs as tensorrt_rtx (tensorrt_rtx in a Python model, GPU); this machine has no GPU"
     (tmp_path / "system.json").write_text(json.dumps({"gpus": [{"product": "L40S"}]}))
     result = subprocess.run(
         [sys.executable, "-m", "runtime_min", "serve", "--manifest", str(out / "profiles.yaml"),
