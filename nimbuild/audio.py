@@ -194,3 +194,42 @@ def ctc_greedy(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) -> str
     keep = np.ones(len(best), dtype=bool)
     keep[1:] = best[1:] != best[:-1]
     return vocabulary.text([int(t) for t in best[keep] if t != vocabulary.blank])
+
+
+def ctc_greedy_words(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) -> list[tuple[str, int, int]]:
+    """The best path's words with the encoder frames they span: (word, first frame, frame after
+    the last). A token occupies the frames of its run; a word runs from its first token's first
+    frame to its last token's last frame (blanks between words belong to neither)."""
+    best = logprobs[:length].argmax(axis=-1)
+    words: list[tuple[str, int, int]] = []
+    pieces: list[str] = []
+    start = end = 0
+    t = 0
+    while t < len(best):
+        token, run_end = int(best[t]), t + 1
+        while run_end < len(best) and best[run_end] == token:
+            run_end += 1
+        if token != vocabulary.blank and 0 <= token < len(vocabulary.tokens):
+            piece = vocabulary.tokens[token]
+            boundary = piece == " " or (vocabulary.kind == "sentencepiece" and piece.startswith("\u2581"))
+            if boundary and pieces:
+                words.append(("".join(pieces), start, end))
+                pieces = []
+            piece = piece.replace("\u2581", "") if vocabulary.kind == "sentencepiece" else piece.strip()
+            if piece:
+                if not pieces:
+                    start = t
+                pieces.append(piece)
+                end = run_end
+        t = run_end
+    if pieces:
+        words.append(("".join(pieces), start, end))
+    return words
+
+
+def frame_seconds(runtime: dict[str, Any]) -> float:
+    """Seconds per encoder frame: the feature hop times the subsampling strides."""
+    stride = 1
+    for layer in runtime["subsampling"]:
+        stride *= int(layer["stride"])
+    return int(runtime["features"]["hop_length"]) * stride / int(runtime["sample_rate"])

@@ -62,10 +62,13 @@ class Metrics:
 AddRoutes = Callable[[FastAPI, ServedModel, Any, dict, Metrics], None]
 
 
-def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = False) -> FastAPI:
+def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = False,
+               front_ends: list | None = None) -> FastAPI:
     """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .grpc_port, .ready,
     .metrics_port, .restarts). `grpc`: the task streams decoupled responses, which only Triton's
-    gRPC API carries, so it gets Triton's asyncio gRPC client as well as the HTTP one."""
+    gRPC API carries, so it gets Triton's asyncio gRPC client as well as the HTTP one.
+    `front_ends`: others served from this event loop (the gRPC one), started with the shared
+    clients once they exist and stopped before them."""
     metrics = Metrics()
     state: dict[str, Any] = {}
 
@@ -78,7 +81,11 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = F
             import tritonclient.grpc.aio as triton_grpc
 
             state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+        for front_end in front_ends or []:
+            await front_end.start(state)
         yield
+        for front_end in front_ends or []:
+            await front_end.stop()
         await state["client"].close()
         await state["http"].aclose()
         if grpc:

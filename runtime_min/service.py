@@ -124,6 +124,7 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
         install, deployment = deploy_into(profile, workspace, system, servers, repository, cache_root)
         check_runnable(profile, [install], (install, deployment.core))
         task = task_module(deployment.info)
+        grpc_at = _grpc_address_free() if hasattr(task, "add_servicers") else None
         exit_code = {"value": 0}
         server: dict = {}
 
@@ -138,7 +139,13 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
         try:
             log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, host, port)
             served = ServedModel(profile.model, profile.id, deployment.workspace, deployment.info)
-            app = create_app(served, triton, task.add_routes, grpc=task.GRPC)
+            front_ends = []
+            if hasattr(task, "add_servicers"):  # speech: Riva's gRPC API beside the HTTP one
+                from runtime_min.grpc import GrpcFrontEnd
+
+                front_ends.append(GrpcFrontEnd(*grpc_at, triton, lambda server, state: task.add_servicers(
+                    server, served, triton, state)))
+            app = create_app(served, triton, task.add_routes, grpc=task.GRPC, front_ends=front_ends)
             config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=15,
                                     access_log=False)
             server["uvicorn"] = uvicorn.Server(config)
@@ -174,6 +181,23 @@ def create_model_store(manifest: Path, requested: str, store: Path, registry: st
     workspace = fetch(profile, manifest, registry, cache_root)
     _, deployment = deploy_into(profile, workspace, detect_system(), servers, store, cache_root)
     return deployment
+
+
+def _grpc_address_free() -> tuple[str, int]:
+    """Where the gRPC front end will listen; checked before anything starts, so a port in use is
+    one line at start, not a failure after Triton is up."""
+    import socket
+
+    from runtime_min.grpc import grpc_address
+
+    host, port = grpc_address()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise NimbuildError(f"cannot listen for gRPC on {host}:{port} ({e.strerror}); set NIM_GRPC_API_PORT") from None
+    return host, port
 
 
 def _ensure(path: Path) -> Path:

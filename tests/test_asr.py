@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import riva.client  # the official Speech NIM client (nvidia-riva-client), for the gRPC tests
 
 from conftest import REPO, modules_loaded_by
 from nimbuild.errors import NimbuildError, ParityError, SourceError
@@ -451,9 +453,20 @@ def test_response_formats(served_digits, held_out):
     text = _transcribe(served_digits.url, path).json()["text"]
     plain = _transcribe(served_digits.url, path, response_format="text")
     assert plain.headers["content-type"].startswith("text/plain") and plain.text.strip() == text
-    verbose = _transcribe(served_digits.url, path, response_format="verbose_json", language="en").json()
-    assert verbose["text"] == text and verbose["language"] == "en" and verbose["duration"] > 0.2
-    assert verbose["segments"][0]["end"] == verbose["duration"]
+    verbose = _transcribe(served_digits.url, path, response_format="verbose_json", language="en",
+                          **{"timestamp_granularities[]": "word"}).json()
+    assert verbose["text"] == text and verbose["language"] == "en-US" and verbose["duration"] > 0.2
+    words = verbose["words"]
+    assert " ".join(w["word"] for w in words) == text, "the aligned words are the transcript's"
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(0 <= w["start"] < w["end"] <= verbose["duration"] + 0.05 for w in words)
+    assert " ".join(s["text"] for s in verbose["segments"]) == text
+    assert verbose["segments"][0]["start"] == words[0]["start"] and verbose["segments"][-1]["end"] == words[-1]["end"]
+    srt = _transcribe(served_digits.url, path, response_format="srt").text
+    assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n", srt) and text.split()[0] in srt
+    vtt = _transcribe(served_digits.url, path, response_format="vtt")
+    assert vtt.text.startswith("WEBVTT\n\n") and re.search(r"\d\d:\d\d:\d\d\.\d{3} --> ", vtt.text)
+    assert vtt.headers["content-type"].startswith("text/vtt")
 
 
 def test_the_openai_sdk_transcribes_a_file(served_digits, held_out):
@@ -482,7 +495,9 @@ def test_bad_transcription_requests_get_4xx_with_a_json_error(served_digits, hel
         (_transcribe(url, junk), 400, "cannot read the audio"),
         (_transcribe(url, long), 400, "at most 20.0 s"),
         (_transcribe(url, short), 400, "shorter than one feature frame"),
-        (_transcribe(url, held_out[0][1], response_format="srt"), 400, "response_format"),
+        (_transcribe(url, held_out[0][1], response_format="mp3"), 400, "response_format"),
+        (_transcribe(url, held_out[0][1], language="de-DE"), 400, "this model transcribes en-US, not de-DE"),
+        (_transcribe(url, held_out[0][1], **{"timestamp_granularities[]": "letter"}), 400, "expected word or segment"),
         (httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}, data={"model": "nope"}), 404, "does not exist"),
         (httpx.post(f"{url}/v1/audio/transcriptions/stream?sample_rate=12", content=b""), 400, "sample_rate"),
     ]
@@ -540,5 +555,152 @@ def test_an_offline_profile_says_streaming_needs_a_str_profile(digits_compiled, 
         assert r.status_code == 404 and "mode=str" in r.json()["error"]["message"]
         ok = _transcribe(runtime.url, REPO / "recipes" / "data" / "speech" / "stop-cancel.wav")
         assert ok.status_code == 200
+        import grpc
+
+        service = _riva(runtime)
+        config = riva.client.StreamingRecognitionConfig(config=riva.client.RecognitionConfig(), interim_results=True)
+        with pytest.raises(grpc.RpcError) as error:
+            list(service.streaming_response_generator([b"\x00\x00" * 1600], config))
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND and "mode=str" in error.value.details()
+        listed = service.stub.GetRivaSpeechRecognitionConfig(riva.client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
+        assert [c.parameters["type"] for c in listed.model_config] == ["offline"]
     finally:
         assert runtime.stop() == 0
+
+
+# --- Riva's gRPC API, through the official nvidia-riva-client -------------------------------------
+
+def _riva(runtime):
+    return riva.client.ASRService(riva.client.Auth(uri=f"127.0.0.1:{runtime.grpc_port}"))
+
+
+def test_riva_client_recognizes_a_file_as_the_http_api_does(served_digits, held_out):
+    """The bytes of the file, header included, encoding left unset: what Riva's transcribe_file_offline.py sends."""
+    import soundfile
+
+    service = _riva(served_digits)
+    for _, path, native in held_out[:3]:
+        expected = _transcribe(served_digits.url, path).json()["text"]
+        config = riva.client.RecognitionConfig(language_code="en-US", max_alternatives=1, enable_word_time_offsets=True)
+        response = service.offline_recognize(path.read_bytes(), config)
+        (result,) = response.results
+        alternative = result.alternatives[0]
+        assert alternative.transcript == expected
+        assert [w.word for w in alternative.words] == expected.split()
+        assert all(0 <= w.start_time < w.end_time <= result.audio_processed * 1000 + 50 for w in alternative.words)
+        assert abs(result.audio_processed - soundfile.info(str(path)).duration) < 0.01
+        # raw 16-bit PCM at espeak-ng's own 22.05 kHz, the rate stated: resampled by the server
+        audio, rate = soundfile.read(str(native), dtype="int16")
+        raw = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate,
+                                            language_code="en-US")
+        assert service.offline_recognize(audio.tobytes(), raw).results[0].alternatives[0].transcript == \
+            _transcribe(served_digits.url, native).json()["text"]
+
+
+def test_riva_client_streams_with_interim_results_and_the_offline_final(served_digits, held_out, tmp_path):
+    """As Riva's transcribe_file.py streams a WAV: file bytes in pieces of 1,600 frames, header in the first."""
+    import soundfile
+
+    _, path, native = held_out[5]
+    wav = tmp_path / "clip.wav"  # 16-bit PCM at 22.05 kHz: the header tells the rate
+    audio, rate = soundfile.read(str(native), dtype="int16")
+    soundfile.write(str(wav), audio, rate, subtype="PCM_16")
+    config = riva.client.StreamingRecognitionConfig(
+        config=riva.client.RecognitionConfig(language_code="en-US", enable_word_time_offsets=True), interim_results=True)
+    with riva.client.AudioChunkFileIterator(str(wav), 1600) as chunks:
+        responses = list(_riva(served_digits).streaming_response_generator(chunks, config))
+    results = [r for response in responses for r in response.results]
+    interim, final = results[:-1], results[-1]
+    assert len(interim) >= 3 and all(not r.is_final and r.stability == 0.5 for r in interim)
+    processed = [r.audio_processed for r in results]
+    assert processed == sorted(processed) and abs(processed[-1] - len(audio) / rate) < 0.01
+    assert final.is_final and final.alternatives[0].transcript == _transcribe(served_digits.url, native).json()["text"]
+    assert [w.word for w in final.alternatives[0].words] == final.alternatives[0].transcript.split()
+
+
+def test_riva_parallel_streams_and_list_models(served_digits, held_out):
+    import concurrent.futures
+
+    import soundfile
+
+    service = _riva(served_digits)
+    listed = service.stub.GetRivaSpeechRecognitionConfig(riva.client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
+    assert sorted((c.model_name, c.parameters["type"], c.parameters["language_code"]) for c in listed.model_config) == \
+        [(MODEL, "offline", "en-US"), (MODEL, "online", "en-US")]
+
+    def stream(native):
+        audio, rate = soundfile.read(str(native), dtype="int16")
+        config = riva.client.StreamingRecognitionConfig(config=riva.client.RecognitionConfig(
+            encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate, language_code="en-US"))
+        pieces = [audio[i:i + 1600].tobytes() for i in range(0, len(audio), 1600)]
+        return [r for resp in _riva(served_digits).streaming_response_generator(pieces, config) for r in resp.results]
+
+    clips = [native for _, _, native in held_out[12:18]]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        streamed = list(pool.map(stream, clips))
+    assert all(len(results) == 1 and results[0].is_final for results in streamed), "no interim results unless asked"
+    assert [r[0].alternatives[0].transcript for r in streamed] == \
+        [_transcribe(served_digits.url, native).json()["text"] for native in clips]
+
+
+def test_riva_health_is_serving(served_digits):
+    import grpc
+    from riva.client.proto import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{served_digits.grpc_port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_bad_riva_requests_get_invalid_argument_or_not_found(served_digits, held_out):
+    import grpc
+
+    service = _riva(served_digits)
+    clip = held_out[0][1].read_bytes()
+    RC = riva.client.RecognitionConfig
+    LINEAR = riva.client.AudioEncoding.LINEAR_PCM
+    offline = [
+        (clip, RC(model="parakeet-1.1b"), grpc.StatusCode.NOT_FOUND, "is not served here"),
+        (clip, RC(language_code="de-DE"), grpc.StatusCode.INVALID_ARGUMENT, "this model transcribes en-US"),
+        (b"\x01\x02" * 800, RC(), grpc.StatusCode.INVALID_ARGUMENT, "no WAV, FLAC or Ogg header"),
+        (b"", RC(), grpc.StatusCode.INVALID_ARGUMENT, "audio is empty"),
+        (b"\x01\x02" * 800, RC(encoding=LINEAR), grpc.StatusCode.INVALID_ARGUMENT, "raw audio needs its rate"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunk", RC(), grpc.StatusCode.INVALID_ARGUMENT, "cannot read the audio"),
+        (b"\x00\x00" * 10, RC(encoding=LINEAR, sample_rate_hertz=16000), grpc.StatusCode.INVALID_ARGUMENT,
+         "shorter than one feature frame"),
+        (b"\x00\x00" * 16000 * 25, RC(encoding=LINEAR, sample_rate_hertz=16000), grpc.StatusCode.INVALID_ARGUMENT,
+         "at most 20.0 s"),
+    ]
+    for audio, config, code, fragment in offline:
+        with pytest.raises(grpc.RpcError) as error:
+            service.offline_recognize(audio, config)
+        assert error.value.code() == code and fragment in error.value.details(), (fragment, error.value.details())
+
+    def stream(requests):
+        return list(service.stub.StreamingRecognize(iter(requests), timeout=30))
+
+    SR, SRC = riva.client.proto.riva_asr_pb2.StreamingRecognizeRequest, riva.client.StreamingRecognitionConfig
+    streaming = [
+        ([SR(audio_content=b"\x00" * 3200)], "must carry streaming_config"),
+        ([SR(streaming_config=SRC(config=RC()))], "the stream ended before any audio"),
+        ([SR(streaming_config=SRC(config=RC())), SR(audio_content=b"\x01" * 3200)], "neither a WAV header"),
+        ([SR(streaming_config=SRC(config=RC(encoding=LINEAR)))], "LINEAR_PCM streams need their rate"),
+        ([SR(streaming_config=SRC(config=RC(encoding=riva.client.AudioEncoding.FLAC)))], "not FLAC"),
+        ([SR(streaming_config=SRC(config=RC(encoding=LINEAR, sample_rate_hertz=16000))),
+          SR(audio_content=b"\x00\x00" * 16000 * 21)], "over 20.0 s of audio"),
+    ]
+    for requests, fragment in streaming:
+        with pytest.raises(grpc.RpcError) as error:
+            stream(requests)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in error.value.details(), \
+            (fragment, error.value.details())
+    assert service.offline_recognize(clip, RC()).results[0].alternatives[0].transcript, "still serving"
+
+
+def test_g711_decoding_matches_the_standard_tables():
+    audioop = pytest.importorskip("audioop", reason="audioop left the standard library in Python 3.13")
+    from runtime_min.tasks.asr.riva import _g711
+
+    codes = bytes(range(256))
+    assert np.array_equal(_g711(codes, True, 1), np.frombuffer(audioop.ulaw2lin(codes, 2), "<i2") / 32768.0)
+    assert np.array_equal(_g711(codes, False, 1), np.frombuffer(audioop.alaw2lin(codes, 2), "<i2") / 32768.0)

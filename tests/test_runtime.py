@@ -26,13 +26,14 @@ SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The 
 
 class Runtime:
     def __init__(self, manifest: Path, cache: Path, registry: str | None = None, env: dict | None = None):
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.log = cache / f"runtime-{self.port}.log"
         cache.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest), "--host", "127.0.0.1",
                 "--port", str(self.port)] + (["--registry", registry] if registry else [])
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
-                                        env={**os.environ, "NIM_CACHE_PATH": str(cache), **(env or {})})
+                                        env={**os.environ, "NIM_CACHE_PATH": str(cache),
+                                             "NIM_GRPC_API_PORT": str(self.grpc_port), **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 90.0) -> None:

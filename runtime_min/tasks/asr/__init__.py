@@ -52,6 +52,7 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
              "model_info.json": workspace / "model_info.json", "asr": workspace / "asr"}
     length = Tensor("length", "int64", [1])
     text = Tensor("text", "string", [1])
+    words = Tensor("words", "string", [1])  # JSON [[word, start ms, end ms], ...] from the best path
 
     def python(model: str, stage: str, inputs: list[Tensor], outputs: list[Tensor], runs_core: bool = False) -> Model:
         config = new_config(model, batch, inputs, outputs, backend="python")
@@ -65,7 +66,7 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     logprobs = Tensor("logprobs", "float32", [-1, vocab])
     out = [python(f"{name}-features", "features", [Tensor("audio", "float32", [-1], ragged=True)], [signal, length]),
            python(f"{name}-decoder", "decoder", [Tensor(logprobs.name, logprobs.dtype, logprobs.dims, ragged=True),
-                                                 length], [text])]
+                                                 length], [text, words])]
     if core.native:
         acoustic = f"{name}-core"
         out.append(core.native_model(name, core_in, core_out, batch, delay))
@@ -77,11 +78,11 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
         acoustic_inputs = {"audio_signal": "_features", "length": "_length"}
     steps = [(f"{name}-features", {"audio": "audio"}, {"audio_signal": "_features", "length": "_length"}),
              (acoustic, acoustic_inputs, {"logprobs": "_logprobs"}),
-             (f"{name}-decoder", {"logprobs": "_logprobs", "length": "_length"}, {"text": "text"})]
-    out.append(Model(ensemble(name, batch, [Tensor("audio", "float32", [-1])], [text], steps)))
+             (f"{name}-decoder", {"logprobs": "_logprobs", "length": "_length"}, {"text": "text", "words": "words"})]
+    out.append(Model(ensemble(name, batch, [Tensor("audio", "float32", [-1])], [text, words], steps)))
     if info.get("mode") == "str":
-        stream = python(stream_model_name(name), "stream", [Tensor("audio_chunk", "float32", [-1], ragged=True)], [text],
-                        runs_core=True)
+        stream = python(stream_model_name(name), "stream", [Tensor("audio_chunk", "float32", [-1], ragged=True)],
+                        [text, words], runs_core=True)
         _sequence_batching(stream.config, batch, delay)
         out.append(stream)
     return out
@@ -106,3 +107,10 @@ def add_routes(app, served, triton, state, metrics) -> None:
     from runtime_min.tasks.asr.routes import add_routes as add
 
     add(app, served, triton, state, metrics)
+
+
+def add_servicers(server, served, triton, state) -> None:
+    """Riva's RivaSpeechRecognition on the gRPC front end."""
+    from runtime_min.tasks.asr.riva import add_servicers as add
+
+    add(server, served, triton, state)

@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.audio import FrontEnd, Vocabulary, ctc_greedy, encoded_lengths  # noqa: E402
+from nimbuild.audio import FrontEnd, Vocabulary, ctc_greedy, ctc_greedy_words, encoded_lengths, frame_seconds  # noqa: E402
 
 
 class TritonPythonModel:
@@ -51,6 +51,7 @@ class TritonPythonModel:
                                        int(args.get("model_instance_device_id") or 0))
         if self.stage in ("decoder", "stream"):
             self.vocabulary = Vocabulary.load(workspace / runtime["vocabulary"])
+            self.frame_ms = 1000.0 * frame_seconds(runtime)
         self.streams: dict[int, list[np.ndarray]] = {}
 
     def execute(self, requests):
@@ -83,7 +84,7 @@ class TritonPythonModel:
             logprobs = pb_utils.get_input_tensor_by_name(request, "logprobs").as_numpy()[0]
             frames = pb_utils.get_input_tensor_by_name(request, "length").as_numpy().reshape(-1)[:1]
             valid = min(len(logprobs), int(encoded_lengths(frames.astype(np.int64), self.layers)[0]))
-            responses.append(_text(ctc_greedy(logprobs, valid, self.vocabulary)))
+            responses.append(self._transcript(logprobs, valid))
         return responses
 
     def _stream(self, requests):
@@ -105,13 +106,13 @@ class TritonPythonModel:
                 self.streams.pop(corrid, None)
                 responses[i] = _error(f"the stream is over this profile's {self.max_frames} frames; end it sooner")
             elif frames < 1:
-                responses[i] = _text("")
+                responses[i] = _text("", [])
             else:
                 live.append((i, audio, frames))
         if live:
             logprobs, encoded = self._run([self.front(audio) for _, audio, _ in live], [n for _, _, n in live])
             for row, (i, _, _) in enumerate(live):
-                responses[i] = _text(ctc_greedy(logprobs[row], int(encoded[row]), self.vocabulary))
+                responses[i] = self._transcript(logprobs[row], int(encoded[row]))
         return responses
 
     def _run(self, feats: list[np.ndarray], lengths: np.ndarray):
@@ -132,6 +133,12 @@ class TritonPythonModel:
         (logprobs,) = self.session.run(["logprobs"], self._feeds(batch, lengths))
         return logprobs, encoded_lengths(lengths, self.layers)
 
+    def _transcript(self, logprobs: np.ndarray, frames: int):
+        """The text, and each word with its start and end in milliseconds (from the best path)."""
+        words = [(w, round(a * self.frame_ms), round(b * self.frame_ms))
+                 for w, a, b in ctc_greedy_words(logprobs, frames, self.vocabulary)]
+        return _text(ctc_greedy(logprobs, frames, self.vocabulary), words)
+
     def _feeds(self, signal: np.ndarray, lengths: np.ndarray) -> dict:
         feeds = {"audio_signal": signal}
         if self.takes_length:
@@ -139,8 +146,10 @@ class TritonPythonModel:
         return feeds
 
 
-def _text(text: str):
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text", np.array([[text.encode()]], dtype=np.object_))])
+def _text(text: str, words: list):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor("text", np.array([[text.encode()]], dtype=np.object_)),
+        pb_utils.Tensor("words", np.array([[json.dumps(words).encode()]], dtype=np.object_))])
 
 
 def _error(message: str):

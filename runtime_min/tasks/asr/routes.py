@@ -1,10 +1,11 @@
-"""Speech endpoints for asr-ctc profiles.
+"""Speech endpoints for asr-ctc profiles, as ASR NIM has them over HTTP.
 
-`POST /v1/audio/transcriptions`: OpenAI's multipart shape (`file`, `model`, `language`,
-`response_format` json | text | verbose_json, `temperature` accepted and ignored as greedy CTC
-has no sampling). The file is any WAV/FLAC/OGG soundfile reads, at any sample rate, mono or
-stereo: it is downmixed and resampled here, then sent to the Triton ensemble (features ->
-encoder -> CTC decoder).
+`POST /v1/audio/transcriptions`: OpenAI's multipart shape (`file`, `model`, `language` as BCP-47,
+`response_format` json | text | verbose_json | srt | vtt, `timestamp_granularities[]` word and/or
+segment, `temperature` accepted and ignored as greedy CTC has no sampling). The file is any
+WAV/FLAC/OGG soundfile reads, at any sample rate, mono or stereo: it is downmixed and resampled
+here, then sent to the Triton ensemble (features -> encoder -> CTC decoder, which also gives each
+word's start and end from the best path).
 
 `POST /v1/audio/transcriptions/stream` (profiles with `mode: str`): the request body is raw
 16-bit little-endian mono PCM, sent as it is captured (chunked transfer encoding), at the rate in
@@ -17,23 +18,21 @@ response streams a server-sent event with the transcript so far after each chunk
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import time
 from typing import AsyncIterator
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect
 
-from prometheus_client import Counter, Histogram
+from runtime_min.http import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready
+from runtime_min.tasks.asr.transcribe import SpeechError, StreamSession, Transcript, transcribe
 
-from runtime_min.http import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready, triton_infer
-
-FORMATS = ("json", "text", "verbose_json")
-_correlation = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+GRANULARITIES = ("word", "segment")
+CUE_WORDS, CUE_GAP_MS = 12, 800  # a subtitle cue ends after this many words, or at a pause this long
 
 
 class SpeechMetrics:
@@ -43,16 +42,27 @@ class SpeechMetrics:
                                        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
 
 
+def language_of(model: ServedModel) -> str:
+    """The BCP-47 language the model transcribes (recorded by the profile, else en-US)."""
+    return str(model.info.get("language") or (model.info.get("runtime") or {}).get("language") or "en-US")
+
+
+def language_matches(requested: str, served: str) -> bool:
+    """`en` and `en-US` name the language `en-US` serves; `de-DE` does not (case is not significant)."""
+    wanted, have = requested.strip().lower().replace("_", "-"), served.lower()
+    return not wanted or wanted == have or wanted == have.split("-")[0]
+
+
 def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_metrics: Metrics) -> None:
     from nimbuild.audio import AudioError, read_audio
 
     metrics = SpeechMetrics(runtime_metrics.registry)
-
     runtime = model.info["runtime"]
     rate, max_seconds = int(runtime["sample_rate"]), float(runtime["max_seconds"])
     shortest = int(runtime["features"]["hop_length"])  # one feature frame
     streaming = model.info.get("mode") == "str"
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
+    served_language = language_of(model)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -66,9 +76,15 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             raise ApiError(400, "file: an audio file is required (multipart/form-data field 'file')", param="file")
         response_format = str(form.get("response_format") or "json")
         if response_format not in FORMATS:
-            raise ApiError(400, f"response_format: expected one of {', '.join(FORMATS)} (srt and vtt are not supported)",
-                           param="response_format")
-        language = str(form.get("language") or "en")
+            raise ApiError(400, f"response_format: expected one of {', '.join(FORMATS)}", param="response_format")
+        granularities = [str(g) for g in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")]
+        unknown = [g for g in granularities if g not in GRANULARITIES]
+        if unknown:
+            raise ApiError(400, f"timestamp_granularities[]: expected word or segment, got {', '.join(unknown)}",
+                           param="timestamp_granularities[]")
+        language = str(form.get("language") or "")
+        if not language_matches(language, served_language):
+            raise ApiError(400, f"language: this model transcribes {served_language}, not {language}", param="language")
         try:
             # decoding and resampling are CPU work: off the event loop, so other requests keep flowing
             audio = await asyncio.to_thread(read_audio, await upload.read(), rate, max_seconds)
@@ -79,16 +95,23 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                            param="file")
         require_ready(triton)
         start = time.perf_counter()
-        text = await _infer(state["client"], model.name, "audio", audio)
+        result = await transcribe(state["client"], model.name, audio)
         metrics.audio_seconds.inc(len(audio) / rate)
         metrics.transcription.observe(time.perf_counter() - start)
+        duration = round(len(audio) / rate, 3)
         if response_format == "text":
-            return PlainTextResponse(text + "\n")
+            return PlainTextResponse(result.text + "\n")
+        if response_format in ("srt", "vtt"):
+            return PlainTextResponse(subtitles(result, duration, response_format),
+                                     media_type="text/vtt" if response_format == "vtt" else "application/x-subrip")
         if response_format == "verbose_json":
-            duration = round(len(audio) / rate, 3)
-            return {"task": "transcribe", "language": language, "duration": duration, "text": text,
-                    "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": text}]}
-        return {"text": text}
+            body = {"task": "transcribe", "language": served_language, "duration": duration, "text": result.text,
+                    "segments": [{"id": i, "seek": 0, "start": a, "end": b, "text": t}
+                                 for i, (t, a, b) in enumerate(segments(result, duration))]}
+            if "word" in granularities:
+                body["words"] = [{"word": w, "start": a / 1000, "end": b / 1000} for w, a, b in result.words]
+            return body
+        return {"text": result.text}
 
     @app.post("/v1/audio/transcriptions/stream")
     async def stream(request: Request):
@@ -97,10 +120,61 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                 "(NIM_TAGS_SELECTOR=mode=str)", code="not_found")
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
-        chunk_bytes = 2 * max(1, source_rate * chunk_ms // 1000)
-        return _DuplexStream(_stream_events(request, state["client"], model, source_rate, rate, chunk_bytes,
-                                            max_seconds, metrics),
-                             media_type="text/event-stream")
+        session = StreamSession(state["client"], model.name, source_rate, rate, chunk_ms, max_seconds)
+        return _DuplexStream(_stream_events(request, session, metrics), media_type="text/event-stream")
+
+
+def segments(result: Transcript, duration: float) -> list[tuple[str, float, float]]:
+    """(text, start s, end s) cues: words grouped until CUE_WORDS of them or a pause of CUE_GAP_MS;
+    the whole clip as one segment when there are no words."""
+    if not result.words:
+        return [(result.text, 0.0, duration)] if result.text else []
+    cues, current = [], []
+    for word in result.words:
+        if current and (len(current) >= CUE_WORDS or word[1] - current[-1][2] >= CUE_GAP_MS):
+            cues.append(current)
+            current = []
+        current.append(word)
+    cues.append(current)
+    return [(" ".join(w for w, _, _ in cue), cue[0][1] / 1000, cue[-1][2] / 1000) for cue in cues]
+
+
+def subtitles(result: Transcript, duration: float, kind: str) -> str:
+    def stamp(seconds: float) -> str:
+        ms = int(round(seconds * 1000))
+        h, m, s = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60
+        return f"{h:02d}:{m:02d}:{s:02d}{',' if kind == 'srt' else '.'}{ms % 1000:03d}"
+
+    cues = [f"{stamp(a)} --> {stamp(b)}\n{text}\n" for text, a, b in segments(result, duration)]
+    if kind == "vtt":
+        return "WEBVTT\n\n" + "\n".join(cues)
+    return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
+
+
+async def _stream_events(request: Request, session: StreamSession, metrics: SpeechMetrics) -> AsyncIterator[bytes]:
+    """Chunks of the request body in, one SSE event per chunk out."""
+    try:
+        async for piece in request.stream():
+            if session.received + len(piece) > MAX_BODY_BYTES:
+                raise SpeechError(f"the stream is over {MAX_BODY_BYTES} bytes")
+            for partial in await session.push(piece):
+                yield _event({"text": partial.text, "is_final": False})
+        final = await session.finish()
+        metrics.audio_seconds.inc(session.seconds)
+        yield _event({"text": final.text, "is_final": True})
+        yield b"data: [DONE]\n\n"
+    except SpeechError as e:
+        yield _event({"error": {"message": str(e), "type": "invalid_request_error"}})
+    except ApiError as e:
+        yield _event({"error": {"message": e.message, "type": e.kind}})
+    except ClientDisconnect:
+        pass
+    finally:
+        await session.close()
+
+
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
 
 
 class _DuplexStream(StreamingResponse):
@@ -134,65 +208,3 @@ def _sample_rate(value: str | None, default: int) -> int:
     if not value.isdigit() or not 8000 <= int(value) <= 192000:
         raise ApiError(400, "sample_rate: expected an integer from 8000 to 192000", param="sample_rate")
     return int(value)
-
-
-async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequence) -> str:
-    import tritonclient.http.aio as triton_http
-
-    tensor = triton_http.InferInput(name, [1, len(audio)], "FP32")
-    tensor.set_data_from_numpy(audio.reshape(1, -1).astype(np.float32), binary_data=True)
-    result = await triton_infer(client, model_name, [tensor], [triton_http.InferRequestedOutput("text", binary_data=True)],
-                                **sequence)
-    return result.as_numpy("text").reshape(-1)[0].decode()
-
-
-async def _stream_events(request: Request, client, model: ServedModel, source_rate: int, rate: int, chunk_bytes: int,
-                         max_seconds: float, metrics: SpeechMetrics) -> AsyncIterator[bytes]:
-    """Chunks of the request body in, one SSE event per chunk out; the sequence always ends (END
-    flag) so Triton drops its state, even when the client sends too much or goes away."""
-    from nimbuild.audio import StreamResampler
-    from runtime_min.tasks.asr import stream_model_name
-
-    corrid, name = next(_correlation), stream_model_name(model.name)
-    pending, received, first, ended = b"", 0, True, False
-    resampler = StreamResampler(source_rate, rate)  # the same samples the whole file would give
-
-    async def send(data: bytes, end: bool) -> str:
-        nonlocal first, ended
-        samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
-        ended = ended or end
-        result = await _infer(client, name, "audio_chunk", resampler.push(samples, final=end),
-                              sequence_id=corrid, sequence_start=first, sequence_end=end)
-        first = False
-        return result
-
-    try:
-        async for piece in request.stream():
-            pending += piece
-            received += len(piece)
-            if received > MAX_BODY_BYTES or received / 2 / source_rate > max_seconds:
-                await send(b"", True)
-                yield _event({"error": {"message": f"the stream is over {max_seconds:.1f} s of audio", "type": "invalid_request_error"}})
-                return
-            while len(pending) >= chunk_bytes:
-                chunk, pending = pending[:chunk_bytes], pending[chunk_bytes:]
-                text = await send(chunk, False)
-                yield _event({"text": text, "is_final": False})
-        text = await send(pending, True)
-        metrics.audio_seconds.inc(received / 2 / source_rate)
-        yield _event({"text": text, "is_final": True})
-        yield b"data: [DONE]\n\n"
-    except ApiError as e:
-        yield _event({"error": {"message": e.message, "type": e.kind}})
-    except ClientDisconnect:
-        pass
-    finally:
-        if not ended and not first:  # end the sequence so the model drops what it kept for it
-            try:
-                await send(b"", True)
-            except ApiError:
-                pass
-
-
-def _event(data: dict) -> bytes:
-    return f"data: {json.dumps(data)}\n\n".encode()

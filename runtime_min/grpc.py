@@ -1,0 +1,82 @@
+"""The gRPC front end (`NIM_GRPC_API_PORT`, default 50051; loopback unless `NIM_GRPC_API_HOST` says
+otherwise): the standard `grpc.health.v1` service, SERVING while Triton is ready, and whatever
+servicers the task adds (Riva's, for speech). It knows no task.
+
+It runs on grpc.aio in the HTTP server's event loop (started and stopped by the app's lifespan),
+so the task's servicers share the HTTP routes' Triton clients. The servicer classes and messages
+are the generated ones the `nvidia-riva-client` package ships, health included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Callable
+
+log = logging.getLogger("runtime_min")
+DEFAULT_PORT = 50051
+MAX_MESSAGE_BYTES = 64 << 20  # a minute of 48 kHz stereo PCM fits; Riva's clients default to 64 MiB
+
+
+def grpc_address() -> tuple[str, int]:
+    host = os.environ.get("NIM_GRPC_API_HOST") or "127.0.0.1"
+    port = os.environ.get("NIM_GRPC_API_PORT") or str(DEFAULT_PORT)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        from nimbuild.errors import NimbuildError
+
+        raise NimbuildError(f"NIM_GRPC_API_PORT={port!r}: expected a port number")
+    return host, int(port)
+
+
+class GrpcFrontEnd:
+    """`add_servicers(server, state)` registers the task's servicers once the shared clients exist."""
+
+    def __init__(self, host: str, port: int, triton, add_servicers: Callable):
+        self.host, self.port, self.triton, self.add_servicers = host, port, triton, add_servicers
+        self.server = None
+
+    async def start(self, state: dict) -> None:
+        import grpc
+        from riva.client.proto import health_pb2_grpc
+
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        health_pb2_grpc.add_HealthServicer_to_server(_health_servicer(self.triton), self.server)
+        self.add_servicers(self.server, state)
+        try:
+            bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise OSError(f"cannot listen for gRPC on {self.host}:{self.port} (in use?); set NIM_GRPC_API_PORT")
+        await self.server.start()
+        log.info("Serving gRPC on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=5)
+
+
+def _health_servicer(triton):
+    """grpc.health.v1.Health: the whole server ("") is SERVING while Triton reports ready. Built
+    here so the generated classes are imported only when a gRPC front end starts."""
+    from riva.client.proto import health_pb2, health_pb2_grpc
+
+    def status():
+        ready = triton.ready.is_set()
+        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    class Health(health_pb2_grpc.HealthServicer):
+        async def Check(self, request, context):
+            return health_pb2.HealthCheckResponse(status=status())
+
+        async def Watch(self, request, context):
+            last = None
+            while True:  # ends when the client cancels (grpc.aio cancels this task)
+                if status() != last:
+                    last = status()
+                    yield health_pb2.HealthCheckResponse(status=last)
+                await asyncio.sleep(0.5)
+
+    return Health()

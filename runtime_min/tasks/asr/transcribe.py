@@ -1,0 +1,134 @@
+"""What the speech front ends (HTTP and Riva's gRPC) share: audio in the forms clients send it, one
+offline transcription through the Triton ensemble, and one stream through the sequence-batched
+model. Errors a client caused are SpeechError (HTTP 400, gRPC INVALID_ARGUMENT); Triton failing is
+an ApiError 503 (gRPC UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime_min.http import triton_infer
+
+_correlation = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+SNIFFED = (b"RIFF", b"fLaC", b"OggS")  # containers whose header says rate and channels
+
+
+class SpeechError(ValueError):
+    """A request the client can fix; the message says how."""
+
+
+@dataclass
+class Transcript:
+    text: str
+    words: list[tuple[str, int, int]] = field(default_factory=list)  # (word, start ms, end ms)
+
+
+def decode_pcm16(data: bytes, channels: int = 1) -> np.ndarray:
+    """16-bit little-endian PCM (interleaved when several channels) -> mono float32 in [-1, 1)."""
+    frame = 2 * max(1, channels)
+    samples = np.frombuffer(data[: len(data) // frame * frame], dtype="<i2").astype(np.float32) / 32768.0
+    return samples.reshape(-1, channels).mean(axis=1) if channels > 1 else samples
+
+
+def wav_header(data: bytes) -> tuple[int, int, int] | None:
+    """(sample rate, channels, offset of the samples) of a 16-bit PCM WAV's header, when `data`
+    holds all of it; None while more bytes are needed. A WAV of another sample format is refused."""
+    if len(data) < 12:
+        return None
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise SpeechError("the stream starts with neither a WAV header nor raw PCM of a stated rate; "
+                          "set encoding LINEAR_PCM and sample_rate_hertz, or send a 16-bit PCM WAV")
+    position, rate, channels = 12, None, None
+    while position + 8 <= len(data):
+        kind, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        body = position + 8
+        if kind == b"fmt ":
+            if body + 16 > len(data):
+                return None
+            audio_format = int.from_bytes(data[body:body + 2], "little")
+            channels = int.from_bytes(data[body + 2:body + 4], "little")
+            rate = int.from_bytes(data[body + 4:body + 8], "little")
+            bits = int.from_bytes(data[body + 14:body + 16], "little")
+            if audio_format not in (1, 0xFFFE) or bits != 16:
+                raise SpeechError(f"streamed WAV audio must be 16-bit PCM (this one is format {audio_format}, "
+                                  f"{bits}-bit); send it offline, or as LINEAR_PCM")
+        elif kind == b"data":
+            if rate is None or not channels:
+                raise SpeechError("the WAV header has no fmt chunk before its data")
+            return rate, channels, body
+        position = body + size + (size & 1)
+        if position > 1 << 20:
+            raise SpeechError("the WAV header is over 1 MiB; that is not a header")
+    return None
+
+
+async def transcribe(client, model_name: str, audio: np.ndarray) -> Transcript:
+    """One utterance (float32 at the model's rate) through the offline ensemble."""
+    text, words = await _infer(client, model_name, "audio", audio)
+    return Transcript(text, words)
+
+
+async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequence) -> tuple[str, list]:
+    import tritonclient.http.aio as triton_http
+
+    tensor = triton_http.InferInput(name, [1, len(audio)], "FP32")
+    tensor.set_data_from_numpy(audio.reshape(1, -1).astype(np.float32), binary_data=True)
+    outputs = [triton_http.InferRequestedOutput(n, binary_data=True) for n in ("text", "words")]
+    result = await triton_infer(client, model_name, [tensor], outputs, **sequence)
+    text = result.as_numpy("text").reshape(-1)[0].decode()
+    return text, [tuple(w) for w in json.loads(result.as_numpy("words").reshape(-1)[0].decode())]
+
+
+class StreamSession:
+    """One stream into the sequence-batched model: 16-bit mono PCM at `source_rate` in, one
+    transcript so far per `chunk_ms` of audio out, then the final one. The sequence always ends
+    (END flag), so Triton drops its state even when the client goes away: call `close`."""
+
+    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int, max_seconds: float):
+        from nimbuild.audio import StreamResampler
+
+        self.client, self.model_name = client, model_name
+        self.source_rate, self.max_seconds = source_rate, max_seconds
+        self.chunk_bytes = 2 * max(1, source_rate * chunk_ms // 1000)
+        self.resampler = StreamResampler(source_rate, rate)  # the same samples the whole file would give
+        self.corrid = next(_correlation)
+        self.pending, self.received, self.started, self.ended = b"", 0, False, False
+
+    @property
+    def seconds(self) -> float:
+        return self.received / 2 / self.source_rate
+
+    async def push(self, data: bytes) -> list[Transcript]:
+        self.pending += data
+        self.received += len(data)
+        if self.seconds > self.max_seconds:
+            await self.close()
+            raise SpeechError(f"the stream is over {self.max_seconds:.1f} s of audio, this model's limit")
+        out = []
+        while len(self.pending) >= self.chunk_bytes:
+            chunk, self.pending = self.pending[:self.chunk_bytes], self.pending[self.chunk_bytes:]
+            out.append(await self._send(chunk, end=False))
+        return out
+
+    async def finish(self) -> Transcript:
+        pending, self.pending = self.pending, b""
+        return await self._send(pending, end=True)
+
+    async def close(self) -> None:
+        if self.started and not self.ended:
+            try:
+                await self._send(b"", end=True)
+            except Exception:  # Triton is gone: it holds no state for us any more
+                pass
+
+    async def _send(self, data: bytes, end: bool) -> Transcript:
+        audio = self.resampler.push(decode_pcm16(data), final=end)
+        first, self.started, self.ended = not self.started, True, self.ended or end
+        text, words = await _infer(self.client, f"{self.model_name}-stream", "audio_chunk", audio,
+                                   sequence_id=self.corrid, sequence_start=first, sequence_end=end)
+        return Transcript(text, words)
