@@ -531,18 +531,25 @@ def test_streaming_gives_partials_then_the_offline_transcript(served_digits, hel
     assert events[-1]["text"] == _transcribe(served_digits.url, native).json()["text"]
 
 
-def test_concurrent_streams_keep_their_own_audio(served_digits, held_out):
-    """Sequences from several clients share the sequence-batched model's batches; each must still
-    get its own transcript."""
+def test_concurrent_streams_keep_their_own_audio_and_end_near_the_offline_transcript(served_digits, held_out):
+    """All 40 held-out clips streamed by 8 clients at once (they share the sequence-batched model's
+    batches). Streams are decoded buffered (bounded left context, 800 ms right context), so a final
+    may differ from the offline transcript; measured: 38 of 40 equal, the other two one word off
+    (word error rate against the truth 3.9% streamed, 2.4% offline)."""
     import concurrent.futures
 
     import soundfile
 
-    clips = [soundfile.read(str(native), dtype="int16") for _, _, native in held_out[4:12]]
+    trainer = _trainer()
+    clips = [soundfile.read(str(native), dtype="int16") for _, _, native in held_out]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         finals = list(pool.map(lambda c: _stream(served_digits.url, c[0].tobytes(), c[1])[-1]["text"], clips))
-    expected = [_transcribe(served_digits.url, native).json()["text"] for _, _, native in held_out[4:12]]
-    assert finals == expected
+    offline = [_transcribe(served_digits.url, native).json()["text"] for _, _, native in held_out]
+    truth = [text for text, _, _ in held_out]
+    assert sum(f == o for f, o in zip(finals, offline)) >= 36, list(zip(finals, offline))
+    for final, own in zip(finals, offline):  # each stream heard its own audio, not a neighbour's
+        assert trainer.word_error_rate([own], [final]) <= 0.34, (final, own)
+    assert trainer.word_error_rate(truth, finals) <= trainer.word_error_rate(truth, offline) + 0.03
 
 
 def test_an_offline_profile_says_streaming_needs_a_str_profile(digits_compiled, tmp_path):
@@ -680,14 +687,18 @@ def test_bad_riva_requests_get_invalid_argument_or_not_found(served_digits, held
         return list(service.stub.StreamingRecognize(iter(requests), timeout=30))
 
     SR, SRC = riva.client.proto.riva_asr_pb2.StreamingRecognizeRequest, riva.client.StreamingRecognitionConfig
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(1600, np.float32), 16000, format="WAV", subtype="PCM_24")
+    wav24 = buffer.getvalue()
     streaming = [
         ([SR(audio_content=b"\x00" * 3200)], "must carry streaming_config"),
         ([SR(streaming_config=SRC(config=RC()))], "the stream ended before any audio"),
         ([SR(streaming_config=SRC(config=RC())), SR(audio_content=b"\x01" * 3200)], "neither a WAV header"),
         ([SR(streaming_config=SRC(config=RC(encoding=LINEAR)))], "LINEAR_PCM streams need their rate"),
         ([SR(streaming_config=SRC(config=RC(encoding=riva.client.AudioEncoding.FLAC)))], "not FLAC"),
-        ([SR(streaming_config=SRC(config=RC(encoding=LINEAR, sample_rate_hertz=16000))),
-          SR(audio_content=b"\x00\x00" * 16000 * 21)], "over 20.0 s of audio"),
+        ([SR(streaming_config=SRC(config=RC())), SR(audio_content=wav24)], "must be 16-bit PCM"),
     ]
     for requests, fragment in streaming:
         with pytest.raises(grpc.RpcError) as error:

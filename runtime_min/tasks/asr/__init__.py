@@ -48,7 +48,8 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     vocab = len(json.loads((workspace / info["runtime"]["vocabulary"]).read_text())["tokens"]) + 1
     core_in, core_out = core_io(info, vocab)
     features = core_in[0].dims[0]
-    files = {"model.py": MODEL, "nimbuild/__init__.py": AUDIO.with_name("__init__.py"), "nimbuild/audio.py": AUDIO,
+    files = {"model.py": MODEL, "buffered.py": MODEL.with_name("buffered.py"),
+             "nimbuild/__init__.py": AUDIO.with_name("__init__.py"), "nimbuild/audio.py": AUDIO,
              "model_info.json": workspace / "model_info.json", "asr": workspace / "asr"}
     length = Tensor("length", "int64", [1])
     text = Tensor("text", "string", [1])

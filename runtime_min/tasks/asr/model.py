@@ -6,10 +6,11 @@ Offline (`mode: ofl`), an ensemble of three models, each with its own dynamic ba
               audio_signal, length -> logprobs [frames', vocab+1], cut to each utterance's encoded
               length (absent when the core runs on a native backend as its own ensemble step)
     decoder   logprobs and the feature length -> CTC greedy decoding over the encoded frames -> text
-Streaming (`mode: str`), one sequence-batched model, as Triton's Kaldi ASR integration does: chunks
-arrive with a correlation id and start/end flags; the model keeps each sequence's audio and answers
-every chunk with the transcript so far. The graph is an offline (full-context) model, so each
-answer re-decodes the audio heard so far (bounded by the profile's maximum frames).
+Streaming (`mode: str`), one sequence-batched model, as Triton's Kaldi ASR integration does: pieces
+of audio arrive with a correlation id and start/end flags, and every piece is answered with the
+transcript so far. The encoder is full-context, so the stream is decoded buffered (buffered.py):
+each chunk is committed from a window of bounded left context and one chunk of right context, so
+a chunk's work stays flat however long the stream runs.
 
 The arithmetic is nimbuild.audio's, the same code the build checked against NeMo.
 """
@@ -24,6 +25,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 HERE = Path(__file__).resolve().parent
+LEFT_CONTEXT_MS = 4000  # audio before a chunk that its window sees, as NeMo's buffered inference's 4 s buffer
+RIGHT_CONTEXT_MS = 800  # audio after it: 400 ms left 5 of 40 held-out finals unlike offline, 800 ms 2 (README)
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
 from nimbuild.audio import FrontEnd, Vocabulary, ctc_greedy, ctc_greedy_words, encoded_lengths, frame_seconds  # noqa: E402
@@ -52,7 +55,17 @@ class TritonPythonModel:
         if self.stage in ("decoder", "stream"):
             self.vocabulary = Vocabulary.load(workspace / runtime["vocabulary"])
             self.frame_ms = 1000.0 * frame_seconds(runtime)
-        self.streams: dict[int, list[np.ndarray]] = {}
+        # streaming (buffered.py): encoder frames in samples, the chunk committed at a time, the left context kept
+        streaming = runtime.get("streaming") or {}
+        rate = int(runtime["sample_rate"])
+        self.unit = round(frame_seconds(runtime) * rate)
+        self.chunk = int(streaming.get("chunk_ms") or 400) * rate // 1000
+        left_ms = streaming.get("left_context_ms") or LEFT_CONTEXT_MS
+        self.right_context = int(streaming.get("right_context_ms") or RIGHT_CONTEXT_MS) * rate // 1000
+        # a window (left context, chunk, right context) must fit the profile's largest input
+        room = self.max_frames * int(runtime["features"]["hop_length"]) - self.chunk - self.right_context
+        self.left_context = max(0, min(int(left_ms) * rate // 1000, room))
+        self.streams: dict = {}
 
     def execute(self, requests):
         return getattr(self, "_" + self.stage)(requests)
@@ -88,32 +101,57 @@ class TritonPythonModel:
         return responses
 
     def _stream(self, requests):
-        """One chunk per request, from different sequences: decode every sequence's audio so far in one batch."""
-        live, responses = [], [None] * len(requests)
+        """One piece of audio per request, from different sequences (buffered.py): commit every
+        sequence's chunks that have their right context, then one window per sequence for its
+        partial (or, at the end, its last frames); each round of windows is one batched run."""
+        from buffered import BufferedStream
+
+        responses, live = [None] * len(requests), []
         for i, request in enumerate(requests):
             corrid = int(pb_utils.get_input_tensor_by_name(request, "CORRID").as_numpy().reshape(-1)[0])
             start = bool(pb_utils.get_input_tensor_by_name(request, "START").as_numpy().reshape(-1)[0])
             end = bool(pb_utils.get_input_tensor_by_name(request, "END").as_numpy().reshape(-1)[0])
             chunk = pb_utils.get_input_tensor_by_name(request, "audio_chunk").as_numpy().reshape(-1)
             if start or corrid not in self.streams:
-                self.streams[corrid] = []
-            self.streams[corrid].append(chunk.astype(np.float32))
-            audio = np.concatenate(self.streams[corrid])
+                self.streams[corrid] = BufferedStream(self.unit, self.chunk, self.left_context, self.right_context)
+            stream = self.streams[corrid]
+            stream.push(chunk)
             if end:
                 del self.streams[corrid]
-            frames = self.front.frames(len(audio))
-            if frames > self.max_frames:
-                self.streams.pop(corrid, None)
-                responses[i] = _error(f"the stream is over this profile's {self.max_frames} frames; end it sooner")
-            elif frames < 1:
-                responses[i] = _text("", [])
+            live.append((i, stream, end))
+        tentative = {}  # a commit's right-context frames: the partial then needs no run of its own
+        while True:  # commit rounds: usually one chunk per sequence, more when a client sent a lot at once
+            ready = [(stream, *stream.window(final=False)) for _, stream, _ in live if stream.ready()]
+            if not ready:
+                break
+            for (stream, _, keep_from, keep_to), logprobs in zip(ready, self._windows([w[1] for w in ready])):
+                tentative[id(stream)] = stream.commit(logprobs, keep_from, keep_to, final=False)
+        for i, stream, end in live:
+            if not end and id(stream) in tentative and not stream.ready():
+                merged = stream.logprobs(tentative[id(stream)])
+                responses[i] = self._transcript(merged, len(merged))
+        windows = [(i, stream, end, *stream.window(final=end)) for i, stream, end in live if responses[i] is None]
+        heard = [w for w in windows if self.front.frames(len(w[3])) >= 1]
+        for (i, stream, end, _, keep_from, _), logprobs in zip(heard, self._windows([w[3] for w in heard])):
+            if end:
+                stream.commit(logprobs, keep_from, None, final=True)
+                merged = stream.logprobs()
             else:
-                live.append((i, audio, frames))
-        if live:
-            logprobs, encoded = self._run([self.front(audio) for _, audio, _ in live], [n for _, _, n in live])
-            for row, (i, _, _) in enumerate(live):
-                responses[i] = self._transcript(logprobs[row], int(encoded[row]))
+                merged = stream.logprobs(logprobs[keep_from:])
+            responses[i] = self._transcript(merged, len(merged))
+        for i, stream, end in live:
+            if responses[i] is None:
+                merged = stream.logprobs()
+                responses[i] = self._transcript(merged, len(merged)) if len(merged) else _text("", [])
         return responses
+
+    def _windows(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        """Each window's valid log-probs [frames', vocab+1], the windows run as one batch."""
+        if not audios:
+            return []
+        frames = [self.front.frames(len(a)) for a in audios]
+        logprobs, encoded = self._run([self.front(a) for a in audios], frames)
+        return [logprobs[row, :int(encoded[row])] for row in range(len(audios))]
 
     def _run(self, feats: list[np.ndarray], lengths: np.ndarray):
         """[batch, frames', vocab+1] log-probs and each row's valid frames; a graph without length

@@ -133,7 +133,7 @@ def _servicer(model: ServedModel, triton, state: dict):
                         raise SpeechError("streaming_config may come only in the first request")
                     pcm = stream.feed(request.audio_content)
                     if pcm and session is None:
-                        session = StreamSession(state["client"], model.name, stream.rate, rate, chunk_ms, max_seconds)
+                        session = StreamSession(state["client"], model.name, stream.rate, rate, chunk_ms)
                         opened.append(session)
                     for partial in (await session.push(pcm)) if pcm else []:
                         if interim:

@@ -120,7 +120,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                 "(NIM_TAGS_SELECTOR=mode=str)", code="not_found")
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
-        session = StreamSession(state["client"], model.name, source_rate, rate, chunk_ms, max_seconds)
+        session = StreamSession(state["client"], model.name, source_rate, rate, chunk_ms)
         return _DuplexStream(_stream_events(request, session, metrics), media_type="text/event-stream")
 
 

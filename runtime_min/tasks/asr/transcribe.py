@@ -15,6 +15,9 @@ import numpy as np
 from runtime_min.http import triton_infer
 
 _correlation = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+# A stream's work per chunk is flat (buffered decoding keeps a bounded window), so its length is
+# bounded only by what the transcript so far costs to hold: an hour.
+MAX_STREAM_SECONDS = 3600.0
 SNIFFED = (b"RIFF", b"fLaC", b"OggS")  # containers whose header says rate and channels
 
 
@@ -89,7 +92,8 @@ class StreamSession:
     transcript so far per `chunk_ms` of audio out, then the final one. The sequence always ends
     (END flag), so Triton drops its state even when the client goes away: call `close`."""
 
-    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int, max_seconds: float):
+    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int,
+                 max_seconds: float = MAX_STREAM_SECONDS):
         from nimbuild.audio import StreamResampler
 
         self.client, self.model_name = client, model_name
