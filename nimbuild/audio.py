@@ -196,12 +196,14 @@ def ctc_greedy(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) -> str
     return vocabulary.text([int(t) for t in best[keep] if t != vocabulary.blank])
 
 
-def ctc_greedy_words(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) -> list[tuple[str, int, int]]:
-    """The best path's words with the encoder frames they span: (word, first frame, frame after
-    the last). A token occupies the frames of its run; a word runs from its first token's first
-    frame to its last token's last frame (blanks between words belong to neither)."""
+def ctc_greedy_words(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) -> list[tuple[str, int, int, float]]:
+    """The best path's words with the encoder frames they span and a confidence: (word, first
+    frame, frame after the last, confidence). A token occupies the frames of its run; a word runs
+    from its first token's first frame to its last token's last frame (blanks between words belong
+    to neither). The confidence is the mean posterior of the best path over the word's frames."""
     best = logprobs[:length].argmax(axis=-1)
-    words: list[tuple[str, int, int]] = []
+    posterior = np.exp(logprobs[:length].max(axis=-1))  # the graph's outputs are log-softmax
+    words: list[tuple[str, int, int, float]] = []
     pieces: list[str] = []
     start = end = 0
     t = 0
@@ -213,7 +215,7 @@ def ctc_greedy_words(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) 
             piece = vocabulary.tokens[token]
             boundary = piece == " " or (vocabulary.kind == "sentencepiece" and piece.startswith("\u2581"))
             if boundary and pieces:
-                words.append(("".join(pieces), start, end))
+                words.append(("".join(pieces), start, end, float(posterior[start:end].mean())))
                 pieces = []
             piece = piece.replace("\u2581", "") if vocabulary.kind == "sentencepiece" else piece.strip()
             if piece:
@@ -223,7 +225,7 @@ def ctc_greedy_words(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) 
                 end = run_end
         t = run_end
     if pieces:
-        words.append(("".join(pieces), start, end))
+        words.append(("".join(pieces), start, end, float(posterior[start:end].mean())))
     return words
 
 

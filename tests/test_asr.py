@@ -595,6 +595,10 @@ def test_riva_client_recognizes_a_file_as_the_http_api_does(served_digits, held_
         assert alternative.transcript == expected
         assert [w.word for w in alternative.words] == expected.split()
         assert all(0 <= w.start_time < w.end_time <= result.audio_processed * 1000 + 50 for w in alternative.words)
+        # confidences are the best path's posteriors: in (0, 1], the alternative's their mean
+        confidences = [w.confidence for w in alternative.words]
+        assert all(0 < c <= 1 for c in confidences)
+        assert alternative.confidence == pytest.approx(sum(confidences) / len(confidences), abs=1e-4)
         assert abs(result.audio_processed - soundfile.info(str(path)).duration) < 0.01
         # raw 16-bit PCM at espeak-ng's own 22.05 kHz, the rate stated: resampled by the server
         audio, rate = soundfile.read(str(native), dtype="int16")

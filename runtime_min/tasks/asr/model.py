@@ -172,9 +172,9 @@ class TritonPythonModel:
         return logprobs, encoded_lengths(lengths, self.layers)
 
     def _transcript(self, logprobs: np.ndarray, frames: int):
-        """The text, and each word with its start and end in milliseconds (from the best path)."""
-        words = [(w, round(a * self.frame_ms), round(b * self.frame_ms))
-                 for w, a, b in ctc_greedy_words(logprobs, frames, self.vocabulary)]
+        """The text, and each word with its start and end in milliseconds and its confidence (from the best path)."""
+        words = [(w, round(a * self.frame_ms), round(b * self.frame_ms), round(c, 4))
+                 for w, a, b, c in ctc_greedy_words(logprobs, frames, self.vocabulary)]
         return _text(ctc_greedy(logprobs, frames, self.vocabulary), words)
 
     def _feeds(self, signal: np.ndarray, lengths: np.ndarray) -> dict:

@@ -13,7 +13,9 @@ unchanged.
   profile.
 - `GetRivaSpeechRecognitionConfig`: the served model, `type` offline (and online for a streaming
   profile), with `language_code`, as Riva's CLIs read them for `--list-models`.
-- `enable_word_time_offsets` fills `words` (start and end in milliseconds) from the CTC best path.
+- `enable_word_time_offsets` fills `words` (start and end in milliseconds) from the CTC best path;
+  confidences are the best path's mean posterior over a word's frames (the alternative's: the
+  mean over its words).
 Bad input is INVALID_ARGUMENT (or NOT_FOUND for a model or mode not served) with one message;
 Triton being down is UNAVAILABLE.
 """
@@ -90,9 +92,9 @@ def _servicer(model: ServedModel, triton, state: dict):
         return resample(samples, config.sample_rate_hertz, rate)
 
     def alternative(result: Transcript, words: bool):
-        alt = rasr.SpeechRecognitionAlternative(transcript=result.text, confidence=1.0 if result.text else 0.0)
+        alt = rasr.SpeechRecognitionAlternative(transcript=result.text, confidence=result.confidence)
         if words:
-            alt.words.extend(rasr.WordInfo(word=w, start_time=a, end_time=b, confidence=1.0) for w, a, b in result.words)
+            alt.words.extend(rasr.WordInfo(word=w, start_time=a, end_time=b, confidence=c) for w, a, b, c in result.words)
         return alt
 
     class Servicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):

@@ -109,7 +109,8 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                     "segments": [{"id": i, "seek": 0, "start": a, "end": b, "text": t}
                                  for i, (t, a, b) in enumerate(segments(result, duration))]}
             if "word" in granularities:
-                body["words"] = [{"word": w, "start": a / 1000, "end": b / 1000} for w, a, b in result.words]
+                body["words"] = [{"word": w, "start": a / 1000, "end": b / 1000, "confidence": c}
+                                 for w, a, b, c in result.words]
             return body
         return {"text": result.text}
 
@@ -136,7 +137,7 @@ def segments(result: Transcript, duration: float) -> list[tuple[str, float, floa
             current = []
         current.append(word)
     cues.append(current)
-    return [(" ".join(w for w, _, _ in cue), cue[0][1] / 1000, cue[-1][2] / 1000) for cue in cues]
+    return [(" ".join(w[0] for w in cue), cue[0][1] / 1000, cue[-1][2] / 1000) for cue in cues]
 
 
 def subtitles(result: Transcript, duration: float, kind: str) -> str:

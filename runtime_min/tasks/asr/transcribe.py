@@ -28,7 +28,12 @@ class SpeechError(ValueError):
 @dataclass
 class Transcript:
     text: str
-    words: list[tuple[str, int, int]] = field(default_factory=list)  # (word, start ms, end ms)
+    words: list[tuple[str, int, int, float]] = field(default_factory=list)  # (word, start ms, end ms, confidence)
+
+    @property
+    def confidence(self) -> float:
+        """The mean of the words' confidences (0 when nothing was heard)."""
+        return sum(w[3] for w in self.words) / len(self.words) if self.words else 0.0
 
 
 def decode_pcm16(data: bytes, channels: int = 1) -> np.ndarray:
