@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 NIMBUILD := $(VENV)/bin/nimbuild
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 8000
+DEMO_GRPC_PORT ?= 50051
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -64,7 +65,8 @@ demo: install system-deps
 	$(NIMBUILD) publish build/profiles/asr-digits --registry build/registry --force
 	NIM_CACHE_PATH=build/cache NIM_TAGS_SELECTOR=mode=str $(NIMBUILD) pull asr-digits:0.1.0 --registry build/registry --select --dest build/pulled-asr
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-asr/profiles.yaml
-	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_TAGS_SELECTOR=mode=str $(PY) scripts/demo_speech.py build/pulled-asr/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
+		$(PY) scripts/demo_speech.py build/pulled-asr/profiles.yaml
 
 bench: install system-deps
 	$(PY) bench/run.py

@@ -1,7 +1,9 @@
 """The speech end of `make demo`: speak a sentence with espeak-ng, serve the asr-digits profile with
 runtime_min, transcribe the recording through POST /v1/audio/transcriptions (espeak-ng's own
-22.05 kHz WAV: the server resamples it), then stream the same audio in 400 ms pieces to the
-streaming endpoint and print its partial transcripts, and stop the runtime with SIGTERM."""
+22.05 kHz WAV: the server resamples it), then stream the same audio in 100 ms pieces to the
+streaming endpoint and print its partial transcripts; then the same through Riva's gRPC API with
+the official nvidia-riva-client (offline with word times, and streaming with interim results), as
+Speech NIM clients call it; and stop the runtime with SIGTERM."""
 
 from __future__ import annotations
 
@@ -45,7 +47,28 @@ def main(manifest: str, port: int) -> int:
                 if line.startswith("data: {"):
                     event = json.loads(line[6:])
                     print(f"  stream {'final  ' if event.get('is_final') else 'partial'}: {event.get('text')!r}")
-        return 0 if result["text"] else 1
+        riva_text = _riva(wav)
+        return 0 if result["text"] and riva_text == result["text"] else 1
+
+
+def _riva(wav: Path) -> str:
+    """Riva's RivaSpeechRecognition on NIM_GRPC_API_PORT: the file's bytes as Riva's scripts send them."""
+    import riva.client
+
+    address = f"127.0.0.1:{os.environ.get('NIM_GRPC_API_PORT', '50051')}"
+    service = riva.client.ASRService(riva.client.Auth(uri=address))
+    config = riva.client.RecognitionConfig(language_code="en-US", enable_word_time_offsets=True)
+    result = service.offline_recognize(wav.read_bytes(), config).results[0].alternatives[0]
+    words = ", ".join(f"{w.word} {w.start_time}-{w.end_time} ms" for w in result.words)
+    print(f"gRPC {address} RivaSpeechRecognition/Recognize -> {result.transcript!r} ({words})")
+    streaming = riva.client.StreamingRecognitionConfig(config=riva.client.RecognitionConfig(language_code="en-US"),
+                                                       interim_results=True)
+    with riva.client.AudioChunkFileIterator(str(wav), 2205) as chunks:  # 100 ms of espeak-ng's 22.05 kHz
+        for response in service.streaming_response_generator(chunks, streaming):
+            for r in response.results:
+                print(f"  gRPC stream {'final  ' if r.is_final else 'interim'}: {r.alternatives[0].transcript!r} "
+                      f"({r.audio_processed:.1f} s heard)")
+    return result.transcript
 
 
 if __name__ == "__main__":
