@@ -1,4 +1,5 @@
-"""`python -m runtime_min serve` (also `nimbuild serve`)."""
+"""`python -m runtime_min serve | create-model-store | list-model-profiles` (NIM's commands; the first
+two also as `nimbuild serve` and `nimbuild create-model-store`)."""
 
 from __future__ import annotations
 

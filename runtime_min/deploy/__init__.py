@@ -102,13 +102,14 @@ def plan(kind: str, workspace: Path, info: dict, servers: list, gpu: bool) -> tu
 
 def write_store(name: str, info: dict, core: Core, workspace: Path, store: Path) -> list[str]:
     """Write every model of the profile into `store` (created, or emptied of those models), staged
-    in a temporary directory beside it and moved in only when complete."""
+    in a temporary directory beside it (not in it: Triton would take it for a model) and moved in
+    only when complete."""
     from runtime_min.deploy.config import write_models
     from runtime_min.tasks import task_module
 
     models = task_module(info).models(name, info, core, workspace)
     store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
+    staging = Path(tempfile.mkdtemp(prefix=f".{store.name}-staging-", dir=store.resolve().parent))
     try:
         write_models(models, staging)
         for model in models:

@@ -27,9 +27,8 @@ import asyncio
 import numpy as np
 
 from runtime_min.http import ApiError, ServedModel
-from runtime_min.tasks.asr.routes import language_of, language_matches
 from runtime_min.tasks.asr.transcribe import SNIFFED, SpeechError, StreamSession, Transcript, decode_pcm16, \
-    transcribe, wav_header
+    language_matches, language_of, transcribe, wav_header
 
 INTERIM_STABILITY = 0.5  # a CTC partial can still change as more audio arrives; a final cannot
 

@@ -28,7 +28,7 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect
 
 from runtime_min.http import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready
-from runtime_min.tasks.asr.transcribe import SpeechError, StreamSession, Transcript, transcribe
+from runtime_min.tasks.asr.transcribe import SpeechError, StreamSession, Transcript, language_matches, language_of, transcribe
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")
@@ -40,17 +40,6 @@ class SpeechMetrics:
         self.audio_seconds = Counter("nimbuild_audio_seconds_total", "Seconds of audio transcribed", registry=registry)
         self.transcription = Histogram("nimbuild_transcription_seconds", "Time to transcribe one file",
                                        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
-
-
-def language_of(model: ServedModel) -> str:
-    """The BCP-47 language the model transcribes (recorded by the profile, else en-US)."""
-    return str(model.info.get("language") or (model.info.get("runtime") or {}).get("language") or "en-US")
-
-
-def language_matches(requested: str, served: str) -> bool:
-    """`en` and `en-US` name the language `en-US` serves; `de-DE` does not (case is not significant)."""
-    wanted, have = requested.strip().lower().replace("_", "-"), served.lower()
-    return not wanted or wanted == have or wanted == have.split("-")[0]
 
 
 def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_metrics: Metrics) -> None:
