@@ -58,25 +58,38 @@ def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 class StreamResampler:
     """Resamples audio that arrives in pieces so that the pieces out, joined, equal resampling the
-    whole recording at once (what the offline endpoint does): the growing input is resampled
-    whole each time and only settled output is released. The last samples depend on input still
-    to come (the polyphase filter reaches about 10 output samples ahead), so HOLD are kept back
-    until the end."""
+    whole recording at once (what the offline endpoint does), at a cost per piece that does not
+    grow with the stream. Each push resamples only a tail of the input: it starts on a multiple of
+    the rate ratio's denominator (so its outputs fall on the whole recording's output grid) and far
+    enough back that every output released has the polyphase filter's full support (about 10
+    output samples either side) inside it. The last HOLD outputs depend on input still to come, so
+    they are kept back until the end."""
 
     HOLD = 64
 
     def __init__(self, rate: int, target: int):
         self.rate, self.target = int(rate), int(target)
-        self.heard = np.zeros(0, dtype=np.float32)
-        self.sent = 0
+        g = math.gcd(self.rate, self.target)
+        self.up, self.down = self.target // g, self.rate // g
+        self.tail = np.zeros(0, dtype=np.float32)
+        self.base = 0  # the input index of tail[0], a multiple of `down`
+        self.sent = 0  # outputs released so far
 
     def push(self, samples: np.ndarray, final: bool = False) -> np.ndarray:
         if self.rate == self.target:
             return np.asarray(samples, dtype=np.float32)
-        self.heard = np.concatenate([self.heard, np.asarray(samples, dtype=np.float32)])
-        whole = resample(self.heard, self.rate, self.target) if len(self.heard) else np.zeros(0, np.float32)
-        upto = len(whole) if final else max(self.sent, len(whole) - self.HOLD)
-        out, self.sent = whole[self.sent:upto], upto
+        self.tail = np.concatenate([self.tail, np.asarray(samples, dtype=np.float32)])
+        if not len(self.tail):
+            return np.zeros(0, np.float32)
+        window = resample(self.tail, self.rate, self.target)
+        first = self.base // self.down * self.up  # the whole recording's output index of window[0]
+        upto = first + len(window) if final else max(self.sent, first + len(window) - self.HOLD)
+        out = window[self.sent - first:upto - first]
+        self.sent = upto
+        # keep input from 2 x HOLD outputs before what is released next, on the denominator's grid
+        keep_from = max(0, (self.sent - 2 * self.HOLD) * self.down // self.up) // self.down * self.down
+        if keep_from > self.base:
+            self.tail, self.base = self.tail[keep_from - self.base:], keep_from
         return out
 
 
