@@ -35,6 +35,7 @@ class GrpcFrontEnd:
     def __init__(self, host: str, port: int, triton, add_servicers: Callable):
         self.host, self.port, self.triton, self.add_servicers = host, port, triton, add_servicers
         self.server = None
+        self.started = False
 
     async def start(self, state: dict) -> None:
         import grpc
@@ -51,6 +52,7 @@ class GrpcFrontEnd:
         if not bound:
             raise OSError(f"cannot listen for gRPC on {self.host}:{self.port} (in use?); set NIM_GRPC_API_PORT")
         await self.server.start()
+        self.started = True
         log.info("Serving gRPC on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:

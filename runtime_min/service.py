@@ -155,6 +155,9 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda number, frame: log.info("received signal %d; shutting down", number))
             server["uvicorn"].run()  # returns after SIGTERM/SIGINT, once in-flight requests finish
+            if not server["uvicorn"].started or any(not f.started for f in front_ends):
+                log.error("the API did not start (see above)")  # uvicorn logged why (a port taken, say)
+                exit_code["value"] = 1
         finally:
             triton.stop()
             log.info("Triton stopped")

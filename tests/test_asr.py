@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -711,6 +712,25 @@ def test_bad_riva_requests_get_invalid_argument_or_not_found(served_digits, held
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in error.value.details(), \
             (fragment, error.value.details())
     assert service.offline_recognize(clip, RC()).results[0].alternatives[0].transcript, "still serving"
+
+
+def test_a_grpc_port_in_use_is_one_line_before_triton_starts(digits_compiled, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "runtime_min", "serve", "-m", str(digits_compiled / "profiles.yaml"),
+                                 "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "NIM_GRPC_API_PORT": str(port), "NIM_TAGS_SELECTOR": "mode=ofl",
+                                     "NIM_CACHE_PATH": str(tmp_path / "cache")})
+    assert result.returncode != 0 and f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr and "Starting" not in result.stderr, "refused before Triton starts"
 
 
 def test_g711_decoding_matches_the_standard_tables():
