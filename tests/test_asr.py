@@ -716,7 +716,6 @@ def test_bad_riva_requests_get_invalid_argument_or_not_found(served_digits, held
 
 def test_a_grpc_port_in_use_is_one_line_before_triton_starts(digits_compiled, tmp_path):
     import socket
-    import subprocess
     import sys
 
     from servers import free_port
