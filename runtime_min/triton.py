@@ -210,6 +210,7 @@ class TritonServer:
         """Readiness drops the moment Triton exits; restart it with backoff, a bounded number of times."""
         while not self._stopping.is_set():
             code = self.process.wait()
+            self._reap_group()
             if self._stopping.is_set():
                 return
             self.ready.clear()
@@ -239,6 +240,18 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process:
+            self._reap_group()
+
+    def _reap_group(self) -> None:
+        """Kill what is left of a Triton that has exited: its Python backend stubs share its process
+        group and, when Triton dies by SIGKILL or a crash, outlive it as orphans holding memory."""
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -309,6 +309,17 @@ def test_a_triton_that_keeps_dying_ends_the_runtime_with_exit_1(published, tmp_p
     assert len(killed) == 4, "the first start and three restarts"
     assert "gave up after 3 restarts" in served.log.read_text()
     assert not served.triton_pids()
+    for pid in killed:  # each killed Triton's Python backend stubs (its process group) were reaped too
+        left = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+        assert [p for p in left if _alive(p)] == [], f"processes of the killed tritonserver {pid} outlived it: {left}"
+
+
+def _alive(pid: str) -> bool:
+    """Running, not a zombie waiting for PID 1 to reap it (a zombie holds no memory)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_triton_does_not_outlive_a_killed_runtime(published, tmp_path):
