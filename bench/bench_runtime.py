@@ -55,10 +55,10 @@ def _bare_triton(workspace: Path, cache: Path) -> float:
     from runtime_min.triton import TritonServer, locate_triton
 
     repository = Path(tempfile.mkdtemp(dir=cache))
-    info = read_info(workspace)
-    _, core = plan("onnxruntime", workspace, info, [locate_triton(cache)], gpu=False)
+    info, install = read_info(workspace), locate_triton(cache)
+    _, core = plan("onnxruntime", workspace, info, [install], gpu=False)
     write_store("minilm-embed", info, core, workspace, repository)
-    server = TritonServer(locate_triton(cache), repository, cache / "bare.log")
+    server = TritonServer(install, repository, cache / "bare.log")
     start = time.perf_counter()
     server.start()
     elapsed = time.perf_counter() - start

@@ -48,7 +48,6 @@ class Model:
 
     config: mc.ModelConfig
     files: dict[str, Path] = field(default_factory=dict)  # path under 1/ -> source
-    texts: dict[str, str] = field(default_factory=dict)  # path under 1/ -> content
 
     @property
     def name(self) -> str:
@@ -80,9 +79,9 @@ def dynamic_batching(config: mc.ModelConfig, delay_us: int) -> None:
     config.dynamic_batching.max_queue_delay_microseconds = int(delay_us)
 
 
-def instances(config: mc.ModelConfig, gpu: bool, count: int = 1, profiles: list[str] | None = None) -> None:
+def instances(config: mc.ModelConfig, gpu: bool, profiles: list[str] | None = None) -> None:
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    group = config.instance_group.add(kind=kind, count=count)
+    group = config.instance_group.add(kind=kind, count=1)
     if profiles:  # TensorRT: the engine's optimisation profile(s) this instance uses
         group.profile[:] = profiles
 
@@ -109,13 +108,6 @@ def to_text(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
 
 
-def parse(text: str) -> mc.ModelConfig:
-    """A config.pbtxt read against the same schema (what tests and `create-model-store` check)."""
-    from google.protobuf import text_format
-
-    return text_format.Parse(text, mc.ModelConfig())
-
-
 def write_models(models: list[Model], store: Path) -> None:
     """Each model as `store/<name>/config.pbtxt` and `store/<name>/1/...`. Files are hard-linked where
     the filesystem allows (engines and graphs can be GBs), copied otherwise."""
@@ -134,7 +126,4 @@ def write_models(models: list[Model], store: Path) -> None:
                 os.link(source, target)
             except OSError:
                 shutil.copyfile(source, target)
-        for rel, text in sorted(model.texts.items()):
-            (version / rel).parent.mkdir(parents=True, exist_ok=True)
-            (version / rel).write_text(text, encoding="utf-8")
         (directory / "config.pbtxt").write_text(to_text(model.config), encoding="utf-8")

@@ -45,9 +45,6 @@ class OnnxRunner:
     def run(self, outputs, feeds):
         return self.session.run(outputs, feeds)
 
-    def get_inputs(self):
-        return self.session.get_inputs()
-
 
 class EngineRunner:
     """Synchronous enqueue on one stream per instance; buffers are reallocated when a call needs more."""

@@ -29,7 +29,6 @@ def serving(info: dict) -> tuple[int, int]:
     return max(1, int(spec.get("max_batch_size") or 1)), int((spec.get("dynamic_batching") or {}).get("max_queue_delay_us", 0))
 
 
-def tensor_dims(shape: list, drop_batch: bool = True) -> list[int]:
-    """A recorded shape ([\"batch\", \"sequence\", 384]) as Triton dims: fixed sizes kept, names -1."""
-    dims = [d if isinstance(d, int) and d > 0 else -1 for d in shape]
-    return dims[1:] if drop_batch else dims
+def tensor_dims(shape: list) -> list[int]:
+    """A recorded shape (["batch", "sequence", 384]) as Triton dims without the batch: fixed sizes kept, names -1."""
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape[1:]]
