@@ -216,29 +216,42 @@ def ctc_greedy_words(logprobs: np.ndarray, length: int, vocabulary: Vocabulary) 
     to neither). The confidence is the mean posterior of the best path over the word's frames."""
     best = logprobs[:length].argmax(axis=-1)
     posterior = np.exp(logprobs[:length].max(axis=-1))  # the graph's outputs are log-softmax
-    words: list[tuple[str, int, int, float]] = []
-    pieces: list[str] = []
-    start = end = 0
+    spans = []
     t = 0
     while t < len(best):
         token, run_end = int(best[t]), t + 1
         while run_end < len(best) and best[run_end] == token:
             run_end += 1
-        if token != vocabulary.blank and 0 <= token < len(vocabulary.tokens):
-            piece = vocabulary.tokens[token]
-            boundary = piece == " " or (vocabulary.kind == "sentencepiece" and piece.startswith("\u2581"))
-            if boundary and pieces:
-                words.append(("".join(pieces), start, end, float(posterior[start:end].mean())))
-                pieces = []
-            piece = piece.replace("\u2581", "") if vocabulary.kind == "sentencepiece" else piece.strip()
-            if piece:
-                if not pieces:
-                    start = t
-                pieces.append(piece)
-                end = run_end
+        if token != vocabulary.blank:
+            spans.append((token, t, run_end))
         t = run_end
+    return [(word, start, end, float(posterior[start:end].mean())) for word, start, end, _ in words_of(spans, vocabulary)]
+
+
+def words_of(spans: list[tuple[int, int, int]], vocabulary: Vocabulary) -> list[tuple[str, int, int, list[int]]]:
+    """Emitted tokens (id, first frame, frame after it) grouped into words: (word, first frame,
+    frame after the last, indices of its tokens). A space token or a sentencepiece '▁' starts a word."""
+    words: list[tuple[str, int, int, list[int]]] = []
+    pieces: list[str] = []
+    members: list[int] = []
+    start = end = 0
+    for index, (token, first, after) in enumerate(spans):
+        if not 0 <= token < len(vocabulary.tokens):
+            continue
+        piece = vocabulary.tokens[token]
+        boundary = piece == " " or (vocabulary.kind == "sentencepiece" and piece.startswith("\u2581"))
+        if boundary and pieces:
+            words.append(("".join(pieces), start, end, members))
+            pieces, members = [], []
+        piece = piece.replace("\u2581", "") if vocabulary.kind == "sentencepiece" else piece.strip()
+        if piece:
+            if not pieces:
+                start = first
+            pieces.append(piece)
+            members.append(index)
+            end = after
     if pieces:
-        words.append(("".join(pieces), start, end, float(posterior[start:end].mean())))
+        words.append(("".join(pieces), start, end, members))
     return words
 
 

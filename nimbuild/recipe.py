@@ -29,7 +29,8 @@ from nimbuild.fsutil import read_user_text
 from nimbuild.yamlutil import YamlProblem, load_with_lines
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-TASKS = ("embedding", "text-generation", "asr-ctc")
+SPEECH_TASKS = ("asr-ctc", "asr-rnnt")  # CTC, and transducers (RNNT and TDT), from NeMo checkpoints
+TASKS = ("embedding", "text-generation", *SPEECH_TASKS)
 # Compute capabilities TensorRT-RTX can build for ahead of time (PLATFORM.md).
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -196,14 +197,14 @@ class Serving(_Strict):
     def spec_for(self, task: str) -> dict:
         """What a profile records of its serving; the speech settings only for speech profiles, so
         other profiles' bytes (and ids) do not carry fields that mean nothing to them."""
-        return self.model_dump(mode="json", exclude=None if task == "asr-ctc" else {"modes", "streaming"})
+        return self.model_dump(mode="json", exclude=None if task in SPEECH_TASKS else {"modes", "streaming"})
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     source: Source
-    task: Literal["embedding", "text-generation", "asr-ctc"]
+    task: Literal["embedding", "text-generation", "asr-ctc", "asr-rnnt"]
     export: Export
     precisions: dict[Precision, PrecisionSpec | None] = Field(min_length=1)
     targets: list[Target] = Field(min_length=1)
@@ -234,16 +235,16 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _speech_only_fields(self) -> "Recipe":
-        if (self.task == "asr-ctc") != (self.source.nemo is not None):
-            raise ValueError("task asr-ctc builds NeMo checkpoints (source.nemo), and NeMo checkpoints are built "
-                             f"as asr-ctc; this recipe has task {self.task} and source "
+        if (self.task in SPEECH_TASKS) != (self.source.nemo is not None):
+            raise ValueError("tasks asr-ctc and asr-rnnt build NeMo checkpoints (source.nemo), and NeMo checkpoints are "
+                             f"built as one of them; this recipe has task {self.task} and source "
                              f"{'nemo' if self.source.nemo else 'hf'}")
-        if self.task != "asr-ctc":
+        if self.task not in SPEECH_TASKS:
             speech = [f for f, given in (("serving.modes", "modes" in self.serving.model_fields_set),
                                          ("serving.streaming", "streaming" in self.serving.model_fields_set),
                                          ("export.audio", bool(self.export.audio))) if given]
             if speech:
-                raise ValueError(f"{', '.join(speech)} apply to speech recipes (task: asr-ctc), not {self.task}")
+                raise ValueError(f"{', '.join(speech)} apply to speech recipes (task: asr-ctc or asr-rnnt), not {self.task}")
         if len(set(self.serving.modes)) != len(self.serving.modes):
             raise ValueError("serving.modes lists a mode twice")
         return self

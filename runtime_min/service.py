@@ -100,7 +100,7 @@ def deploy_into(profile: Profile, workspace: Path, system: System, servers: list
 
     cc = system.gpus[0].compute_capability if system.gpus else None
     served, kind, info = prepare(profile, workspace, cache_root, cc)
-    if info.get("task") == "asr-ctc":  # Speech NIM's mode: served offline (ofl) or streaming too (str)
+    if info.get("task") in ("asr-ctc", "asr-rnnt"):  # Speech NIM's mode: served offline (ofl) or streaming too (str)
         info["mode"] = profile.tags.get("mode") or "ofl"
     server, core = plan(kind, served, info, servers, gpu=bool(system.gpus))
     models = write_store(profile.model, info, core, served, store)

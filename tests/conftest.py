@@ -23,6 +23,43 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+def asr_trainer():
+    """scripts/make_asr_digits.py as a module: its voice lists and sentence generator define the
+    speech examples' held-out set, and its word error rate scores them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_asr_digits", REPO / "scripts" / "make_asr_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def held_out(tmp_path_factory):
+    """40 espeak-ng utterances in voices, speaker variants and speeds training never heard, as
+    16 kHz float WAVs (the bytes both NeMo and the server read) and as espeak-ng's own 22.05 kHz."""
+    import random
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    import soundfile
+
+    trainer = asr_trainer()
+    rng = random.Random(1234)
+    root = tmp_path_factory.mktemp("held-out")
+    items = []
+    for i in range(40):
+        text = trainer.sentence(rng)
+        voice = rng.choice(trainer.HELD_OUT_VOICES) + rng.choice(trainer.HELD_OUT_VARIANTS)
+        native = root / f"{i}-22k.wav"
+        trainer.speak(text, voice, rng.choice(trainer.HELD_OUT_SPEEDS), rng.randint(30, 70), native)
+        at16k = root / f"{i}.wav"
+        soundfile.write(str(at16k), trainer.load_16k(native), 16000, subtype="FLOAT")
+        items.append((text, at16k, native))
+    return items
+
+
 def modules_loaded_by(snippet: str, watched: tuple[str, ...]) -> list[str]:
     """Run `snippet` in a fresh interpreter; the watched modules it loaded. A watched name matches a
     top-level package ("torch") or a dotted prefix ("nimbuild.targets")."""

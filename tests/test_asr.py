@@ -4,7 +4,6 @@ tritonserver and compared with NeMo's own transcribe() on the same audio."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import riva.client  # the official Speech NIM client (nvidia-riva-client), for the gRPC tests
 
-from conftest import REPO, modules_loaded_by
+from conftest import REPO, asr_trainer as _trainer, modules_loaded_by
 from nimbuild.errors import NimbuildError, ParityError, SourceError
 from nimbuild.progress import Reporter
 
@@ -30,14 +29,6 @@ DIGITS_NEMO = REPO / "recipes" / "models" / "asr-digits.nemo"
 MODEL = "asr-digits"
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
-
-
-def _trainer():
-    """scripts/make_asr_digits.py: its voice lists and sentence generator define the held-out set."""
-    spec = importlib.util.spec_from_file_location("make_asr_digits", REPO / "scripts" / "make_asr_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 LABELS = [" ", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s",
@@ -339,9 +330,9 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
                 "precisions: {fp32: {}}\ntargets: [{type: generic, precisions: [fp32]}]\nserving: {modes: [str]}\n"
     with pytest.raises(NimbuildError, match="serving.modes apply to speech recipes"):
         parse_recipe(embedding)
-    with pytest.raises(NimbuildError, match="task asr-ctc builds NeMo checkpoints"):
+    with pytest.raises(NimbuildError, match="tasks asr-ctc and asr-rnnt build NeMo checkpoints"):
         parse_recipe(embedding.replace("task: embedding", "task: asr-ctc"))
-    with pytest.raises(NimbuildError, match="and NeMo checkpoints are built as asr-ctc"):
+    with pytest.raises(NimbuildError, match="NeMo checkpoints are built as one of them; this recipe has task embedding"):
         parse_recipe(embedding.replace("{hf: m}", "{nemo: m.nemo}").replace("serving: {modes: [str]}\n", ""))
 
 
@@ -390,31 +381,6 @@ def served_digits(digits_compiled, tmp_path_factory):
     runtime.wait_ready(120)
     yield runtime
     assert runtime.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def held_out(tmp_path_factory):
-    """40 espeak-ng utterances in voices, speaker variants and speeds training never heard, as
-    16 kHz float WAVs (the bytes both NeMo and the server read) and as espeak-ng's own 22.05 kHz."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
-    import random
-
-    import soundfile
-
-    trainer = _trainer()
-    rng = random.Random(1234)
-    root = tmp_path_factory.mktemp("held-out")
-    items = []
-    for i in range(40):
-        text = trainer.sentence(rng)
-        voice = rng.choice(trainer.HELD_OUT_VOICES) + rng.choice(trainer.HELD_OUT_VARIANTS)
-        native = root / f"{i}-22k.wav"
-        trainer.speak(text, voice, rng.choice(trainer.HELD_OUT_SPEEDS), rng.randint(30, 70), native)
-        at16k = root / f"{i}.wav"
-        soundfile.write(str(at16k), trainer.load_16k(native), 16000, subtype="FLOAT")
-        items.append((text, at16k, native))
-    return items
 
 
 def _transcribe(url: str, path: Path, **fields) -> httpx.Response:

@@ -69,7 +69,7 @@ def parity_shapes(spec: InputSpec) -> list[tuple[int, int]]:
 def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     if recipe.task == "text-generation":
         return _export_decoder(checkpoint, recipe, dest, reporter)
-    if recipe.task == "asr-ctc":
+    if recipe.task in ("asr-ctc", "asr-rnnt"):
         return _export_asr(checkpoint, recipe, dest, reporter)
     from nimbuild.export.tasks import load_task
 
@@ -120,7 +120,7 @@ def _export_asr(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> R
     from nimbuild.sources.nemo import NemoCheckpoint
 
     if not isinstance(checkpoint, NemoCheckpoint):
-        raise ExportError("task asr-ctc builds NeMo checkpoints (source.nemo)")
+        raise ExportError(f"task {recipe.task} builds NeMo checkpoints (source.nemo)")
     dest.mkdir(parents=True, exist_ok=True)
     with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
         adapter = asr.load_adapter(checkpoint, recipe, dest / "asr")

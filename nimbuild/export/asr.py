@@ -1,14 +1,21 @@
-"""CTC speech models from .nemo checkpoints: restore with nemo_toolkit, export with NeMo's own
-exporter, and refuse the graph unless it matches NeMo's forward pass, as nimbuild measures it.
+"""Speech models from .nemo checkpoints (CTC, and RNNT/TDT transducers): restore with nemo_toolkit,
+export with NeMo's own exporter, and refuse the graphs unless they match NeMo, as nimbuild measures it.
 
-The served pipeline is front end (numpy, nimbuild.audio) -> this graph -> CTC greedy decoding, so
-three things are checked, each against NeMo itself:
+The served pipeline is front end (numpy, nimbuild.audio) -> the acoustic graph -> greedy decoding
+(CTC over its log-probs; for a transducer, nimbuild.transducer over NeMo's decoder-joint graph), so
+these things are checked, each against NeMo itself:
 - the front end's features against NeMo's preprocessor, on real speech (the recipe's `export.audio`
   files) or, without them, seeded synthetic sound;
 - the graph's log-probs against `model.forward(processed_signal=...)`, frame by frame over the valid
   frames of every row, in batches whose rows have different lengths (padding is where exported
   speech graphs usually go wrong; NeMo's own export check feeds one unpadded batch);
-- the encoder lengths the runtime will compute (the graph returns log-probs only) against NeMo's.
+- the encoder lengths the runtime will compute (the graph returns log-probs only) against NeMo's;
+- for a transducer, the decoded tokens (and the frame of each) against NeMo's own greedy search, on
+  padded batches of the recipe's speech and of the parity features: equal, not close.
+
+A transducer profile's core graph (model.onnx, what engines are built from) is the encoder; the
+decoder-joint graph travels as an asset (asr/decoder_joint.onnx) and runs on onnxruntime: it is a
+one-frame, one-label step over a batch of a few rows, whose cost is the call, not the arithmetic.
 """
 
 from __future__ import annotations
@@ -28,10 +35,14 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError, first_line
 from nimbuild.export.parity import Comparison
 from nimbuild.recipe import DimRange
-from nimbuild.sources.nemo import CTC_CLASSES, NemoCheckpoint
+from nimbuild.sources.nemo import MODEL_CLASSES, NemoCheckpoint
 
 PARITY_SEED = 20240611
 AUDIO_INPUT, LENGTH_INPUT, OUTPUT = "audio_signal", "length", "logprobs"
+ENCODED, ENCODED_LENGTHS = "outputs", "encoded_lengths"  # NeMo's names for a transducer encoder's outputs
+DECODER_JOINT = "asr/decoder_joint.onnx"
+DECODER_JOINT_IO = (["encoder_outputs", "targets", "target_length", "input_states_1", "input_states_2"],
+                    ["outputs", "prednet_lengths", "output_states_1", "output_states_2"])
 
 
 @dataclass
@@ -58,11 +69,14 @@ def quiet():
         nemo_logger.setLevel(level)
 
 
-def restore(checkpoint: NemoCheckpoint) -> Any:
+def restore(checkpoint: NemoCheckpoint, task: str = "asr-ctc") -> Any:
     """The NeMo model, restored from nimbuild's own (safe) unpacking of the archive."""
-    if checkpoint.model_class not in CTC_CLASSES:
-        raise ExportError(f"{checkpoint.source}: task asr-ctc takes {' or '.join(CTC_CLASSES)} checkpoints; "
-                          f"this one is {checkpoint.model_class}")
+    classes = MODEL_CLASSES[task]
+    if checkpoint.model_class not in classes:
+        other = next((t for t, c in MODEL_CLASSES.items() if checkpoint.model_class in c), None)
+        hint = f" (build it with task: {other})" if other else ""
+        raise ExportError(f"{checkpoint.source}: task {task} takes {' or '.join(classes)} checkpoints; "
+                          f"this one is {checkpoint.model_class}{hint}")
     try:
         with quiet():  # importing NeMo prints telemetry and deprecation notices
             from nemo.collections.asr.models import ASRModel
@@ -91,7 +105,7 @@ def input_specs(recipe_inputs: dict, runtime: dict):
     from nimbuild.export import InputSpec
 
     if list(recipe_inputs) != [AUDIO_INPUT]:
-        raise ExportError(f"export.inputs: an asr-ctc model takes one input, {AUDIO_INPUT} (with batch and frames "
+        raise ExportError(f"export.inputs: a speech model takes one input, {AUDIO_INPUT} (with batch and frames "
                           f"ranges; a frame is one feature hop), got {', '.join(recipe_inputs)}")
     dims = recipe_inputs[AUDIO_INPUT]
     if list(dims) != ["batch", "frames"]:
@@ -105,7 +119,8 @@ def input_specs(recipe_inputs: dict, runtime: dict):
 def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAdapter:
     from nimbuild.audio import feature_config
 
-    model = restore(checkpoint)
+    model = restore(checkpoint, recipe.task)
+    transducer = recipe.task == "asr-rnnt"
     featurizer = model.preprocessor.featurizer
     pre_config = dict(model.cfg.preprocessor)
     if int(getattr(featurizer, "frame_splicing", 1)) != 1:
@@ -115,7 +130,7 @@ def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAda
     features = feature_config(pre_config, featurizer)
     assets_dir.mkdir(parents=True, exist_ok=True)
     np.save(assets_dir / "filterbank.npy", featurizer.fb[0].detach().numpy().astype(np.float32), allow_pickle=False)
-    tokens, kind = _vocabulary(model)
+    tokens, kind = _vocabulary(model, transducer)
     (assets_dir / "vocabulary.json").write_text(json.dumps({"kind": kind, "tokens": tokens, "blank": len(tokens)},
                                                            ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     frames = recipe.export.inputs[AUDIO_INPUT]["frames"]
@@ -132,20 +147,48 @@ def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAda
         "streaming": recipe.serving.streaming.model_dump(mode="json") if "str" in recipe.serving.modes else None,
     }
     assets = {"asr/filterbank.npy": assets_dir / "filterbank.npy", "asr/vocabulary.json": assets_dir / "vocabulary.json"}
-    return AsrAdapter(model=model, runtime_info=runtime, assets=assets)
+    if not transducer:
+        return AsrAdapter(model=model, runtime_info=runtime, assets=assets)
+    runtime["decoder"] = transducer_info(model, len(tokens))
+    return AsrAdapter(model=model, task="asr-rnnt", output_names=[ENCODED], runtime_info=runtime, assets=assets)
 
 
-def _vocabulary(model) -> tuple[list[str], str]:
-    """Token strings by id, and how they join into text; the CTC blank is the id after the last."""
+def transducer_info(model, vocabulary: int) -> dict[str, Any]:
+    """What the runtime's greedy search needs, read from NeMo's own instantiated greedy decoder, so
+    the search is the one NeMo's transcribe() runs: the blank id, TDT's durations, the symbols
+    allowed per frame, and the prediction network's state shapes."""
+    greedy = getattr(getattr(model, "decoding", None), "decoding", None)
+    strategy = str((model.cfg.get("decoding") or {}).get("strategy", "greedy_batch"))
+    if greedy is None or not strategy.startswith("greedy"):
+        raise ExportError(f"the model's decoding strategy is {strategy}; the runtime decodes greedily, so nimbuild "
+                          "builds transducers whose configured decoding is greedy or greedy_batch")
+    decoder = model.decoder
+    prediction = getattr(decoder, "prediction", None)
+    rnn = prediction["dec_rnn"] if prediction is not None and "dec_rnn" in prediction else None
+    if type(decoder).__name__ != "RNNTDecoder" or type(rnn).__name__ not in ("LSTM", "LSTMDropout"):
+        raise ExportError(f"the prediction network is {type(decoder).__name__}; nimbuild decodes transducers whose "
+                          "prediction network is NeMo's LSTM RNNTDecoder")
+    durations = [int(d) for d in (getattr(greedy, "durations", None) or [])]
+    max_symbols = getattr(greedy, "max_symbols", None)
+    layers, hidden = int(decoder.pred_rnn_layers), int(decoder.pred_hidden)
+    return {"kind": "tdt" if durations else "rnnt", "graph": DECODER_JOINT, "blank": vocabulary,
+            "durations": durations, "max_symbols": int(max_symbols) if max_symbols else None,
+            "states": [[layers, hidden], [layers, hidden]]}
+
+
+def _vocabulary(model, transducer: bool = False) -> tuple[list[str], str]:
+    """Token strings by id, and how they join into text; the blank is the id after the last."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
         size = int(tokenizer.vocab_size)
         tokens = [tokenizer.ids_to_tokens([i])[0] for i in range(size)]
         kind = "sentencepiece"
     else:
-        tokens, kind = [str(t) for t in model.decoder.vocabulary], "characters"
-    if model.decoder.num_classes_with_blank != len(tokens) + 1:
-        raise ExportError(f"the decoder has {model.decoder.num_classes_with_blank} classes; expected "
+        tokens, kind = [str(t) for t in (model.joint if transducer else model.decoder).vocabulary], "characters"
+    # a transducer's blank is its prediction network's padding id (the joint's outputs add TDT's durations)
+    classes = model.decoder.blank_idx + 1 if transducer else model.decoder.num_classes_with_blank
+    if classes != len(tokens) + 1:
+        raise ExportError(f"the decoder has {classes} classes; expected "
                           f"{len(tokens)} tokens and the blank")
     return tokens, kind
 
@@ -172,29 +215,52 @@ def subsampling_layers(encoder) -> list[dict[str, Any]]:
 
 
 def export_graph(adapter: AsrAdapter, path: Path, opset: int, metadata: dict[str, str], reporter) -> None:
-    """NeMo's exporter (TorchScript-based, with NeMo's export-time module swaps), then our metadata."""
+    """NeMo's exporter (TorchScript-based, with NeMo's export-time module swaps), then our metadata.
+    A transducer exports as two files (encoder-*, decoder_joint-*): the encoder becomes `path`, the
+    decoder-joint an asset beside the vocabulary."""
     import onnx
 
+    transducer = adapter.task == "asr-rnnt"
+    target = path.parent / "nemo-export" / path.name if transducer else path
+    target.parent.mkdir(parents=True, exist_ok=True)
     with quiet() as log:
         try:
-            adapter.model.export(str(path), onnx_opset_version=opset, check_trace=False, verbose=False)
+            adapter.model.export(str(target), onnx_opset_version=opset, check_trace=False, verbose=False)
         except Exception as e:
             reporter.debug(log.getvalue())
             raise ExportError(f"NeMo's ONNX export failed: {first_line(e)}") from None
     reporter.debug(log.getvalue())
-    graph = onnx.load(str(path))
-    names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
-    if names not in (([AUDIO_INPUT, LENGTH_INPUT], [OUTPUT]), ([AUDIO_INPUT], [OUTPUT])):
-        raise ExportError(f"NeMo exported inputs {names[0]} and outputs {names[1]}; expected "
-                          f"[{AUDIO_INPUT}, {LENGTH_INPUT}] -> [{OUTPUT}]")
+    if transducer:
+        expected = [([AUDIO_INPUT, LENGTH_INPUT], [ENCODED, ENCODED_LENGTHS])]
+        joint = _load_checked(target.with_name("decoder_joint-" + target.name), [DECODER_JOINT_IO], "decoder-joint")
+        dest = adapter.assets["asr/vocabulary.json"].with_name(Path(DECODER_JOINT).name)
+        onnx.save(joint, str(dest))
+        adapter.assets[DECODER_JOINT] = dest
+        graph = _load_checked(target.with_name("encoder-" + target.name), expected, "encoder")
+    else:
+        expected = [([AUDIO_INPUT, LENGTH_INPUT], [OUTPUT]), ([AUDIO_INPUT], [OUTPUT])]
+        graph = _load_checked(path, expected, "acoustic model")
     # NeMo exports convolutional encoders (QuartzNet, Citrinet) without their length masks: such a
     # graph is only right for unpadded input, so the runtime runs it one utterance at a time
-    adapter.runtime_info["padded_batches"] = LENGTH_INPUT in names[0]
-    graph.doc_string = ""
-    del graph.metadata_props[:]
+    adapter.runtime_info["padded_batches"] = LENGTH_INPUT in [i.name for i in graph.graph.input]
     for key, value in sorted(metadata.items()):
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
+
+
+def _load_checked(path: Path, expected: list[tuple[list[str], list[str]]], what: str):
+    """An exported graph whose input and output names are one of the expected sets, its doc string
+    and metadata dropped (NeMo's carry nothing the runtime reads)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
+    if names not in expected:
+        raise ExportError(f"NeMo exported the {what} with inputs {names[0]} and outputs {names[1]}; expected "
+                          + " or ".join(f"{i} -> {o}" for i, o in expected))
+    graph.doc_string = ""
+    del graph.metadata_props[:]
+    return graph
 
 
 def parity_lengths(spec, rng: np.random.Generator, padded: bool = True) -> list[tuple[int, list[int]]]:
@@ -216,6 +282,8 @@ def check_graph_parity(adapter: AsrAdapter, onnx_path: Path, specs, tolerance, a
     from nimbuild.export import open_session
 
     model, runtime = adapter.model, adapter.runtime_info
+    out = adapter.output_names[0]
+    transducer = adapter.task == "asr-rnnt"
     comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
     front = FrontEnd(runtime["features"], model.preprocessor.featurizer.fb[0].detach().numpy())
     for i, clip in enumerate(audio):
@@ -229,26 +297,98 @@ def check_graph_parity(adapter: AsrAdapter, onnx_path: Path, specs, tolerance, a
     rng = np.random.default_rng(PARITY_SEED)
     checked_lengths = 0
     padded = runtime["padded_batches"]
+    searches = []  # (what, NeMo's encoder output and lengths, the graph's): transducer searches to compare
     for batch, lengths in parity_lengths(specs[0], rng, padded):
         feats = rng.standard_normal((batch, runtime["features"]["features"], max(lengths))).astype(np.float32)
         for row, n in enumerate(lengths):
             feats[row, :, n:] = 0.0
         lens = np.array(lengths, dtype=np.int64)
         with torch.inference_mode():
-            ref, ref_len, _ = model.forward(processed_signal=torch.from_numpy(feats), processed_signal_length=torch.from_numpy(lens))
+            ref, ref_len = model.forward(processed_signal=torch.from_numpy(feats), processed_signal_length=torch.from_numpy(lens))[:2]
         ref, ref_len = ref.numpy(), ref_len.numpy()
         ours = encoded_lengths(lens, runtime["subsampling"])
         if not np.array_equal(ours, ref_len):
             raise ExportError(f"cannot derive this encoder's output lengths (frames {lengths} -> NeMo {ref_len.tolist()}, "
                               f"computed {ours.tolist()}); its subsampling is not one nimbuild knows")
         checked_lengths += len(lengths)
-        (got,) = session.run([OUTPUT], {AUDIO_INPUT: feats, **({LENGTH_INPUT: lens} if padded else {})})
+        (got,) = session.run([out], {AUDIO_INPUT: feats, **({LENGTH_INPUT: lens} if padded else {})})
         for row, n in enumerate(ref_len):
-            comparison.add(f"{batch}x{max(lengths)}[{row}]:{lengths[row]}", {OUTPUT: ref[row, :n][None]}, {OUTPUT: got[row, :n][None]})
+            want, have = (ref[row, :, :n].T, got[row, :, :n].T) if transducer else (ref[row, :n], got[row, :n])
+            comparison.add(f"{batch}x{max(lengths)}[{row}]:{lengths[row]}", {out: want[None]}, {out: have[None]})
+        searches.append((f"features {batch}x{max(lengths)}", ref, ref_len, got))
     comparison.notes = {"audio_clips": len(audio), "lengths_checked": checked_lengths}
     if not comparison.passed:
         raise ParityError("the exported speech model does not match NeMo:\n" + comparison.describe())
+    if transducer:
+        searches.append(_speech_batch(model, front, session, audio, runtime))
+        comparison.notes["transcripts_checked"] = check_search_parity(model, runtime, adapter.assets[DECODER_JOINT], searches)
     return comparison
+
+
+def _speech_batch(model, front, session, audio: list[np.ndarray], runtime: dict):
+    """The recipe's speech as one padded batch: NeMo's preprocessor and encoder, and nimbuild's front
+    end and the exported encoder, as each pipeline serves it."""
+    import torch
+
+    from nimbuild.audio import encoded_lengths
+
+    signal = np.zeros((len(audio), max(len(a) for a in audio)), dtype=np.float32)
+    for row, clip in enumerate(audio):
+        signal[row, :len(clip)] = clip
+    with torch.inference_mode():
+        feats, feat_len = model.preprocessor(input_signal=torch.from_numpy(signal), length=torch.tensor([len(a) for a in audio]))
+        ref, ref_len = model.encoder(audio_signal=feats, length=feat_len)
+    ours = [front(clip) for clip in audio]
+    lengths = np.array([f.shape[-1] for f in ours], dtype=np.int64)
+    batch = np.zeros((len(ours), ours[0].shape[0], int(lengths.max())), dtype=np.float32)
+    for row, f in enumerate(ours):
+        batch[row, :, :f.shape[-1]] = f
+    feeds = {AUDIO_INPUT: batch, **({LENGTH_INPUT: lengths} if runtime["padded_batches"] else {})}
+    (got,) = session.run([ENCODED], feeds)
+    if not np.array_equal(encoded_lengths(lengths, runtime["subsampling"]), ref_len.numpy()):
+        raise ParityError("the front end's frame counts differ from NeMo's on the recipe's speech")
+    return f"speech x{len(audio)}", ref.numpy(), ref_len.numpy(), got
+
+
+def check_search_parity(model, runtime: dict, decoder_joint: Path, searches) -> int:
+    """nimbuild.transducer over the exported graphs must emit NeMo's tokens on NeMo's frames, row for
+    row of every padded batch; the first difference refuses the build. Returns the rows checked."""
+    import torch
+
+    from nimbuild.audio import Vocabulary
+    from nimbuild.export import open_session
+    from nimbuild.transducer import TransducerDecoder
+
+    spec = runtime["decoder"]
+    search = TransducerDecoder(open_session(decoder_joint), spec["blank"], spec["durations"], spec["max_symbols"],
+                               [tuple(s) for s in spec["states"]])
+    vocabulary = Vocabulary(*_vocabulary(model, transducer=True))
+    rows = 0
+    for what, ref, ref_len, got in searches:
+        with torch.inference_mode():
+            hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=torch.from_numpy(ref),
+                                                                  encoded_lengths=torch.from_numpy(ref_len),
+                                                                  return_hypotheses=True)
+        hyps = hyps[0] if isinstance(hyps, tuple) else hyps
+        ours = [search.start() for _ in hyps]
+        search.decode(ours, [got[row, :, :n].T for row, n in enumerate(ref_len)], [0] * len(ours))
+        for row, (theirs, mine) in enumerate(zip(hyps, ours)):
+            tokens = [int(t) for t in theirs.y_sequence]
+            frames = [int(t) for t in _as_list(theirs.timestamp)]
+            if tokens != mine.tokens or (frames and frames != mine.frames):
+                at = next((k for k, (a, b) in enumerate(zip(tokens + [-1], mine.tokens + [-1])) if a != b), len(tokens))
+                raise ParityError(f"the transducer search differs from NeMo's greedy decoding ({what}, row {row}): "
+                                  f"NeMo {vocabulary.text(tokens)!r} ({len(tokens)} tokens), nimbuild "
+                                  f"{vocabulary.text(mine.tokens)!r} ({len(mine.tokens)}); first difference at token {at}"
+                                  + (" (tokens equal, frames differ)" if tokens == mine.tokens else ""))
+            rows += 1
+    return rows
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def parity_audio(recipe, sample_rate: int) -> list[np.ndarray]:

@@ -30,6 +30,8 @@ MAX_BYTES = 16 << 30
 # NeMo classes a config may name; anything else is refused before NeMo sees the config.
 ALLOWED_TARGET_PREFIX = "nemo.collections."
 CTC_CLASSES = ("EncDecCTCModel", "EncDecCTCModelBPE")
+TRANSDUCER_CLASSES = ("EncDecRNNTModel", "EncDecRNNTBPEModel")  # RNNT and TDT (a loss and decoding setting)
+MODEL_CLASSES = {"asr-ctc": CTC_CLASSES, "asr-rnnt": TRANSDUCER_CLASSES}
 
 
 @dataclass
@@ -85,6 +87,8 @@ class NemoCheckpoint:
             "subsampling_factor": encoder.get("subsampling_factor"),
             "vocabulary_size": len(vocabulary_labels(self.config) or []) or _tokenizer_size(self.config),
             "tokenizer": (self.config.get("tokenizer") or {}).get("type") or ("characters" if self.config.get("labels") else None),
+            "decoder": decoder_kind(self.config),
+            "task": next((task for task, classes in MODEL_CLASSES.items() if self.model_class in classes), None),
         }
 
 
@@ -147,14 +151,24 @@ def check_targets(config: Any, path: Path, where: str = "") -> None:
             check_targets(value, path, f"{where}[{i}]")
 
 
+def decoder_kind(config: dict[str, Any]) -> str:
+    """ctc, rnnt or tdt, as the config names it (TDT is an RNNT model whose decoding predicts durations)."""
+    if "joint" not in config:
+        return "ctc"
+    decoding = config.get("decoding") or {}
+    return "tdt" if isinstance(decoding, dict) and decoding.get("model_type") == "tdt" else "rnnt"
+
+
 def vocabulary_labels(config: dict[str, Any]) -> list[str] | None:
     """A character model's labels (top-level `labels`, or the decoder's `vocabulary`)."""
-    labels = config.get("labels") or (config.get("decoder") or {}).get("vocabulary")
+    labels = (config.get("labels") or (config.get("decoder") or {}).get("vocabulary")
+              or (config.get("joint") or {}).get("vocabulary"))
     return [str(x) for x in labels] if isinstance(labels, list) and labels else None
 
 
 def _tokenizer_size(config: dict[str, Any]) -> int | None:
-    classes = (config.get("decoder") or {}).get("num_classes")
+    decoder = config.get("decoder") or {}
+    classes = decoder.get("num_classes") or decoder.get("vocab_size")
     return int(classes) if isinstance(classes, int) and classes > 0 else None
 
 

@@ -79,11 +79,13 @@ def plan_variants(recipe: Recipe) -> list[Variant]:
 
 
 def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    from nimbuild.recipe import SPEECH_TASKS
+
     if recipe.task == "text-generation":
         return _llm_target_tags(recipe, i, target)
     if getattr(target, "backend", None) == "tensorrt_llm":
         raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is {recipe.task}")
-    if recipe.task == "asr-ctc":
+    if recipe.task in SPEECH_TASKS:
         return _speech_target_tags(recipe, i, target)
     return _graph_target_tags(recipe, i, target)
 

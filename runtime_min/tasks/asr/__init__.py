@@ -1,9 +1,10 @@
-"""CTC speech profiles in Triton, as Riva lays out its ASR repositories: features -> acoustic model
--> decoder.
+"""Speech profiles (CTC, and RNNT/TDT transducers) in Triton, as Riva lays out its ASR repositories:
+features -> acoustic model -> decoder.
 
 Offline (`mode: ofl`): an ensemble `<model>` of `<model>-features` (Python: audio -> mel features),
 the core network, and `<model>-decoder` (Python: CTC greedy decoding over the frames each
-utterance's length allows), each dynamically batched. The core is `<model>-encoder`, a Python model
+utterance's length allows; for a transducer, the greedy search over the encoder's frames with the
+decoder-joint graph on onnxruntime), each dynamically batched. The core is `<model>-encoder`, a Python model
 running it with its runner (onnxruntime, TensorRT-RTX), or `<model>-core` on a native backend.
 Streaming (`mode: str`) adds `<model>-stream`, sequence-batched (correlation id, start/end flags, as
 Triton's Kaldi ASR integration), which runs the core itself, or calls the native one through BLS.
@@ -33,13 +34,18 @@ def refuses(core) -> str | None:
 
 def core_io(info: dict, vocab: int) -> tuple[list[Tensor], list[Tensor]]:
     """The acoustic model's bindings: audio_signal [features, frames] (and length, a scalar per row,
-    when the graph takes it) -> logprobs [frames', vocab+1]."""
+    when the graph takes it) -> logprobs [frames', vocab+1] (CTC), or a transducer encoder's
+    outputs [hidden, frames'], as the graph lays them out."""
     features = int(info["runtime"]["features"]["features"])
     inputs = [Tensor("audio_signal", "float32", [features, -1])]
     if any(i["name"] == "length" for i in info["inputs"]):
         inputs.append(Tensor("length", "int64", [1], scalar=True))
-    shape = next((o.get("shape") for o in info["outputs"] if o["name"] == "logprobs"), None)
-    return inputs, [Tensor("logprobs", "float32", tensor_dims(shape) if shape else [-1, vocab])]
+    output = info["outputs"][0]
+    default = [-1, vocab] if output["name"] == "logprobs" else None
+    dims = tensor_dims(output["shape"]) if output.get("shape") else default
+    if dims is None:
+        raise ValueError(f"model_info.json gives no shape for the encoder output {output['name']}")
+    return inputs, [Tensor(output["name"], "float32", dims)]
 
 
 def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
@@ -50,6 +56,7 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     features = core_in[0].dims[0]
     files = {"model.py": MODEL, "buffered.py": MODEL.with_name("buffered.py"),
              "nimbuild/__init__.py": AUDIO.with_name("__init__.py"), "nimbuild/audio.py": AUDIO,
+             "nimbuild/transducer.py": AUDIO.with_name("transducer.py"),
              "model_info.json": workspace / "model_info.json", "asr": workspace / "asr"}
     length = Tensor("length", "int64", [1])
     text = Tensor("text", "string", [1])
@@ -64,9 +71,9 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
         return Model(config, {**files, **(core.python_files() if runs_core else {})})
 
     signal = Tensor("audio_signal", "float32", [features, -1])
-    logprobs = Tensor("logprobs", "float32", [-1, vocab])
+    acoustic_out = core_out[0]  # CTC log-probs, or a transducer encoder's frames
     out = [python(f"{name}-features", "features", [Tensor("audio", "float32", [-1], ragged=True)], [signal, length]),
-           python(f"{name}-decoder", "decoder", [Tensor(logprobs.name, logprobs.dtype, logprobs.dims, ragged=True),
+           python(f"{name}-decoder", "decoder", [Tensor(acoustic_out.name, "float32", acoustic_out.dims, ragged=True),
                                                  length], [text, words])]
     if core.native:
         acoustic = f"{name}-core"
@@ -75,11 +82,11 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     else:
         acoustic = f"{name}-encoder"
         out.append(python(acoustic, "encoder", [Tensor(signal.name, signal.dtype, signal.dims, ragged=True), length],
-                          [logprobs], runs_core=True))
+                          [acoustic_out], runs_core=True))
         acoustic_inputs = {"audio_signal": "_features", "length": "_length"}
     steps = [(f"{name}-features", {"audio": "audio"}, {"audio_signal": "_features", "length": "_length"}),
-             (acoustic, acoustic_inputs, {"logprobs": "_logprobs"}),
-             (f"{name}-decoder", {"logprobs": "_logprobs", "length": "_length"}, {"text": "text", "words": "words"})]
+             (acoustic, acoustic_inputs, {acoustic_out.name: "_acoustic"}),
+             (f"{name}-decoder", {acoustic_out.name: "_acoustic", "length": "_length"}, {"text": "text", "words": "words"})]
     out.append(Model(ensemble(name, batch, [Tensor("audio", "float32", [-1])], [text, words], steps)))
     if info.get("mode") == "str":
         stream = python(stream_model_name(name), "stream", [Tensor("audio_chunk", "float32", [-1], ragged=True)],

@@ -1,5 +1,5 @@
-"""Buffered streaming for full-context CTC encoders, as NeMo's buffered (chunked) inference does:
-a chunk's work does not grow with the stream.
+"""Buffered streaming for full-context encoders (CTC and transducers), as NeMo's buffered (chunked)
+inference does: a chunk's work does not grow with the stream.
 
 The stream is cut into chunks of `chunk` samples. Chunk k is committed once `right` samples after
 it have arrived (right context, so its last frames see some future): the encoder runs on a window
@@ -15,6 +15,10 @@ frames line up with the stream's own frame grid. The window's features are norma
 window, and its first frames lack what came before: these are the approximations of buffered
 inference, and why a stream's final transcript can differ from the offline one (measured in the
 tests and README).
+
+The committed frames are a CTC model's log-probs, kept for the stream's life (decoding them again is
+an argmax), or a transducer encoder's outputs, which the search takes once (`take_committed`) and
+then forgets: the stream carries the search's state (`search`, `searched`) instead.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 
 class BufferedStream:
-    def __init__(self, unit: int, chunk: int, left: int, right: int):
+    def __init__(self, unit: int, chunk: int, left: int, right: int, search=None):
         self.unit = unit  # samples per encoder frame
         self.chunk = max(unit, chunk // unit * unit)
         self.left = left // unit * unit
@@ -31,8 +35,10 @@ class BufferedStream:
         self.audio = np.zeros(0, dtype=np.float32)
         self.offset = 0  # the stream's sample index of audio[0]
         self.committed = 0  # samples whose encoder frames are final
-        self.frames: list[np.ndarray] = []  # committed log-probs, in stream order
+        self.frames: list[np.ndarray] = []  # committed acoustic frames, in stream order
         self.received = 0
+        self.search = search  # a transducer's hypothesis over the frames searched so far
+        self.searched = 0  # encoder frames the search has taken
 
     def push(self, samples: np.ndarray) -> None:
         self.audio = np.concatenate([self.audio, samples.astype(np.float32)])
@@ -50,16 +56,22 @@ class BufferedStream:
         keep_to = None if final else keep_from + self.chunk // self.unit
         return self.audio[start - self.offset:end - self.offset], keep_from, keep_to
 
-    def commit(self, logprobs: np.ndarray, keep_from: int, keep_to: int | None, final: bool) -> np.ndarray:
+    def commit(self, acoustic: np.ndarray, keep_from: int, keep_to: int | None, final: bool) -> np.ndarray:
         """Keep the step's frames; return the tentative ones after them (the right context's)."""
-        kept = logprobs[keep_from:keep_to]
+        kept = acoustic[keep_from:keep_to]
         self.frames.append(kept)
         self.committed = self.received if final else self.committed + self.chunk
         drop = max(0, self.committed - self.left) - self.offset  # older than any later window needs
         if drop > 0:
             self.audio, self.offset = self.audio[drop:], self.offset + drop
-        return logprobs[keep_to:] if keep_to is not None else logprobs[:0]
+        return acoustic[keep_to:] if keep_to is not None else acoustic[:0]
 
-    def logprobs(self, tentative: np.ndarray | None = None) -> np.ndarray:
+    def acoustic(self, tentative: np.ndarray | None = None) -> np.ndarray:
+        """Every committed frame, then the tentative ones."""
         parts = self.frames + ([tentative] if tentative is not None and len(tentative) else [])
         return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+
+    def take_committed(self) -> np.ndarray:
+        """The committed frames not taken yet, forgotten here once taken."""
+        taken, self.frames = self.acoustic(), []
+        return taken

@@ -1,4 +1,4 @@
-"""Speech endpoints for asr-ctc profiles, as ASR NIM has them over HTTP.
+"""Speech endpoints for speech profiles (asr-ctc, asr-rnnt), as ASR NIM has them over HTTP.
 
 `POST /v1/audio/transcriptions`: OpenAI's multipart shape (`file`, `model`, `language` as BCP-47,
 `response_format` json | text | verbose_json | srt | vtt, `timestamp_granularities[]` word and/or
