@@ -67,6 +67,10 @@ demo: install system-deps
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-asr/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
 		$(PY) scripts/demo_speech.py build/pulled-asr/profiles.yaml
+	@# the transducer twin (RNNT): encoder engine or graph, and NeMo's decoder-joint for the greedy search
+	$(NIMBUILD) compile recipes/asr-digits-rnnt.yaml --out build/profiles/asr-digits-rnnt
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
+		$(PY) scripts/demo_speech.py build/profiles/asr-digits-rnnt/profiles.yaml
 
 bench: install system-deps
 	$(PY) bench/run.py

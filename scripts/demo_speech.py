@@ -1,5 +1,5 @@
-"""The speech end of `make demo`: speak a sentence with espeak-ng, serve the asr-digits profile with
-runtime_min, transcribe the recording through POST /v1/audio/transcriptions (espeak-ng's own
+"""The speech end of `make demo`: speak a sentence with espeak-ng, serve a speech profile (asr-digits,
+then the transducer asr-digits-rnnt) with runtime_min, transcribe the recording through POST /v1/audio/transcriptions (espeak-ng's own
 22.05 kHz WAV: the server resamples it), then stream the same audio in 100 ms pieces to the
 streaming endpoint and print its partial transcripts; then the same through Riva's gRPC API with
 the official nvidia-riva-client (offline with word times, and streaming with interim results), as
@@ -24,6 +24,9 @@ VOICE = "en-us-nyc+f4"  # an accent and a speaker the model never heard in train
 
 def main(manifest: str, port: int) -> int:
     import soundfile
+    import yaml
+
+    model = yaml.safe_load(Path(manifest).read_text())["profiles"][0]["model"]
 
     with tempfile.TemporaryDirectory() as tmp, running(manifest, port) as url:
         if url is None:
@@ -32,10 +35,10 @@ def main(manifest: str, port: int) -> int:
         subprocess.run(["espeak-ng", "-v", VOICE, "-s", "150", "-w", str(wav), SENTENCE], check=True)
         with open(wav, "rb") as f:
             reply = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("spoken.wav", f, "audio/wav")},
-                               data={"model": "asr-digits", "response_format": "verbose_json"}, timeout=60)
+                               data={"model": model, "response_format": "verbose_json"}, timeout=60)
         reply.raise_for_status()
         result = reply.json()
-        print(f"espeak-ng ({VOICE}) said {SENTENCE!r}; POST {url}/v1/audio/transcriptions -> {result['text']!r} "
+        print(f"{model}: espeak-ng ({VOICE}) said {SENTENCE!r}; POST {url}/v1/audio/transcriptions -> {result['text']!r} "
               f"({result['duration']:.2f} s of audio)")
         audio, rate = soundfile.read(str(wav), dtype="int16")
         pcm = audio.tobytes()

@@ -8,8 +8,8 @@ so the same inputs give the same bytes and the same profile id. It holds:
     model.onnx           the precision variant's graph (and model.onnx.data for large models)
     model_info.json      what the runtime needs to serve the engine
     tokenizer/...        the checkpoint's tokenizer files
-    asr/...              speech models: the front end's mel filterbank and the CTC vocabulary
-                         (the feature config is in model_info.json)
+    asr/...              speech models: the front end's mel filterbank and the vocabulary (the
+                         feature config is in model_info.json); a transducer's decoder-joint graph
 
 Unpacking refuses anything but regular files and directories (no links, devices, FIFOs), any path
 that is absolute or climbs out with `..`, and archives over the member-count or size limits.
