@@ -171,10 +171,22 @@ def transcribe(model, data, workdir: Path) -> list[str]:
     return [h.text if hasattr(h, "text") else h for h in out]
 
 
-def train(minutes: float, dest: Path, seed: int = 7) -> None:
-    import torch
+def ctc_loss(model, signal, length, target, target_length):
+    log_probs, encoded_len, _ = model(input_signal=signal, input_signal_length=length)
+    return model.loss(log_probs=log_probs, targets=target, input_lengths=encoded_len, target_lengths=target_length)
+
+
+def new_ctc_model():
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
+
+    return EncDecCTCModel(cfg=OmegaConf.create(config(LABELS)))
+
+
+def train(minutes: float, dest: Path, seed: int = 7, new_model=new_ctc_model, loss=ctc_loss, check=None) -> None:
+    """Synthesise the speech, train `new_model()` on `loss` for `minutes`, report the held-out WER
+    and save; `check(model, train_set, rng)` runs once before training (the RNNT script checks its loss)."""
+    import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -186,8 +198,11 @@ def train(minutes: float, dest: Path, seed: int = 7) -> None:
         hours = sum(len(a) for _, a in train_set) / SAMPLE_RATE / 3600
         print(f"synthesised {len(train_set)} training utterances ({hours:.2f} h) and {len(held_out)} held-out "
               f"in {time.time() - t0:.0f} s", flush=True)
-        model = EncDecCTCModel(cfg=OmegaConf.create(config(LABELS)))
+        model = new_model()
         print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+        if check is not None:
+            model.eval()
+            check(model, train_set, rng)
         optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
         deadline = time.time() + minutes * 60
         step, epoch = 0, 0
@@ -196,19 +211,16 @@ def train(minutes: float, dest: Path, seed: int = 7) -> None:
             model.train()
             losses = []
             for indices in batches(train_set, 24, rng):
-                signal, length, target, target_length = collate(train_set, indices, LABELS, rng)
-                log_probs, encoded_len, _ = model(input_signal=signal, input_signal_length=length)
-                loss = model.loss(log_probs=log_probs, targets=target, input_lengths=encoded_len,
-                                  target_lengths=target_length)
+                value = loss(model, *collate(train_set, indices, LABELS, rng))
                 optimiser.zero_grad()
-                loss.backward()
+                value.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 step += 1
                 for group in optimiser.param_groups:  # warm up, then decay with the time left
                     left = max(deadline - time.time(), 0) / (minutes * 60)
                     group["lr"] = 2e-3 * min(1.0, step / 200) * max(left, 0.05)
                 optimiser.step()
-                losses.append(loss.item())
+                losses.append(value.item())
                 if time.time() > deadline:
                     break
             model.eval()

@@ -16,10 +16,7 @@ decoded and checked by nimbuild as well; this example is RNNT, whose loss is the
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -105,54 +102,11 @@ def check_loss(model, train_set, rng) -> None:
     print(f"RNNT loss checked against NeMo's: {ours:.5f} vs {nemo:.5f}", flush=True)
 
 
-def train(minutes: float, dest: Path, seed: int = 7) -> None:
-    import torch
+def new_rnnt_model():
     from nemo.collections.asr.models import EncDecRNNTModel
     from omegaconf import OmegaConf
 
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        t0 = time.time()
-        train_set = data.synthesise(6000, data.TRAIN_VOICES, data.TRAIN_VARIANTS, data.TRAIN_SPEEDS, seed, workdir)
-        held_out = data.synthesise(200, data.HELD_OUT_VOICES, data.HELD_OUT_VARIANTS, data.HELD_OUT_SPEEDS, seed + 1, workdir)
-        print(f"synthesised {len(train_set)} training and {len(held_out)} held-out utterances in {time.time() - t0:.0f} s",
-              flush=True)
-        model = EncDecRNNTModel(cfg=OmegaConf.create(config(data.LABELS)))
-        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-        model.eval()
-        check_loss(model, train_set, rng)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
-        deadline = time.time() + minutes * 60
-        step, epoch = 0, 0
-        while time.time() < deadline:
-            epoch += 1
-            model.train()
-            losses = []
-            for indices in data.batches(train_set, 24, rng):
-                value = loss(model, *data.collate(train_set, indices, data.LABELS, rng))
-                optimiser.zero_grad()
-                value.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                step += 1
-                for group in optimiser.param_groups:  # warm up, then decay with the time left
-                    left = max(deadline - time.time(), 0) / (minutes * 60)
-                    group["lr"] = 2e-3 * min(1.0, step / 200) * max(left, 0.05)
-                optimiser.step()
-                losses.append(value.item())
-                if time.time() > deadline:
-                    break
-            model.eval()
-            wer = data.word_error_rate([t for t, _ in held_out[:60]], data.transcribe(model, held_out[:60], workdir))
-            print(f"epoch {epoch}: step {step} loss {sum(losses) / len(losses):.3f} held-out WER {wer:.3f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
-        model.eval()
-        wer = data.word_error_rate([t for t, _ in held_out], data.transcribe(model, held_out, workdir))
-        print(f"held-out WER ({len(held_out)} utterances, voices and variants not trained on): {wer:.3f}", flush=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        model.save_to(str(dest))
-        print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+    return EncDecRNNTModel(cfg=OmegaConf.create(config(data.LABELS)))
 
 
 def main() -> None:
@@ -160,7 +114,7 @@ def main() -> None:
     parser.add_argument("dest", nargs="?", default="recipes/models/asr-digits-rnnt.nemo", type=Path)
     parser.add_argument("--minutes", type=float, default=16.0, help="training time budget")
     args = parser.parse_args()
-    train(args.minutes, args.dest)
+    data.train(args.minutes, args.dest, new_model=new_rnnt_model, loss=loss, check=check_loss)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,22 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def asr_trainer():
-    """scripts/make_asr_digits.py as a module: its voice lists and sentence generator define the
-    speech examples' held-out set, and its word error rate scores them."""
+def script_module(name: str):
+    """scripts/NAME.py as a module (scripts/ on the path, as when the script runs)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_asr_digits", REPO / "scripts" / "make_asr_digits.py")
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def asr_trainer():
+    """scripts/make_asr_digits.py: its voice lists and sentence generator define the speech
+    examples' held-out set, and its word error rate scores them."""
+    return script_module("make_asr_digits")
 
 
 @pytest.fixture(scope="session")

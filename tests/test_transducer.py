@@ -5,9 +5,7 @@ then served through a real tritonserver over HTTP and Riva's gRPC API, offline a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import riva.client
 
-from conftest import REPO, asr_trainer
+from conftest import REPO, asr_trainer, script_module
 from nimbuild.errors import NimbuildError, ParityError
 from nimbuild.progress import Reporter
 
@@ -25,15 +23,6 @@ RNNT_RECIPE = REPO / "recipes" / "asr-digits-rnnt.yaml"
 RNNT_NEMO = REPO / "recipes" / "models" / "asr-digits-rnnt.nemo"
 MODEL = "asr-digits-rnnt"
 SPEECH = [REPO / "recipes" / "data" / "speech" / n for n in ("call-five-five-one-two.wav", "stop-cancel.wav")]
-
-
-def _rnnt_trainer():
-    """scripts/make_asr_digits_rnnt.py: its config() is the transducer every tiny model here uses."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("make_asr_digits_rnnt", REPO / "scripts" / "make_asr_digits_rnnt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +38,7 @@ def tiny_transducers(tmp_path_factory):
     from nimbuild.export.asr import quiet
     from test_asr import LABELS, _sentencepiece_dir
 
-    trainer = _rnnt_trainer()
+    trainer = script_module("make_asr_digits_rnnt")  # its config() is the transducer every tiny model here uses
     out = {}
     for kind in ("rnnt", "tdt", "bpe"):
         torch.manual_seed(0)
