@@ -72,7 +72,7 @@ def main() -> str:
         path = tmp / f"m{count}.yaml"
         synthetic_manifest(count).save(path)
         t0 = time.perf_counter()
-        profiles, _ = read_profiles(path)
+        profiles = read_profiles(path).profiles
         t1 = time.perf_counter()
         selection = select_profile(profiles, system, {})
         t2 = time.perf_counter()

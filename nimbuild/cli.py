@@ -413,35 +413,47 @@ def _select(manifest: Path | None):
     from nimbuild.profiles.system import detect_system
 
     path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
-    profiles_, _ = read_profiles(path)
+    read = read_profiles(path)
     system = detect_system()
-    return system, select_profile(profiles_, system, os.environ), profiles_
+    selection = select_profile(read.profiles, system, os.environ)
+    if selection.warning:
+        click.echo(f"warning: {selection.warning}", err=True)
+    return system, selection, read, path
 
 
-def _list_profiles(manifest: Path | None, fmt: str) -> None:
+def _list_profiles(manifest: Path | None, fmt: str, explain: bool) -> None:
     from nimbuild.profiles import listing
 
-    system, selection, _ = _select(manifest)
+    system, selection, read, path = _select(manifest)
     if fmt == "json":
-        _emit_json(listing.as_json(system, selection))
+        source = {"path": str(path), "format": read.format, "read_as": read.describe(), **read.details}
+        _emit_json(listing.as_json(system, selection, source))
     else:
-        click.echo(listing.as_text(system, selection))
+        click.echo(f"read {path} as a {read.describe()}", err=True)  # stdout stays as NIM prints it
+        click.echo(listing.as_text(system, selection, explain))
+
+
+EXPLAIN_OPTION = click.option("--explain", is_flag=True,
+                              help="Also mark the selected profile, say why each other one is not runnable, and "
+                                   "show compute capabilities, memory and runtimes (NIM prints none of these).")
 
 
 @profiles.command("list")
 @_manifest_option
 @FORMAT_OPTION
-def profiles_list(manifest: Path | None, fmt: str) -> None:
+@EXPLAIN_OPTION
+def profiles_list(manifest: Path | None, fmt: str, explain: bool) -> None:
     """List profiles, grouped by whether this system can run them (same as nim_list_model_profiles)."""
-    _list_profiles(manifest, fmt)
+    _list_profiles(manifest, fmt, explain)
 
 
 @click.command("nim_list_model_profiles", cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
 @_manifest_option
 @FORMAT_OPTION
-def list_model_profiles_main(manifest: Path | None, fmt: str) -> None:
-    """List model profiles, grouped by whether this system can run them, the selected one marked."""
-    _list_profiles(manifest, fmt)
+@EXPLAIN_OPTION
+def list_model_profiles_main(manifest: Path | None, fmt: str, explain: bool) -> None:
+    """List model profiles in NIM's groups: runnable (LoRA apart), low memory, compilable, incompatible."""
+    _list_profiles(manifest, fmt, explain)
 
 
 @profiles.command("select")
@@ -449,7 +461,7 @@ def list_model_profiles_main(manifest: Path | None, fmt: str) -> None:
 @FORMAT_OPTION
 def profiles_select(manifest: Path | None, fmt: str) -> None:
     """Print the id of the profile this system would run; exit 1 with the reasons if none fits."""
-    _, selection, _ = _select(manifest)
+    selection = _select(manifest)[1]
     chosen = selection.require()
     if fmt == "json":
         _emit_json({"selected": chosen.id, "description": chosen.description, "tags": chosen.tags})
@@ -467,7 +479,7 @@ def profiles_show(profile: str, manifest: Path | None, fmt: str) -> None:
 
     from nimbuild.profiles.select import find_candidate
 
-    _, selection, _ = _select(manifest)
+    selection = _select(manifest)[1]
     candidate = find_candidate(profile, selection.candidates)
     data = {**candidate.profile.to_dict(), "status": candidate.status, "reasons": candidate.reasons,
             "selected": selection.selected is not None and selection.selected.id == candidate.profile.id}
@@ -488,13 +500,7 @@ def system_cmd(fmt: str) -> None:
     if fmt == "json":
         _emit_json(system.to_dict())
     else:
-        click.echo(listing.as_text(system, _empty_selection()).split("MODEL PROFILES")[0].rstrip())
-
-
-def _empty_selection():
-    from nimbuild.profiles.select import Selection
-
-    return Selection(None, [])
+        click.echo("\n".join(listing.system_lines(system, explain=True)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,11 +31,16 @@ def select(manifest: Path) -> tuple[Profile, System]:
     from nimbuild.profiles.select import select_profile
     from nimbuild.profiles.system import detect_system
 
-    profiles, _ = read_profiles(manifest)
+    read = read_profiles(manifest)
+    log.info("Manifest: %s (%s)", manifest, read.describe())
+    profiles = read.profiles
     system = detect_system()
     gpus = ", ".join(f"{g.name} ({g.compute_capability})" for g in system.gpus) or "no GPU"
     log.info("Detected system: %s", gpus)
-    profile = select_profile(profiles, system, os.environ).require()
+    selection = select_profile(profiles, system, os.environ)
+    if selection.warning:
+        log.warning("%s", selection.warning)
+    profile = selection.require()
     log.info("Selected profile: %s (%s)", profile.id, profile.description)
     for key, value in profile.tags.items():
         log.info("Profile metadata: %s: %s", key, value)
@@ -175,7 +180,7 @@ def create_model_store(manifest: Path, requested: str, store: Path, registry: st
     from nimbuild.profiles.system import detect_system
     from runtime_min.triton import TritonInstall, find_servers
 
-    profiles, _ = read_profiles(manifest)
+    profiles = read_profiles(manifest).profiles
     profile = find_candidate(requested, [Candidate(p) for p in profiles]).profile
     if backends:
         servers = [TritonInstall(Path("tritonserver"), None, {}, bundled=False, backends=frozenset(backends))]

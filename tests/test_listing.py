@@ -76,7 +76,8 @@ profiles:
 
 
 def test_nim_v1_with_custom_yaml_tags():
-    profiles, kind = parse_profiles(NIM_V1, "model_manifest.yaml")
+    read = parse_profiles(NIM_V1, "model_manifest.yaml")
+    profiles, kind = read.profiles, read.format
     assert kind == "nim-v1" and len(profiles) == 3
     first = profiles[0]
     assert first.id.startswith("1f8d0c7a") and first.model == "meta/llama3-8b-instruct"
@@ -85,7 +86,7 @@ def test_nim_v1_with_custom_yaml_tags():
 
 
 def test_nim_v1_selection_on_l40s_and_h100():
-    profiles, _ = parse_profiles(NIM_V1)
+    profiles = parse_profiles(NIM_V1).profiles
     l40s = system_from_dict({"gpus": [{"product": "L40S"}]})
     selection = select_profile(profiles, l40s, {})
     assert selection.selected.id.startswith("1f8d0c7a"), "the engine built for this exact GPU wins"
@@ -100,7 +101,8 @@ def test_nim_v1_selection_on_l40s_and_h100():
 
 
 def test_nim_v2():
-    profiles, kind = parse_profiles(NIM_V2)
+    read = parse_profiles(NIM_V2)
+    profiles, kind = read.profiles, read.format
     assert kind == "nim-v2" and [p.tags["llm_engine"] for p in profiles] == ["tensorrt_llm", "vllm"]
     assert profiles[0].files["rank0.engine"].uri == "ngc://nim/x:1"
     h200 = system_from_dict({"gpus": [{"product": "H200"}]})
@@ -112,7 +114,7 @@ def test_nim_v2():
     ("a: [b\n", "not valid YAML"),
     ("- 1\n", "expected a mapping"),
     ("abc:\n  model: m\n", "'tags' must be a non-empty mapping"),
-    ("abc: 3\n", "expected a mapping with tags"),
+    ("abc: 3\n", "not a profile manifest; expected nimbuild's manifest"),
     ("schema_version: 2.0.0\nprofiles:\n  - {tags: {a: b}}\n", "missing 'id'"),
     ("schema_version: 7\nprofiles: []\n", "unsupported schema_version"),
 ])
@@ -176,16 +178,28 @@ def test_listing_text_in_nim_shape(tmp_path, l40s_system):
     manifest.write_text(NIM_V1)
     result = _cli("-m", str(manifest), env={"NIMBUILD_SYSTEM": l40s_system})
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[:2] == ["SYSTEM INFO", "- GPUs:"]
-    assert lines[2] == "  - [26b9:10de] (0) NVIDIA L40S (L40S): compute capability 8.9, 46068 MiB"
-    groups = [i for i, ln in enumerate(lines) if ln.startswith("- Compatible") or ln.startswith("- Incompatible")]
-    assert [lines[i] for i in groups] == ["- Compatible with system and runnable:",
-                                          "- Compatible with system, built on first start:",
-                                          "- Incompatible with system:"]
-    assert lines[groups[0] + 1].endswith("(tensorrt_llm-l40s-fp16-throughput) [selected]")
-    assert lines[groups[1] + 1] == "  - <None>"
-    assert "2a9e8d7c" in lines[groups[2] + 1] and "built for GPU H100" in lines[groups[2] + 1]
+    assert result.stderr.strip() == f"read {manifest} as a NIM v1 manifest (a mapping of profile ids)"
+    assert result.stdout.splitlines() == [
+        "SYSTEM INFO",
+        "- Free GPUs:",
+        "  -  [26b9:10de] (0) NVIDIA L40S (L40S)",
+        "- Non-free GPUs:",
+        "  - <None>",
+        "MODEL PROFILES",
+        "- Compatible with system and runnable:",
+        "  - 1f8d0c7a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccd (tensorrt_llm-l40s-fp16-throughput)",
+        "  - 3b0f9e8d7c6b5a4f3e2d1c0b0a99887766554433221100ffeeddccbbaa998877 (vllm-bf16)",
+        "- Compatible with system but low memory:",
+        "  - <None>",
+        "- Compilable to TRT-LLM using just-in-time compilation of HF models to TRTLLM engines:",
+        "  - <None>",
+        "- Incompatible with system:",
+        "  - 2a9e8d7c6b5a4f3e2d1c0b0a99887766554433221100ffeeddccbbaa99887766 (tensorrt_llm-h100-fp8-tp2-latency)",
+    ]
+    explained = _cli("-m", str(manifest), "--explain", env={"NIMBUILD_SYSTEM": l40s_system}).stdout.splitlines()
+    assert explained[2] == "  -  [26b9:10de] (0) NVIDIA L40S (L40S) (compute capability 8.9, 46068 MiB)"
+    assert explained[explained.index("- Compatible with system and runnable:") + 1].endswith("[selected]")
+    assert "built for GPU H100" in explained[-1]
 
 
 def test_listing_json_shape(l40s_system):

@@ -1,13 +1,22 @@
-"""Read any profile manifest: nimbuild's own, or NVIDIA NIM's `model_manifest.yaml` (schema v1 and v2).
+"""Read any profile manifest: nimbuild's own, or NVIDIA NIM's `model_manifest.yaml` in each shape NIM
+has shipped, and say which one was read.
 
-NIM schema v1 is a mapping from profile id to {model, release, tags, workspace}, and uses YAML
-tags such as `!workspace` and `!name`; schema v2 has `schema_version: 2.0.0` and a `profiles` list.
-Their ids are NIM's own, kept as they are. Unknown YAML tags are read as plain values, never
-executed and never a crash.
+    nimbuild   {schema_version: 1.x, profiles: [{id, model, release, tags, workspace: {files}}]}
+    nim-v1     {<profile id>: {model, release, tags, container_url, workspace}}: LLM NIMs before 1.5
+               (with `!workspace` / `!name` YAML tags, `components: [{dst, src: {repo_id, files}}]`,
+               files as strings or single-key maps) and non-LLM NIMs (tags only, no workspace)
+    nim-list   [{id, tags, workspace: {files: {path: {uri}}}}]: NIM 1.5+ containers
+    nim-legacy {model_profile: ..., manifest: [the list form]}: the wrapped form some NIMs carry
+    nim-v2     {schema_version: 2.x, profile_selection_criteria, profiles: [{id, tags, workspace:
+               {files: {path: {uri, checksum}}}}]}
+
+NIM's ids are its own and kept as they are. Unknown YAML tags are read as plain values, never
+executed and never a crash. A shape that is none of these is refused with one line naming them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,16 @@ from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.yamlutil import load_or_raise
 
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+FORMATS = {
+    "nimbuild": "nimbuild manifest (schema_version 1.x)",
+    "nim-v1": "NIM v1 manifest (a mapping of profile ids)",
+    "nim-list": "NIM 1.5+ manifest (a list of profiles)",
+    "nim-legacy": "NIM legacy manifest (model_profile and a manifest list)",
+    "nim-v2": "NIM v2 manifest (schema_version 2.x)",
+}
+EXPECTED = ("expected nimbuild's manifest (schema_version 1.x with profiles), NIM v1 (profile id -> {tags, ...}), "
+            "NIM's list of {id, tags, workspace}, the legacy model_profile + manifest list, or NIM v2 "
+            "(schema_version 2.x with profiles)")
 
 
 class _TolerantLoader(_Base):  # type: ignore[misc, valid-type]
@@ -37,30 +56,93 @@ def _untagged(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
 _TolerantLoader.add_multi_constructor("!", _untagged)
 
 
-def read_profiles(path: str | Path) -> tuple[list[Profile], str]:
-    """Profiles from a manifest of any supported kind, and the kind's name."""
+class _TextLoader(_TolerantLoader):
+    """The same, with numbers read as the text they are written as: a NIM profile id of digits only
+    (`0123...`) must not become an integer and lose its leading zeros."""
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in _TolerantLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass
+class ManifestRead:
+    """What a manifest held, and which shape it was read as."""
+
+    profiles: list[Profile]
+    format: str  # a key of FORMATS
+    details: dict[str, str] = field(default_factory=dict)  # e.g. v2's profile_selection_criteria
+
+    def describe(self) -> str:
+        extra = "".join(f", {k} {v}" for k, v in self.details.items())
+        return f"{FORMATS[self.format]}{extra}"
+
+
+def read_profiles(path: str | Path) -> ManifestRead:
+    """Profiles from a manifest of any supported shape, and the shape's name."""
     return parse_profiles(read_user_text(path, "manifest", ManifestError), str(path))
 
 
-def parse_profiles(text: str, origin: str = "<manifest>") -> tuple[list[Profile], str]:
+def parse_profiles(text: str, origin: str = "<manifest>") -> ManifestRead:
     data = load_or_raise(text, _TolerantLoader, origin, ManifestError)
+    if _has_numeric_ids(data):  # rare: read again with numbers kept as written
+        data = load_or_raise(text, _TextLoader, origin, ManifestError)
+    if isinstance(data, list):
+        return ManifestRead(_listed(data, origin, "manifest"), "nim-list")
     if not isinstance(data, dict):
-        raise ManifestError(f"{origin}: not a profiles manifest (expected a mapping)")
-    version = str(data.get("schema_version", ""))
-    if "profiles" in data and version.startswith("1"):
-        return manifest_from_data(data, origin).profiles, "nimbuild"
-    if "profiles" in data and version.startswith("2"):
-        if not isinstance(data["profiles"], list):
-            raise ManifestError(f"{origin}: 'profiles' must be a list")
-        return [_nim_profile(p.get("id") if isinstance(p, dict) else None, p, origin, i)
-                for i, p in enumerate(data["profiles"])], "nim-v2"
+        raise ManifestError(f"{origin}: not a profile manifest; {EXPECTED}")
+    version = str(data.get("schema_version", "")).strip()
     if "schema_version" in data:
-        raise ManifestError(f"{origin}: unsupported schema_version {version!r}")
-    return [_nim_profile(pid, p, origin, i) for i, (pid, p) in enumerate(data.items())], "nim-v1"
+        if version.startswith("1") and "profiles" in data:
+            return ManifestRead(manifest_from_data(data, origin).profiles, "nimbuild")
+        if version.startswith("2"):
+            if not isinstance(data.get("profiles"), list):
+                raise ManifestError(f"{origin}: a v2 manifest's 'profiles' must be a list of {{id, tags, workspace}}")
+            criteria = data.get("profile_selection_criteria")
+            details = {"profile_selection_criteria": str(criteria)} if criteria else {}
+            return ManifestRead(_listed(data["profiles"], origin, "profiles"), "nim-v2", details)
+        raise ManifestError(f"{origin}: unsupported schema_version {version!r}; {EXPECTED}")
+    if isinstance(data.get("manifest"), list):
+        details = {"model_profile": str(data["model_profile"])} if data.get("model_profile") else {}
+        return ManifestRead(_listed(data["manifest"], origin, "manifest"), "nim-legacy", details)
+    if not any(isinstance(v, dict) for v in data.values()):  # v1's values are profiles; say what is wrong in one
+        raise ManifestError(f"{origin}: not a profile manifest; {EXPECTED}")
+    return ManifestRead(_unique([_nim_profile(pid, p, origin, str(pid)) for pid, p in data.items()], origin), "nim-v1")
 
 
-def _nim_profile(profile_id: Any, entry: Any, origin: str, index: int) -> Profile:
-    where = f"{origin}: profile {profile_id or index}"
+def _has_numeric_ids(data: Any) -> bool:
+    if isinstance(data, dict) and "schema_version" not in data:
+        entries = data.get("manifest") if isinstance(data.get("manifest"), list) else None
+        if entries is None:
+            return any(not isinstance(k, str) for k in data)
+        data = entries
+    if isinstance(data, dict):
+        data = data.get("profiles") if isinstance(data.get("profiles"), list) else []
+    return isinstance(data, list) and any(isinstance(e, dict) and isinstance(e.get("id", e.get("profile_id")), (int, float))
+                                          for e in data)
+
+
+def _listed(entries: list, origin: str, key: str) -> list[Profile]:
+    profiles = []
+    for i, entry in enumerate(entries):
+        profile_id = entry.get("id") or entry.get("profile_id") if isinstance(entry, dict) else None
+        profiles.append(_nim_profile(profile_id, entry, origin, f"{key}[{i}]"))
+    return _unique(profiles, origin)
+
+
+def _unique(profiles: list[Profile], origin: str) -> list[Profile]:
+    seen: set[str] = set()
+    for p in profiles:
+        if p.id in seen:
+            raise ManifestError(f"{origin}: profile id {p.id} appears twice; each profile needs its own id")
+        seen.add(p.id)
+    return profiles
+
+
+def _nim_profile(profile_id: Any, entry: Any, origin: str, where: str) -> Profile:
+    where = f"{origin}: {where}"
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping with tags")
     if not profile_id:
@@ -72,17 +154,32 @@ def _nim_profile(profile_id: Any, entry: Any, origin: str, index: int) -> Profil
     return Profile(
         id=str(profile_id), model=str(entry.get("model", "")), release=str(entry.get("release", "")),
         description=str(entry.get("description") or describe(tags)), tags=tags,
-        files=_nim_files(entry.get("workspace")), requires=dict(entry.get("requires") or {}),
+        files=_nim_files(entry.get("workspace"), where), requires=dict(entry.get("requires") or {}),
     )
 
 
-def _nim_files(workspace: Any) -> dict[str, WorkspaceFile]:
-    """v2's workspace.files when it carries digests; v1's components only name remote repositories."""
+def _nim_files(workspace: Any, where: str) -> dict[str, WorkspaceFile]:
+    """The files a profile's workspace lists with a checksum (v2, the list form; v1's components
+    name remote repositories and file names, which carry nothing to verify)."""
+    if workspace is None:
+        return {}
+    if not isinstance(workspace, dict):
+        raise ManifestError(f"{where}: 'workspace' must be a mapping (files, or components)")
+    raw = workspace.get("files")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: 'workspace.files' must map paths to {{uri, checksum}}")
     files = {}
-    raw = workspace.get("files") if isinstance(workspace, dict) else None
-    if isinstance(raw, dict):
-        for rel, f in raw.items():
-            if isinstance(f, dict) and f.get("digest"):
-                files[str(rel)] = WorkspaceFile(str(f.get("uri", "")), str(f["digest"]), int(f.get("size", 0)))
+    for rel, f in raw.items():
+        if not isinstance(f, dict) or not f.get("uri"):
+            raise ManifestError(f"{where}: workspace file {rel!r} needs a uri")
+        checksum = f.get("checksum") or f.get("digest")
+        if checksum:
+            digest = str(checksum) if ":" in str(checksum) else f"sha256:{checksum}"
+            size = f.get("size") or 0
+            size = int(size) if isinstance(size, str) and size.isdigit() else size
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ManifestError(f"{where}: workspace file {rel!r} has size {size!r}; expected a whole number of bytes")
+            files[str(rel)] = WorkspaceFile(str(f["uri"]), digest, size)
     return files
-

@@ -3,18 +3,27 @@
 The CLI (`nim_list_model_profiles`, `nimbuild profiles select`) and runtime_min call the same
 `select_profile`, so what a listing marks as selected is what the runtime starts.
 
-Order:
-1. NIM_MODEL_PROFILE (an id, a unique id prefix, or a description) chooses exactly one profile.
-2. NIM_TAGS_SELECTOR (k=v,k=v) keeps only profiles whose tags match.
-3. Profiles the system cannot run are dropped, each with its reasons.
-4. Preference: prebuilt for this exact GPU > prebuilt for this compute capability > rmir > generic;
-   then the lowest precision the hardware runs well; then the preferred latency/throughput
+Order (each rule's source is in the README's selection section):
+1. NIM_MODEL_PROFILE (an id, a unique id prefix, or a description) chooses exactly one profile; one
+   judged incompatible is refused, unless NIM_MANIFEST_ALLOW_UNSAFE=1 (then chosen, with a warning).
+2. NIM_TAGS_SELECTOR (k=v,k=v) keeps only profiles whose tags match; with LoRA enabled
+   (NIM_PEFT_SOURCE set), profiles without feat_lora=true are dropped.
+3. Profiles the system cannot run are dropped, each with its reasons: GPU identity (`gpu`,
+   `gpu_device`, non-LLM NIMs' `product_name_regex` and `key`), compute capability, count,
+   memory (those that fail on memory alone are "compatible but low memory"), runtime versions.
+   Buildable profiles (RMIR, TensorRT-LLM `trtllm_buildable`) are compatible when a builder, the
+   GPUs, their count and memory fit.
+4. Preference: prebuilt for this exact GPU > prebuilt for this compute capability > built here
+   (RMIR, buildable TensorRT-LLM) > generic on the GPU (vLLM, SGLang, ONNX) > CPU; within one,
+   TensorRT and TensorRT-LLM before other engines; then profiles without LoRA unless LoRA is
+   enabled; then the lowest precision the hardware runs well; then the preferred latency/throughput
    profile (NIMBUILD_PREFER_PROFILE, default throughput); then tp x pp closest to the GPU count;
    ties broken by id.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -27,10 +36,14 @@ from nimbuild.profiles.system import GPU, System, cc_tuple
 PROFILE_ENV = "NIM_MODEL_PROFILE"
 SELECTOR_ENV = "NIM_TAGS_SELECTOR"
 PREFER_ENV = "NIMBUILD_PREFER_PROFILE"
+UNSAFE_ENV = "NIM_MANIFEST_ALLOW_UNSAFE"
+PEFT_ENV = "NIM_PEFT_SOURCE"
 
-RUNNABLE, BUILDABLE, INCOMPATIBLE = "runnable", "buildable", "incompatible"
+RUNNABLE, BUILDABLE, LOW_MEMORY, INCOMPATIBLE = "runnable", "buildable", "low-memory", "incompatible"
 # Backends that run without a GPU; everything else (TensorRT engines, TRT-LLM, vLLM, RMIR) needs one.
-CPU_BACKENDS = {"onnxruntime"}
+# NIM's non-LLM containers tag their generic profiles `backend: onnx`.
+CPU_BACKENDS = {"onnxruntime", "onnx"}
+TENSORRT_ENGINES = {"tensorrt", "tensorrt_llm", "tensorrt_rtx", "trtllm"}
 # Lowest compute capability each precision runs on (tensor-core support).
 PRECISION_MIN_CC = {"bf16": (8, 0), "fp8": (8, 9), "fp4": (10, 0), "nvfp4": (10, 0), "int4": (7, 5)}
 # Preference ranks, lower is better. On a GPU, lower precision is faster. On a CPU, onnxruntime
@@ -38,14 +51,19 @@ PRECISION_MIN_CC = {"bf16": (8, 0), "fp8": (8, 9), "fp4": (10, 0), "nvfp4": (10,
 GPU_PRECISION_RANK = {"nvfp4": 0, "fp4": 0, "fp8": 1, "int4": 2, "int8": 2, "w4a16": 2, "fp16": 3, "bf16": 3,
                       "mixed": 3, "fp32": 4}
 CPU_PRECISION_RANK = {"int8": 0, "fp32": 1, "fp16": 2, "bf16": 3}
-TIER_NAMES = ("prebuilt for this GPU", "prebuilt for this compute capability", "rmir", "generic")
+TIER_NAMES = ("prebuilt for this GPU", "prebuilt for this compute capability", "built on this GPU",
+              "generic on the GPU", "CPU")
 
 
 @dataclass
 class Candidate:
     profile: Profile
-    status: str = RUNNABLE  # runnable | buildable | incompatible
+    status: str = RUNNABLE  # runnable | buildable | low-memory | incompatible
     reasons: list[str] = field(default_factory=list)
+
+    @property
+    def compatible(self) -> bool:
+        return self.status in (RUNNABLE, BUILDABLE)
 
 
 @dataclass
@@ -53,6 +71,7 @@ class Selection:
     selected: Profile | None
     candidates: list[Candidate]  # every profile, in preference order among the compatible ones
     why_none: str | None = None  # set when nothing was selected
+    warning: str | None = None  # a forced choice NIM_MANIFEST_ALLOW_UNSAFE let through
 
     def require(self) -> Profile:
         if self.selected is None:
@@ -63,21 +82,25 @@ class Selection:
 def select_profile(profiles: Sequence[Profile], system: System, env: Mapping[str, str]) -> Selection:
     candidates = [_judge(p, system) for p in profiles]
     _apply_selector(candidates, env.get(SELECTOR_ENV, ""))
+    lora = bool(env.get(PEFT_ENV, "").strip())
+    if lora:
+        _require_lora(candidates)
     prefer = (env.get(PREFER_ENV) or "throughput").strip().lower()
     if prefer not in ("throughput", "latency"):
         raise NimbuildError(f"{PREFER_ENV}={prefer!r}: expected throughput or latency")
-    compatible = sorted((c for c in candidates if c.status != INCOMPATIBLE),
-                        key=lambda c: _preference(c.profile, system, prefer))
-    ordered = compatible + sorted((c for c in candidates if c.status == INCOMPATIBLE), key=lambda c: c.profile.id)
+    compatible = sorted((c for c in candidates if c.compatible), key=lambda c: _preference(c.profile, system, prefer, lora))
+    ordered = compatible + sorted((c for c in candidates if not c.compatible),
+                                  key=lambda c: (c.status != LOW_MEMORY, c.profile.id))
 
     requested = env.get(PROFILE_ENV, "").strip()
     if requested:
         chosen = find_candidate(requested, candidates)
-        if chosen.status == INCOMPATIBLE:
-            raise SelectionError(
-                f"{PROFILE_ENV}={requested} names {chosen.profile.id} ({chosen.profile.description}), "
-                f"which this system cannot run: {'; '.join(chosen.reasons)}"
-            )
+        if not chosen.compatible:
+            why = (f"{PROFILE_ENV}={requested} names {chosen.profile.id} ({chosen.profile.description}), "
+                   f"which this system cannot run: {'; '.join(chosen.reasons)}")
+            if env.get(UNSAFE_ENV, "").strip().lower() not in ("1", "true", "yes"):
+                raise SelectionError(f"{why} (set {UNSAFE_ENV}=1 to start it anyway)")
+            return Selection(chosen.profile, ordered, warning=f"{why}; starting it because {UNSAFE_ENV} is set")
         return Selection(chosen.profile, ordered)
     if not compatible:
         return Selection(None, ordered, why_none=_why_none(ordered, system))
@@ -91,8 +114,13 @@ def needs_gpu(profile: Profile) -> bool:
     return backend not in CPU_BACKENDS or profile.tags.get("type") in ("prebuilt", "rmir")
 
 
+def buildable(profile: Profile) -> bool:
+    """Made into an engine on the target: an RMIR, or NIM's TensorRT-LLM profiles built from HF weights."""
+    return profile.tags.get("type") == "rmir" or profile.tags.get("trtllm_buildable", "").lower() == "true"
+
+
 def _judge(profile: Profile, system: System) -> Candidate:
-    candidate = Candidate(profile, BUILDABLE if profile.tags.get("type") == "rmir" else RUNNABLE)
+    candidate = Candidate(profile, BUILDABLE if buildable(profile) else RUNNABLE)
     reasons = candidate.reasons
     tags, requires = profile.tags, profile.requires
     if needs_gpu(profile):
@@ -108,14 +136,21 @@ def _judge(profile: Profile, system: System) -> Candidate:
     needed = gpus_needed(profile)
     if needs_gpu(profile) and system.gpus and len(system.gpus) < needed:
         reasons.append(f"needs {needed} GPUs ({_parallelism(profile)}); this system has {len(system.gpus)}")
-    memory = requires.get("gpu_memory_mib")
+    fits = not reasons
+    memory = memory_needed_mib(profile)
     if memory and system.gpus and needs_gpu(profile):
         smallest = min(system.gpus[:needed] or system.gpus, key=lambda g: g.memory_mib)
-        if smallest.memory_mib < int(memory):
-            reasons.append(f"needs {int(memory)} MiB of GPU memory; GPU {smallest.index} has {smallest.memory_mib} MiB")
-    if reasons:
-        candidate.status = INCOMPATIBLE
+        if smallest.memory_mib < memory:
+            reasons.append(f"needs {memory} MiB of GPU memory; GPU {smallest.index} has {smallest.memory_mib} MiB")
+    if reasons:  # short of memory alone is NIM's "compatible with system but low memory"
+        candidate.status = LOW_MEMORY if fits else INCOMPATIBLE
     return candidate
+
+
+def memory_needed_mib(profile: Profile) -> int | None:
+    """GPU memory a profile records it needs, per GPU: nimbuild's requires.gpu_memory_mib."""
+    value = profile.requires.get("gpu_memory_mib")
+    return int(value) if isinstance(value, int) or str(value).isdigit() else None
 
 
 def _gpu_reasons(profile: Profile, system: System) -> list[str]:
@@ -126,6 +161,7 @@ def _gpu_reasons(profile: Profile, system: System) -> list[str]:
         if not _for_this_gpu(profile, gpu):
             wanted = " / ".join(v for v in (tags.get("gpu"), tags.get("gpu_device")) if v)
             reasons.append(f"built for GPU {wanted}; this system has {gpu.name} ({gpu.device_id})")
+    reasons.extend(_nim_identity_reasons(profile, gpu, system))
     engine_ccs = [c.strip() for c in tags.get("compute_capability", "").split(",") if c.strip()]
     if engine_ccs and not _cc_allowed(gpu.cc, engine_ccs, tags):
         reasons.append(f"compute capability {gpu.compute_capability} is not among the engine's {', '.join(engine_ccs)}")
@@ -135,6 +171,43 @@ def _gpu_reasons(profile: Profile, system: System) -> list[str]:
     reasons.extend(_precision_reasons(tags.get("precision", ""), gpu))
     reasons.extend(_runtime_reasons(profile, system))
     return reasons
+
+
+def _nim_identity_reasons(profile: Profile, gpu: GPU, system: System) -> list[str]:
+    """Non-LLM NIMs name their engines' GPU by `product_name_regex` (a Python regular expression,
+    look-aheads included, searched in the GPU's product name as NVIDIA's device plugin labels it,
+    e.g. NVIDIA-A10G) and by `key` (GPU, TensorRT version, CUDA major: NVIDIA-A10G_10.0.1_12)."""
+    tags, reasons = profile.tags, []
+    pattern = tags.get("product_name_regex")
+    if pattern:
+        try:
+            matched = _product_regex(pattern).search(gpu.product_label) is not None
+        except re.error as e:
+            matched = False
+            reasons.append(f"product_name_regex {pattern!r} is not a valid regular expression ({e})")
+        if not matched and not reasons:
+            reasons.append(f"product_name_regex {pattern!r} does not match this GPU ({gpu.product_label})")
+    key = parse_key(tags.get("key", ""))
+    if key:
+        label, trt, _cuda = key
+        if label.lower() != gpu.product_label.lower() and not pattern:
+            reasons.append(f"key {tags['key']} is for {label}; this GPU is {gpu.product_label}")
+        installed = (system.runtimes or {}).get("tensorrt")
+        if installed and _version(installed)[:3] != _version(trt)[:3]:
+            reasons.append(f"key {tags['key']}: the engine was built with TensorRT {trt}; {installed} is installed")
+    return reasons
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """NVIDIA-A10G_10.0.1_12 -> (NVIDIA-A10G, 10.0.1, 12); a generic key (`onnx`) names no GPU."""
+    parts = key.split("_")
+    if len(parts) == 3 and parts[1][:1].isdigit() and parts[2].isdigit():
+        return parts[0], parts[1], parts[2]
+    return None
+
+
+def _product_regex(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
 
 
 def _cc_allowed(cc: tuple[int, int], engine_ccs: list[str], tags: Mapping[str, str]) -> bool:
@@ -203,11 +276,29 @@ def _int(value: str | None, default: int) -> int:
 
 
 def _for_this_gpu(profile: Profile, gpu: GPU) -> bool:
-    device = profile.tags.get("gpu_device", "").lower()
+    tags = profile.tags
+    device = tags.get("gpu_device", "").lower()
     if device and device == gpu.device_id:
         return True
-    name = profile.tags.get("gpu")
-    return bool(name) and catalogue.name_matches(name, gpu.name, gpu.product)
+    name = tags.get("gpu")
+    if name and catalogue.name_matches(name, gpu.name, gpu.product):
+        return True
+    pattern, key = tags.get("product_name_regex"), parse_key(tags.get("key", ""))
+    try:
+        if pattern and _product_regex(pattern).search(gpu.product_label):
+            return True
+    except re.error:
+        return False
+    return bool(key) and key[0].lower() == gpu.product_label.lower()
+
+
+def _require_lora(candidates: list[Candidate]) -> None:
+    """NIM with LoRA enabled (NIM_PEFT_SOURCE) runs only profiles that serve adapters."""
+    for c in candidates:
+        if c.profile.tags.get("feat_lora", "false").lower() != "true":
+            c.status = INCOMPATIBLE
+            c.reasons.append(f"LoRA is enabled ({PEFT_ENV} is set) and this profile does not support LoRA "
+                             "(feat_lora is not true)")
 
 
 # --- overrides ------------------------------------------------------------------------------------
@@ -258,22 +349,30 @@ def find_candidate(requested: str, candidates: list[Candidate]) -> Candidate:
 # --- preference -----------------------------------------------------------------------------------
 
 def tier(profile: Profile, system: System) -> int:
-    kind = profile.tags.get("type", "")
-    if kind == "rmir":
+    """An index of TIER_NAMES."""
+    if buildable(profile):
         return 2
     if not needs_gpu(profile):
-        return 3
+        return 4
     if system.gpus and _for_this_gpu(profile, system.gpus[0]):
         return 0
-    return 1
+    if profile.tags.get("compute_capability") or profile.tags.get("type") == "prebuilt":
+        return 1
+    return 3
 
 
-def _preference(profile: Profile, system: System, prefer: str) -> tuple:
+def engine(profile: Profile) -> str:
+    return (profile.tags.get("llm_engine") or profile.tags.get("backend") or "").lower()
+
+
+def _preference(profile: Profile, system: System, prefer: str, lora: bool = False) -> tuple:
     ranks = GPU_PRECISION_RANK if system.gpus else CPU_PRECISION_RANK
     precision = ranks.get(profile.tags.get("precision", "").lower(), len(ranks) + 1)
     mode = 0 if profile.tags.get("profile", prefer).lower() == prefer else 1
     spread = abs(max(len(system.gpus), 1) - gpus_needed(profile))
-    return (tier(profile, system), precision, mode, spread, profile.id)
+    tensorrt = 0 if engine(profile) in TENSORRT_ENGINES else 1
+    adapters = 0 if lora or profile.tags.get("feat_lora", "false").lower() != "true" else 1
+    return (tier(profile, system), tensorrt, adapters, precision, mode, spread, profile.id)
 
 
 def _why_none(ordered: list[Candidate], system: System) -> str:

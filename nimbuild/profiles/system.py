@@ -50,6 +50,12 @@ class GPU:
         return model.product if model else None
 
     @property
+    def product_label(self) -> str:
+        """The product name as NVIDIA's GPU feature discovery labels nodes (nvidia.com/gpu.product):
+        NVML's name with spaces as dashes, e.g. NVIDIA-A10G. NIM's product_name_regex matches this."""
+        return "-".join(self.name.split())
+
+    @property
     def cc(self) -> tuple[int, int]:
         return cc_tuple(self.compute_capability)
 

@@ -44,4 +44,6 @@ def describe(tags: Mapping[str, str]) -> str:
             parts.append(tags[key].lower())
     if tags.get("feat_lora", "false").lower() == "true":
         parts.append("lora")
+    if tags.get("trtllm_buildable", "false").lower() == "true":
+        parts.append("buildable")  # NIM's TensorRT-LLM profiles compiled from HF weights at start
     return "-".join(parts)
