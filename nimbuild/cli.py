@@ -469,6 +469,28 @@ def profiles_select(manifest: Path | None, fmt: str) -> None:
         click.echo(chosen.id)
 
 
+@profiles.command("export")
+@_manifest_option
+@click.option("--format", "fmt", type=click.Choice(["nim-v2"]), default="nim-v2", show_default=True,
+              help="The manifest shape to write.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write here (atomically) instead of standard output.")
+def profiles_export(manifest: Path | None, fmt: str, out: Path | None) -> None:
+    """Write the manifest as a NIM v2 model_manifest.yaml (per-file uri and checksum) that NIM's readers take."""
+    import os
+
+    from nimbuild.fsutil import atomic_write_text
+    from nimbuild.profiles.nim import nim_v2_text, read_profiles
+
+    path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
+    text = nim_v2_text(read_profiles(path).profiles)
+    if out:
+        atomic_write_text(out, text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
 @profiles.command("show")
 @click.argument("profile")
 @_manifest_option

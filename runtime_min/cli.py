@@ -1,5 +1,5 @@
-"""`python -m runtime_min serve | create-model-store | list-model-profiles` (NIM's commands; the first
-two also as `nimbuild serve` and `nimbuild create-model-store`)."""
+"""`python -m runtime_min serve | create-model-store | download-to-cache | list-model-profiles` (NIM's
+commands; serve and create-model-store also as `nimbuild serve` and `nimbuild create-model-store`)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,32 @@ def create_model_store_cmd(profile, store, manifest, registry, backends) -> None
     """Write one profile's Triton model repository (servable by `tritonserver --model-repository`)."""
     def run() -> int:
         click.echo(run_create_model_store(profile, store, manifest, registry, backends))
+        return 0
+
+    sys.exit(_one_line_errors(run))
+
+
+@main.command("download-to-cache")
+@click.option("--manifest-file", "--manifest", "-m", "manifest", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
+@click.option("--registry", default=None, help="Registry to download from (directory, oci://, ngc://).")
+@click.option("--profile", "-p", "profiles", multiple=True,
+              help="Profile id, unique id prefix or description; repeat for several (default: the one this "
+                   "machine would run).")
+@click.option("--all", "everything", is_flag=True, help="Every profile of the manifest.")
+def download_to_cache_cmd(manifest, registry, profiles, everything) -> None:
+    """Fetch profiles into NIM_CACHE_PATH (verified, resumable), so that serve starts with no registry."""
+    def run() -> int:
+        from nimbuild.registry.cache import default_cache_root
+        from runtime_min.service import download_to_cache
+
+        if everything and profiles:
+            raise NimbuildError("--all and --profile choose in different ways; give one")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
+        for profile, workspace, cached in download_to_cache(path, registry, default_cache_root(), list(profiles), everything):
+            state = "already in the cache" if cached else "downloaded"
+            click.echo(f"{profile.id} ({profile.description}): {state}, {workspace}")
         return 0
 
     sys.exit(_one_line_errors(run))

@@ -74,8 +74,30 @@ def check_runnable(profile: Profile, servers: list, chosen: tuple | None = None)
                                 f"module(s) {', '.join(missing)} (pip install 'nimbuild[trt]' for tensorrt_rtx)")
 
 
+def cached_workspace(profile: Profile, cache_root: Path) -> Path | None:
+    """The profile's workspace from the cache alone, as NIM starts after download-to-cache with no
+    network: every file's blob verified in the blob cache and placed (hard-linked) in the workspace
+    pull lays out; None when any blob is missing, so the caller fetches."""
+    from nimbuild.registry.cache import BlobCache
+
+    cache = BlobCache(cache_root)
+    if not profile.files or any(cache.verified(f.digest, f.size) is None for f in profile.files.values()):
+        return None
+    workspace = cache_root / "profiles" / profile.model / profile.release / "profiles" / profile.description
+    for rel, f in profile.files.items():
+        target = workspace / rel
+        if not (target.exists() and os.path.samefile(target, cache.path(f.digest))):
+            cache.place(f.digest, target)
+    return workspace
+
+
 def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Path) -> Path:
-    """The profile's workspace, verified: pulled through the cache, or checked where the manifest points."""
+    """The profile's workspace, verified: from the cache when every file is there (no registry is
+    contacted), else pulled through the cache, else checked where the manifest points."""
+    cached = cached_workspace(profile, cache_root)
+    if cached is not None:
+        log.info("Profile %s found in the cache %s; nothing to download", profile.description, cache_root)
+        return cached
     if registry:
         from nimbuild.registry import pull
         from nimbuild.registry.cache import BlobCache
@@ -90,13 +112,41 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
     for rel, f in profile.files.items():
         path = base / f.uri
         if "://" in f.uri or not path.is_file():
-            raise NimbuildError(f"{rel}: {f.uri} is not a local file; pass --registry to fetch the profile")
+            raise NimbuildError(f"{rel}: {f.uri} is not a local file and the profile is not in the cache "
+                                f"{cache_root}; pass --registry to fetch it, or run download-to-cache first")
         if not file_matches(path, f.digest, f.size):
             raise NimbuildError(f"{path}: does not match its digest in {manifest}; the workspace is damaged")
         roots.add(Path(str(path)[: -len(rel)]))
     if len(roots) != 1:
         raise NimbuildError(f"profile {profile.description}: its files are not in one workspace directory")
     return roots.pop()
+
+
+def download_to_cache(manifest: Path, registry: str | None, cache_root: Path, wanted: list[str],
+                      everything: bool) -> list[tuple[Profile, Path, bool]]:
+    """NIM's download-to-cache: the named profiles, all of them, or the one this machine would run,
+    fetched (verified, resumable) into the cache so that a later start needs no registry.
+    Returns (profile, workspace, already cached) for each."""
+    from nimbuild.profiles.nim import read_profiles
+    from nimbuild.profiles.select import Candidate, find_candidate, select_profile
+    from nimbuild.profiles.system import detect_system
+
+    profiles = read_profiles(manifest).profiles
+    if everything:
+        chosen = profiles
+    elif wanted:
+        candidates = [Candidate(p) for p in profiles]
+        chosen = list({id(p): p for p in (find_candidate(w, candidates).profile for w in wanted)}.values())
+    else:
+        chosen = [select_profile(profiles, detect_system(), os.environ).require()]
+    results = []
+    for profile in chosen:
+        cached = cached_workspace(profile, cache_root)
+        if cached is None and not registry:
+            raise NimbuildError(f"profile {profile.description} is not in the cache {cache_root}; "
+                                "pass --registry to download it")
+        results.append((profile, cached or fetch(profile, manifest, registry, cache_root), cached is not None))
+    return results
 
 
 def deploy_into(profile: Profile, workspace: Path, system: System, servers: list, store: Path, cache_root: Path):

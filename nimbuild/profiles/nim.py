@@ -183,3 +183,19 @@ def _nim_files(workspace: Any, where: str) -> dict[str, WorkspaceFile]:
                 raise ManifestError(f"{where}: workspace file {rel!r} has size {size!r}; expected a whole number of bytes")
             files[str(rel)] = WorkspaceFile(str(f["uri"]), digest, size)
     return files
+
+
+def nim_v2_text(profiles: list[Profile]) -> str:
+    """Profiles as a NIM v2 manifest (per-file uri and checksum; size, model, release, description
+    and requires beside them), which parse_profiles reads back to the same profiles."""
+    entries = []
+    for p in profiles:
+        entry: dict[str, Any] = {"id": p.id, "model": p.model, "release": p.release, "description": p.description,
+                                 "tags": dict(p.tags)}
+        if p.requires:
+            entry["requires"] = dict(p.requires)
+        entry["workspace"] = {"files": {rel: {"uri": f.uri, "checksum": f.digest, "size": f.size}
+                                        for rel, f in p.files.items()}}
+        entries.append(entry)
+    data = {"schema_version": "2.0.0", "profile_selection_criteria": "default", "profiles": entries}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096, allow_unicode=True)

@@ -1,0 +1,83 @@
+"""NIM's cache commands on nimbuild's registry and cache: download-to-cache, then the air-gapped start
+NIM documents (download while connected; start with no registry reachable); and the manifest
+exported as NIM v2 and read back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from nimbuild.profiles.manifest import load_manifest
+from nimbuild.profiles.nim import parse_profiles
+from nimbuild.progress import Reporter
+
+FP32 = "onnxruntime-fp32-throughput"
+
+
+def _download(manifest, cache, *args):
+    return subprocess.run([sys.executable, "-m", "runtime_min", "download-to-cache", "-m", str(manifest), *args],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NIM_CACHE_PATH": str(cache)})
+
+
+def test_download_to_cache_then_serve_with_the_registry_gone(minilm_compiled, tmp_path):
+    from nimbuild.registry import publish
+    from servers import Registry
+    from test_runtime import Runtime
+
+    out, _ = minilm_compiled
+    server = Registry(tmp_path / "registry")
+    registry = f"oci://{server.host}/nim"
+    try:
+        publish(out, registry, Reporter(quiet=True))
+        # the manifest alone, as a NIM container carries it: its files are in the registry, not beside it
+        container = tmp_path / "container"
+        container.mkdir()
+        manifest = container / "model_manifest.yaml"
+        shutil.copy(out / "profiles.yaml", manifest)
+        cache = tmp_path / "cache"
+        first = _download(manifest, cache, "--registry", registry, "--profile", FP32)
+        assert first.returncode == 0, first.stderr
+        (line,) = first.stdout.splitlines()
+        assert f"({FP32}): downloaded" in line
+    finally:
+        server.stop()
+    # the registry is gone: the profile is already there, and anything else says so in one line
+    again = _download(manifest, cache, "--registry", registry, "--profile", FP32)
+    assert again.returncode == 0 and "already in the cache" in again.stdout
+    missing = _download(manifest, cache, "--registry", registry, "--profile", "onnxruntime-fp16-throughput")
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
+    assert _download(manifest, cache, "--profile", "onnxruntime-fp16-throughput").stderr.strip() == \
+        f"error: profile onnxruntime-fp16-throughput is not in the cache {cache}; pass --registry to download it"
+    runtime = Runtime(manifest, cache, registry=registry, env={"NIM_MODEL_PROFILE": FP32})
+    try:
+        runtime.wait_ready(120)
+        reply = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": "minilm-embed", "input": ["offline"]}, timeout=60)
+        assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 384
+        assert "found in the cache" in runtime.log.read_text()
+    finally:
+        assert runtime.stop() == 0
+
+
+def test_export_as_nim_v2_reads_back_the_same_profiles(minilm_compiled, tmp_path):
+    out, _ = minilm_compiled
+    target = tmp_path / "model_manifest.yaml"
+    result = subprocess.run([sys.executable, "-m", "nimbuild", "profiles", "export", "--format", "nim-v2",
+                             "-m", str(out / "profiles.yaml"), "--out", str(target)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ours = load_manifest(out / "profiles.yaml").profiles
+    read = parse_profiles(target.read_text())
+    assert read.format == "nim-v2" and read.details == {"profile_selection_criteria": "default"}
+    assert [(p.id, p.model, p.release, p.description, p.tags, p.files, p.requires) for p in read.profiles] == \
+        [(p.id, p.model, p.release, p.description, p.tags, p.files, p.requires) for p in ours]
+
+
+@pytest.mark.parametrize("args, message", [(["--all", "--profile", "x"], "--all and --profile")])
+def test_download_to_cache_refuses_contradictions(minilm_compiled, tmp_path, args, message):
+    out, _ = minilm_compiled
+    result = _download(out / "profiles.yaml", tmp_path / "cache", *args)
+    assert result.returncode != 0 and message in result.stderr
