@@ -274,3 +274,13 @@ def test_an_id_of_digits_keeps_its_leading_zeros():
     for text in (f"{digits}:\n  tags: {{backend: onnx}}\n", f"- id: {digits}\n  tags: {{backend: onnx}}\n"):
         read = parse_profiles(text)
         assert [p.id for p in read.profiles] == [digits]
+
+
+def test_a_system_file_with_a_word_for_utilisation_is_one_line(tmp_path):
+    system = tmp_path / "system.json"
+    system.write_text('{"gpus": [{"product": "L40S", "utilization_percent": "busy"}]}')
+    manifest = tmp_path / "model_manifest.yaml"
+    manifest.write_text(NON_LLM)
+    result = _cli("-m", str(manifest), env={"NIMBUILD_SYSTEM": str(system)})
+    assert result.returncode != 0 and "utilization_percent must be a whole number, got 'busy'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -145,10 +145,15 @@ def _gpu_from_dict(entry: Any, position: int) -> GPU:
     device_id = str(entry.get("device_id") or (model.device_id if model else "0000:10de")).lower()
     if len(device_id.split(":")) != 2:
         raise ValueError(f"{where}: device_id must look like \"26b9:10de\"")
+    optional = {}
+    for key in ("memory_free_mib", "utilization_percent"):  # the listing compares them: whole numbers or absent
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{where}: {key} must be a whole number, got {value!r}")
+        optional[key] = value
     return GPU(
         index=index, name=str(entry.get("name") or model.name), device_id=device_id, compute_capability=cc,
-        memory_mib=memory, memory_free_mib=entry.get("memory_free_mib"),
-        utilization_percent=entry.get("utilization_percent"),
+        memory_mib=memory, **optional,
     )
 
 
