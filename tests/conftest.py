@@ -67,6 +67,16 @@ def held_out(tmp_path_factory):
     return items
 
 
+def serving(manifest: Path, cache: Path, **env: str):
+    """runtime_min serving `manifest` until the generator is closed (a fixture's `yield from`)."""
+    from test_runtime import Runtime
+
+    runtime = Runtime(manifest, cache, env=env)
+    runtime.wait_ready(120)
+    yield runtime
+    assert runtime.stop() == 0
+
+
 def modules_loaded_by(snippet: str, watched: tuple[str, ...]) -> list[str]:
     """Run `snippet` in a fresh interpreter; the watched modules it loaded. A watched name matches a
     top-level package ("torch") or a dotted prefix ("nimbuild.targets")."""

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import riva.client  # the official Speech NIM client (nvidia-riva-client), for the gRPC tests
 
-from conftest import REPO, asr_trainer as _trainer, modules_loaded_by
+from conftest import REPO, asr_trainer as _trainer, modules_loaded_by, serving
 from nimbuild.errors import NimbuildError, ParityError, SourceError
 from nimbuild.progress import Reporter
 
@@ -374,13 +374,7 @@ def test_speech_rmir_deploys_with_its_front_end_and_vocabulary(digits_compiled, 
 
 @pytest.fixture(scope="module")
 def served_digits(digits_compiled, tmp_path_factory):
-    from test_runtime import Runtime
-
-    runtime = Runtime(digits_compiled / "profiles.yaml", tmp_path_factory.mktemp("asr-cache"),
-                      env={"NIM_TAGS_SELECTOR": "mode=str"})
-    runtime.wait_ready(120)
-    yield runtime
-    assert runtime.stop() == 0
+    yield from serving(digits_compiled / "profiles.yaml", tmp_path_factory.mktemp("asr-cache"), NIM_TAGS_SELECTOR="mode=str")
 
 
 def _transcribe(url: str, path: Path, **fields) -> httpx.Response:

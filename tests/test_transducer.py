@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import riva.client
 
-from conftest import REPO, asr_trainer, script_module
+from conftest import REPO, asr_trainer, script_module, serving
 from nimbuild.errors import NimbuildError, ParityError
 from nimbuild.progress import Reporter
 
@@ -224,13 +224,7 @@ def test_the_example_compiles_to_generic_engine_and_rmir_profiles_with_the_decod
 
 @pytest.fixture(scope="module")
 def served_rnnt(rnnt_compiled, tmp_path_factory):
-    from test_runtime import Runtime
-
-    runtime = Runtime(rnnt_compiled / "profiles.yaml", tmp_path_factory.mktemp("rnnt-cache"),
-                      env={"NIM_TAGS_SELECTOR": "mode=str"})
-    runtime.wait_ready(120)
-    yield runtime
-    assert runtime.stop() == 0
+    yield from serving(rnnt_compiled / "profiles.yaml", tmp_path_factory.mktemp("rnnt-cache"), NIM_TAGS_SELECTOR="mode=str")
 
 
 def _transcribe(url: str, path: Path, model: str = MODEL, **fields) -> httpx.Response:
