@@ -1,36 +1,80 @@
-"""`make bench`: run every bench/bench_*.py and print its tables; also saved under bench/results/."""
+"""`make bench`: run every bench/bench_*.py, each in a fresh process (so no benchmark's environment,
+imports or threads leak into the next), print its tables, and save them under bench/results/:
+latest.txt (the tables) and latest.json (per benchmark: ok, seconds, its tables, and the figures
+of those that return them). A benchmark that fails says why in one line and the run goes on; the
+exit status is then 1.
+
+    python bench/run.py [NAME ...]          names match by substring (e.g. `runtime asr`)
+"""
 
 from __future__ import annotations
 
-import importlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # the test harness's servers (docker-registry, free ports)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RESULTS = HERE / "results"
 
 
-def main(selected: list[str]) -> None:
+def run_one(name: str, out: Path) -> None:
+    """In the child: import the benchmark, run it, write {text, data} as JSON to `out`."""
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent / "tests"))  # the test harness's servers (docker-registry, free ports)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import importlib
+
+    result = importlib.import_module(name).main()
+    text, data = result if isinstance(result, tuple) else (result, None)
+    out.write_text(json.dumps({"text": text, "data": data}, default=str))
+
+
+def main(selected: list[str]) -> int:
     names = sorted(p.stem for p in HERE.glob("bench_*.py"))
     names = [n for n in names if not selected or any(s in n for s in selected)]
     header = f"nimbuild benchmarks: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    report = [header, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    report, results, failed = [header, stamp], {}, []
     print("\n".join(report), flush=True)
+    RESULTS.mkdir(exist_ok=True)
     for name in names:
         start = time.perf_counter()
-        text = importlib.import_module(name).main()
-        block = f"\n[{name}] ({time.perf_counter() - start:.0f}s)\n{text}"
+        out = RESULTS / f".{name}.json"
+        out.unlink(missing_ok=True)
+        child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", name, str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        if child.returncode == 0 and out.exists():
+            produced = json.loads(out.read_text())
+            results[name] = {"ok": True, "seconds": round(seconds, 1), **produced}
+            block = f"\n[{name}] ({seconds:.0f}s)\n{produced['text']}"
+        else:
+            why = _last_line(child.stderr) or f"exit status {child.returncode}"
+            results[name] = {"ok": False, "seconds": round(seconds, 1), "error": why}
+            failed.append(name)
+            block = f"\n[{name}] failed after {seconds:.0f}s: {why}"
+        out.unlink(missing_ok=True)
         print(block, flush=True)
         report.append(block)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    (results / "latest.txt").write_text("\n".join(report) + "\n")
+    (RESULTS / "latest.txt").write_text("\n".join(report) + "\n")
+    (RESULTS / "latest.json").write_text(json.dumps({"machine": header, "when": stamp, "benchmarks": results},
+                                                    indent=1) + "\n")
+    if failed:
+        print(f"\n{len(failed)} benchmark(s) failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--one"]:
+        run_one(sys.argv[2], Path(sys.argv[3]))
+    else:
+        sys.exit(main(sys.argv[1:]))
