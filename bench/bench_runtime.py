@@ -24,6 +24,7 @@ import numpy as np
 from common import table
 
 REPO = Path(__file__).resolve().parents[1]
+WINDOW_S = 5.0  # each rate is measured over this many seconds of steady load
 SENTENCES = ["A man is eating food.", "The girl is carrying a baby.", "A man is riding a horse.",
              "Someone performs music on a guitar in the park."]
 
@@ -70,27 +71,34 @@ def _bare_triton(workspace: Path, cache: Path) -> float:
     return elapsed
 
 
-def _drive(call, concurrency: int, total: int) -> tuple[float, list[float]]:
+def _drive(call, concurrency: int, seconds: float, warmup: float = 1.0) -> tuple[float, list[float]]:
+    """Steady-state rate: `concurrency` threads call back to back; only calls that start after the
+    warm-up and end inside the window count (no ramp-up, no tail of idle threads)."""
     latencies: list[float] = []
     lock = threading.Lock()
-    per_worker = total // concurrency
+    begin = time.perf_counter() + warmup
+    end = begin + seconds
 
     def worker(w: int) -> None:
-        local = []
-        for i in range(per_worker):
+        local, i = [], 0
+        while True:
             t = time.perf_counter()
+            if t >= end:
+                break
             call(SENTENCES[(w + i) % len(SENTENCES)])
-            local.append(time.perf_counter() - t)
+            done = time.perf_counter()
+            if t >= begin and done <= end:
+                local.append(done - t)
+            i += 1
         with lock:
             latencies.extend(local)
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return len(latencies) / (time.perf_counter() - start), sorted(latencies)
+    return len(latencies) / seconds, sorted(latencies)
 
 
 def _in_process(workspace: Path):
@@ -170,11 +178,10 @@ def main() -> str:
             r = client.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm-embed", "input": text})
             assert r.status_code == 200
 
-        for concurrency, total in ((1, 200), (8, 800), (32, 1600)):
-            _drive(via_runtime, concurrency, concurrency * 4)  # warm connections
-            served, lat = _drive(via_runtime, concurrency, total)
-            direct, direct_lat = _drive(embed, concurrency, total)
-            batched = _batched_rate(embed_batch, concurrency, total)
+        for concurrency in (1, 8, 32):
+            served, lat = _drive(via_runtime, concurrency, WINDOW_S)
+            direct, direct_lat = _drive(embed, concurrency, WINDOW_S)
+            batched = _batched_rate(embed_batch, concurrency, 40 * concurrency)
             rows.append([concurrency, served, direct, batched, served / direct, served / batched,
                          lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3, direct_lat[len(direct_lat) // 2] * 1e3])
             figures.append(dict(zip(["concurrency", "served_per_s", "in_process_unbatched_per_s",

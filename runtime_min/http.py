@@ -57,16 +57,24 @@ class Metrics:
         self.restarts = Gauge("nimbuild_triton_restarts", "Times Triton was restarted", registry=self.registry)
 
 
+# Triton's gRPC channel: messages of any size (tritonclient's default), and reconnection within a
+# second once a restarted Triton listens again (gRPC's default backoff grows to two minutes, and
+# readiness, probed over HTTP, would say ready while every inference still failed).
+GRPC_CHANNEL = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)]
+
 # A task's routes: (app, served model, triton, state, metrics) -> None. `state` holds the shared
-# clients: "client" (Triton's asyncio HTTP client), "grpc" when the task asks for it.
+# clients: "client" (Triton's asyncio HTTP client), "grpc" (its gRPC one) when the task asks for it.
 AddRoutes = Callable[[FastAPI, ServedModel, Any, dict, Metrics], None]
 
 
 def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = False,
                front_ends: list | None = None) -> FastAPI:
     """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .grpc_port, .ready,
-    .metrics_port, .restarts). `grpc`: the task streams decoupled responses, which only Triton's
-    gRPC API carries, so it gets Triton's asyncio gRPC client as well as the HTTP one.
+    .metrics_port, .restarts). `grpc`: the task reaches Triton over gRPC (decoupled streams, which
+    only Triton's gRPC API carries; or cheaper calls), so it gets Triton's asyncio gRPC client as
+    well as the HTTP one.
     `front_ends`: others served from this event loop (the gRPC one), started with the shared
     clients once they exist and stopped before them."""
     metrics = Metrics()
@@ -80,7 +88,7 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = F
         if grpc:
             import tritonclient.grpc.aio as triton_grpc
 
-            state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+            state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}", channel_args=GRPC_CHANNEL)
         for front_end in front_ends or []:
             await front_end.start(state)
         yield

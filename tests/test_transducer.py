@@ -253,6 +253,10 @@ def test_served_transcripts_equal_nemo_transcribe_and_meet_the_word_error_rate(s
 
 def test_word_timestamps_lie_inside_the_audio_and_follow_the_transcript(served_rnnt, held_out):
     import soundfile
+    import tritonclient.http as triton_http
+
+    config = triton_http.InferenceServerClient(served_rnnt.triton_url).get_model_config(f"{MODEL}-decoder")
+    assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000  # the recipe's, deployed
 
     for _, path, _ in held_out[:4]:
         body = _transcribe(served_rnnt.url, path, response_format="verbose_json",

@@ -1,8 +1,8 @@
 """OpenAI-shaped `POST /v1/embeddings` (with NIM's `truncate`).
 
 Text is tokenised here with the checkpoint's own tokenizer (`tokenizers`, from the profile's
-tokenizer.json) and sent to Triton as token ids through tritonclient's asyncio client; the pooled,
-normalised embeddings come back.
+tokenizer.json) and sent to Triton as token ids through tritonclient's asyncio gRPC client; the
+pooled, normalised embeddings come back.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import base64
 from typing import Literal, Union
 
 import numpy as np
-from fastapi import FastAPI
+import orjson
+from fastapi import FastAPI, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
@@ -52,17 +53,21 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: M
         encodings = [_encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)]
         vectors = []
         for start in range(0, len(encodings), model.max_batch):
-            vectors.append(await _infer(state["client"], model.name, input_names, encodings[start:start + model.max_batch]))
+            vectors.append(await _infer(state["grpc"], model.name, input_names, encodings[start:start + model.max_batch]))
         matrix = np.concatenate(vectors)
         tokens = sum(len(e.ids) for e in encodings)
         inputs_total.inc(len(texts))
         tokens_total.inc(tokens)
+        # float64 holds each float32 exactly and prints as float(v) did; orjson writes it straight
+        # from the array (FastAPI's encoder would visit every number as a Python object first)
+        values = matrix.astype(np.float64)
         data = [{"object": "embedding", "index": i,
                  "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
-                               else v.tolist())}
+                               else values[i])}
                 for i, v in enumerate(matrix)]
-        return {"object": "list", "data": data, "model": model.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        payload = {"object": "list", "data": data, "model": model.name,
+                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _check_texts(texts: list[str]) -> None:
@@ -104,7 +109,9 @@ def _encode(tokenizers: dict, text: str, max_tokens: int, truncate: str, index: 
 
 
 async def _infer(client, model_name: str, input_names: list[str], encodings) -> np.ndarray:
-    import tritonclient.http.aio as triton_http
+    """One batch through Triton's gRPC API (one HTTP/2 connection for every request: under load
+    it costs the API process about half the CPU that Triton's HTTP API did, profiled)."""
+    import tritonclient.grpc.aio as triton_grpc
 
     longest = max(len(e.ids) for e in encodings)
     arrays = {
@@ -114,8 +121,8 @@ async def _infer(client, model_name: str, input_names: list[str], encodings) -> 
     }
     inputs = []
     for name in input_names:
-        tensor = triton_http.InferInput(name, arrays[name].shape, "INT64")
-        tensor.set_data_from_numpy(arrays[name], binary_data=True)
+        tensor = triton_grpc.InferInput(name, arrays[name].shape, "INT64")
+        tensor.set_data_from_numpy(arrays[name])
         inputs.append(tensor)
-    result = await triton_infer(client, model_name, inputs, [triton_http.InferRequestedOutput("embeddings", binary_data=True)])
+    result = await triton_infer(client, model_name, inputs, [triton_grpc.InferRequestedOutput("embeddings")])
     return result.as_numpy("embeddings")
