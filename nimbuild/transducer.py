@@ -70,7 +70,7 @@ class TransducerDecoder:
             if not active:
                 return
             frames = np.stack([encoded[i][hypotheses[i].frame - first_frames[i]] for i in active])
-            labels, lengths, logits, states = self._step([hypotheses[i] for i in active], frames)
+            logits, states = self._step([hypotheses[i] for i in active], frames)
             for row, i in enumerate(active):
                 self._advance(hypotheses[i], logits[row], [s[:, row] for s in states])
 
@@ -82,7 +82,7 @@ class TransducerDecoder:
         for k, name in enumerate(STATE_INPUTS):
             feeds[name] = np.stack([h.states[k] for h in rows], axis=1)
         outputs = self.session.run(["outputs", *STATE_OUTPUTS], feeds)
-        return labels, lengths, outputs[0][:, 0, 0, :], outputs[1:]
+        return outputs[0][:, 0, 0, :], outputs[1:]
 
     def _advance(self, h: Hypothesis, logits: np.ndarray, states: list[np.ndarray]) -> None:
         vocab = self.blank + 1

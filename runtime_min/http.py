@@ -205,8 +205,15 @@ async def triton_infer(client, model_name: str, inputs: list, outputs: list, **o
 
 
 async def _triton_ready(state, triton, model_name: str) -> bool:
+    """Ready over the transport the task's inference uses: after a Triton restart, HTTP answers
+    before the gRPC channel has reconnected, and readiness must not say ready before requests work."""
     if not triton.ready.is_set():
         return False
+    if "grpc" in state:
+        try:
+            return bool(await state["grpc"].is_model_ready(model_name, client_timeout=2))
+        except Exception:  # InferenceServerException or grpc's own while the channel reconnects
+            return False
     try:
         r = await state["http"].get(f"http://{triton.url}/v2/models/{model_name}/ready")
         return r.status_code == 200

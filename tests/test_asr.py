@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
