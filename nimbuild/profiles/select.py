@@ -122,7 +122,7 @@ def buildable(profile: Profile) -> bool:
 def _judge(profile: Profile, system: System) -> Candidate:
     candidate = Candidate(profile, BUILDABLE if buildable(profile) else RUNNABLE)
     reasons = candidate.reasons
-    tags, requires = profile.tags, profile.requires
+    tags = profile.tags
     if needs_gpu(profile):
         if not system.gpus:
             backend = tags.get("backend") or tags.get("llm_engine") or tags.get("type")
