@@ -193,7 +193,8 @@ def require_ready(triton) -> None:
 
 
 async def triton_infer(client, model_name: str, inputs: list, outputs: list, **options):
-    """One inference over Triton's HTTP client; any failure is a 503 with the reason, never a 500."""
+    """One inference over a Triton client (HTTP or gRPC, asyncio); any failure is a 503 with the
+    reason, never a 500."""
     from tritonclient.utils import InferenceServerException
 
     try:

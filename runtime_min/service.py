@@ -99,14 +99,7 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
         log.info("Profile %s found in the cache %s; nothing to download", profile.description, cache_root)
         return cached
     if registry:
-        from nimbuild.registry import pull
-        from nimbuild.registry.cache import BlobCache
-
-        report = pull(f"{profile.model}:{profile.release}", registry, Reporter(quiet=True), profile=profile.id,
-                      cache=BlobCache(cache_root), dest=cache_root / "profiles" / profile.model / profile.release)
-        log.info("Fetched %d file(s) (%d from the cache) into %s", report.blobs_sent + report.blobs_present,
-                 report.blobs_present, report.dest)
-        return report.dest / "profiles" / profile.description
+        return _pull(profile, registry, cache_root)
     base = manifest.resolve().parent
     roots = set()
     for rel, f in profile.files.items():
@@ -120,6 +113,18 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
     if len(roots) != 1:
         raise NimbuildError(f"profile {profile.description}: its files are not in one workspace directory")
     return roots.pop()
+
+
+def _pull(profile: Profile, registry: str, cache_root: Path) -> Path:
+    """One profile through the blob cache into the workspace layout cached_workspace finds."""
+    from nimbuild.registry import pull
+    from nimbuild.registry.cache import BlobCache
+
+    report = pull(f"{profile.model}:{profile.release}", registry, Reporter(quiet=True), profile=profile.id,
+                  cache=BlobCache(cache_root), dest=cache_root / "profiles" / profile.model / profile.release)
+    log.info("Fetched %d file(s) (%d from the cache) into %s", report.blobs_sent + report.blobs_present,
+             report.blobs_present, report.dest)
+    return report.dest / "profiles" / profile.description
 
 
 def download_to_cache(manifest: Path, registry: str | None, cache_root: Path, wanted: list[str],
@@ -145,7 +150,7 @@ def download_to_cache(manifest: Path, registry: str | None, cache_root: Path, wa
         if cached is None and not registry:
             raise NimbuildError(f"profile {profile.description} is not in the cache {cache_root}; "
                                 "pass --registry to download it")
-        results.append((profile, cached or fetch(profile, manifest, registry, cache_root), cached is not None))
+        results.append((profile, cached or _pull(profile, registry, cache_root), cached is not None))
     return results
 
 
