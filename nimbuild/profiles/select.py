@@ -174,28 +174,37 @@ def _gpu_reasons(profile: Profile, system: System) -> list[str]:
 
 
 def _nim_identity_reasons(profile: Profile, gpu: GPU, system: System) -> list[str]:
-    """Non-LLM NIMs name their engines' GPU by `product_name_regex` (a Python regular expression,
-    look-aheads included, searched in the GPU's product name as NVIDIA's device plugin labels it,
-    e.g. NVIDIA-A10G) and by `key` (GPU, TensorRT version, CUDA major: NVIDIA-A10G_10.0.1_12)."""
-    tags, reasons = profile.tags, []
+    """Non-LLM NIMs name their engines' GPU by `product_name_regex` and `key` (_nim_gpu_match); a
+    key's TensorRT version must also be the installed one, where the system says which that is."""
+    tags = profile.tags
+    _, why = _nim_gpu_match(tags, gpu)
+    reasons = [why] if why else []
+    key = parse_key(tags.get("key", ""))
+    installed = (system.runtimes or {}).get("tensorrt")
+    if key and installed and _version(installed)[:3] != _version(key[1])[:3]:
+        reasons.append(f"key {tags['key']}: the engine was built with TensorRT {key[1]}; {installed} is installed")
+    return reasons
+
+
+def _nim_gpu_match(tags: Mapping[str, str], gpu: GPU) -> tuple[bool | None, str | None]:
+    """(whether the tags name this GPU, why not), or (None, None) when they name no GPU.
+    `product_name_regex` (a Python regular expression, look-aheads included, searched in the
+    GPU's product name as NVIDIA's device plugin labels it, e.g. NVIDIA-A10G) governs where given;
+    else `key`'s GPU part (GPU, TensorRT version, CUDA major: NVIDIA-A10G_10.0.1_12)."""
     pattern = tags.get("product_name_regex")
     if pattern:
         try:
-            matched = _product_regex(pattern).search(gpu.product_label) is not None
+            found = re.search(pattern, gpu.product_label) is not None
         except re.error as e:
-            matched = False
-            reasons.append(f"product_name_regex {pattern!r} is not a valid regular expression ({e})")
-        if not matched and not reasons:
-            reasons.append(f"product_name_regex {pattern!r} does not match this GPU ({gpu.product_label})")
+            return False, f"product_name_regex {pattern!r} is not a valid regular expression ({e})"
+        return (True, None) if found else \
+            (False, f"product_name_regex {pattern!r} does not match this GPU ({gpu.product_label})")
     key = parse_key(tags.get("key", ""))
     if key:
-        label, trt, _cuda = key
-        if label.lower() != gpu.product_label.lower() and not pattern:
-            reasons.append(f"key {tags['key']} is for {label}; this GPU is {gpu.product_label}")
-        installed = (system.runtimes or {}).get("tensorrt")
-        if installed and _version(installed)[:3] != _version(trt)[:3]:
-            reasons.append(f"key {tags['key']}: the engine was built with TensorRT {trt}; {installed} is installed")
-    return reasons
+        if key[0].lower() == gpu.product_label.lower():
+            return True, None
+        return False, f"key {tags['key']} is for {key[0]}; this GPU is {gpu.product_label}"
+    return None, None
 
 
 def parse_key(key: str) -> tuple[str, str, str] | None:
@@ -204,10 +213,6 @@ def parse_key(key: str) -> tuple[str, str, str] | None:
     if len(parts) == 3 and parts[1][:1].isdigit() and parts[2].isdigit():
         return parts[0], parts[1], parts[2]
     return None
-
-
-def _product_regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
 
 
 def _cc_allowed(cc: tuple[int, int], engine_ccs: list[str], tags: Mapping[str, str]) -> bool:
@@ -283,13 +288,7 @@ def _for_this_gpu(profile: Profile, gpu: GPU) -> bool:
     name = tags.get("gpu")
     if name and catalogue.name_matches(name, gpu.name, gpu.product):
         return True
-    pattern, key = tags.get("product_name_regex"), parse_key(tags.get("key", ""))
-    try:
-        if pattern and _product_regex(pattern).search(gpu.product_label):
-            return True
-    except re.error:
-        return False
-    return bool(key) and key[0].lower() == gpu.product_label.lower()
+    return _nim_gpu_match(tags, gpu)[0] is True
 
 
 def _require_lora(candidates: list[Candidate]) -> None:
