@@ -376,10 +376,10 @@ def served_digits(digits_compiled, tmp_path_factory):
     yield from serving(digits_compiled / "profiles.yaml", tmp_path_factory.mktemp("asr-cache"), NIM_TAGS_SELECTOR="mode=str")
 
 
-def _transcribe(url: str, path: Path, **fields) -> httpx.Response:
+def _transcribe(url: str, path: Path, model: str = MODEL, **fields) -> httpx.Response:
     with open(path, "rb") as f:
         return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (path.name, f, "audio/wav")},
-                          data={"model": MODEL, **fields}, timeout=60)
+                          data={"model": model, **fields}, timeout=60)
 
 
 def test_served_transcripts_equal_nemo_transcribe_and_meet_the_word_error_rate(served_digits, held_out):

@@ -4,12 +4,10 @@ documented formats), NIM's selection rules on simulated systems, and the listing
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import VENV_BIN
+from test_listing import _cli  # nim_list_model_profiles as a user runs it
 from nimbuild.errors import ManifestError, SelectionError
 from nimbuild.profiles.nim import parse_profiles
 from nimbuild.profiles.select import BUILDABLE, INCOMPATIBLE, LOW_MEMORY, RUNNABLE, select_profile
@@ -216,11 +214,6 @@ def test_allow_unsafe_lets_nim_model_profile_force_an_incompatible_profile():
 
 
 # --- the listing, as NIM prints it ----------------------------------------------------------------
-
-def _cli(*args, env=None):
-    return subprocess.run([str(VENV_BIN / "nim_list_model_profiles"), *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})})
-
 
 def test_listing_line_by_line_in_nim_format(tmp_path):
     manifest = tmp_path / "model_manifest.yaml"

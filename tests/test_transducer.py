@@ -14,6 +14,7 @@ import pytest
 import riva.client
 
 from conftest import REPO, asr_trainer, script_module, serving
+from test_asr import _riva, _transcribe as transcribe_as  # the CTC tests' clients
 from nimbuild.errors import NimbuildError, ParityError
 from nimbuild.progress import Reporter
 
@@ -228,9 +229,7 @@ def served_rnnt(rnnt_compiled, tmp_path_factory):
 
 
 def _transcribe(url: str, path: Path, model: str = MODEL, **fields) -> httpx.Response:
-    with open(path, "rb") as f:
-        return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (path.name, f, "audio/wav")},
-                          data={"model": model, **fields}, timeout=60)
+    return transcribe_as(url, path, model, **fields)
 
 
 def _nemo_transcripts(source: Path, paths: list[Path], batch_size: int = 8) -> list[str]:
@@ -266,10 +265,6 @@ def test_word_timestamps_lie_inside_the_audio_and_follow_the_transcript(served_r
         ends = [w["end"] for w in words]
         assert all(0 <= w["start"] < w["end"] for w in words) and ends == sorted(ends)
         assert ends[-1] <= soundfile.info(str(path)).duration + 0.05
-
-
-def _riva(runtime):
-    return riva.client.ASRService(riva.client.Auth(uri=f"127.0.0.1:{runtime.grpc_port}"))
 
 
 def test_riva_client_recognizes_and_streams_with_interim_results(served_rnnt, held_out, tmp_path):
