@@ -46,7 +46,7 @@ def _wall(cmd: list[str], env: dict, repeats: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def main() -> str:
+def main() -> tuple[str, dict]:
     from nimbuild.profiles.nim import read_profiles
     from nimbuild.profiles.select import select_profile
     from nimbuild.profiles.system import system_from_dict
@@ -67,25 +67,86 @@ def main() -> str:
     for row in start_rows[1:]:
         row[2] = row[1] / bare
     system = system_from_dict(json.loads(system_file.read_text()))
-    scale_rows = []
+    scale_rows, data = [], {"cli_start_ms": {r[0]: r[1] for r in start_rows}, "scale": []}
     for count in (100, 1000, 10000):
         path = tmp / f"m{count}.yaml"
         synthetic_manifest(count).save(path)
-        t0 = time.perf_counter()
-        profiles = read_profiles(path).profiles
-        t1 = time.perf_counter()
-        selection = select_profile(profiles, system, {})
-        t2 = time.perf_counter()
-        assert selection.selected is not None
+        stages = _stages(path, system)
         cli = _wall([str(BIN / "nim_list_model_profiles"), "-m", str(path), "--format", "json"], env, 3)
-        scale_rows.append([count, (t1 - t0) * 1e3, (t2 - t1) * 1e3, cli, cli / count * 1e3])
-    return "\n\n".join([
+        scale_rows.append([count, stages["pyyaml_load"], stages["read"], stages["select"], cli, cli / count * 1e3])
+        data["scale"].append({"profiles": count, "cli_ms": cli, **stages})
+    where = data["scale"][-1]
+    where_rows = [
+        ["libyaml events only (PyYAML's floor)", where["libyaml_events"]],
+        ["compose the node graph (libyaml, C)", where["compose"]],
+        ["build values (aliases, depth, duplicate keys)", where["read_yaml"] - where["compose"]],
+        ["check ids, digests, paths; make profiles", where["read"] - where["read_yaml"]],
+        ["select", where["select"]],
+        ["write the JSON listing", where["emit"]],
+    ]
+    text = "\n\n".join([
         table("CLI start (median wall ms, 15 runs)", ["command", "ms", "x python -c pass"],
               [[r[0], r[1], r[2]] for r in start_rows]),
-        table("List/select cost as the manifest grows (ms)",
-              ["profiles", "read+verify ids", "select", "CLI total (json)", "CLI us/profile"], scale_rows),
+        table("List/select cost as the manifest grows (ms; the goal for 10,000 is a 400 ms CLI)",
+              ["profiles", "yaml.load alone", "nimbuild read+verify", "select", "CLI total (json)",
+               "CLI us/profile"], scale_rows),
+        table("Where a 10,000-profile listing's time goes (ms, in process)", ["stage", "ms"], where_rows),
     ])
+    return text, data
+
+
+def _stages(path: Path, system) -> dict[str, float]:
+    """Each stage of the listing timed on its own (best of 3: this machine is shared)."""
+    import gc
+
+    import orjson
+    import yaml
+
+    from nimbuild.profiles import listing
+    from nimbuild.profiles.nim import read_profiles
+    from nimbuild.profiles.select import select_profile
+    from nimbuild.yamlutil import _Composer, load_yaml
+
+    text = path.read_text()
+
+    def best(call) -> float:
+        samples = []
+        for _ in range(3):
+            gc.collect()
+            start = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return min(samples)
+
+    def paused(call):  # nimbuild reads with the cyclic GC paused; time the alternatives the same way
+        def timed():
+            gc.disable()
+            try:
+                call()
+            finally:
+                gc.enable()
+        return timed
+
+    def pyyaml_load():  # what nimbuild did before its own loader
+        yaml.load(text, Loader=yaml.CSafeLoader)
+
+    def events():
+        for _ in yaml.parse(text, Loader=yaml.CSafeLoader):
+            pass
+
+    profiles = read_profiles(path).profiles
+    selection = select_profile(profiles, system, {})
+    assert selection.selected is not None
+    return {
+        "libyaml_events": best(paused(events)),
+        "compose": best(paused(lambda: yaml.compose(text, Loader=_Composer))),
+        "pyyaml_load": best(paused(pyyaml_load)),
+        "read_yaml": best(lambda: load_yaml(text)),
+        "read": best(lambda: read_profiles(path)),
+        "select": best(lambda: select_profile(profiles, system, {})),
+        "emit": best(lambda: orjson.dumps(listing.as_json(system, selection), option=orjson.OPT_INDENT_2)),
+    }
 
 
 if __name__ == "__main__":
-    print(main())
+    print(main()[0])

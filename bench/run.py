@@ -1,7 +1,7 @@
 """`make bench`: run every bench/bench_*.py, each in a fresh process (so no benchmark's environment,
 imports or threads leak into the next), print its tables, and save them under bench/results/:
-latest.txt (the tables) and latest.json (per benchmark: ok, seconds, its tables, and the figures
-of those that return them). A benchmark that fails says why in one line and the run goes on; the
+latest.txt (the tables of a full run) and latest.json (per benchmark: ok, when, seconds, its
+tables, and the figures of those that return them; a run of some benchmarks updates just theirs). A benchmark that fails says why in one line and the run goes on; the
 exit status is then 1.
 
     python bench/run.py [NAME ...]          names match by substring (e.g. `runtime asr`)
@@ -50,22 +50,32 @@ def main(selected: list[str]) -> int:
         seconds = time.perf_counter() - start
         if child.returncode == 0 and out.exists():
             produced = json.loads(out.read_text())
-            results[name] = {"ok": True, "seconds": round(seconds, 1), **produced}
+            results[name] = {"ok": True, "when": stamp, "seconds": round(seconds, 1), **produced}
             block = f"\n[{name}] ({seconds:.0f}s)\n{produced['text']}"
         else:
             why = _last_line(child.stderr) or f"exit status {child.returncode}"
-            results[name] = {"ok": False, "seconds": round(seconds, 1), "error": why}
+            results[name] = {"ok": False, "when": stamp, "seconds": round(seconds, 1), "error": why}
             failed.append(name)
             block = f"\n[{name}] failed after {seconds:.0f}s: {why}"
         out.unlink(missing_ok=True)
         print(block, flush=True)
         report.append(block)
-    (RESULTS / "latest.txt").write_text("\n".join(report) + "\n")
+    if selected:  # a partial run updates its benchmarks' entries and keeps the others' (each says when)
+        results = {**_earlier_results(), **results}
+    else:
+        (RESULTS / "latest.txt").write_text("\n".join(report) + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({"machine": header, "when": stamp, "benchmarks": results},
                                                     indent=1) + "\n")
     if failed:
         print(f"\n{len(failed)} benchmark(s) failed: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
+
+
+def _earlier_results() -> dict:
+    try:
+        return json.loads((RESULTS / "latest.json").read_text())["benchmarks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _last_line(text: str) -> str:

@@ -91,7 +91,7 @@ MISTAKES = [
     ("name: minilm-embed\n", "", 1, ["name", "required field is missing"]),
     ("name: minilm-embed", "name: MiniLM Embed", 1, ["name", "pattern"]),
     ("export:\n", "export:\n  opset: 18\nexport:\n", 8, ["duplicate key 'export'"]),
-    ("  inputs:\n", "  inputs: [oops\n", 9, ["invalid YAML"]),
+    ("  inputs:\n", "  inputs: [oops\n", 9, ["not valid YAML"]),
     ("{max_batch_size: 32,", "{max_batch_size: -1,", 20, ["serving.max_batch_size", "greater than or equal to 0"]),
     ("fp16: {gate: {cosine_min: 0.999}}", "fp16: {gate: {cosine_min: 2}}", 13,
      ["precisions.fp16.gate.cosine_min", "less than or equal to 1"]),

@@ -28,7 +28,6 @@ from nimbuild.profiles.manifest import Profile, WorkspaceFile, manifest_from_dat
 from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.yamlutil import load_or_raise
 
-_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FORMATS = {
     "nimbuild": "nimbuild manifest (schema_version 1.x)",
     "nim-v1": "NIM v1 manifest (a mapping of profile ids)",
@@ -39,32 +38,6 @@ FORMATS = {
 EXPECTED = ("expected nimbuild's manifest (schema_version 1.x with profiles), NIM v1 (profile id -> {tags, ...}), "
             "NIM's list of {id, tags, workspace}, the legacy model_profile + manifest list, or NIM v2 "
             "(schema_version 2.x with profiles)")
-
-
-class _TolerantLoader(_Base):  # type: ignore[misc, valid-type]
-    """SafeLoader that reads any local tag (`!workspace`, `!name`, ...) as the plain node beneath it."""
-
-
-def _untagged(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)
-
-
-_TolerantLoader.add_multi_constructor("!", _untagged)
-
-
-class _TextLoader(_TolerantLoader):
-    """The same, with numbers read as the text they are written as: a NIM profile id of digits only
-    (`0123...`) must not become an integer and lose its leading zeros."""
-
-
-_TextLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
-    for first, resolvers in _TolerantLoader.yaml_implicit_resolvers.items()
-}
 
 
 @dataclass
@@ -86,9 +59,9 @@ def read_profiles(path: str | Path) -> ManifestRead:
 
 
 def parse_profiles(text: str, origin: str = "<manifest>") -> ManifestRead:
-    data = load_or_raise(text, _TolerantLoader, origin, ManifestError)
+    data = load_or_raise(text, origin, ManifestError, local_tags=True)
     if _has_numeric_ids(data):  # rare: read again with numbers kept as written
-        data = load_or_raise(text, _TextLoader, origin, ManifestError)
+        data = load_or_raise(text, origin, ManifestError, local_tags=True, numbers_as_text=True)
     if isinstance(data, list):
         return ManifestRead(_listed(data, origin, "manifest"), "nim-list")
     if not isinstance(data, dict):

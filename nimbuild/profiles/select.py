@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 from nimbuild.errors import NimbuildError, SelectionError
@@ -250,6 +251,7 @@ def _runtime_reasons(profile: Profile, system: System) -> list[str]:
     return [] if ok else [f"engine was built with {backend} {built}; {installed} is installed"]
 
 
+@lru_cache(maxsize=4096)  # a manifest names a handful of versions, 10,000 times over
 def _version(text: str) -> tuple[int, ...]:
     parts = []
     for piece in text.split("."):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,6 +85,7 @@ class System:
         return out
 
 
+@lru_cache(maxsize=4096)  # called per profile with the same few capabilities
 def cc_tuple(value: str) -> tuple[int, int]:
     major, _, minor = str(value).strip().partition(".")
     return int(major), int(minor or 0)

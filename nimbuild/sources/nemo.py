@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nimbuild.archive import check_members, safe_extract
 from nimbuild.errors import SourceError
 from nimbuild.fsutil import sha256_file, tree_digest
+from nimbuild.yamlutil import load_or_raise
 
 CONFIG_NAME = "model_config.yaml"
 MAX_MEMBERS = 1_000
@@ -129,9 +128,10 @@ def _find_config(root: Path) -> Path:
 
 def _parse_config(data: bytes, path: Path) -> dict[str, Any]:
     try:
-        config = yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SourceError(f"{path}: {CONFIG_NAME} is not valid YAML: {str(e).splitlines()[0]}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: {CONFIG_NAME} is not UTF-8 text") from None
+    config = load_or_raise(text, f"{path}: {CONFIG_NAME}", SourceError)
     if not isinstance(config, dict):
         raise SourceError(f"{path}: {CONFIG_NAME} is not a mapping")
     return config

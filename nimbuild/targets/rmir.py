@@ -31,6 +31,7 @@ import yaml
 from nimbuild.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_extract
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import atomic_write_bytes, sha256_file
+from nimbuild.yamlutil import YamlProblem, load_yaml
 
 FORMAT_VERSION = 1
 
@@ -78,9 +79,9 @@ def unpack(archive: Path, dest: Path, max_members: int = MAX_MEMBERS, max_bytes:
     """Safely unpack into dest (which must not exist yet); return rmir.yaml's content."""
     safe_extract(archive, dest, RmirError, "RMIR archive", max_members, max_bytes)
     try:
-        meta = yaml.safe_load((dest / "rmir.yaml").read_text())
+        meta = load_yaml((dest / "rmir.yaml").read_text())[0]
         assert isinstance(meta, dict) and int(meta["format_version"]) == FORMAT_VERSION
-    except (OSError, yaml.YAMLError, AssertionError, KeyError, TypeError, ValueError):
+    except (OSError, UnicodeDecodeError, YamlProblem, AssertionError, KeyError, TypeError, ValueError):
         shutil.rmtree(dest, ignore_errors=True)
         raise RmirError(f"{archive}: missing or unsupported rmir.yaml (this nimbuild reads format {FORMAT_VERSION})") from None
     return meta
