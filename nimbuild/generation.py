@@ -32,6 +32,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # go on through end-of-sequence tokens, to max_tokens
 
 
 class DecoderGraph:
@@ -244,8 +245,9 @@ class Generator:
             token = sample(logit_row, seq.params, seq.rng)
             seq.tokens.append(token)
             self.last[row] = token
-            text, stopped = ("", False) if token in self.eos else seq.text.push(token)
-            if stopped or token in self.eos:
+            eos = token in self.eos and not seq.params.ignore_eos
+            text, stopped = ("", False) if eos else seq.text.push(token)
+            if stopped or eos:
                 seq.finish_reason = FINISH_STOP
             elif len(seq.tokens) >= seq.params.max_tokens or len(seq.prompt) + len(seq.tokens) >= self.max_context:
                 seq.finish_reason = FINISH_LENGTH

@@ -124,6 +124,23 @@ def test_batched_generation_with_staggered_arrivals_equals_one_at_a_time(llama_g
     assert all(s.finish_reason in ("stop", "length") for s in sequences)
 
 
+def test_ignore_eos_generates_through_end_of_sequence_to_max_tokens(llama_graph):
+    from nimbuild.generation import Generator, SamplingParams, Sequence, greedy
+
+    graph, _ = llama_graph
+    prompt = [5, 6, 7]
+    expected = greedy(graph, prompt, 12)
+    generator = Generator(graph, max_batch=2, max_context=256, eos_ids=[expected[0]])  # its first token ends it
+    stopped = Sequence(prompt, SamplingParams(max_tokens=12))
+    ignoring = Sequence(prompt, SamplingParams(max_tokens=12, ignore_eos=True))
+    for s in (stopped, ignoring):
+        generator.add(s)
+    while generator.busy:
+        generator.step()
+    assert stopped.tokens == expected[:1] and stopped.finish_reason == "stop"
+    assert ignoring.tokens == expected and ignoring.finish_reason == "length"
+
+
 def test_seeded_sampling_is_reproducible_whatever_runs_beside_it(llama_graph):
     from nimbuild.generation import Generator, SamplingParams, Sequence
 
@@ -325,6 +342,9 @@ def test_stop_sequences_and_seeds(llm_runtime, reference):
     sampled = [client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=16, temperature=1.0, top_p=0.9,
                                          seed=7).choices[0].text for _ in range(2)]
     assert sampled[0] == sampled[1] and sampled[0] != reference(PROMPTS[1], 16)
+    through = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=24, temperature=0,
+                                        extra_body={"ignore_eos": True})  # vLLM's and NIM's extension
+    assert through.usage.completion_tokens == 24 and through.choices[0].finish_reason == "length"
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(llm_runtime, reference):

@@ -134,7 +134,7 @@ def _params(request):
     seed = _scalar(request, "seed", None)
     params = SamplingParams(max_tokens=int(_scalar(request, "max_tokens", 16)), temperature=float(_scalar(request, "temperature", 0.0)),
                             top_p=float(_scalar(request, "top_p", 1.0)), seed=None if seed is None or seed < 0 else int(seed),
-                            stop=stops)
+                            stop=stops, ignore_eos=bool(_scalar(request, "ignore_eos", False)))
     if params.max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     return params

@@ -49,6 +49,9 @@ class _Sampling(BaseModel):
     frequency_penalty: float = 0.0
     logprobs: Any = None
     user: str | None = None
+    # vLLM's and NIM's extension: generate through end-of-sequence tokens (benchmarks use it to get
+    # exactly max_tokens)
+    ignore_eos: bool = False
 
 
 class CompletionRequest(_Sampling):
@@ -234,6 +237,8 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
               _tensor(triton_grpc, "top_p", np.array([[body.top_p]], np.float32), "FP32")]
     if body.seed is not None:
         inputs.append(_tensor(triton_grpc, "seed", np.array([[body.seed]], np.int64), "INT64"))
+    if body.ignore_eos:
+        inputs.append(_tensor(triton_grpc, "ignore_eos", np.array([[True]], np.bool_), "BOOL"))
     stops = _stops(body)
     if stops:
         inputs.append(_tensor(triton_grpc, "stop", np.array([[s.encode() for s in stops]], np.object_), "BYTES"))

@@ -91,7 +91,8 @@ def _request(request):
     temperature = float(scalar("temperature", 0.0))
     return ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=float(scalar("top_p", 1.0)),
                                top_k=1 if temperature == 0 else None, stop=stops,
-                               seed=None if seed is None or seed < 0 else int(seed))
+                               seed=None if seed is None or seed < 0 else int(seed),
+                               ignore_eos=bool(scalar("ignore_eos", False)))
 
 
 def _finish(reason) -> str:
