@@ -1,11 +1,15 @@
-"""Text generation on the tiny-llama example: prefill and decode tokens/s and time to first token
-through runtime_min (HTTP -> Triton -> batched onnxruntime generator), against transformers'
-`generate` in-process on the same checkpoint and thread count, at concurrency 1 and 8.
+"""Text generation through runtime_min (HTTP -> Triton -> batched onnxruntime generator) against
+transformers in-process on the same checkpoint, dtype (fp32), prompt and thread count.
 
-Concurrency 8 in-process is one `generate` call over 8 left-padded prompts (transformers' own
-batching); through the runtime it is 8 clients streaming at once (continuous batching).
-Prefill tokens/s = prompt tokens / time to first token; decode tokens/s = generated tokens after
-the first / the time they took, summed over concurrent streams.
+Two models: the tiny-llama example (140k parameters: every figure there is per-token overhead)
+and a 76M-parameter Llama (12 layers, hidden 768, GQA 12/4 heads, random weights made here from a
+config, the example's tokenizer) where compute matters. The goals are read on the larger one.
+
+Baselines at concurrency 8: a sequential loop of 8 single-prompt `generate` calls (what serving
+without batching gives) and one `generate` over 8 left-padded prompts (transformers' own static
+batching, which the runtime's continuous batching should match). Through the runtime, 8 clients
+stream at once. Prefill tokens/s = prompt tokens / time to first token; decode tokens/s =
+generated tokens after the first / the time they took, summed over concurrent streams.
 """
 
 from __future__ import annotations
@@ -14,14 +18,12 @@ import concurrent.futures
 import json
 import os
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from common import table
+from common import http_client, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # demo_embed.running
 
@@ -30,15 +32,17 @@ THREADS = 2
 PROMPT = "A man is playing a guitar in the park while the rain falls softly on the leaves and the people " * 3
 NEW_TOKENS = 64
 ROUNDS = 3
+LARGE = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "num_key_value_heads": 4}
 
 
-def _stream(url: str) -> tuple[float, float, int, int]:
+def _stream(url: str, model: str) -> tuple[float, float, int, int]:
     """(time to first token, total time, prompt tokens, generated tokens) of one streamed completion."""
-    body = {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {"model": model, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "min_tokens": NEW_TOKENS, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     start = time.perf_counter()
     first, usage = None, {}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as reply:
+    with http_client().stream("POST", f"{url}/v1/completions", json=body) as reply:
         for line in reply.iter_lines():
             if line.startswith("data: {"):
                 chunk = json.loads(line[6:])
@@ -47,64 +51,153 @@ def _stream(url: str) -> tuple[float, float, int, int]:
     return first - start, time.perf_counter() - start, usage["prompt_tokens"], usage["completion_tokens"]
 
 
-def _runtime_rows(url: str, concurrency: int) -> dict:
-    ttft, prefill, decode = [], [], []
+def _served(url: str, model: str, concurrency: int) -> dict:
+    ttft, prefill, decode, generated = [], [], [], []
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         for _ in range(ROUNDS):
             start = time.perf_counter()
-            results = list(pool.map(lambda _: _stream(url), range(concurrency)))
+            results = list(pool.map(lambda _: _stream(url, model), range(concurrency)))
             wall = time.perf_counter() - start
             ttft += [r[0] for r in results]
+            generated += [r[3] for r in results]
             prefill.append(sum(r[2] for r in results) / max(r[0] for r in results))
             decode.append(sum(r[3] - 1 for r in results) / (wall - max(r[0] for r in results)))
-    return {"ttft": statistics.median(ttft), "prefill": statistics.median(prefill), "decode": statistics.median(decode)}
+    return {"ttft": statistics.median(ttft), "prefill": statistics.median(prefill), "decode": statistics.median(decode),
+            "tokens": min(generated)}
 
 
-def _transformers_rows(concurrency: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class _Transformers:
+    """The same checkpoint in-process: greedy `generate`, a fixed number of new tokens."""
 
-    torch.set_num_threads(THREADS)
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "recipes" / "models" / "tiny-llama", padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(REPO / "recipes" / "models" / "tiny-llama").eval()
-    batch = tokenizer([PROMPT] * concurrency, return_tensors="pt", padding=True)
+    def __init__(self, path: Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def generate(n: int) -> float:
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+        self.generate(1, 4)  # warm-up
+
+    def generate(self, batch: int, new: int) -> float:
+        inputs = self.tokenizer([PROMPT] * batch, return_tensors="pt", padding=True)
         start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        with self.torch.inference_mode():
+            self.model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False)
         return time.perf_counter() - start
 
-    generate(4)
-    ttft = statistics.median(generate(1) for _ in range(ROUNDS))
-    whole = statistics.median(generate(NEW_TOKENS) for _ in range(ROUNDS))
-    prompt_tokens = int(batch["attention_mask"].sum())
-    return {"ttft": ttft, "prefill": prompt_tokens / ttft, "decode": concurrency * (NEW_TOKENS - 1) / (whole - ttft)}
+    def prompt_tokens(self) -> int:
+        return len(self.tokenizer(PROMPT)["input_ids"])
+
+    def rows(self, batch: int) -> dict:
+        ttft = statistics.median(self.generate(batch, 1) for _ in range(ROUNDS))
+        whole = statistics.median(self.generate(batch, NEW_TOKENS) for _ in range(ROUNDS))
+        return {"ttft": ttft, "prefill": batch * self.prompt_tokens() / ttft,
+                "decode": batch * (NEW_TOKENS - 1) / (whole - ttft)}
+
+    def sequential(self, clients: int) -> dict:
+        """`clients` requests served one after another: total tokens over total time."""
+        one = self.rows(1)
+        return {"ttft": one["ttft"], "prefill": one["prefill"], "decode": one["decode"],
+                "ttft_last": one["ttft"] + (clients - 1) * (one["ttft"] + (NEW_TOKENS - 1) / one["decode"])}
 
 
-def main() -> str:
-    from demo_embed import running  # scripts/: start, wait for ready, SIGTERM at the end
+def _make_large(dest: Path) -> None:
+    """A 76M-parameter Llama with random weights (seeded) and tiny-llama's tokenizer, saved by transformers."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "recipes" / "models" / "tiny-llama")
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, initializer_range=0.05,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos,
+                         tie_word_embeddings=False, **LARGE)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _compile(recipe_text: str, work: Path) -> Path:
     from nimbuild.cli import main as cli
 
+    recipe = work / "recipe.yaml"
+    recipe.write_text(recipe_text)
+    out = work / "out"
+    try:
+        cli(["-q", "compile", str(recipe), "--out", str(out)], standalone_mode=False)
+    except SystemExit as e:
+        if e.code:
+            raise RuntimeError(f"compiling {recipe} failed") from None
+    return out / "profiles.yaml"
+
+
+def _recipe(name: str, source: Path) -> str:
+    """tiny-llama's recipe with another source and only the generic fp32 profile."""
+    lines = (REPO / "recipes" / "tiny-llama.yaml").read_text().splitlines()
+    kept = [ln for ln in lines if "tensorrt_llm" not in ln and "built on GPU hosts" not in ln]
+    text = "\n".join(kept).replace("name: tiny-llama", f"name: {name}").replace("hf: models/tiny-llama", f"hf: {source}")
+    return text + "\n"
+
+
+def _bench(name: str, source: Path, work: Path) -> tuple[list, dict]:
+    from demo_embed import running  # scripts/: start, wait for ready, SIGTERM at the end
+
+    manifest = _compile(_recipe(name, source), work)
+    rows, data = [], {}
+    with running(str(manifest), _free_port()) as url:
+        if url is None:
+            raise RuntimeError(f"runtime_min did not start on {name}")
+        _served(url, name, 1)  # warm-up
+        served = {c: _served(url, name, c) for c in (1, 8)}
+    reference = _Transformers(source)
+    local = {1: reference.rows(1), 8: reference.rows(8)}
+    sequential = reference.sequential(8)
+    for c in (1, 8):
+        assert served[c]["tokens"] == NEW_TOKENS, f"the runtime stopped early ({served[c]['tokens']} tokens)"
+        rows.append([f"{name}: runtime_min", c, served[c]["ttft"] * 1e3, served[c]["prefill"], served[c]["decode"]])
+        rows.append([f"{name}: transformers generate (batch {c})", c, local[c]["ttft"] * 1e3, local[c]["prefill"],
+                     local[c]["decode"]])
+        if c == 8:
+            rows.append([f"{name}: transformers, 8 requests one after another", 8, sequential["ttft"] * 1e3,
+                         sequential["prefill"], sequential["decode"]])
+    data = {
+        "served": served, "transformers": local, "transformers_sequential": sequential,
+        "decode_c1_over_transformers": served[1]["decode"] / local[1]["decode"],
+        "decode_c8_over_sequential": served[8]["decode"] / sequential["decode"],
+        "decode_c8_over_batched": served[8]["decode"] / local[8]["decode"],
+        "ttft_c1_ms": served[1]["ttft"] * 1e3,
+        "ttft_c1_goal_ms": (1.5 * local[1]["ttft"] + 0.010) * 1e3,
+    }
+    return rows, data
+
+
+def main() -> tuple[str, dict]:
+    os.environ["NIMBUILD_ORT_THREADS"] = str(THREADS)
+    results, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
-        try:
-            cli(["-q", "compile", str(REPO / "recipes" / "tiny-llama.yaml"), "--out", str(out)], standalone_mode=False)
-        except SystemExit:
-            pass
-        os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS))
-        rows = []
-        with running(str(out / "profiles.yaml"), _free_port()) as url:
-            for concurrency in (1, 8):
-                _runtime_rows(url, concurrency)  # warm-up
-                served = _runtime_rows(url, concurrency)
-                local = _transformers_rows(concurrency)
-                for name, r in (("runtime_min (Triton, onnxruntime)", served), ("transformers generate, in-process", local)):
-                    rows.append([name, str(concurrency), f"{r['ttft'] * 1e3:.1f}", f"{r['prefill']:.0f}", f"{r['decode']:.0f}"])
-                rows.append(["  ratio runtime / transformers", str(concurrency), f"{served['ttft'] / local['ttft']:.2f}x",
-                             f"{served['prefill'] / local['prefill']:.2f}x", f"{served['decode'] / local['decode']:.2f}x"])
-    return table("tiny-llama generation (tokens/s summed over concurrent streams)", ["path", "concurrency", "TTFT ms", "prefill tok/s", "decode tok/s"], rows) + \
-        f"\n(prompt {len(PROMPT.split())} words, {NEW_TOKENS} new tokens, {THREADS} threads each side, median of {ROUNDS})"
+        tmp = Path(tmp)
+        os.environ["NIM_CACHE_PATH"] = str(tmp / "cache")
+        large = tmp / "llama-76m-model"
+        _make_large(large)
+        for name, source in (("tiny-llama", REPO / "recipes" / "models" / "tiny-llama"), ("llama-76m", large)):
+            (tmp / name).mkdir()
+            model_rows, results[name] = _bench(name, source, tmp / name)
+            rows += model_rows
+    big = results["llama-76m"]
+    goals = [
+        ["decode tok/s at c=1, runtime / transformers", big["decode_c1_over_transformers"], ">= 0.8"],
+        ["decode tok/s at c=8, runtime / sequential transformers", big["decode_c8_over_sequential"], ">= 2"],
+        ["decode tok/s at c=8, runtime / transformers batch 8", big["decode_c8_over_batched"], "-"],
+        ["TTFT at c=1 (ms), runtime", big["ttft_c1_ms"], f"<= {big['ttft_c1_goal_ms']:.1f} (1.5x + 10 ms)"],
+    ]
+    text = "\n\n".join([
+        table("Generation (tokens/s summed over concurrent streams; fp32, 2 threads each side, median of 3)",
+              ["path", "concurrency", "TTFT ms", "prefill tok/s", "decode tok/s"], rows),
+        table("llama-76m against the goals", ["ratio", "measured", "goal"], goals),
+    ]) + f"\n(prompt {len(PROMPT.split())} words, {NEW_TOKENS} new tokens each, end-of-sequence ignored on both sides)"
+    return text, results
 
 
 def _free_port() -> int:
@@ -114,7 +207,5 @@ def _free_port() -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.path.insert(0, str(REPO / "tests"))
-    print(main())
+    print(main()[0])

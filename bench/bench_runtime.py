@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from common import table
+from common import http_client, table
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW_S = 5.0  # each rate is measured over this many seconds of steady load
@@ -170,12 +170,8 @@ def main() -> str:
     embed, embed_batch = _in_process(workspace)
     rows, figures = [], []
     try:
-        local = threading.local()
-
         def via_runtime(text: str) -> None:
-            client = getattr(local, "client", None) or httpx.Client(timeout=30)
-            local.client = client
-            r = client.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm-embed", "input": text})
+            r = http_client().post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm-embed", "input": text})
             assert r.status_code == 200
 
         for concurrency in (1, 8, 32):

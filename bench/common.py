@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from typing import Callable
+
+_local = threading.local()
+
+
+def http_client():
+    """This thread's httpx.Client, kept: making one loads the CA bundle (~35 ms here), which a
+    benchmark must not charge to the server it measures, and a kept one reuses its connection."""
+    import httpx
+
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = httpx.Client(timeout=300)
+    return client
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
