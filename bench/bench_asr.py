@@ -14,21 +14,22 @@ import concurrent.futures
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
-from common import p, table
+from common import http_client, p, table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 THREADS = 2
 CLIPS = 32
-ROUNDS = 2
+ROUNDS = 3
+PASSES = 4  # the clips sent this many times per measurement
 
 
 def _clips(root: Path) -> list[tuple[Path, float]]:
@@ -51,8 +52,8 @@ def _clips(root: Path) -> list[tuple[Path, float]]:
 def _offline(url: str, path: Path) -> float:
     start = time.perf_counter()
     with open(path, "rb") as f:
-        r = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (path.name, f, "audio/wav")},
-                       data={"model": "asr-digits"}, timeout=120)
+        r = http_client().post(f"{url}/v1/audio/transcriptions", files={"file": (path.name, f, "audio/wav")},
+                               data={"model": "asr-digits"})
     r.raise_for_status()
     return time.perf_counter() - start
 
@@ -63,8 +64,8 @@ def _streaming(url: str, path: Path) -> float:
     audio, rate = soundfile.read(str(path), dtype="int16")
     pcm, step = audio.tobytes(), rate // 10 * 2
     start = time.perf_counter()
-    with httpx.stream("POST", f"{url}/v1/audio/transcriptions/stream?sample_rate={rate}",
-                      content=(pcm[i:i + step] for i in range(0, len(pcm), step)), timeout=120) as r:
+    with http_client().stream("POST", f"{url}/v1/audio/transcriptions/stream?sample_rate={rate}",
+                              content=(pcm[i:i + step] for i in range(0, len(pcm), step))) as r:
         r.raise_for_status()
         final = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")][-1]
     assert final.get("is_final"), final
@@ -72,35 +73,65 @@ def _streaming(url: str, path: Path) -> float:
 
 
 def _load(fn, url: str, clips, concurrency: int) -> dict:
-    latencies, audio, wall = [], 0.0, 0.0
-    work = [c for _ in range(ROUNDS) for c in clips]
+    work = list(clips) * PASSES  # long enough that the ramp-up and the last stragglers do not dominate
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         start = time.perf_counter()
         latencies = list(pool.map(lambda c: fn(url, c[0]), work))
         wall = time.perf_counter() - start
     audio = sum(d for _, d in work)
-    return {"rtfx": audio / wall, "p50": p(latencies, 0.5), "p90": p(latencies, 0.9), "p99": p(latencies, 0.99)}
+    return {"rtfx": audio / wall, "latencies": latencies}
 
 
-def _nemo(clips, batch: int) -> dict:
-    import torch
-
-    from nimbuild.export.asr import quiet, restore
-    from nimbuild.sources.nemo import resolve_nemo
-
-    torch.set_num_threads(THREADS)
-    model = restore(resolve_nemo(str(REPO / "recipes" / "models" / "asr-digits.nemo"), REPO))
-    paths = [str(c[0]) for c in clips]
-    with quiet():
-        model.transcribe(paths[:4], batch_size=batch, verbose=False)  # warm-up
+NEMO_CHILD = """
+import sys, time
+import torch
+sys.path.insert(0, sys.argv[1])
+from nimbuild.export.asr import quiet, restore
+from nimbuild.sources.nemo import resolve_nemo
+torch.set_num_threads(int(sys.argv[2]))
+model = restore(resolve_nemo(sys.argv[3], sys.argv[1]))
+seconds, passes, paths = float(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+with quiet():
+    model.transcribe(paths[:4], batch_size=4, verbose=False)  # warm-up
+print("ready", flush=True)
+for line in sys.stdin:
+    with quiet():  # NeMo's output silenced, the answer after it (quiet() takes stdout away)
         start = time.perf_counter()
-        for _ in range(ROUNDS):
-            model.transcribe(paths, batch_size=batch, verbose=False)
+        for _ in range(passes):
+            model.transcribe(paths, batch_size=int(line), verbose=False)
         wall = time.perf_counter() - start
-    return {"rtfx": ROUNDS * sum(d for _, d in clips) / wall}
+    print(passes * seconds / wall, flush=True)
+"""
 
 
-def main() -> str:
+class _Nemo:
+    """NeMo's own transcribe() on the same checkpoint and clips, in a process of its own (so that
+    neither side's threads and memory sit in the other's process), run on request between the
+    served rounds."""
+
+    def __init__(self, clips):
+        import subprocess
+
+        args = [str(REPO), str(THREADS), str(REPO / "recipes" / "models" / "asr-digits.nemo"),
+                str(sum(d for _, d in clips)), str(PASSES), *[str(c[0]) for c in clips]]
+        self.child = subprocess.Popen([sys.executable, "-c", NEMO_CHILD, *args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        if self.child.stdout.readline().strip() != "ready":
+            raise RuntimeError("NeMo did not load the checkpoint")
+
+    def run(self, batch: int) -> float:
+        self.child.stdin.write(f"{batch}\n")
+        self.child.stdin.flush()
+        return float(self.child.stdout.readline())
+
+    def close(self) -> None:
+        self.child.stdin.close()
+        self.child.wait(timeout=30)
+
+
+def main() -> tuple[str, dict]:
+    """Each round runs the served path and NeMo one after the other, so the machine's swings
+    (2x between minutes here) hit both sides of a ratio alike; medians over the rounds."""
     from demo_embed import running
     from nimbuild.cli import main as cli
     from servers import free_port
@@ -115,26 +146,39 @@ def main() -> str:
         clips = _clips(Path(tmp))
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS),
                           NIM_TAGS_SELECTOR="mode=str")
-        rows, served = [], {}
+        nemo = _Nemo(clips)
+        kinds = (("offline (POST file)", _offline), ("streaming (100 ms pieces)", _streaming))
+        served = {(k, c): [] for k, _ in kinds for c in (1, 16)}
+        local = {1: [], 16: []}
         with running(str(out / "profiles.yaml"), free_port()) as url:
             _load(_offline, url, clips[:4], 1)  # warm-up
-            for name, fn in (("offline (POST file)", _offline), ("streaming (100 ms pieces)", _streaming)):
+            for _ in range(ROUNDS):
                 for concurrency in (1, 16):
-                    r = _load(fn, url, clips, concurrency)
-                    served[(name, concurrency)] = r
-                    rows.append([f"runtime_min {name}", str(concurrency), f"{r['rtfx']:.1f}", f"{r['p50']:.0f}",
-                                 f"{r['p90']:.0f}", f"{r['p99']:.0f}"])
-        for batch in (1, 16):
-            local = _nemo(clips, batch)
-            rows.append([f"NeMo transcribe() in-process, batch {batch}", str(batch), f"{local['rtfx']:.1f}", "-", "-", "-"])
-            ratio = served[("offline (POST file)", batch)]["rtfx"] / local["rtfx"]
-            rows.append(["  ratio runtime offline / NeMo", str(batch), f"{ratio:.2f}x", "", "", ""])
+                    for name, fn in kinds:
+                        served[(name, concurrency)].append(_load(fn, url, clips, concurrency))
+                    local[concurrency].append(nemo.run(concurrency))
+        nemo.close()
+    rows, data = [], {"served": {}, "nemo_rtfx": {}, "ratio_offline_over_nemo": {}}
+    for (name, concurrency), runs in served.items():
+        rtfx = statistics.median(r["rtfx"] for r in runs)
+        latencies = [x for r in runs for x in r["latencies"]]
+        rows.append([f"runtime_min {name}", str(concurrency), f"{rtfx:.1f}", f"{p(latencies, 0.5):.0f}",
+                     f"{p(latencies, 0.9):.0f}", f"{p(latencies, 0.99):.0f}"])
+        data["served"][f"{name} c={concurrency}"] = rtfx
+    for batch in (1, 16):
+        nemo_rtfx = statistics.median(local[batch])
+        ratio = statistics.median(s["rtfx"] / n for s, n in zip(served[("offline (POST file)", batch)], local[batch]))
+        rows.append([f"NeMo transcribe() in-process, batch {batch}", str(batch), f"{nemo_rtfx:.1f}", "-", "-", "-"])
+        rows.append(["  ratio runtime offline / NeMo (median of rounds)", str(batch), f"{ratio:.2f}x", "", "", ""])
+        data["nemo_rtfx"][batch], data["ratio_offline_over_nemo"][batch] = nemo_rtfx, ratio
     seconds = sum(d for _, d in clips)
-    return table("asr-digits transcription (RTFX = audio seconds per wall second)",
+    text = table("asr-digits transcription (RTFX = audio seconds per wall second)",
                  ["path", "concurrency", "RTFX", "p50 ms", "p90 ms", "p99 ms"], rows) + \
-        f"\n({CLIPS} espeak-ng clips, {seconds:.0f} s of audio, x{ROUNDS} rounds; {THREADS} threads each side)"
+        f"\n({CLIPS} espeak-ng clips, {seconds:.0f} s of audio, {ROUNDS} rounds of {PASSES} passes, served and NeMo " \
+        f"alternating; {THREADS} threads each side)"
+    return text, data
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
-    print(main())
+    print(main()[0])

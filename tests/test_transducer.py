@@ -16,6 +16,7 @@ import riva.client
 from conftest import REPO, asr_trainer, script_module, serving
 from test_asr import _riva, _transcribe as transcribe_as  # the CTC tests' clients
 from nimbuild.errors import NimbuildError, ParityError
+from nimbuild.yamlutil import load_yaml
 from nimbuild.progress import Reporter
 
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
@@ -255,7 +256,9 @@ def test_word_timestamps_lie_inside_the_audio_and_follow_the_transcript(served_r
     import tritonclient.http as triton_http
 
     config = triton_http.InferenceServerClient(served_rnnt.triton_url).get_model_config(f"{MODEL}-decoder")
-    assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000  # the recipe's, deployed
+    recipe = load_yaml((REPO / "recipes" / "asr-digits-rnnt.yaml").read_text())[0]
+    delay = recipe["serving"]["dynamic_batching"]["max_queue_delay_us"]
+    assert int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) == delay  # the recipe's, deployed
 
     for _, path, _ in held_out[:4]:
         body = _transcribe(served_rnnt.url, path, response_format="verbose_json",

@@ -104,7 +104,7 @@ def _servicer(model: ServedModel, triton, state: dict):
                 if len(audio) < shortest:
                     raise SpeechError(f"the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)")
                 _ready(triton)
-                result = await transcribe(state["client"], model.name, audio)
+                result = await transcribe(state["grpc"], model.name, audio)
                 return rasr.RecognizeResponse(id=request.id, results=[rasr.SpeechRecognitionResult(
                     alternatives=[alternative(result, request.config.enable_word_time_offsets)], channel_tag=1,
                     audio_processed=len(audio) / rate)])
@@ -134,7 +134,7 @@ def _servicer(model: ServedModel, triton, state: dict):
                         raise SpeechError("streaming_config may come only in the first request")
                     pcm = stream.feed(request.audio_content)
                     if pcm and session is None:
-                        session = StreamSession(state["client"], model.name, stream.rate, rate, chunk_ms)
+                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms)
                         opened.append(session)
                     for partial in (await session.push(pcm)) if pcm else []:
                         if interim:

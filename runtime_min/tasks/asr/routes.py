@@ -84,7 +84,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                            param="file")
         require_ready(triton)
         start = time.perf_counter()
-        result = await transcribe(state["client"], model.name, audio)
+        result = await transcribe(state["grpc"], model.name, audio)
         metrics.audio_seconds.inc(len(audio) / rate)
         metrics.transcription.observe(time.perf_counter() - start)
         duration = round(len(audio) / rate, 3)
@@ -110,7 +110,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                 "(NIM_TAGS_SELECTOR=mode=str)", code="not_found")
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
-        session = StreamSession(state["client"], model.name, source_rate, rate, chunk_ms)
+        session = StreamSession(state["grpc"], model.name, source_rate, rate, chunk_ms)
         return _DuplexStream(_stream_events(request, session, metrics), media_type="text/event-stream")
 
 
