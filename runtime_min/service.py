@@ -169,9 +169,6 @@ def deploy_into(profile: Profile, workspace: Path, system: System, servers: list
 
 
 def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root: Path) -> int:
-    import uvicorn
-
-    from runtime_min.http import ServedModel, create_app
     from runtime_min.tasks import task_module
     from runtime_min.triton import TritonServer, find_servers
 
@@ -185,6 +182,7 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
         check_runnable(profile, [install], (install, deployment.core))
         task = task_module(deployment.info)
         grpc_at = _grpc_address_free() if hasattr(task, "add_servicers") else None
+        listener = _listen(host, port)  # the HTTP port is ours before Triton starts, or one line says why not
         exit_code = {"value": 0}
         server: dict = {}
 
@@ -195,9 +193,14 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
 
         triton = TritonServer(install, repository, cache_root / "logs" / f"tritonserver-{os.getpid()}.log", on_fatal=fatal)
         log.info("Starting %s", install.describe())
-        triton.start()
+        triton.launch()
         try:
-            log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, host, port)
+            # The web stack is imported and the app built while Triton loads its models: on the
+            # embeddings example that was a third of a second after Triton was ready (bench_runtime).
+            import uvicorn
+
+            from runtime_min.http import ServedModel, create_app
+
             served = ServedModel(profile.model, profile.id, deployment.workspace, deployment.info)
             front_ends = []
             if hasattr(task, "add_servicers"):  # speech: Riva's gRPC API beside the HTTP one
@@ -216,11 +219,14 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
             # is stopped, so a signal ends in a clean exit 0.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda number, frame: log.info("received signal %d; shutting down", number))
-            server["uvicorn"].run()  # returns after SIGTERM/SIGINT, once in-flight requests finish
+            triton.wait_until_ready()
+            log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, host, port)
+            server["uvicorn"].run(sockets=[listener])  # returns after SIGTERM/SIGINT, once in-flight requests finish
             if not server["uvicorn"].started or any(not f.started for f in front_ends):
                 log.error("the API did not start (see above)")  # uvicorn logged why (a port taken, say)
                 exit_code["value"] = 1
         finally:
+            listener.close()
             triton.stop()
             log.info("Triton stopped")
         return exit_code["value"]
@@ -246,6 +252,23 @@ def create_model_store(manifest: Path, requested: str, store: Path, registry: st
     workspace = fetch(profile, manifest, registry, cache_root)
     _, deployment = deploy_into(profile, workspace, detect_system(), servers, store, cache_root)
     return deployment
+
+
+def _listen(host: str, port: int):
+    """The API's listening socket, bound now: a port already taken is one line before Triton starts."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise NimbuildError(f"cannot listen for HTTP on {host}:{port} ({e.strerror}); set NIM_HTTP_API_PORT "
+                            "or --port") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 def _grpc_address_free() -> tuple[str, int]:

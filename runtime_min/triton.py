@@ -178,7 +178,15 @@ class TritonServer:
         return f"127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 120.0) -> None:
+        self.launch()
+        self.wait_until_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process and return at once (the caller may prepare the API meanwhile)."""
         self._launch()
+
+    def wait_until_ready(self, timeout: float = 120.0) -> None:
+        """Block until the launched Triton is ready, then supervise it (restarts)."""
         self._wait_ready(timeout)
         self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
         self._watcher.start()

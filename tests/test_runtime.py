@@ -296,6 +296,21 @@ def test_no_compatible_profile_exits_non_zero_with_the_reasons(published, tmp_pa
     assert "Traceback" not in result.stderr
 
 
+def test_an_http_port_in_use_is_one_line_before_triton_starts(minilm_compiled, tmp_path):
+    import socket
+
+    out, _ = minilm_compiled
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(out / "profiles.yaml"),
+                                 "--host", "127.0.0.1", "--port", str(port)], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "NIM_CACHE_PATH": str(tmp_path / "cache")})
+    assert result.returncode == 2 and f"cannot listen for HTTP on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr and "Starting" not in result.stderr, "refused before Triton starts"
+
+
 def test_a_triton_that_keeps_dying_ends_the_runtime_with_exit_1(published, tmp_path):
     out, registry = published
     served = Runtime(out / "profiles.yaml", tmp_path / "cache", registry=str(registry))
