@@ -350,3 +350,18 @@ def test_triton_does_not_outlive_a_killed_runtime(published, tmp_path):
     while Path(f"/proc/{triton}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{triton}").exists(), "tritonserver outlived its runtime"
+
+
+def test_the_api_socket_turns_nagle_off():
+    """asyncio disables Nagle's algorithm only on sockets whose proto says TCP; a socket made with
+    proto 0 made every small response wait ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from runtime_min.service import _listen
+
+    sock = _listen("127.0.0.1", free_port())
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()
