@@ -121,6 +121,7 @@ class _Walker:
         self.numbers_as_text = numbers_as_text
         self.lines: dict[Path_, int] = {}
         self.done: dict[int, tuple[Any, int]] = {}  # id(node) -> (value, values it holds)
+        self.building: set[int] = set()  # collections being built: an alias to one is a cycle
         self.count = 0
         self.constructor = yaml.SafeLoader("")  # for the rare scalar that is not a string
 
@@ -135,9 +136,12 @@ class _Walker:
         if seen is not None:  # an alias: the same value again, and all it holds counted again
             self._spend(seen[1], node)
             return seen[0]
+        if id(node) in self.building:
+            raise YamlProblem("an alias refers to a value that contains it (a recursive alias)", node.start_mark.line + 1)
         if depth >= MAX_DEPTH:
             raise YamlProblem(f"nested deeper than {MAX_DEPTH} levels", node.start_mark.line + 1)
         self._check_tag(node, _COLLECTIONS)
+        self.building.add(id(node))
         start = self.count
         self._spend(len(node.value), node)
         if kind is yaml.SequenceNode:
@@ -147,6 +151,7 @@ class _Walker:
                 result = [self.value(child, path + (i,), depth + 1) for i, child in enumerate(node.value)]
         else:
             result = self._mapping(node, path, depth)
+        self.building.discard(id(node))
         self.done[id(node)] = (result, self.count - start)
         return result
 

@@ -25,6 +25,7 @@ def alias_bomb(levels: int = 9) -> str:
 HOSTILE = {
     "alias bomb": (alias_bomb(), "alias bomb"),
     "duplicate key": ("a: 1\nb: 2\na: 3\n", "duplicate key 'a'"),
+    "recursive alias": ("a: &a {b: [*a]}\n", "recursive alias"),
     "deep block nesting": ("".join("  " * i + f"k{i}:\n" for i in range(MAX_DEPTH + 5)) + "  " * (MAX_DEPTH + 5) + "x\n",
                            f"nested deeper than {MAX_DEPTH} levels"),
     "deep flow nesting": ("[" * 5000 + "]" * 5000, "not valid YAML"),
