@@ -44,7 +44,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 63)  # Triton's INT64; beyond it was a 500
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: Any = None
@@ -94,6 +94,9 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     context = model.max_tokens
 
     def prepare(body: _Sampling, ids: list[int], max_tokens: int | None, index: int = 0) -> tuple[list[int], int]:
+        if not ids:  # the generator needs a token to start from; an empty prompt is the caller's mistake
+            raise ApiError(400, f"prompt{f'[{index}]' if index else ''} is empty (no tokens); give at least one token",
+                           param="prompt")
         if len(ids) >= context:
             raise ApiError(400, f"prompt{f'[{index}]' if index else ''} has {len(ids)} tokens; this model's context is "
                                 f"{context} tokens, and at least one must be left to generate",
