@@ -59,45 +59,38 @@ class Metrics:
 
 # Triton's gRPC channel: messages of any size (tritonclient's default), and reconnection within a
 # second once a restarted Triton listens again (gRPC's default backoff grows to two minutes, and
-# readiness, probed over HTTP, would say ready while every inference still failed).
+# every inference would fail meanwhile).
 GRPC_CHANNEL = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000)]
 
 # A task's routes: (app, served model, triton, state, metrics) -> None. `state` holds the shared
-# clients: "client" (Triton's asyncio HTTP client), "grpc" (its gRPC one) when the task asks for it.
+# clients: "grpc" (Triton's asyncio gRPC client, which every task's inference goes through: the only
+# one that carries decoupled streams, and cheaper per call than its HTTP one) and "http" (httpx, for
+# Triton's metrics).
 AddRoutes = Callable[[FastAPI, ServedModel, Any, dict, Metrics], None]
 
 
-def create_app(model: ServedModel, triton, add_routes: AddRoutes, grpc: bool = False,
-               front_ends: list | None = None) -> FastAPI:
+def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: list | None = None) -> FastAPI:
     """`triton` is a runtime_min.triton.TritonServer (or anything with .url, .grpc_port, .ready,
-    .metrics_port, .restarts). `grpc`: the task reaches Triton over gRPC (decoupled streams, which
-    only Triton's gRPC API carries; or cheaper calls), so it gets Triton's asyncio gRPC client as
-    well as the HTTP one.
+    .metrics_port, .restarts).
     `front_ends`: others served from this event loop (the gRPC one), started with the shared
     clients once they exist and stopped before them."""
     metrics = Metrics()
     state: dict[str, Any] = {}
 
     async def lifespan(app):
-        import tritonclient.http.aio as triton_http
+        import tritonclient.grpc.aio as triton_grpc
 
-        state["client"] = triton_http.InferenceServerClient(triton.url, conn_limit=256)
         state["http"] = httpx.AsyncClient(timeout=5.0)
-        if grpc:
-            import tritonclient.grpc.aio as triton_grpc
-
-            state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}", channel_args=GRPC_CHANNEL)
+        state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}", channel_args=GRPC_CHANNEL)
         for front_end in front_ends or []:
             await front_end.start(state)
         yield
         for front_end in front_ends or []:
             await front_end.stop()
-        await state["client"].close()
         await state["http"].aclose()
-        if grpc:
-            await state["grpc"].close()
+        await state["grpc"].close()
 
     app = FastAPI(title="runtime_min", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -206,17 +199,11 @@ async def triton_infer(client, model_name: str, inputs: list, outputs: list, **o
 
 
 async def _triton_ready(state, triton, model_name: str) -> bool:
-    """Ready over the transport the task's inference uses: after a Triton restart, HTTP answers
-    before the gRPC channel has reconnected, and readiness must not say ready before requests work."""
+    """Ready over the gRPC channel inference uses: after a Triton restart, HTTP answers before the
+    channel has reconnected, and readiness must not say ready before requests work."""
     if not triton.ready.is_set():
         return False
-    if "grpc" in state:
-        try:
-            return bool(await state["grpc"].is_model_ready(model_name, client_timeout=2))
-        except Exception:  # InferenceServerException or grpc's own while the channel reconnects
-            return False
     try:
-        r = await state["http"].get(f"http://{triton.url}/v2/models/{model_name}/ready")
-        return r.status_code == 200
-    except httpx.HTTPError:
+        return bool(await state["grpc"].is_model_ready(model_name, client_timeout=2))
+    except Exception:  # InferenceServerException or grpc's own while the channel reconnects
         return False

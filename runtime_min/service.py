@@ -208,7 +208,7 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
 
                 front_ends.append(GrpcFrontEnd(*grpc_at, triton, lambda server, state: task.add_servicers(
                     server, served, triton, state)))
-            app = create_app(served, triton, task.add_routes, grpc=task.GRPC, front_ends=front_ends)
+            app = create_app(served, triton, task.add_routes, front_ends=front_ends)
             # httptools parses HTTP in C where uvicorn's default h11 is pure Python (neutral within
             # this machine's noise, measured); the loop stays asyncio's, which grpc.aio runs on
             config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=15,
@@ -223,7 +223,7 @@ def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root
             log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, host, port)
             server["uvicorn"].run(sockets=[listener])  # returns after SIGTERM/SIGINT, once in-flight requests finish
             if not server["uvicorn"].started or any(not f.started for f in front_ends):
-                log.error("the API did not start (see above)")  # uvicorn logged why (a port taken, say)
+                log.error("the API did not start (see above)")  # uvicorn or the gRPC front end logged why
                 exit_code["value"] = 1
         finally:
             listener.close()

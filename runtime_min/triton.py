@@ -181,17 +181,14 @@ class TritonServer:
         self.launch()
         self.wait_until_ready(timeout)
 
-    def launch(self) -> None:
-        """Start the process and return at once (the caller may prepare the API meanwhile)."""
-        self._launch()
-
     def wait_until_ready(self, timeout: float = 120.0) -> None:
         """Block until the launched Triton is ready, then supervise it (restarts)."""
         self._wait_ready(timeout)
         self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
         self._watcher.start()
 
-    def _launch(self) -> None:
+    def launch(self) -> None:
+        """Start the process and return at once (the caller may prepare the API meanwhile)."""
         if not self.http_port:  # a restart keeps the ports: the API's client holds this address
             self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         cmd = [
@@ -245,7 +242,7 @@ class TritonServer:
             self.restarts += 1
             time.sleep(min(0.5 * 2 ** (self.restarts - 1), 8.0))
             try:
-                self._launch()
+                self.launch()
                 self._wait_ready(120.0)
                 log.info("tritonserver restarted (restart %d of at most %d)", self.restarts, self.max_restarts)
             except TritonError as e:

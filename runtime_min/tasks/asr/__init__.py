@@ -21,7 +21,6 @@ from runtime_min.tasks import NIMBUILD, serving, tensor_dims
 
 MODEL = Path(__file__).with_name("model.py")
 AUDIO = NIMBUILD / "audio.py"
-GRPC = True  # the runtime reaches the ensemble over Triton's gRPC client (transcribe._infer)
 
 
 def stream_model_name(model_name: str) -> str:

@@ -15,7 +15,6 @@ from runtime_min.tasks import NIMBUILD, serving, tensor_dims
 
 MODEL = Path(__file__).with_name("model.py")
 POOLING = NIMBUILD / "pooling.py"
-GRPC = True  # the routes reach Triton over its gRPC API (cheaper per request than its HTTP one)
 
 
 def refuses(core) -> str | None:

@@ -16,7 +16,6 @@ from runtime_min.tasks import NIMBUILD, serving
 
 HERE = Path(__file__).parent
 GENERATION = NIMBUILD / "generation.py"
-GRPC = True  # decoupled responses travel over Triton's gRPC streams
 
 
 def refuses(core) -> str | None:
