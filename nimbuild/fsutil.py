@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,6 +32,14 @@ def file_matches(path: str | os.PathLike, digest: str, size: int) -> bool:
     """The file exists and holds exactly `size` bytes whose sha256 is `digest` ("sha256:<hex>")."""
     path = Path(path)
     return path.is_file() and path.stat().st_size == size and "sha256:" + sha256_file(path) == digest
+
+
+_SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def is_sha256_digest(value: object) -> bool:
+    """`sha256:` and 64 lowercase hex digits: the one digest form manifests, registries and the cache use."""
+    return isinstance(value, str) and _SHA256_DIGEST.fullmatch(value) is not None
 
 
 def sha256_bytes(data: bytes) -> str:

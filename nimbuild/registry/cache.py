@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.fsutil import file_matches, iter_file
+from nimbuild.fsutil import file_matches, is_sha256_digest, iter_file
 
 CACHE_ENV = "NIM_CACHE_PATH"
 _WRITE_BUFFER = 8 << 20
@@ -33,10 +33,9 @@ def default_cache_root() -> Path:
 
 
 def hex_of(digest: str) -> str:
-    algo, _, value = digest.partition(":")
-    if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if not is_sha256_digest(digest):
         raise IntegrityError(f"unsupported or malformed digest {digest!r}")
-    return value
+    return digest[len("sha256:"):]
 
 
 class BlobCache:
