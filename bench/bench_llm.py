@@ -5,8 +5,9 @@ Two models: the tiny-llama example (140k parameters: every figure there is per-t
 and a 76M-parameter Llama (12 layers, hidden 768, GQA 12/4 heads, random weights made here from a
 config, the example's tokenizer) where compute matters. The goals are read on the larger one.
 
-Baselines at concurrency 8: a sequential loop of 8 single-prompt `generate` calls (what serving
-without batching gives) and one `generate` over 8 left-padded prompts (transformers' own static
+Baselines at concurrency 8: 8 single-prompt `generate` calls one after another (what serving
+without batching gives: each request's decode runs at the batch-1 rate, so that row is the batch-1
+measurement, not a second one) and one `generate` over 8 left-padded prompts (transformers' own static
 batching, which the runtime's continuous batching should match). Through the runtime, 8 clients
 stream at once. Prefill tokens/s = prompt tokens / time to first token; decode tokens/s =
 generated tokens after the first / the time they took, summed over concurrent streams.
@@ -95,12 +96,6 @@ class _Transformers:
         return {"ttft": ttft, "prefill": batch * self.prompt_tokens() / ttft,
                 "decode": batch * (NEW_TOKENS - 1) / (whole - ttft)}
 
-    def sequential(self, clients: int) -> dict:
-        """`clients` requests served one after another: total tokens over total time."""
-        one = self.rows(1)
-        return {"ttft": one["ttft"], "prefill": one["prefill"], "decode": one["decode"],
-                "ttft_last": one["ttft"] + (clients - 1) * (one["ttft"] + (NEW_TOKENS - 1) / one["decode"])}
-
 
 def _make_large(dest: Path) -> None:
     """A 76M-parameter Llama with random weights (seeded) and tiny-llama's tokenizer, saved by transformers."""
@@ -153,7 +148,7 @@ def _bench(name: str, source: Path, work: Path) -> tuple[list, dict]:
         served = {c: _served(url, name, c) for c in (1, 8)}
     reference = _Transformers(source)
     local = {1: reference.rows(1), 8: reference.rows(8)}
-    sequential = reference.sequential(8)
+    sequential = local[1]  # requests one after another decode at the batch-1 rate
     for c in (1, 8):
         assert served[c]["tokens"] == NEW_TOKENS, f"the runtime stopped early ({served[c]['tokens']} tokens)"
         rows.append([f"{name}: runtime_min", c, served[c]["ttft"] * 1e3, served[c]["prefill"], served[c]["decode"]])
