@@ -4,7 +4,9 @@ tokenisation (unpadded, truncated at the model's length, as the server tokenises
 thread count, at concurrency 1, 8 and 32 (measured in one run), with latency and peak memory. Two
 in-process baselines: one sentence per call (what each client thread does), and batches of the
 concurrency's size padded to their longest sentence with masked mean pooling (what the server's
-dynamic batcher can do at best)."""
+dynamic batcher can do at best). Where the served time goes: CPU per embedding of each process
+(this load generator, the runtime's API, tritonserver, the model's Python stub) and Triton's own
+per-call statistics, over the same window."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from common import http_client, table
+from common import post_json, table
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW_S = 5.0  # each rate is measured over this many seconds of steady load
@@ -128,15 +130,75 @@ def _in_process(workspace: Path):
     return (lambda text: embed_batch([text])), embed_batch
 
 
-def _peak_rss_mib(pid: int) -> float:
-    """Sum of VmHWM (peak RSS) over the runtime and its descendants (tritonserver, backend stub)."""
+def _descendants(pid: int) -> list[int]:
     pids, frontier = [pid], [pid]
     while frontier:
         out = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True).stdout.split()
         pids += [int(p) for p in out]
         frontier += [int(p) for p in out]
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class _Where:
+    """CPU seconds per process of the runtime's tree (API, tritonserver, model stub) and of this
+    load generator, and Triton's statistics for the model, between `start()` and `stop(calls)`."""
+
+    def __init__(self, runtime_pid: int):
+        import re
+
+        self.groups: dict[str, list[int]] = {"API (runtime_min)": [runtime_pid], "tritonserver": [], "model stub": []}
+        for pid in _descendants(runtime_pid)[1:]:
+            command = _cmdline(pid)
+            if "triton_python_backend_stub" in command:
+                self.groups["model stub"].append(pid)
+            elif "tritonserver" in command and "--http-port" in command:
+                self.groups["tritonserver"].append(pid)
+                port = re.search(r"--http-port=(\d+)", command).group(1)
+                self.triton = f"http://127.0.0.1:{port}"
+
+    def _sample(self) -> tuple[dict, float, dict]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = {}
+        for name, pids in self.groups.items():
+            total = 0
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+                except OSError:
+                    pass
+            cpu[name] = total / ticks
+        stats = httpx.get(f"{self.triton}/v2/models/minilm-embed/stats").json()["model_stats"][0]
+        return cpu, time.process_time(), stats
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self, embeddings: int) -> dict:
+        (cpu0, own0, stats0), (cpu1, own1, stats1) = self.before, self._sample()
+        per = {"load generator": (own1 - own0) * 1e3 / embeddings}
+        per.update({name: (cpu1[name] - cpu0[name]) * 1e3 / embeddings for name in cpu1})
+        count = lambda s: int(s["inference_stats"]["success"]["count"])
+        ns = lambda s, key: int(s["inference_stats"][key]["ns"])
+        calls = max(1, count(stats1) - count(stats0))
+        executions = max(1, int(stats1["execution_count"]) - int(stats0["execution_count"]))
+        return {"cpu_ms_per_embedding": per, "triton_calls_per_embedding": calls / embeddings,
+                "texts_per_model_execution": embeddings / executions,
+                "triton_queue_ms_per_call": (ns(stats1, "queue") - ns(stats0, "queue")) / 1e6 / calls,
+                "model_ms_per_execution": (ns(stats1, "compute_infer") - ns(stats0, "compute_infer")) / 1e6 / executions}
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """Sum of VmHWM (peak RSS) over the runtime and its descendants (tritonserver, backend stub)."""
     total = 0
-    for p in pids:
+    for p in _descendants(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -168,14 +230,21 @@ def main() -> str:
     port = free_port()
     proc, _ = _start_runtime(manifest, cache, port)
     embed, embed_batch = _in_process(workspace)
-    rows, figures = [], []
+    rows, figures, breakdowns = [], [], []
     try:
-        def via_runtime(text: str) -> None:
-            r = http_client().post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm-embed", "input": text})
-            assert r.status_code == 200
+        sent = [0]
 
+        def via_runtime(text: str) -> None:
+            reply = post_json("127.0.0.1", port, "/v1/embeddings", {"model": "minilm-embed", "input": text})
+            assert len(reply["data"][0]["embedding"]) == 384
+            sent[0] += 1  # under the GIL; read only after the threads end
+
+        where = _Where(proc.pid)
         for concurrency in (1, 8, 32):
+            sent[0] = 0
+            where.start()
             served, lat = _drive(via_runtime, concurrency, WINDOW_S)
+            breakdowns.append({"concurrency": concurrency, **where.stop(sent[0])})
             direct, direct_lat = _drive(embed, concurrency, WINDOW_S)
             batched = _batched_rate(embed_batch, concurrency, 40 * concurrency)
             rows.append([concurrency, served, direct, batched, served / direct, served / batched,
@@ -193,9 +262,16 @@ def main() -> str:
               "from as many threads, or batches of the concurrency's size",
               ["concurrency", "runtime/s", "ORT 1/call /s", "ORT batched /s", "runtime / 1-per-call",
                "runtime / batched", "p50 ms", "p99 ms", "ORT p50 ms"], rows),
+        table("Where the served time goes: CPU ms per embedding by process, over each served window; Triton "
+              "calls per embedding (under 1: the API put concurrent requests into one call), texts per model "
+              "execution, and the model's own time per execution",
+              ["concurrency", *breakdowns[0]["cpu_ms_per_embedding"], "Triton calls/emb", "texts/exec",
+               "model ms/exec"],
+              [[b["concurrency"], *b["cpu_ms_per_embedding"].values(), b["triton_calls_per_embedding"],
+                b["texts_per_model_execution"], b["model_ms_per_execution"]] for b in breakdowns]),
     ])
     data = {"start_seconds": {"bare_triton": statistics.median(bare_starts), "runtime": statistics.median(runtime_starts)},
-            "embeddings": figures, "peak_rss_mib": peak}
+            "embeddings": figures, "where_the_time_goes": breakdowns, "peak_rss_mib": peak}
     return text, data
 
 

@@ -1,8 +1,9 @@
 """OpenAI-shaped `POST /v1/embeddings` (with NIM's `truncate`).
 
 Text is tokenised here with the checkpoint's own tokenizer (`tokenizers`, from the profile's
-tokenizer.json) and sent to Triton as token ids through tritonclient's asyncio gRPC client; the
-pooled, normalised embeddings come back.
+tokenizer.json) and sent to Triton as token ids through tritonclient's asyncio gRPC client (texts of
+requests that arrive while Triton is busy share one call: coalesce.py); the pooled, normalised
+embeddings come back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
 from runtime_min.http import ApiError, Metrics, ServedModel, require_ready, triton_infer
+from runtime_min.tasks.embedding.coalesce import Coalescer
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 MAX_CHARS_PER_INPUT = 1 << 20
@@ -39,6 +41,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: M
     inputs_total = Counter("nimbuild_embedding_inputs_total", "Texts embedded", registry=metrics.registry)
     tokens_total = Counter("nimbuild_embedding_tokens_total", "Tokens embedded", registry=metrics.registry)
     input_names = [i["name"] for i in model.info["inputs"]]
+    calls = Coalescer(lambda encodings: _infer(state["grpc"], model.name, input_names, encodings), model.max_batch)
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
@@ -53,7 +56,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: M
         encodings = [_encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)]
         vectors = []
         for start in range(0, len(encodings), model.max_batch):
-            vectors.append(await _infer(state["grpc"], model.name, input_names, encodings[start:start + model.max_batch]))
+            vectors.append(await calls.embed(encodings[start:start + model.max_batch]))
         matrix = np.concatenate(vectors)
         tokens = sum(len(e.ids) for e in encodings)
         inputs_total.inc(len(texts))
