@@ -38,11 +38,16 @@ def _compiled(tmp: Path) -> Path:
     return out
 
 
-def _start_runtime(manifest: Path, cache: Path, port: int) -> tuple[subprocess.Popen, float]:
+# log lines that end each stage of a start, in order (runtime_min/service.py's messages)
+STAGES = [("interpreter, imports, manifest", "Manifest: "), ("select, verify, write the repository", "Model repository: "),
+          ("tritonserver to ready", "Triton ready on "), ("the API's first ready answer", None)]
+
+
+def _start_runtime(manifest: Path, cache: Path, port: int, log: Path | None = None) -> tuple[subprocess.Popen, float]:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest),
                              "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
+                            stderr=log.open("w") if log else subprocess.DEVNULL,
                             # the fp32 profile: the in-process baseline runs the same (fp32) graph
                             env={**os.environ, "NIM_CACHE_PATH": str(cache),
                                  "NIM_MODEL_PROFILE": "onnxruntime-fp32-throughput"})
@@ -55,6 +60,19 @@ def _start_runtime(manifest: Path, cache: Path, port: int) -> tuple[subprocess.P
         if proc.poll() is not None:
             raise RuntimeError("runtime_min exited while starting")
         time.sleep(0.02)
+
+
+def _stages(log: Path, began: float, ready: float) -> list[float]:
+    """Seconds spent in each of STAGES, from the log's timestamps (wall clock, milliseconds)."""
+    from datetime import datetime
+
+    ends = []
+    lines = log.read_text().splitlines()
+    for _, marker in STAGES[:-1]:
+        line = next(line for line in lines if marker in line)
+        ends.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    ends.append(ready)
+    return [end - previous for previous, end in zip([began, *ends], ends)]
 
 
 def _bare_triton(workspace: Path, cache: Path) -> float:
@@ -217,15 +235,19 @@ def main() -> str:
     workspace = out / "profiles" / "onnxruntime-fp32-throughput"
     manifest = out / "profiles.yaml"
     _stop(_start_runtime(manifest, cache, free_port())[0])  # warm: the Triton copy lands in the cache
-    runtime_starts, bare_starts = [], []
+    runtime_starts, bare_starts, stages = [], [], []
     for _ in range(3):
-        proc, seconds = _start_runtime(manifest, cache, free_port())
+        began = time.time()
+        proc, seconds = _start_runtime(manifest, cache, free_port(), log=tmp / "start.log")
+        stages.append(_stages(tmp / "start.log", began, time.time()))
         runtime_starts.append(seconds)
         _stop(proc)
         bare_starts.append(_bare_triton(workspace, cache))
     start_rows = [["bare tritonserver on the same repository", statistics.median(bare_starts), 1.0],
                   ["runtime_min serve (select, verify, Triton, API)", statistics.median(runtime_starts),
                    statistics.median(runtime_starts) / statistics.median(bare_starts)]]
+    stage_rows = [[f"  {name}", statistics.median(s[i] for s in stages), ""] for i, (name, _) in enumerate(STAGES)]
+    start_rows += stage_rows
 
     port = free_port()
     proc, _ = _start_runtime(manifest, cache, port)
@@ -256,7 +278,7 @@ def main() -> str:
     finally:
         _stop(proc)
     text = "\n\n".join([
-        table("Start to ready, profile cached (median of 3, seconds)", ["what", "seconds", "x bare Triton"], start_rows),
+        table("Start to ready, profile cached (median of 3, seconds), and the runtime's stages (from its log)", ["what", "seconds", "x bare Triton"], start_rows),
         table(f"Embeddings/s, one sentence per request, {os.cpu_count()} CPUs (runtime peak RSS {peak:.0f} MiB "
               "incl. Triton and its model stub); in-process: the same graph and tokenisation, one text per call "
               "from as many threads, or batches of the concurrency's size",
@@ -270,7 +292,8 @@ def main() -> str:
               [[b["concurrency"], *b["cpu_ms_per_embedding"].values(), b["triton_calls_per_embedding"],
                 b["texts_per_model_execution"], b["model_ms_per_execution"]] for b in breakdowns]),
     ])
-    data = {"start_seconds": {"bare_triton": statistics.median(bare_starts), "runtime": statistics.median(runtime_starts)},
+    data = {"start_seconds": {"bare_triton": statistics.median(bare_starts), "runtime": statistics.median(runtime_starts),
+                              "runtime_stages": {row[0].strip(): row[1] for row in stage_rows}},
             "embeddings": figures, "where_the_time_goes": breakdowns, "peak_rss_mib": peak}
     return text, data
 
