@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -254,16 +256,22 @@ def test_tensorrt_llm_engine_builds_on_a_gpu(write_recipe, tmp_path):
 # --- served: the official openai SDK against transformers --------------------------------------------
 
 @pytest.fixture(scope="module")
-def llm_runtime(tmp_path_factory):
+def llm_compiled(tmp_path_factory) -> Path:
     from click.testing import CliRunner
 
     from nimbuild.cli import main
-    from test_runtime import Runtime
 
     out = tmp_path_factory.mktemp("tiny-llama") / "out"
     result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "tiny-llama.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    served = Runtime(out / "profiles.yaml", tmp_path_factory.mktemp("llm-cache"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def llm_runtime(llm_compiled, tmp_path_factory):
+    from test_runtime import Runtime
+
+    served = Runtime(llm_compiled / "profiles.yaml", tmp_path_factory.mktemp("llm-cache"))
     served.wait_ready()
     yield served
     assert served.stop() == 0
@@ -412,6 +420,26 @@ def test_sdk_raises_its_own_errors_and_a_dropped_stream_does_not_hurt_the_next_r
         next(response.iter_lines())  # read one event, then hang up
     assert client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=12, temperature=0).choices[0].text \
         == reference(PROMPTS[2], 12)
+
+
+def test_streams_whose_clients_hang_up_are_finished_so_the_runtime_stops_at_once(llm_compiled, tmp_path):
+    from test_runtime import Runtime
+
+    served = Runtime(llm_compiled / "profiles.yaml", tmp_path / "cache")
+    try:
+        served.wait_ready()
+        for _ in range(2):
+            with httpx.stream("POST", f"{served.url}/v1/completions",
+                              json={"model": MODEL, "prompt": "Rain", "max_tokens": 200, "stream": True,
+                                    "ignore_eos": True}) as response:
+                next(response.iter_lines())  # one event, then hang up
+        time.sleep(1)  # the model sees the cancellation at its next step
+    finally:
+        started = time.monotonic()
+        code = served.stop()
+    # a request the model never finished keeps Triton waiting for it until the stop timeout (15 s)
+    assert code == 0 and time.monotonic() - started < 8
+    assert "Timeout" not in served.log.read_text()
 
 
 def test_a_tensorrt_llm_profile_is_judged_on_the_tensorrt_llm_version():

@@ -80,7 +80,9 @@ class TritonPythonModel:
         while not self.stopping.is_set():
             try:
                 self._admit(block=not generator.busy)
-                generator.cancel(lambda s: s.context[0].is_cancelled())
+                for sequence in generator.cancel(lambda s: s.context[0].is_cancelled()):
+                    # the final flag releases the request: without it Triton waits for it at shutdown
+                    sequence.context[1].send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 if not generator.busy:
                     continue
                 events = generator.step()
