@@ -10,15 +10,50 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import AfterValidator
+from starlette.exceptions import HTTPException
 
 MAX_BODY_BYTES = 16 << 20
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read, however it is sent (Content-Length or chunked). An
+    HTTPException, so that FastAPI's body parsing passes it on instead of calling it a parse error."""
+
+    def __init__(self):
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
+def _unicode(text: str) -> str:
+    # JSON may spell a lone surrogate ("\ud800"); no tokenizer or encoder can take one
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not Unicode text: a lone surrogate at character {e.start}") from None
+    return text
+
+
+# every text a request carries to a tokenizer, a template or Triton is this type
+Text = Annotated[str, AfterValidator(_unicode)]
+
+INLINE_CHARS = 1 << 14  # texts up to this are tokenised on the event loop: a thread hop costs more
+
+
+async def off_the_loop_if_long(chars: int, work: Callable[[], Any]) -> Any:
+    """`work()` (tokenising) inline for short texts; in a worker thread for long ones, so that a
+    megabyte prompt does not stop the server answering everyone else, health included."""
+    if chars <= INLINE_CHARS:
+        return work()
+    import asyncio
+
+    return await asyncio.to_thread(work)
 
 
 class ApiError(Exception):
@@ -102,17 +137,29 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
-        first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        errors = error.errors()
+        # our own checks (a lone surrogate) say more than the union branch that failed first
+        first = next((e for e in errors if e.get("type") == "value_error"), errors[0] if errors else {})
+        if first.get("type") == "json_invalid":
+            reason = (first.get("ctx") or {}).get("error", "")
+            return _error(ApiError(400, f"the body is not valid JSON: {reason}".rstrip(": ")))
+        # the location without pydantic's names for union branches ("function-after[...]")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and "[" not in str(p))
         return _error(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None))
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, error):
-        return _error(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
-
-    @app.exception_handler(405)
-    async def not_allowed(request: Request, error):
-        return _error(ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"))
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        # FastAPI's and Starlette's own (routing, a body that cannot be parsed) in the same shape as ours
+        if error.status_code == 404:
+            return _error(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
+        if error.status_code == 405:
+            return _error(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
+                                   code="method_not_allowed"))
+        if error.status_code == 413:
+            return _error(ApiError(413, str(error.detail), code="request_too_large"))
+        detail = error.detail if isinstance(error.detail, str) else "invalid request"
+        return _error(ApiError(error.status_code, f"{detail} (is it valid JSON in UTF-8?)" if error.status_code == 400
+                               else detail))
 
     @app.get("/v1/health/live")
     async def live():
@@ -160,11 +207,22 @@ class _Observe:
             return await self.app(scope, receive, send)
         endpoint = scope["path"]
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
             self.metrics.requests.labels(endpoint, "413").inc()
-            return await _error(ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large"))(
+            return await _error(ApiError(413, str(BodyTooLarge().detail), code="request_too_large"))(
                 scope, receive, send)
         start = time.perf_counter()
+        received = 0
+
+        async def limited():
+            # the one limit for every body: counted as it arrives, so a chunked one is held to it too
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise BodyTooLarge()
+            return message
 
         async def observed(message):
             if message["type"] == "http.response.start":
@@ -172,7 +230,7 @@ class _Observe:
                 self.metrics.requests.labels(endpoint, str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, observed)
+        await self.app(scope, limited, observed)
 
 
 def _error(error: ApiError) -> JSONResponse:

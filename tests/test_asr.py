@@ -461,6 +461,10 @@ def test_bad_transcription_requests_get_4xx_with_a_json_error(served_digits, hel
         (_transcribe(url, held_out[0][1], **{"timestamp_granularities[]": "letter"}), 400, "expected word or segment"),
         (httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}, data={"model": "nope"}), 404, "does not exist"),
         (httpx.post(f"{url}/v1/audio/transcriptions/stream?sample_rate=12", content=b""), 400, "sample_rate"),
+        # chunked (no Content-Length), 17 MiB of form: held to the same body limit as every request
+        (httpx.post(f"{url}/v1/audio/transcriptions", headers={"content-type": "multipart/form-data; boundary=b"},
+                    content=iter([b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"]
+                                 + [b"\0" * (1 << 20)] * 17)), 413, "request body over"),
     ]
     for response, status, fragment in cases:
         assert response.status_code == status, response.text

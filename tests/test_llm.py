@@ -4,6 +4,7 @@ planning, and the served model called with the official openai SDK against trans
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 import time
 from pathlib import Path
@@ -399,9 +400,21 @@ def test_list_prompts_give_one_choice_each(llm_runtime, reference):
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
      400, "only text content"),
+    # lone surrogates: valid JSON, no text a tokenizer or template can take (they were 500s)
+    ("/v1/completions", {"model": MODEL, "prompt": "hi \ud800"}, 400, "lone surrogate"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": ["\udc00"]}, 400, "lone surrogate"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "\ud83d"}]}, 400, "lone surrogate"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text",
+                                                                                          "text": "\ud83d"}]}]},
+     400, "lone surrogate"),
+    # 15 MB of prompt: refused on its length before the tokenizer spends seconds on it
+    ("/v1/completions", {"model": MODEL, "prompt": "a" * (15 << 20)}, 400, "characters, more than"),
+    ("/v1/completions", {"model": MODEL, "prompt": "a" * (17 << 20)}, 413, "request body over"),
 ])
 def test_bad_requests_get_openai_style_4xx(llm_runtime, path, body, status, fragment):
-    response = httpx.post(f"{llm_runtime.url}{path}", json=body)
+    # json.dumps escapes a lone surrogate as JSON allows (httpx's json= would fail to encode it)
+    response = httpx.post(f"{llm_runtime.url}{path}", content=json.dumps(body), headers={"content-type": "application/json"},
+                          timeout=30)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert fragment in error["message"] and error["type"]

@@ -159,9 +159,13 @@ def test_health_models_and_metrics(runtime):
     ({"model": MODEL, "input": "x", "dimensions": 64}, 400, "dimensions is not supported"),
     ({"model": MODEL, "input": "word " * 400, "truncate": "NONE"}, 400, "the model takes at most 256"),
     ({"model": MODEL, "input": ["x"] * 2049}, 400, "at most 2048 inputs"),
+    ({"model": MODEL, "input": "caf\ud800e"}, 400, "lone surrogate"),  # valid JSON, no text a tokenizer takes
+    ({"model": MODEL, "input": ["ok", "\udfff"]}, 400, "lone surrogate"),
 ])
 def test_bad_requests_get_4xx_with_an_openai_error(runtime, body, status, fragment):
-    r = httpx.post(f"{runtime.url}/v1/embeddings", json=body, timeout=30)
+    # json.dumps escapes a lone surrogate as JSON allows (httpx's json= would fail to encode it)
+    r = httpx.post(f"{runtime.url}/v1/embeddings", content=json.dumps(body), timeout=30,
+                   headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert fragment in error["message"] and error["type"]
@@ -178,6 +182,54 @@ def test_malformed_http_gets_4xx(runtime):
     assert long_text.status_code == 200, "long inputs are truncated to the model's 256 tokens by default"
     start = httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": "word " * 2000, "truncate": "START"})
     assert start.status_code == 200 and start.json()["usage"]["total_tokens"] == 256
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "body"),  # nested past the parser's recursion limit
+    (b'{"model": "m", "input": "x", "dimensions": ' + b"9" * 5000 + b"}", "body"),  # past Python's int digits
+    (b'{"model": "m", "input": "x"', "not valid JSON"),
+])
+def test_bodies_that_cannot_be_parsed_get_a_400_in_the_openai_shape(runtime, body, fragment):
+    r = httpx.post(f"{runtime.url}/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and fragment in r.json()["error"]["message"], r.text
+
+
+def test_a_chunked_body_is_held_to_the_same_limit_and_health_answers_meanwhile(runtime):
+    chunk = b'{"model": "minilm-embed", "input": "' + b"a" * (1 << 20)
+
+    def pieces():  # no Content-Length: sent with chunked transfer encoding, 20 MiB in all
+        yield chunk
+        for _ in range(19):
+            yield b"a" * (1 << 20)
+        yield b'"}'
+
+    health: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            health.append(httpx.get(f"{runtime.url}/v1/health/live", timeout=2).status_code)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    started = time.monotonic()
+    try:
+        r = httpx.post(f"{runtime.url}/v1/embeddings", content=pieces(), headers={"content-type": "application/json"},
+                       timeout=30)
+    except httpx.TransportError:  # the server may close the connection after its 413, mid-upload
+        r = None
+    stop.set()
+    prober.join()
+    assert time.monotonic() - started < 5
+    if r is not None:
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
+    assert health and set(health) == {200}
+    # a long text under the limit is tokenised off the event loop: health keeps answering
+    assert httpx.post(f"{runtime.url}/v1/embeddings", json={"model": MODEL, "input": ["word " * 200_000] * 3},
+                      timeout=60).status_code == 200
 
 
 def test_load_2000_requests_from_16_clients_without_error(runtime):

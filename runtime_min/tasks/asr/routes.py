@@ -27,7 +27,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect
 
-from runtime_min.http import MAX_BODY_BYTES, ApiError, Metrics, ServedModel, require_ready
+from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, require_ready
 from runtime_min.tasks.asr.transcribe import SpeechError, StreamSession, Transcript, language_matches, language_of, transcribe
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -144,9 +144,7 @@ def subtitles(result: Transcript, duration: float, kind: str) -> str:
 async def _stream_events(request: Request, session: StreamSession, metrics: SpeechMetrics) -> AsyncIterator[bytes]:
     """Chunks of the request body in, one SSE event per chunk out."""
     try:
-        async for piece in request.stream():
-            if session.received + len(piece) > MAX_BODY_BYTES:
-                raise SpeechError(f"the stream is over {MAX_BODY_BYTES} bytes")
+        async for piece in request.stream():  # the body limit holds here as for every request (http.py)
             for partial in await session.push(piece):
                 yield _event({"text": partial.text, "is_final": False})
         final = await session.finish()
@@ -155,6 +153,8 @@ async def _stream_events(request: Request, session: StreamSession, metrics: Spee
         yield b"data: [DONE]\n\n"
     except SpeechError as e:
         yield _event({"error": {"message": str(e), "type": "invalid_request_error"}})
+    except BodyTooLarge as e:
+        yield _event({"error": {"message": f"the stream is a {e.detail}", "type": "invalid_request_error"}})
     except ApiError as e:
         yield _event({"error": {"message": e.message, "type": e.kind}})
     except ClientDisconnect:
@@ -188,6 +188,8 @@ async def _form(request: Request):
         raise ApiError(400, "send multipart/form-data with the audio in the field 'file'")
     try:
         return await request.form(max_files=1, max_fields=16)
+    except BodyTooLarge:
+        raise
     except Exception as e:  # python-multipart's parse errors, or a body over the part limits
         raise ApiError(400, f"the multipart body cannot be read: {e}") from None
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
-from runtime_min.http import ApiError, Metrics, ServedModel, require_ready, triton_infer
+from runtime_min.http import ApiError, Metrics, ServedModel, Text, off_the_loop_if_long, require_ready, triton_infer
 from runtime_min.tasks.embedding.coalesce import Coalescer
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
@@ -27,7 +27,7 @@ MAX_CHARS_PER_INPUT = 1 << 20
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    input: Union[str, list[str]]
+    input: Union[Text, list[Text]]
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -53,7 +53,8 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: M
         if body.dimensions is not None:
             raise ApiError(400, "dimensions is not supported by this model", param="dimensions")
         require_ready(triton)
-        encodings = [_encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)]
+        encodings = await off_the_loop_if_long(sum(map(len, texts)), lambda: [
+            _encode(tokenizer, t, model.max_tokens, body.truncate, i) for i, t in enumerate(texts)])
         vectors = []
         for start in range(0, len(encodings), model.max_batch):
             vectors.append(await calls.embed(encodings[start:start + model.max_batch]))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prometheus_client import Counter, Histogram
 
-from runtime_min.http import ApiError, Metrics, ServedModel, require_ready
+from runtime_min.http import ApiError, Metrics, ServedModel, Text, off_the_loop_if_long, require_ready
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_PROMPTS = 16
@@ -43,7 +43,7 @@ class _Sampling(BaseModel):
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = None
+    stop: Union[Text, list[Text], None] = None
     seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 63)  # Triton's INT64; beyond it was a 500
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -55,16 +55,22 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str]]
+    prompt: Union[Text, list[Text]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
     suffix: str | None = None
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: Text = ""
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[dict], None] = None
+    content: Union[Text, list[ContentPart], None] = None
 
 
 class ChatRequest(_Sampling):
@@ -92,6 +98,18 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     special = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items()
                if k in ("bos_token", "eos_token")}
     context = model.max_tokens
+
+    # no text longer than this many characters fits the context: no token covers more characters
+    # than the vocabulary's longest entry (x2: a normaliser may fold characters), so a longer prompt
+    # is refused before the tokenizer spends seconds on it
+    most_chars = 2 * context * max(map(len, tokenizer.get_vocab()))
+
+    async def tokens(text: str, index: int = 0, **options) -> list[int]:
+        if len(text) > most_chars:
+            raise ApiError(400, f"prompt{f'[{index}]' if index else ''} has {len(text)} characters, more than "
+                                f"this model's {context}-token context can hold", param="prompt",
+                           code="context_length_exceeded")
+        return await off_the_loop_if_long(len(text), lambda: tokenizer.encode(text, **options).ids)
 
     def prepare(body: _Sampling, ids: list[int], max_tokens: int | None, index: int = 0) -> tuple[list[int], int]:
         if not ids:  # the generator needs a token to start from; an empty prompt is the caller's mistake
@@ -129,7 +147,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > MAX_PROMPTS:
             raise ApiError(400, f"give 1 to {MAX_PROMPTS} prompts", param="prompt")
-        jobs = [prepare(body, tokenizer.encode(p).ids, body.max_tokens, i) for i, p in enumerate(prompts)]
+        jobs = [prepare(body, await tokens(p, i), body.max_tokens, i) for i, p in enumerate(prompts)]
         reply = Reply("cmpl", "text_completion", model.name, chat=False)
         if body.stream:
             return _sse(reply.stream(_merged(state, model, jobs, body, metrics), len(jobs), _usage_wanted(body),
@@ -142,7 +160,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if template is None:
             raise ApiError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
         text = _render(template, body.messages, special)
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        ids = await tokens(text, add_special_tokens=False)
         jobs = [prepare(body, ids, body.max_completion_tokens or body.max_tokens)]
         reply = Reply("chatcmpl", "chat.completion", model.name, chat=True)
         if body.stream:
@@ -336,9 +354,9 @@ def _render(template, messages: list[Message], special: dict) -> str:
     for m in messages:
         content = m.content
         if isinstance(content, list):  # content parts: only text is meaningful to a text model
-            if any(part.get("type") != "text" for part in content):
+            if any(part.type != "text" for part in content):
                 raise ApiError(400, "only text content parts are supported by this model", param="messages")
-            content = "".join(str(part.get("text", "")) for part in content)
+            content = "".join(part.text for part in content)
         plain.append({"role": m.role, "content": content or ""})
     try:
         return template.render(messages=plain, add_generation_prompt=True, bos_token=special.get("bos_token") or "",
