@@ -69,7 +69,7 @@ profiles:
     tags: {llm_engine: tensorrt_llm, precision: fp8, tp: '1', pp: '1', profile: throughput, gpu: H200}
     workspace:
       files:
-        rank0.engine: {uri: 'ngc://nim/x:1', digest: 'sha256:aa', size: 10}
+        rank0.engine: {uri: 'ngc://nim/x:1', digest: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', size: 10}
   - id: 0d2f6d8a1b3c5e7f9a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f
     tags: {llm_engine: vllm, precision: bf16, tp: '1', pp: '1', feat_lora: 'true'}
 """

@@ -8,6 +8,7 @@ profiles always give the same bytes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -96,6 +97,9 @@ def profile_id(model: str, release: str, tags: Mapping[str, str], files: Mapping
     return sha256_bytes(canonical.encode("utf-8"))
 
 
+_PROFILE_ID = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclass
 class Manifest:
     profiles: list[Profile] = field(default_factory=list)
@@ -159,7 +163,30 @@ def manifest_from_data(data: Any, origin: str = "<manifest>") -> Manifest:
         raise ManifestError(f"{origin}: unsupported schema_version {version!r} (this nimbuild reads {SCHEMA_VERSION})")
     if not isinstance(data["profiles"], list):
         raise ManifestError(f"{origin}: 'profiles' must be a list")
-    return Manifest([_profile_from_dict(entry, origin, i) for i, entry in enumerate(data["profiles"])])
+    return Manifest(check_profiles([_profile_from_dict(entry, origin, i) for i, entry in enumerate(data["profiles"])],
+                                   origin))
+
+
+def check_profiles(profiles: list[Profile], origin: str) -> list[Profile]:
+    """The one check every manifest shape's profiles pass (nimbuild's and NIM's alike) before
+    anything lists, selects or fetches them: ids that are sha256 hex and unique, workspace paths
+    that stay inside the workspace, digests and sizes a download can be verified against."""
+    seen: set[str] = set()
+    for index, p in enumerate(profiles):
+        where = f"{origin}: profiles[{index}]"
+        if not _PROFILE_ID.fullmatch(p.id):
+            raise ManifestError(f"{where}: profile id {p.id[:80]!r} is not 64 lowercase hex digits (a sha256)")
+        if p.id in seen:
+            raise ManifestError(f"{origin}: profile id {p.id} appears twice; each profile needs its own id")
+        seen.add(p.id)
+        for rel, f in p.files.items():
+            _check_relative(rel, where)
+            if not is_sha256_digest(f.digest):
+                raise ManifestError(f"{where}: workspace file '{rel}' has a malformed digest {f.digest[:80]!r} "
+                                    "(expected sha256: and 64 lowercase hex digits)")
+            if type(f.size) is not int or f.size < 0:
+                raise ManifestError(f"{where}: workspace file '{rel}' has size {f.size!r}; expected a byte count")
+    return profiles
 
 
 def _profile_from_dict(entry: Any, origin: str, index: int) -> Profile:
@@ -185,10 +212,13 @@ def _profile_from_dict(entry: Any, origin: str, index: int) -> Profile:
             raise ManifestError(f"{where}: workspace file '{rel}' has size {f['size']!r}; expected a byte count")
         _check_relative(str(rel), where)
         files[str(rel)] = WorkspaceFile(uri=str(f["uri"]), digest=f["digest"], size=f["size"])
-    profile = Profile.create(
-        model=str(entry["model"]), release=str(entry["release"]), tags=entry["tags"], files=files,
-        requires=entry.get("requires") or {}, build=entry.get("build") or {},
-    )
+    try:
+        profile = Profile.create(
+            model=str(entry["model"]), release=str(entry["release"]), tags=entry["tags"], files=files,
+            requires=entry.get("requires") or {}, build=entry.get("build") or {},
+        )
+    except ValueError as e:  # a tag whose value is a list or a mapping
+        raise ManifestError(f"{where}: {e}") from None
     if profile.id != entry["id"]:
         raise ManifestError(
             f"{where}: id {str(entry['id'])[:16]}... does not match the profile's content "

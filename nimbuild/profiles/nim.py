@@ -24,7 +24,7 @@ import yaml
 
 from nimbuild.errors import ManifestError
 from nimbuild.fsutil import read_user_text
-from nimbuild.profiles.manifest import Profile, WorkspaceFile, manifest_from_data
+from nimbuild.profiles.manifest import Profile, WorkspaceFile, check_profiles, manifest_from_data
 from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.yamlutil import load_or_raise
 
@@ -82,7 +82,7 @@ def parse_profiles(text: str, origin: str = "<manifest>") -> ManifestRead:
         return ManifestRead(_listed(data["manifest"], origin, "manifest"), "nim-legacy", details)
     if not any(isinstance(v, dict) for v in data.values()):  # v1's values are profiles; say what is wrong in one
         raise ManifestError(f"{origin}: not a profile manifest; {EXPECTED}")
-    return ManifestRead(_unique([_nim_profile(pid, p, origin, str(pid)) for pid, p in data.items()], origin), "nim-v1")
+    return ManifestRead(check_profiles([_nim_profile(pid, p, origin, str(pid)) for pid, p in data.items()], origin), "nim-v1")
 
 
 def _has_numeric_ids(data: Any) -> bool:
@@ -102,16 +102,9 @@ def _listed(entries: list, origin: str, key: str) -> list[Profile]:
     for i, entry in enumerate(entries):
         profile_id = entry.get("id") or entry.get("profile_id") if isinstance(entry, dict) else None
         profiles.append(_nim_profile(profile_id, entry, origin, f"{key}[{i}]"))
-    return _unique(profiles, origin)
+    return check_profiles(profiles, origin)
 
 
-def _unique(profiles: list[Profile], origin: str) -> list[Profile]:
-    seen: set[str] = set()
-    for p in profiles:
-        if p.id in seen:
-            raise ManifestError(f"{origin}: profile id {p.id} appears twice; each profile needs its own id")
-        seen.add(p.id)
-    return profiles
 
 
 def _nim_profile(profile_id: Any, entry: Any, origin: str, where: str) -> Profile:
@@ -123,7 +116,10 @@ def _nim_profile(profile_id: Any, entry: Any, origin: str, where: str) -> Profil
     tags = entry.get("tags")
     if not isinstance(tags, dict) or not tags:
         raise ManifestError(f"{where}: 'tags' must be a non-empty mapping")
-    tags = normalise_tags(tags)
+    try:
+        tags = normalise_tags(tags)
+    except ValueError as e:
+        raise ManifestError(f"{where}: {e}") from None
     return Profile(
         id=str(profile_id), model=str(entry.get("model", "")), release=str(entry.get("release", "")),
         description=str(entry.get("description") or describe(tags)), tags=tags,
@@ -149,7 +145,8 @@ def _nim_files(workspace: Any, where: str) -> dict[str, WorkspaceFile]:
             raise ManifestError(f"{where}: workspace file {rel!r} needs a uri")
         checksum = f.get("checksum") or f.get("digest")
         if checksum:
-            digest = str(checksum) if ":" in str(checksum) else f"sha256:{checksum}"
+            checksum = str(checksum).strip().lower()  # NIM writes bare hex; a digest may say sha256:
+            digest = checksum if ":" in checksum else f"sha256:{checksum}"
             size = f.get("size") or 0
             size = int(size) if isinstance(size, str) and size.isdigit() else size
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:

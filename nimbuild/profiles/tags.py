@@ -12,9 +12,13 @@ TAG_ORDER = (
 
 
 def normalise_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    """All tag values are strings, as in NIM manifests; YAML may have read `tp: 1` as an int."""
+    """All tag values are strings, as in NIM manifests; YAML may have read `tp: 1` as an int. A list
+    or a mapping is no tag value (it rendered as `onnxruntime-['fp16', 'fp32']-...`): ValueError."""
     out = {}
     for key, value in tags.items():
+        if value is None or isinstance(value, (list, tuple, set, dict)):
+            kind = "no value" if value is None else f"a {type(value).__name__} value"
+            raise ValueError(f"tag {str(key)!r} has {kind}; a tag's value is one string")
         if isinstance(value, bool):
             value = "true" if value else "false"
         out[str(key)] = str(value)
