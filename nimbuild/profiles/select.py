@@ -305,14 +305,17 @@ def _require_lora(candidates: list[Candidate]) -> None:
 # --- overrides ------------------------------------------------------------------------------------
 
 def parse_selector(text: str) -> dict[str, str]:
+    """`key=value,key=value`: every entry one key, one `=`, one value (an empty entry, `a=` or
+    `a==b` is a typo that would otherwise select against a tag nobody meant)."""
     wanted = {}
+    if not text.strip():
+        return wanted
     for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise NimbuildError(f"{SELECTOR_ENV}: {part!r} is not key=value (expected e.g. precision=fp16,profile=latency)")
-        wanted[key.strip()] = value.strip()
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not key or not value or "=" in value:
+            raise NimbuildError(f"{SELECTOR_ENV}={text!r}: {repr(part) if part else 'an empty entry'} is not key=value "
+                                "(expected e.g. precision=fp16,profile=latency)")
+        wanted[key] = value
     return wanted
 
 

@@ -129,6 +129,7 @@ def _gpu_from_dict(entry: Any, position: int) -> GPU:
     where = f"gpus[{position}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object")
+    _check_types(entry, where)
     model = None
     if entry.get("device_id"):
         model = catalogue.by_device_id(str(entry["device_id"]))
@@ -157,6 +158,26 @@ def _gpu_from_dict(entry: Any, position: int) -> GPU:
         index=index, name=str(entry.get("name") or model.name), device_id=device_id, compute_capability=cc,
         memory_mib=memory, **optional,
     )
+
+
+def _check_types(entry: dict, where: str) -> None:
+    """Each field the type it describes, before any is used: a word where MiB are expected, an
+    object where a name is, or 1e400 (read as infinity) would fail later as an internal error."""
+    for key in ("name", "product", "device_id"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ValueError(f"{where}: {key} must be a string, got {type(entry[key]).__name__}")
+    for key, most in (("memory_mib", 1 << 40), ("index", 1 << 16)):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < most):
+            raise ValueError(f"{where}: {key} must be a whole number from 0 to {most - 1}, got {value!r}")
+    cc = entry.get("compute_capability")
+    if cc is not None:
+        try:
+            major = cc_tuple(str(cc))[0] if isinstance(cc, (str, float, int)) and not isinstance(cc, bool) else None
+        except (TypeError, ValueError):
+            major = None
+        if major is None or not 1 <= major < 100:
+            raise ValueError(f"{where}: compute_capability must look like \"8.9\", got {cc!r}")
 
 
 def runtime_version(runtime: str) -> str | None:
