@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -327,6 +328,40 @@ def _member(name, kind=None, data=b"x", target=""):
     return info, io.BytesIO(data)
 
 
+def test_a_decompression_bomb_is_refused_at_its_header_in_well_under_a_second(tmp_path):
+    import gzip
+    import tarfile
+
+    from nimbuild.archive import SMALL_ARCHIVE_BYTES
+    from nimbuild.targets.rmir import RmirError, unpack
+
+    zeros = 4 * SMALL_ARCHIVE_BYTES  # 256 MiB of zeros: a quarter of a megabyte of gzip
+    info = tarfile.TarInfo("rmir.yaml")
+    info.size = zeros
+    header = info.tobuf(format=tarfile.PAX_FORMAT)
+    bomb = tmp_path / "bomb.rmir"
+    with gzip.open(bomb, "wb", compresslevel=1) as out:
+        out.write(header)
+        for _ in range(zeros >> 20):
+            out.write(bytes(1 << 20))
+        out.write(bytes(1024))
+    assert bomb.stat().st_size < 2 << 20
+    started = time.monotonic()
+    with pytest.raises(RmirError, match="decompression bomb"):
+        unpack(bomb, tmp_path / "unpacked")
+    assert time.monotonic() - started < 1 and not (tmp_path / "unpacked").exists()
+
+
+def test_an_archive_that_is_not_a_tar_is_one_line(tmp_path):
+    from nimbuild.targets.rmir import RmirError, unpack
+
+    junk = tmp_path / "junk.rmir"
+    junk.write_bytes(b"hello world" * 100)
+    with pytest.raises(RmirError, match="not a tar archive") as error:
+        unpack(junk, tmp_path / "unpacked")
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("build,message", [
     (lambda t: t.addfile(*_member("/etc/evil")), "outside the archive"),
     (lambda t: t.addfile(*_member("../../evil")), "outside the archive"),
@@ -336,7 +371,7 @@ def _member(name, kind=None, data=b"x", target=""):
     (lambda t: t.addfile(*_member("dev", __import__("tarfile").CHRTYPE)), "special file"),
     (lambda t: t.addfile(*_member("fifo", __import__("tarfile").FIFOTYPE)), "special file"),
     (lambda t: t.addfile(*_member("big", data=b"0" * 5000)), "more than 4096 bytes"),
-    (lambda t: [t.addfile(*_member(f"f{i}")) for i in range(20)], "over the limit of 10"),
+    (lambda t: [t.addfile(*_member(f"f{i}")) for i in range(20)], "more than 10 members"),
 ])
 def test_malicious_rmir_archives_are_refused_and_nothing_is_written(tmp_path, build, message):
     from nimbuild.targets.rmir import RmirError, unpack

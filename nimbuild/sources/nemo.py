@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nimbuild.archive import check_members, safe_extract
+from nimbuild.archive import archive_reason, safe_extract, size_limit, vetted
 from nimbuild.errors import SourceError
 from nimbuild.fsutil import sha256_file, tree_digest
 from nimbuild.yamlutil import load_or_raise
@@ -26,6 +26,7 @@ from nimbuild.yamlutil import load_or_raise
 CONFIG_NAME = "model_config.yaml"
 MAX_MEMBERS = 1_000
 MAX_BYTES = 16 << 30
+MAX_CONFIG_BYTES = 16 << 20
 # NeMo classes a config may name; anything else is refused before NeMo sees the config.
 ALLOWED_TARGET_PREFIX = "nemo.collections."
 CTC_CLASSES = ("EncDecCTCModel", "EncDecCTCModelBPE")
@@ -107,15 +108,16 @@ def read_config(path: Path) -> dict[str, Any]:
         return _parse_config(_find_config(path).read_bytes(), path)
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
-            check_members(path, members, SourceError, ".nemo archive", MAX_MEMBERS, MAX_BYTES)
+            members = vetted(tar, path, SourceError, ".nemo archive", MAX_MEMBERS, size_limit(path, MAX_BYTES))
             member = next((m for m in members if m.isfile() and Path(m.name).name == CONFIG_NAME), None)
             if member is None:
                 raise SourceError(f"{path}: no {CONFIG_NAME} in the archive; is it a .nemo checkpoint?")
+            if member.size > MAX_CONFIG_BYTES:
+                raise SourceError(f"{path}: {CONFIG_NAME} is {member.size} bytes; a model config is far smaller")
             handle = tar.extractfile(member)
             data = handle.read(member.size) if handle else b""
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise SourceError(f"{path}: not a readable .nemo archive: {e}") from None
+        raise SourceError(f"{path}: not a readable .nemo archive: {archive_reason(e)}") from None
     return _parse_config(data, path)
 
 

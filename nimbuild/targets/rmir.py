@@ -126,18 +126,25 @@ def deploy(archive: Path, cache_root: Path, target: str | None = None, digest: s
 
 def _build(archive: Path, tmp: Path, target: str, builder: str) -> tuple[Path, dict]:
     """Unpack, build with `builder`, and stage the engine with what it is served with."""
+    from pydantic import TypeAdapter, ValidationError
+
     from nimbuild.export import InputSpec
-    from nimbuild.recipe import DimRange
+    from nimbuild.recipe import Dims
 
     meta = unpack(archive, tmp / "rmir")
     minimum = str(meta.get("min_compute_capability", "0.0"))
     if _cc(target, archive) < _cc(minimum, archive):
         raise RmirError(f"{archive}: needs compute capability {minimum} or newer; asked to build for {target}")
-    try:
-        inputs = [InputSpec(name, {d: DimRange(min=r[0], opt=r[1], max=r[2]) for d, r in dims.items()})
-                  for name, dims in meta["inputs"].items()]
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
-        raise RmirError(f"{archive}: rmir.yaml's inputs are malformed ({type(e).__name__}: {e})") from None
+    try:  # the recipe's own rules for [min, opt, max]: a malformed range is named, not left to the builder
+        shapes = TypeAdapter(dict[str, Dims]).validate_python(meta.get("inputs"))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if "[" not in str(p))
+        raise RmirError(f"{archive}: rmir.yaml's inputs{'.' + where if where else ''} are malformed: "
+                        f"{first['msg'].removeprefix('Value error, ')}") from None
+    if not shapes:
+        raise RmirError(f"{archive}: rmir.yaml lists no inputs")
+    inputs = [InputSpec(name, dims) for name, dims in shapes.items()]
     staged = tmp / "engine"
     if builder == "tensorrt":
         from types import SimpleNamespace
