@@ -71,6 +71,12 @@ class DimRange(_Strict):
     max: int
 
 
+# Bounds far past any real model (a million-token context is 2**20) that still refuse at `recipe
+# check` what the exporter would only fail on much later (a dimension of 1e26, a batch of 2**40).
+MAX_DIM = 1 << 24
+MAX_BATCH = 1 << 16  # Triton's max_batch_size is an int32, and no batch comes near this
+
+
 def _dim_range(value: Any) -> Any:
     if isinstance(value, list):
         if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -78,6 +84,8 @@ def _dim_range(value: Any) -> Any:
         lo, opt, hi = value
         if not 1 <= lo <= opt <= hi:
             raise ValueError(f"expected 1 <= min <= opt <= max, got {value}")
+        if hi > MAX_DIM:
+            raise ValueError(f"max {hi} is over {MAX_DIM}, beyond any model's dimension")
         return {"min": lo, "opt": opt, "max": hi}
     return value
 
@@ -88,9 +96,10 @@ Dims = dict[str, Annotated[DimRange, BeforeValidator(_dim_range)]]
 class Parity(_Strict):
     """How closely the reference ONNX must reproduce the source framework."""
 
-    atol: float = Field(1e-4, ge=0)
-    rtol: float = Field(1e-3, ge=0)
-    cosine_min: float = Field(0.9999, ge=-1, le=1)
+    # finite: an infinite tolerance passes everything, and NaN compares false with every error
+    atol: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    rtol: float = Field(1e-3, ge=0, allow_inf_nan=False)
+    cosine_min: float = Field(0.9999, ge=-1, le=1, allow_inf_nan=False)
 
 
 class Export(_Strict):
@@ -110,15 +119,15 @@ class Export(_Strict):
 
 
 class Gate(_Strict):
-    cosine_min: float | None = Field(None, ge=-1, le=1)
-    max_abs: float | None = Field(None, ge=0)
+    cosine_min: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
+    max_abs: float | None = Field(None, ge=0, allow_inf_nan=False)
     # false: build the variant without evaluating it (for one this machine cannot run); the profile
     # records that its gate did not run. Never implied: a variant that cannot be evaluated is refused.
     evaluate: bool = True
 
 
 class Calibration(_Strict):
-    samples: int = Field(64, ge=1)
+    samples: int = Field(64, ge=1, le=1 << 20)
     data: Path | None = None  # texts, one sample per line, relative to the recipe; else seeded synthetic
 
 
@@ -139,8 +148,8 @@ class PrebuiltTarget(_Strict):
     compute_capabilities: list[ComputeCapability] = Field(min_length=1)
     precisions: list[Precision] = Field(min_length=1)
     # tensorrt_llm only: tensor and pipeline parallelism, and whether the engine takes LoRA adapters
-    tp: int = Field(1, ge=1)
-    pp: int = Field(1, ge=1)
+    tp: int = Field(1, ge=1, le=1024)
+    pp: int = Field(1, ge=1, le=1024)
     lora: bool = False
     # datacenter TensorRT only: what the engine may run on, and how it is built
     hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
@@ -177,7 +186,7 @@ Target = Annotated[Union[GenericTarget, PrebuiltTarget, RmirTarget], Field(discr
 
 
 class DynamicBatching(_Strict):
-    max_queue_delay_us: int = Field(0, ge=0)
+    max_queue_delay_us: int = Field(0, ge=0, le=60_000_000)  # a minute
 
 
 class Streaming(_Strict):
@@ -187,7 +196,7 @@ class Streaming(_Strict):
 
 
 class Serving(_Strict):
-    max_batch_size: int = Field(8, ge=0)
+    max_batch_size: int = Field(8, ge=0, le=MAX_BATCH)
     dynamic_batching: DynamicBatching | None = None
     profile: Literal["throughput", "latency"] = "throughput"
     # speech only: offline (whole files) and/or streaming (chunks in, partial transcripts out)
