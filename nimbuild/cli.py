@@ -198,7 +198,7 @@ def profiles_merge(inputs: tuple[Path, ...], out: Path, allow_missing: bool) -> 
     from nimbuild.profiles.manifest import MANIFEST_NAME, load_manifest, merge_manifests
 
     paths = [p / MANIFEST_NAME if p.is_dir() else p for p in inputs]
-    records = [(str(p.parent), json.loads((p.parent / matrix.CELL_FILE).read_text()))
+    records = [(str(p.parent), matrix.read_cell_record(p.parent / matrix.CELL_FILE))
                for p in paths if (p.parent / matrix.CELL_FILE).exists()]
     problems = matrix.check_cells(records)
     if problems and not allow_missing:

@@ -42,6 +42,15 @@ def is_sha256_digest(value: object) -> bool:
     return isinstance(value, str) and _SHA256_DIGEST.fullmatch(value) is not None
 
 
+def file_in_the_way(directory: Path) -> Path | None:
+    """The file (if any) standing where `directory` or a folder above it must be: found late, deep
+    in a write, it is a bare NotADirectoryError."""
+    for folder in (directory, *directory.parents):
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nimbuild.errors import NimbuildError
+from nimbuild.errors import NimbuildError, first_line
 from nimbuild.fsutil import atomic_write_text, sha256_bytes
 
 CELL_FILE = "cell.json"
@@ -81,6 +81,25 @@ def write_cell_record(out: Path, recipe, variants, cell_id: str, skipped: list[t
               "cells": [c.id for c in expand(variants)],
               "skipped": [{"profile": d, "reason": r} for d, r in skipped]}
     atomic_write_text(out / CELL_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_cell_record(path: Path) -> dict:
+    """A cell's record as write_cell_record wrote it; anything else (not JSON, a field missing or of
+    another type) is one line naming the file."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise NimbuildError(f"{path}: not a readable cell record ({first_line(e)}); recompile the cell") from None
+    strings = ("recipe", "release", "plan", "cell")
+    skipped = record.get("skipped") if isinstance(record, dict) else None
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in strings)
+            and isinstance(record.get("cells"), list) and all(isinstance(c, str) for c in record["cells"])
+            and isinstance(skipped, list)
+            and all(isinstance(x, dict) and isinstance(x.get("profile"), str) and isinstance(x.get("reason"), str)
+                    for x in skipped)):
+        raise NimbuildError(f"{path}: not a cell record (expected {', '.join(strings)}, cells and skipped); "
+                            "recompile the cell")
+    return record
 
 
 def check_cells(records: list[tuple[str, dict]]) -> list[str]:

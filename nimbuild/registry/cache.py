@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.fsutil import file_matches, is_sha256_digest, iter_file
+from nimbuild.fsutil import file_in_the_way, file_matches, is_sha256_digest, iter_file
 
 CACHE_ENV = "NIM_CACHE_PATH"
 _WRITE_BUFFER = 8 << 20
@@ -29,7 +29,16 @@ class TransientError(Exception):
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nim")
+    """$NIM_CACHE_PATH (else ~/.cache/nim), refused at once when it, or a folder above it, is a file:
+    found later, deep in a fetch or a deploy, it was a bare NotADirectoryError."""
+    from nimbuild.errors import NimbuildError
+
+    named = os.environ.get(CACHE_ENV)
+    root = Path(named or Path.home() / ".cache" / "nim")
+    if (blocking := file_in_the_way(root)) is not None:
+        where = f"{CACHE_ENV}={named}" if named else f"the cache {root}"
+        raise NimbuildError(f"{where}: {blocking} is a file, not a directory; point {CACHE_ENV} at a directory")
+    return root
 
 
 def hex_of(digest: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.fsutil import atomic_write_bytes, iter_file
+from nimbuild.fsutil import atomic_write_bytes, file_in_the_way, iter_file
 from nimbuild.registry.artifacts import INDEX, canonical, digest_of
 from nimbuild.registry.cache import hex_of
 
@@ -26,6 +26,8 @@ class LayoutStore:
     def __init__(self, root: Path, create: bool = False):
         self.root = root.resolve()
         self.uri = self.root.as_uri()
+        if (blocking := file_in_the_way(self.root)) is not None:
+            raise RegistryError(f"{root}: {blocking} is a file; a registry on disk is a directory (an OCI image layout)")
         if (self.root / "oci-layout").exists():
             return
         if not create:
