@@ -23,6 +23,36 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+def _servers_under(root: Path) -> list[tuple[int, str]]:
+    """tritonserver and Python-backend stub processes whose command line names a path under root."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("tritonserver" in command or "triton_python_backend_stub" in command) and str(root) in command:
+            found.append((int(pid), command[:160]))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_behind(tmp_path_factory):
+    """After the whole suite, no Triton or model stub started by a test may still run: each
+    runtime must end its Triton and Triton's stubs, however it was stopped or killed."""
+    import signal
+    import time
+
+    root = tmp_path_factory.getbasetemp()
+    yield
+    deadline = time.monotonic() + 15  # a runtime stopped a moment ago may still be ending its Triton
+    while (left := _servers_under(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid, _ in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
+
+
 def script_module(name: str):
     """scripts/NAME.py as a module (scripts/ on the path, as when the script runs)."""
     import importlib.util
