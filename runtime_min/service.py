@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from nimbuild.errors import NimbuildError
-from nimbuild.fsutil import file_matches
 from nimbuild.profiles.manifest import Profile
 from nimbuild.profiles.system import System
 from nimbuild.progress import Reporter
@@ -100,14 +99,17 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
         return cached
     if registry:
         return _pull(profile, registry, cache_root)
+    from nimbuild.registry.cache import Stamps
+
     base = manifest.resolve().parent
+    stamps = Stamps(cache_root)  # files the manifest points at are checked as cached blobs are
     roots = set()
     for rel, f in profile.files.items():
         path = base / f.uri
         if "://" in f.uri or not path.is_file():
             raise NimbuildError(f"{rel}: {f.uri} is not a local file and the profile is not in the cache "
                                 f"{cache_root}; pass --registry to fetch it, or run download-to-cache first")
-        if not file_matches(path, f.digest, f.size):
+        if not stamps.matches(path, f.digest, f.size):
             raise NimbuildError(f"{path}: does not match its digest in {manifest}; the workspace is damaged")
         roots.add(Path(str(path)[: -len(rel)]))
     if len(roots) != 1:

@@ -466,3 +466,38 @@ def test_bearer_token_flow(tmp_path, registry, release, cache, monkeypatch):
         assert gateway.issued >= 1
     finally:
         gateway.stop()
+
+
+def test_a_file_verified_before_and_unchanged_since_is_not_hashed_again(tmp_path, monkeypatch):
+    import hashlib
+    import time
+
+    from nimbuild.registry import cache as cache_module
+    from nimbuild.registry.cache import Stamps
+
+    blob = tmp_path / "model.onnx"
+    blob.write_bytes(b"weights" * 1000)
+    digest, size = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest(), blob.stat().st_size
+    hashed = []
+    real = cache_module.file_matches
+    monkeypatch.setattr(cache_module, "file_matches", lambda *a: hashed.append(a) or real(*a))
+    stamps = Stamps(tmp_path / "cache")
+
+    assert stamps.matches(blob, digest, size) and len(hashed) == 1
+    assert stamps.matches(blob, digest, size) and len(hashed) == 2, "a file written seconds ago is not stamped (racy)"
+    old = time.time() - 60
+    os.utime(blob, (old, old))
+    assert stamps.matches(blob, digest, size) and len(hashed) == 3  # checked, and stamped
+    assert stamps.matches(blob, digest, size) and len(hashed) == 3, "unchanged: trusted without reading it"
+    os.link(blob, tmp_path / "linked.onnx")  # what each start does to put it in Triton's repository
+    assert stamps.matches(blob, digest, size) and len(hashed) == 3, "a new link is no change"
+
+    blob.write_bytes(b"WEIGHTS" * 1000)  # the same size, new bytes, a new mtime
+    assert not stamps.matches(blob, digest, size) and len(hashed) == 4
+    os.utime(blob, (old - 60, old - 60))
+    assert not stamps.matches(blob, digest, size) and len(hashed) == 5, "a mismatch is never stamped"
+    blob.unlink()
+    blob.write_bytes(b"WEIGHTS" * 1000)
+    os.utime(blob, (old, old))  # replaced, with the stamped mtime: a new inode
+    assert not stamps.matches(blob, digest, size) and len(hashed) == 6
+    assert not Stamps(tmp_path / "cache").matches(tmp_path / "missing", digest, size)

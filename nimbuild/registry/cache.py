@@ -3,22 +3,26 @@
     blobs/sha256/<hex>     complete, verified, read-only
     partial/<hex>          a download in progress (kept across failures, so it resumes)
     locks/<hex>.lock       one writer per blob, across processes
+    verified/<key>         what a checked file looked like (Stamps), so an unchanged one is not re-read
 
 Several processes may pull at once: the first to lock a digest downloads it, the others wait and
-then find it verified. A cached blob is re-hashed before each use; a corrupt or truncated one is
-removed and fetched again. Nothing reaches `blobs/` without matching its digest.
+then find it verified. A cached blob is checked before each use (re-hashed unless its stamp shows
+it unchanged since it last matched); a corrupt or truncated one is removed and fetched again.
+Nothing reaches `blobs/` without matching its digest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.fsutil import file_in_the_way, file_matches, is_sha256_digest, iter_file
+from nimbuild.fsutil import atomic_write_text, file_in_the_way, file_matches, is_sha256_digest, iter_file, sha256_bytes
 
 CACHE_ENV = "NIM_CACHE_PATH"
 _WRITE_BUFFER = 8 << 20
@@ -47,9 +51,51 @@ def hex_of(digest: str) -> str:
     return digest[len("sha256:"):]
 
 
+class Stamps:
+    """What a file looked like (size, mtime, inode, device) when its sha256 last matched, so that an
+    unchanged file is not read again: a multi-GB profile was re-hashed at every start. A write
+    changes the mtime and a replacement the inode, so a changed file is hashed again. The ctime is
+    left out (git's core.trustctime=false): every start hard-links the model files into Triton's
+    repository, and a new link changes the ctime. As git's index does, a file modified within
+    RACY_SECONDS of its check is not stamped (a write in the same clock tick would look unchanged).
+    Not caught: bit rot in place, or a write that deliberately puts the old mtime back; `nimbuild
+    pull` and download-to-cache hash everything they fetch."""
+
+    RACY_SECONDS = 2.0
+
+    def __init__(self, root: Path):
+        self.dir = root / "verified"
+
+    def matches(self, path: Path, digest: str, size: int) -> bool:
+        """file_matches(path, digest, size), trusting a stamp that still describes the file."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        seen = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+        entry = self.dir / sha256_bytes(f"{os.path.realpath(path)}\0{digest}".encode())
+        try:
+            if json.loads(entry.read_text()) == seen:
+                return True
+        except (OSError, ValueError):
+            pass
+        if not file_matches(path, digest, size):
+            entry.unlink(missing_ok=True)
+            return False
+        if time.time() - st.st_mtime > self.RACY_SECONDS:
+            try:
+                atomic_write_text(entry, json.dumps(seen))
+            except OSError:  # a read-only cache still verifies, it just hashes every time
+                pass
+        return True
+
+
 class BlobCache:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else default_cache_root()
+        self.stamps = Stamps(self.root)
 
     def path(self, digest: str) -> Path:
         return self.root / "blobs" / "sha256" / hex_of(digest)
@@ -66,7 +112,7 @@ class BlobCache:
         path = self.path(digest)
         if not path.exists():
             return None
-        if file_matches(path, digest, size):
+        if self.stamps.matches(path, digest, size):
             return path
         path.chmod(0o644)
         path.unlink(missing_ok=True)
