@@ -45,12 +45,14 @@ STAGES = [("interpreter, imports, manifest", "Manifest: "), ("select, verify, wr
 
 def _start_runtime(manifest: Path, cache: Path, port: int, log: Path | None = None) -> tuple[subprocess.Popen, float]:
     start = time.perf_counter()
+    stderr = log.open("w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest),
-                             "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=log.open("w") if log else subprocess.DEVNULL,
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=stderr,
                             # the fp32 profile: the in-process baseline runs the same (fp32) graph
                             env={**os.environ, "NIM_CACHE_PATH": str(cache),
                                  "NIM_MODEL_PROFILE": "onnxruntime-fp32-throughput"})
+    if log:
+        stderr.close()  # the child has its own copy
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=1).status_code == 200:
