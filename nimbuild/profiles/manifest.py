@@ -163,8 +163,15 @@ def manifest_from_data(data: Any, origin: str = "<manifest>") -> Manifest:
         raise ManifestError(f"{origin}: unsupported schema_version {version!r} (this nimbuild reads {SCHEMA_VERSION})")
     if not isinstance(data["profiles"], list):
         raise ManifestError(f"{origin}: 'profiles' must be a list")
-    return Manifest(check_profiles([_profile_from_dict(entry, origin, i) for i, entry in enumerate(data["profiles"])],
-                                   origin))
+    read = [_profile_from_dict(entry, origin, i) for i, entry in enumerate(data["profiles"])]
+    check_profiles([profile for profile, _ in read], origin)
+    for index, (profile, stated) in enumerate(read):  # after the check: a bad digest or path is named as such
+        if profile.id != stated:
+            raise ManifestError(
+                f"{origin}: profiles[{index}]: id {str(stated)[:16]}... does not match the profile's content "
+                f"(expected {profile.id[:16]}...); the manifest was edited or corrupted"
+            )
+    return Manifest([profile for profile, _ in read])
 
 
 def check_profiles(profiles: list[Profile], origin: str) -> list[Profile]:
@@ -182,14 +189,15 @@ def check_profiles(profiles: list[Profile], origin: str) -> list[Profile]:
         for rel, f in p.files.items():
             _check_relative(rel, where)
             if not is_sha256_digest(f.digest):
-                raise ManifestError(f"{where}: workspace file '{rel}' has a malformed digest {f.digest[:80]!r} "
+                raise ManifestError(f"{where}: workspace file '{rel}' has a malformed digest {str(f.digest)[:80]!r} "
                                     "(expected sha256: and 64 lowercase hex digits)")
             if type(f.size) is not int or f.size < 0:
                 raise ManifestError(f"{where}: workspace file '{rel}' has size {f.size!r}; expected a byte count")
     return profiles
 
 
-def _profile_from_dict(entry: Any, origin: str, index: int) -> Profile:
+def _profile_from_dict(entry: Any, origin: str, index: int) -> tuple[Profile, Any]:
+    """The profile an entry describes, and the id the entry states (compared after check_profiles)."""
     where = f"{origin}: profiles[{index}]"
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a mapping")
@@ -205,12 +213,6 @@ def _profile_from_dict(entry: Any, origin: str, index: int) -> Profile:
     for rel, f in files_data.items():
         if not isinstance(f, dict) or not {"uri", "digest", "size"} <= set(f):
             raise ManifestError(f"{where}: workspace file '{rel}' needs uri, digest and size")
-        if not is_sha256_digest(f["digest"]):
-            raise ManifestError(f"{where}: workspace file '{rel}' has a malformed digest {f['digest']!r} "
-                                "(expected sha256: and 64 lowercase hex digits)")
-        if type(f["size"]) is not int or f["size"] < 0:
-            raise ManifestError(f"{where}: workspace file '{rel}' has size {f['size']!r}; expected a byte count")
-        _check_relative(str(rel), where)
         files[str(rel)] = WorkspaceFile(uri=str(f["uri"]), digest=f["digest"], size=f["size"])
     try:
         profile = Profile.create(
@@ -219,14 +221,9 @@ def _profile_from_dict(entry: Any, origin: str, index: int) -> Profile:
         )
     except ValueError as e:  # a tag whose value is a list or a mapping
         raise ManifestError(f"{where}: {e}") from None
-    if profile.id != entry["id"]:
-        raise ManifestError(
-            f"{where}: id {str(entry['id'])[:16]}... does not match the profile's content "
-            f"(expected {profile.id[:16]}...); the manifest was edited or corrupted"
-        )
     if entry.get("description") and entry["description"] != profile.description:
         profile.description = str(entry["description"])
-    return profile
+    return profile, entry["id"]
 
 
 def _check_relative(rel: str, where: str) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nimbuild.errors import IntegrityError, RegistryError
+from nimbuild.errors import IntegrityError, NimbuildError, RegistryError
 from nimbuild.fsutil import atomic_write_text, file_in_the_way, file_matches, is_sha256_digest, iter_file, sha256_bytes
 
 CACHE_ENV = "NIM_CACHE_PATH"
@@ -35,8 +35,6 @@ class TransientError(Exception):
 def default_cache_root() -> Path:
     """$NIM_CACHE_PATH (else ~/.cache/nim), refused at once when it, or a folder above it, is a file:
     found later, deep in a fetch or a deploy, it was a bare NotADirectoryError."""
-    from nimbuild.errors import NimbuildError
-
     named = os.environ.get(CACHE_ENV)
     root = Path(named or Path.home() / ".cache" / "nim")
     if (blocking := file_in_the_way(root)) is not None:
