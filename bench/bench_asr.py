@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from common import http_client, p, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,8 +109,6 @@ class _Nemo:
     served rounds."""
 
     def __init__(self, clips):
-        import subprocess
-
         args = [str(REPO), str(THREADS), str(REPO / "recipes" / "models" / "asr-digits.nemo"),
                 str(sum(d for _, d in clips)), str(PASSES), *[str(c[0]) for c in clips]]
         self.child = subprocess.Popen([sys.executable, "-c", NEMO_CHILD, *args], stdin=subprocess.PIPE,
