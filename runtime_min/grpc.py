@@ -60,6 +60,35 @@ class GrpcFrontEnd:
             await self.server.stop(grace=5)
 
 
+class NotFound(Exception):
+    """A model, mode or voice this server does not serve (NOT_FOUND)."""
+
+
+class abort_on_errors:
+    """A servicer method's errors as one-line statuses: the task's client-mistake classes ->
+    INVALID_ARGUMENT, NotFound -> NOT_FOUND, Triton down or failing (the HTTP side's ApiError 503)
+    -> UNAVAILABLE. Anything else propagates (grpc.aio answers it UNKNOWN)."""
+
+    def __init__(self, context, invalid: tuple[type, ...]):
+        self.context, self.invalid = context, invalid
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, kind, error, traceback):
+        import grpc
+
+        from runtime_min.http import ApiError
+
+        if isinstance(error, self.invalid):
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if isinstance(error, NotFound):
+            await self.context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        if isinstance(error, ApiError):
+            await self.context.abort(grpc.StatusCode.UNAVAILABLE, error.message)
+        return False
+
+
 def _health_servicer(triton):
     """grpc.health.v1.Health: the whole server ("") is SERVING while Triton reports ready. Built
     here so the generated classes are imported only when a gRPC front end starts."""

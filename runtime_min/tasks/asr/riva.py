@@ -26,7 +26,8 @@ import asyncio
 
 import numpy as np
 
-from runtime_min.http import ApiError, ServedModel
+from runtime_min.grpc import NotFound, abort_on_errors
+from runtime_min.http import ServedModel, require_ready
 from runtime_min.tasks.asr.transcribe import SNIFFED, SpeechError, StreamSession, Transcript, decode_pcm16, \
     language_matches, language_of, transcribe, wav_header
 
@@ -55,9 +56,9 @@ def _servicer(model: ServedModel, triton, state: dict):
 
     def check(config, online: bool) -> None:
         if config.model and config.model != model.name:
-            raise _NotFound(f"model {config.model!r} is not served here; this server serves {model.name!r}")
+            raise NotFound(f"model {config.model!r} is not served here; this server serves {model.name!r}")
         if online and not streaming:
-            raise _NotFound(f"{model.name} is served offline only (a mode=ofl profile); streaming recognition "
+            raise NotFound(f"{model.name} is served offline only (a mode=ofl profile); streaming recognition "
                             "needs a mode=str profile (NIM_TAGS_SELECTOR=mode=str)")
         if not language_matches(config.language_code, language):
             raise SpeechError(f"language_code {config.language_code!r}: this model transcribes {language}")
@@ -98,12 +99,12 @@ def _servicer(model: ServedModel, triton, state: dict):
 
     class Servicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
         async def Recognize(self, request, context):
-            async with _errors(context):
+            async with abort_on_errors(context, (SpeechError,)):
                 check(request.config, online=False)
                 audio = await asyncio.to_thread(offline_audio, request.config, request.audio)
                 if len(audio) < shortest:
                     raise SpeechError(f"the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)")
-                _ready(triton)
+                require_ready(triton)
                 result = await transcribe(state["grpc"], model.name, audio)
                 return rasr.RecognizeResponse(id=request.id, results=[rasr.SpeechRecognitionResult(
                     alternatives=[alternative(result, request.config.enable_word_time_offsets)], channel_tag=1,
@@ -120,14 +121,14 @@ def _servicer(model: ServedModel, triton, state: dict):
 
         async def _stream(self, request_iterator, context, opened: list):
             session = None
-            async with _errors(context):
+            async with abort_on_errors(context, (SpeechError,)):
                 requests = aiter(request_iterator)
                 first = await anext(requests, None)
                 if first is None or not first.HasField("streaming_config"):
                     raise SpeechError("the first StreamingRecognizeRequest must carry streaming_config")
                 config, interim = first.streaming_config.config, first.streaming_config.interim_results
                 check(config, online=True)
-                _ready(triton)
+                require_ready(triton)
                 stream = _Pcm(config, Encoding)
                 async for request in requests:
                     if request.HasField("streaming_config"):
@@ -149,9 +150,9 @@ def _servicer(model: ServedModel, triton, state: dict):
                     channel_tag=1, audio_processed=session.seconds)])
 
         async def GetRivaSpeechRecognitionConfig(self, request, context):
-            async with _errors(context):
+            async with abort_on_errors(context, (SpeechError,)):
                 if request.model_name and request.model_name != model.name:
-                    raise _NotFound(f"model {request.model_name!r} is not served here; this server serves {model.name!r}")
+                    raise NotFound(f"model {request.model_name!r} is not served here; this server serves {model.name!r}")
                 kinds = ["offline", "online"] if streaming else ["offline"]
                 return rasr.RivaSpeechRecognitionConfigResponse(model_config=[
                     rasr.RivaSpeechRecognitionConfigResponse.Config(model_name=model.name, parameters={
@@ -160,36 +161,6 @@ def _servicer(model: ServedModel, triton, state: dict):
                     for kind in kinds])
 
     return Servicer()
-
-
-class _NotFound(Exception):
-    pass
-
-
-class _errors:
-    """Client mistakes -> INVALID_ARGUMENT / NOT_FOUND, Triton down -> UNAVAILABLE, each one line."""
-
-    def __init__(self, context):
-        self.context = context
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, kind, error, traceback):
-        import grpc
-
-        codes = {SpeechError: grpc.StatusCode.INVALID_ARGUMENT, _NotFound: grpc.StatusCode.NOT_FOUND}
-        for cls, code in codes.items():
-            if isinstance(error, cls):
-                await self.context.abort(code, str(error))
-        if isinstance(error, ApiError):
-            await self.context.abort(grpc.StatusCode.UNAVAILABLE, error.message)
-        return False
-
-
-def _ready(triton) -> None:
-    if not triton.ready.is_set():
-        raise ApiError(503, "the model is not ready (Triton is restarting)")
 
 
 class _Pcm:
