@@ -28,10 +28,15 @@ MAX_MEMBERS = 1_000
 MAX_BYTES = 16 << 30
 MAX_CONFIG_BYTES = 16 << 20
 # NeMo classes a config may name; anything else is refused before NeMo sees the config.
-ALLOWED_TARGET_PREFIX = "nemo.collections."
+ALLOWED_TARGET_PREFIXES = ("nemo.collections.",
+                           # a training optimiser, as NeMo's own HiFiGAN configs name theirs (optim._target_:
+                           # torch.optim.AdamW); restoring never builds it, and building one runs no other code
+                           "torch.optim.")
 CTC_CLASSES = ("EncDecCTCModel", "EncDecCTCModelBPE")
 TRANSDUCER_CLASSES = ("EncDecRNNTModel", "EncDecRNNTBPEModel")  # RNNT and TDT (a loss and decoding setting)
-MODEL_CLASSES = {"asr-ctc": CTC_CLASSES, "asr-rnnt": TRANSDUCER_CLASSES}
+SPECTROGRAM_CLASSES = ("FastPitchModel",)  # text -> mel spectrogram (tts)
+MODEL_CLASSES = {"asr-ctc": CTC_CLASSES, "asr-rnnt": TRANSDUCER_CLASSES, "tts": SPECTROGRAM_CLASSES}
+VOCODER_CLASSES = ("HifiGanModel",)  # mel spectrogram -> audio: a tts recipe's source.vocoder, not a task
 
 
 @dataclass
@@ -140,13 +145,15 @@ def _parse_config(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def check_targets(config: Any, path: Path, where: str = "") -> None:
-    """Refuse a config whose `_target_`/`target` names anything outside NeMo's collections."""
+    """Refuse a config whose `_target_`/`target` names anything outside NeMo's collections (and
+    torch's optimisers)."""
     if isinstance(config, dict):
         for key, value in config.items():
             here = f"{where}.{key}" if where else str(key)
-            if key in ("_target_", "target") and isinstance(value, str) and not value.startswith(ALLOWED_TARGET_PREFIX):
-                raise SourceError(f"{path}: {CONFIG_NAME} {here} names {value!r}; only {ALLOWED_TARGET_PREFIX}* "
-                                  "classes are restored (NeMo would instantiate whatever it names)")
+            if key in ("_target_", "target") and isinstance(value, str) and not value.startswith(ALLOWED_TARGET_PREFIXES):
+                allowed = " and ".join(prefix + "*" for prefix in ALLOWED_TARGET_PREFIXES)
+                raise SourceError(f"{path}: {CONFIG_NAME} {here} names {value!r}; only {allowed} classes are "
+                                  "restored (NeMo would instantiate whatever it names)")
             check_targets(value, path, here)
     elif isinstance(config, list):
         for i, value in enumerate(config):
