@@ -30,7 +30,8 @@ from nimbuild.yamlutil import YamlProblem, load_with_lines
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 SPEECH_TASKS = ("asr-ctc", "asr-rnnt")  # CTC, and transducers (RNNT and TDT), from NeMo checkpoints
-TASKS = ("embedding", "text-generation", *SPEECH_TASKS)
+NEMO_TASKS = (*SPEECH_TASKS, "tts")  # tts: a FastPitch spectrogram generator and its vocoder
+TASKS = ("embedding", "text-generation", *NEMO_TASKS)
 # Compute capabilities TensorRT-RTX can build for ahead of time (PLATFORM.md).
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -52,9 +53,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class VocoderSource(_Strict):
+    """tts: a neural vocoder's checkpoint (a NeMo HifiGanModel .nemo), relative to the recipe."""
+
+    nemo: str = Field(min_length=1)
+
+
 class Source(_Strict):
     hf: str | None = None
     nemo: str | None = None
+    # tts: the stage that turns the spectrogram generator's mel spectrograms into audio: Griffin-Lim
+    # (no weights), or a neural vocoder checkpoint
+    vocoder: Union[Literal["griffin-lim"], VocoderSource, None] = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
@@ -108,6 +118,8 @@ class Export(_Strict):
     parity: Parity = Parity()
     # speech: recordings (relative to the recipe) the front end is checked on against NeMo's
     audio: list[str] = Field(default_factory=list)
+    # tts: sentences the graph's mel spectrograms and durations are checked on against NeMo's
+    texts: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(default_factory=list, max_length=256)
 
     @field_validator("inputs")
     @classmethod
@@ -195,6 +207,15 @@ class Streaming(_Strict):
     chunk_ms: int = Field(400, ge=40, le=10_000)
 
 
+class Voice(_Strict):
+    """tts: the voice a profile speaks with, named as Riva names voices: `<name>.<subvoice>`
+    (GetRivaSynthesisConfig's `voice_name` and `subvoices`, which Riva's talk.py joins)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    subvoice: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    language_code: str = Field("en-US", pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")
+
+
 class Serving(_Strict):
     max_batch_size: int = Field(8, ge=0, le=MAX_BATCH)
     dynamic_batching: DynamicBatching | None = None
@@ -202,18 +223,21 @@ class Serving(_Strict):
     # speech only: offline (whole files) and/or streaming (chunks in, partial transcripts out)
     modes: list[Literal["ofl", "str"]] = Field(default_factory=lambda: ["ofl"], min_length=1)
     streaming: Streaming = Streaming()
+    voice: Voice | None = None  # tts only
 
     def spec_for(self, task: str) -> dict:
         """What a profile records of its serving; the speech settings only for speech profiles, so
         other profiles' bytes (and ids) do not carry fields that mean nothing to them."""
-        return self.model_dump(mode="json", exclude=None if task in SPEECH_TASKS else {"modes", "streaming"})
+        if task == "tts":
+            return self.model_dump(mode="json", exclude={"modes", "streaming"})
+        return self.model_dump(mode="json", exclude={"voice"} if task in SPEECH_TASKS else {"modes", "streaming", "voice"})
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     source: Source
-    task: Literal["embedding", "text-generation", "asr-ctc", "asr-rnnt"]
+    task: Literal["embedding", "text-generation", "asr-ctc", "asr-rnnt", "tts"]
     export: Export
     precisions: dict[Precision, PrecisionSpec | None] = Field(min_length=1)
     targets: list[Target] = Field(min_length=1)
@@ -244,16 +268,29 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _speech_only_fields(self) -> "Recipe":
-        if (self.task in SPEECH_TASKS) != (self.source.nemo is not None):
-            raise ValueError("tasks asr-ctc and asr-rnnt build NeMo checkpoints (source.nemo), and NeMo checkpoints are "
-                             f"built as one of them; this recipe has task {self.task} and source "
+        if (self.task in NEMO_TASKS) != (self.source.nemo is not None):
+            raise ValueError("tasks asr-ctc, asr-rnnt and tts build NeMo checkpoints (source.nemo), and NeMo checkpoints "
+                             f"are built as one of them; this recipe has task {self.task} and source "
                              f"{'nemo' if self.source.nemo else 'hf'}")
         if self.task not in SPEECH_TASKS:
             speech = [f for f, given in (("serving.modes", "modes" in self.serving.model_fields_set),
                                          ("serving.streaming", "streaming" in self.serving.model_fields_set),
                                          ("export.audio", bool(self.export.audio))) if given]
             if speech:
-                raise ValueError(f"{', '.join(speech)} apply to speech recipes (task: asr-ctc or asr-rnnt), not {self.task}")
+                raise ValueError(f"{', '.join(speech)} apply to speech recognition recipes (task: asr-ctc or asr-rnnt), "
+                                 f"not {self.task}")
+        synthesis = [f for f, given in (("source.vocoder", self.source.vocoder is not None),
+                                        ("serving.voice", self.serving.voice is not None),
+                                        ("export.texts", bool(self.export.texts))) if given]
+        if self.task != "tts" and synthesis:
+            raise ValueError(f"{', '.join(synthesis)} apply to text-to-speech recipes (task: tts), not {self.task}")
+        if self.task == "tts":
+            missing = [f for f, given in (("source.vocoder", self.source.vocoder is not None),
+                                          ("serving.voice", self.serving.voice is not None),
+                                          ("export.texts", bool(self.export.texts))) if not given]
+            if missing:
+                raise ValueError(f"a tts recipe needs {', '.join(missing)} (the vocoder stage, the voice it speaks "
+                                 "with, the sentences it is checked on against NeMo)")
         if len(set(self.serving.modes)) != len(self.serving.modes):
             raise ValueError("serving.modes lists a mode twice")
         return self

@@ -168,6 +168,10 @@ def test_a_config_naming_code_outside_nemo_is_refused(tmp_path):
     (crafted / "model_config.yaml").write_text(config.replace("nemo.collections.asr.modules.ConvASRDecoder", "os.system"))
     with pytest.raises(SourceError, match=r"decoder\._target_ names 'os.system'"):
         resolve_nemo(str(crafted), tmp_path)
+    # torch's optimisers are allowed (NeMo's HiFiGAN configs name one); the rest of torch is not
+    (crafted / "model_config.yaml").write_text(config.replace("nemo.collections.asr.modules.ConvASRDecoder", "torch.hub.load"))
+    with pytest.raises(SourceError, match=r"names 'torch.hub.load'; only nemo.collections.\* and torch.optim.\* classes"):
+        resolve_nemo(str(crafted), tmp_path)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -327,9 +331,9 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
         plan_variants(load_recipe(write_recipe(fp16)))
     embedding = "name: x\nrelease: '1'\nsource: {hf: m}\ntask: embedding\nexport: {inputs: {input_ids: {batch: [1,1,1], sequence: [1,1,1]}}}\n" \
                 "precisions: {fp32: {}}\ntargets: [{type: generic, precisions: [fp32]}]\nserving: {modes: [str]}\n"
-    with pytest.raises(NimbuildError, match="serving.modes apply to speech recipes"):
+    with pytest.raises(NimbuildError, match="serving.modes apply to speech recognition recipes"):
         parse_recipe(embedding)
-    with pytest.raises(NimbuildError, match="tasks asr-ctc and asr-rnnt build NeMo checkpoints"):
+    with pytest.raises(NimbuildError, match="tasks asr-ctc, asr-rnnt and tts build NeMo checkpoints"):
         parse_recipe(embedding.replace("task: embedding", "task: asr-ctc"))
     with pytest.raises(NimbuildError, match="NeMo checkpoints are built as one of them; this recipe has task embedding"):
         parse_recipe(embedding.replace("{hf: m}", "{nemo: m.nemo}").replace("serving: {modes: [str]}\n", ""))

@@ -71,6 +71,8 @@ def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, repor
         return _export_decoder(checkpoint, recipe, dest, reporter)
     if recipe.task in ("asr-ctc", "asr-rnnt"):
         return _export_asr(checkpoint, recipe, dest, reporter)
+    if recipe.task == "tts":
+        return _export_tts(checkpoint, recipe, dest, reporter)
     from nimbuild.export.tasks import load_task
 
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
@@ -132,6 +134,29 @@ def _export_asr(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> R
     audio = asr.parity_audio(recipe, adapter.runtime_info["sample_rate"])
     with reporter.step("check front end and graph against NeMo"):
         comparison = asr.check_graph_parity(adapter, onnx_path, specs, recipe.export.parity, audio)
+    reporter.debug(comparison.describe())
+    reference = _reference(onnx_path, specs, adapter, comparison)
+    reference.builder, reference.assets = asr.builder_versions(), adapter.assets
+    return reference
+
+
+def _export_tts(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A FastPitch spectrogram generator from a .nemo checkpoint (nimbuild.export.tts)."""
+    from nimbuild.export import asr, tts
+    from nimbuild.sources.nemo import NemoCheckpoint
+
+    if not isinstance(checkpoint, NemoCheckpoint):
+        raise ExportError(f"task {recipe.task} builds NeMo checkpoints (source.nemo)")
+    dest.mkdir(parents=True, exist_ok=True)
+    specs = tts.input_specs(recipe.export.inputs)
+    with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
+        adapter = tts.load_adapter(checkpoint, recipe, dest / "tts")
+    onnx_path = dest / "model.onnx"
+    with reporter.step(f"export reference ONNX with NeMo (opset {recipe.export.opset})"):
+        tts.export_graph(adapter, onnx_path, recipe.export.opset, _metadata(recipe, checkpoint, adapter), reporter)
+        _check_graph(onnx_path, recipe.export.opset)
+    with reporter.step("check tokens, durations and mel spectrograms against NeMo"):
+        comparison = tts.check_parity(adapter, onnx_path, specs, recipe.export.parity, recipe.export.texts)
     reporter.debug(comparison.describe())
     reference = _reference(onnx_path, specs, adapter, comparison)
     reference.builder, reference.assets = asr.builder_versions(), adapter.assets

@@ -35,7 +35,7 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError, first_line
 from nimbuild.export.parity import Comparison
 from nimbuild.recipe import DimRange
-from nimbuild.sources.nemo import MODEL_CLASSES, NemoCheckpoint
+from nimbuild.sources.nemo import MODEL_CLASSES, VOCODER_CLASSES, NemoCheckpoint
 
 PARITY_SEED = 20240611
 AUDIO_INPUT, LENGTH_INPUT, OUTPUT = "audio_signal", "length", "logprobs"
@@ -71,15 +71,21 @@ def quiet():
 
 def restore(checkpoint: NemoCheckpoint, task: str = "asr-ctc") -> Any:
     """The NeMo model, restored from nimbuild's own (safe) unpacking of the archive."""
-    classes = MODEL_CLASSES[task]
+    classes = VOCODER_CLASSES if task == "vocoder" else MODEL_CLASSES[task]
     if checkpoint.model_class not in classes:
         other = next((t for t, c in MODEL_CLASSES.items() if checkpoint.model_class in c), None)
         hint = f" (build it with task: {other})" if other else ""
-        raise ExportError(f"{checkpoint.source}: task {task} takes {' or '.join(classes)} checkpoints; "
+        takes = "source.vocoder takes" if task == "vocoder" else f"task {task} takes"
+        raise ExportError(f"{checkpoint.source}: {takes} {' or '.join(classes)} checkpoints; "
                           f"this one is {checkpoint.model_class}{hint}")
     try:
         with quiet():  # importing NeMo prints telemetry and deprecation notices
-            from nemo.collections.asr.models import ASRModel
+            if task == "tts":
+                from nemo.collections.tts.models import FastPitchModel as Base
+            elif task == "vocoder":
+                from nemo.collections.tts.models import HifiGanModel as Base
+            else:
+                from nemo.collections.asr.models import ASRModel as Base
             from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
     except ImportError as e:
         raise ExportError(f"NeMo sources need nemo_toolkit: pip install 'nimbuild[nemo]' ({first_line(e)})") from None
@@ -89,7 +95,7 @@ def restore(checkpoint: NemoCheckpoint, task: str = "asr-ctc") -> Any:
     forced = os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     try:
         with quiet():
-            model = ASRModel.restore_from(str(checkpoint.path), map_location="cpu", save_restore_connector=connector)
+            model = Base.restore_from(str(checkpoint.path), map_location="cpu", save_restore_connector=connector)
     except Exception as e:  # NeMo raises many types for a checkpoint it cannot restore
         raise ExportError(f"{checkpoint.source}: NeMo cannot restore the checkpoint: {first_line(e)}") from None
     finally:

@@ -87,6 +87,8 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         raise NimbuildError(f"targets[{i}]: backend tensorrt_llm builds text-generation models; this recipe's task is {recipe.task}")
     if recipe.task in SPEECH_TASKS:
         return _speech_target_tags(recipe, i, target)
+    if recipe.task == "tts":
+        return _tts_target_tags(recipe, i, target)
     return _graph_target_tags(recipe, i, target)
 
 
@@ -135,6 +137,18 @@ def _speech_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     _supported(i, target, ("fp32",))  # the precision gate for speech (log-probs and transcripts) is not built yet
     return [{**tags, "mode": mode, "name": recipe.name}
             for tags in _graph_target_tags(recipe, i, target) for mode in recipe.serving.modes]
+
+
+def _tts_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    """Text-to-speech profiles carry Speech NIM's `name` tag; one profile serves whole and streamed
+    synthesis. fp32 only: a reduced-precision spectrogram generator must be gated on what is served
+    (its durations, and the vocoded audio's spectral distance), and that gate is not built yet."""
+    reduced = [p for p in target.precisions if p != "fp32"]
+    if reduced:
+        raise NimbuildError(f"targets[{i}]: precision {', '.join(reduced)} is not built for tts profiles yet: it needs "
+                            "a gate on the served audio (durations and spectral distance), which this version does not "
+                            "have; build fp32")
+    return [{**tags, "name": recipe.name} for tags in _graph_target_tags(recipe, i, target)]
 
 
 def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
@@ -192,12 +206,23 @@ def build_key(recipe: Recipe, variant: Variant, source_digest: str) -> str:
         "tags": dict(variant.tags),  # precision, compute capability and engine builder version among them
         "precision_spec": recipe.precision_spec(variant.precision).model_dump(mode="json"),
         "calibration_data": _calibration_digest(recipe, variant.precision),
+        "vocoder": _vocoder_digest(recipe),
         # every library that shapes the files: a newer converter must not be skipped as "unchanged"
         "tools": {n: version(n) for n in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript",
                                           "onnxconverter-common", "ml_dtypes")
                   + (("nemo_toolkit",) if recipe.source.nemo else ())},
     }
     return "sha256:" + sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
+
+
+def _vocoder_digest(recipe: Recipe) -> str | None:
+    """A tts recipe's vocoder checkpoint is a second source: a retrained vocoder is a rebuild."""
+    vocoder = recipe.source.vocoder
+    if vocoder is None or isinstance(vocoder, str):
+        return vocoder
+    from nimbuild.sources.nemo import resolve_nemo
+
+    return "sha256:" + resolve_nemo(vocoder.nemo, recipe.base_dir).digest()
 
 
 def _calibration_file(recipe: Recipe, precision: str) -> Path | None:
