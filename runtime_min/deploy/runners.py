@@ -7,7 +7,8 @@ repository carries the code it was written with.
 - `tensorrt_rtx`, `tensorrt`: an engine through the TensorRT-RTX or TensorRT runtime (their
   Python APIs agree), on the GPU of the model instance; device memory and copies through NVIDIA's
   cuda-python (`cuda.bindings.runtime`). Inputs and outputs keep the engine's own dtypes; shapes
-  are set per call within its optimisation profile. (A datacenter engine runs this way only where
+  are set per call within its optimisation profile; an output whose shape depends on the data
+  (a spectrogram generator's frames) gets its memory through TensorRT's output allocator. (A datacenter engine runs this way only where
   the Triton in use lacks its native TensorRT backend.)
 - `triton:<model>`: the core runs as its own Triton model (native TensorRT or onnxruntime backend)
   and is called through the Python backend's BLS API (a streaming model that keeps state per
@@ -85,20 +86,52 @@ class EngineRunner:
             pointer = self._buffer(name, array.nbytes)
             _check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self.stream))
             self.context.set_tensor_address(name, pointer)
-        results = {}
+        results, later = {}, []
         for name in self.names:
             if name in self.inputs:
                 continue
             shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):  # known only after the run (a TTS mel's frames follow its durations)
+                self.context.set_output_allocator(name, self._allocator())
+                later.append(name)
+                continue
             results[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
             self.context.set_tensor_address(name, self._buffer(name, results[name].nbytes))
         if not self.context.execute_async_v3(int(self.stream)):
             raise RuntimeError("the engine failed to run")
+        if later:
+            _check(cudart.cudaStreamSynchronize(self.stream))
+            for name in later:
+                dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+                results[name] = np.empty(self.allocator.shapes[name], dtype=dtype)
         for name in outputs:
             array = results[name]
             _check(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes, d2h, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
         return [results[name] for name in outputs]
+
+    def _allocator(self):
+        """One output allocator per runner: TensorRT asks it for memory once the output's size is
+        known, and tells it the shape; the memory is the runner's own reusable buffer."""
+        if getattr(self, "allocator", None) is None:
+            runner = self
+
+            class Allocator(self.trt.IOutputAllocator):
+                def __init__(self):
+                    runner.trt.IOutputAllocator.__init__(self)
+                    self.shapes = {}
+
+                def reallocate_output(self, tensor_name, memory, size, alignment):
+                    return runner._buffer(tensor_name, size)
+
+                def reallocate_output_async(self, tensor_name, memory, size, alignment, stream):
+                    return runner._buffer(tensor_name, size)
+
+                def notify_shape(self, tensor_name, shape):
+                    self.shapes[tensor_name] = tuple(shape)
+
+            self.allocator = Allocator()
+        return self.allocator
 
 
 class TritonRunner:

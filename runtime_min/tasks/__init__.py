@@ -13,7 +13,7 @@ from nimbuild.errors import NimbuildError
 # the helpers Python models import (pooling, audio front end, generation loop) are copied from here
 NIMBUILD = Path(nimbuild.__file__).parent
 
-TASKS = {"embedding": "embedding", "text-generation": "llm", "asr-ctc": "asr", "asr-rnnt": "asr"}
+TASKS = {"embedding": "embedding", "text-generation": "llm", "asr-ctc": "asr", "asr-rnnt": "asr", "tts": "tts"}
 
 
 def task_module(info: dict):
