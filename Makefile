@@ -71,6 +71,13 @@ demo: install system-deps
 	$(NIMBUILD) compile recipes/asr-digits-rnnt.yaml --out build/profiles/asr-digits-rnnt
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
 		$(PY) scripts/demo_speech.py build/profiles/asr-digits-rnnt/profiles.yaml
+	@# text to speech: the tts-digits voice (FastPitch + Griffin-Lim), heard back by the served asr-digits
+	$(NIMBUILD) compile recipes/tts-digits.yaml --out build/profiles/tts-digits
+	$(NIMBUILD) publish build/profiles/tts-digits --registry build/registry --force
+	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull tts-digits:0.1.0 --registry build/registry --select --dest build/pulled-tts
+	$(VENV)/bin/nim_list_model_profiles -m build/pulled-tts/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) \
+		$(PY) scripts/demo_tts.py build/pulled-tts/profiles.yaml build/pulled-asr/profiles.yaml
 
 bench: install system-deps
 	$(PY) bench/run.py

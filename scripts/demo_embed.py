@@ -17,12 +17,12 @@ SENTENCES = ("A man is playing a guitar.", "Someone performs music on a guitar."
 
 
 @contextlib.contextmanager
-def running(manifest: str, port: int):
+def running(manifest: str, port: int, **env: str):
     """runtime_min serving `manifest`, ready; stopped with SIGTERM afterwards. Yields its URL, or
-    None (with the reason printed) when it did not come up."""
+    None (with the reason printed) when it did not come up. `env` adds to the environment."""
     url = f"http://127.0.0.1:{port}"
     runtime = subprocess.Popen([sys.executable, "-m", "runtime_min", "serve", "--manifest", manifest,
-                                "--host", "127.0.0.1", "--port", str(port)], env=os.environ)
+                                "--host", "127.0.0.1", "--port", str(port)], env={**os.environ, **env})
     try:
         deadline = time.monotonic() + 120
         while True:
