@@ -1,8 +1,8 @@
 """Text-to-speech profiles in Triton: one Python model `<model>`, dynamically batched, that takes
 one normalised sentence's tokens and answers its audio: the spectrogram generator (the core, run
-by its runner: onnxruntime, or a TensorRT-RTX engine on a GPU) over the batch's sentences padded
-together, then the vocoder (Griffin-Lim over the model's own mel filterbank, nimbuild/griffin_lim.py)
-per sentence, resampled to the rate the client asked for.
+by its runner: onnxruntime, or a TensorRT-RTX engine on a GPU) over the batch's sentences of equal
+length together, then the vocoder per sentence (Griffin-Lim over the model's own mel filterbank,
+nimbuild/griffin_lim.py, or a HiFiGAN graph on onnxruntime), resampled to the rate asked for.
 
 The front ends (routes.py for TTS NIM's HTTP API, riva.py for Riva's RivaSpeechSynthesis) split
 text into sentences and normalise it (nimbuild/tts_text.py, the code the build checked against
