@@ -228,24 +228,17 @@ def export_graph(adapter: AsrAdapter, path: Path, opset: int, metadata: dict[str
 
     transducer = adapter.task == "asr-rnnt"
     target = path.parent / "nemo-export" / path.name if transducer else path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with quiet() as log:
-        try:
-            adapter.model.export(str(target), onnx_opset_version=opset, check_trace=False, verbose=False)
-        except Exception as e:
-            reporter.debug(log.getvalue())
-            raise ExportError(f"NeMo's ONNX export failed: {first_line(e)}") from None
-    reporter.debug(log.getvalue())
+    nemo_export(adapter.model, target, opset, reporter)
     if transducer:
         expected = [([AUDIO_INPUT, LENGTH_INPUT], [ENCODED, ENCODED_LENGTHS])]
-        joint = _load_checked(target.with_name("decoder_joint-" + target.name), [DECODER_JOINT_IO], "decoder-joint")
+        joint = load_checked(target.with_name("decoder_joint-" + target.name), [DECODER_JOINT_IO], "decoder-joint")
         dest = adapter.assets["asr/vocabulary.json"].with_name(Path(DECODER_JOINT).name)
         onnx.save(joint, str(dest))
         adapter.assets[DECODER_JOINT] = dest
-        graph = _load_checked(target.with_name("encoder-" + target.name), expected, "encoder")
+        graph = load_checked(target.with_name("encoder-" + target.name), expected, "encoder")
     else:
         expected = [([AUDIO_INPUT, LENGTH_INPUT], [OUTPUT]), ([AUDIO_INPUT], [OUTPUT])]
-        graph = _load_checked(path, expected, "acoustic model")
+        graph = load_checked(path, expected, "acoustic model")
     # NeMo exports convolutional encoders (QuartzNet, Citrinet) without their length masks: such a
     # graph is only right for unpadded input, so the runtime runs it one utterance at a time
     adapter.runtime_info["padded_batches"] = LENGTH_INPUT in [i.name for i in graph.graph.input]
@@ -254,7 +247,20 @@ def export_graph(adapter: AsrAdapter, path: Path, opset: int, metadata: dict[str
     onnx.save(graph, str(path))
 
 
-def _load_checked(path: Path, expected: list[tuple[list[str], list[str]]], what: str):
+def nemo_export(model, target: Path, opset: int, reporter, what: str = "") -> None:
+    """NeMo's own exporter (`Exportable.export`: TorchScript-based, with NeMo's export-time module
+    swaps), its chatter kept for -v."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with quiet() as log:
+        try:
+            model.export(str(target), onnx_opset_version=opset, check_trace=False, verbose=False)
+        except Exception as e:
+            reporter.debug(log.getvalue())
+            raise ExportError(f"NeMo's ONNX export{what} failed: {first_line(e)}") from None
+    reporter.debug(log.getvalue())
+
+
+def load_checked(path: Path, expected: list[tuple[list[str], list[str]]], what: str):
     """An exported graph whose input and output names are one of the expected sets, its doc string
     and metadata dropped (NeMo's carry nothing the runtime reads)."""
     import onnx

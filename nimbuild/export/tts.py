@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError, first_line
-from nimbuild.export.asr import builder_versions, quiet, restore
+from nimbuild.export.asr import load_checked, nemo_export, restore
 from nimbuild.export.parity import Comparison
 from nimbuild.sources.nemo import NemoCheckpoint
 
@@ -127,52 +127,20 @@ def _load_vocoder(recipe, runtime: dict):
 
 
 def export_graph(adapter: TtsAdapter, path: Path, opset: int, metadata: dict[str, str], reporter) -> None:
-    """NeMo's exporter (TorchScript-based), then our metadata."""
+    """NeMo's exporter, then our metadata; a HiFiGAN vocoder's graph goes into the tts/ assets."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with quiet() as log:
-        try:
-            adapter.model.export(str(path), onnx_opset_version=opset, check_trace=False, verbose=False)
-        except Exception as e:
-            reporter.debug(log.getvalue())
-            raise ExportError(f"NeMo's ONNX export failed: {first_line(e)}") from None
-    reporter.debug(log.getvalue())
-    graph = onnx.load(str(path))
-    names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
-    if names != (INPUTS, OUTPUTS):
-        raise ExportError(f"NeMo exported the spectrogram generator with inputs {names[0]} and outputs {names[1]}; "
-                          f"expected {INPUTS} -> {OUTPUTS}")
-    graph.doc_string = ""
-    del graph.metadata_props[:]
+    nemo_export(adapter.model, path, opset, reporter)
+    graph = load_checked(path, [(INPUTS, OUTPUTS)], "spectrogram generator")
     for key, value in sorted(metadata.items()):
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
     if adapter.vocoder is not None:
-        _export_vocoder(adapter, path.parent / "nemo-vocoder" / "vocoder.onnx", opset, reporter)
-
-
-def _export_vocoder(adapter: TtsAdapter, target: Path, opset: int, reporter) -> None:
-    """The vocoder's graph with NeMo's exporter, into the profile's tts/ assets."""
-    import onnx
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with quiet() as log:
-        try:
-            adapter.vocoder.export(str(target), onnx_opset_version=opset, check_trace=False, verbose=False)
-        except Exception as e:
-            reporter.debug(log.getvalue())
-            raise ExportError(f"NeMo's ONNX export of the vocoder failed: {first_line(e)}") from None
-    graph = onnx.load(str(target))
-    names = ([i.name for i in graph.graph.input], [o.name for o in graph.graph.output])
-    if names != (["spec"], ["audio"]):
-        raise ExportError(f"NeMo exported the vocoder with inputs {names[0]} and outputs {names[1]}; expected "
-                          "['spec'] -> ['audio']")
-    graph.doc_string = ""
-    del graph.metadata_props[:]
-    dest = adapter.assets["tts/filterbank.npy"].with_name("vocoder.onnx")
-    onnx.save(graph, str(dest))
-    adapter.assets[VOCODER_GRAPH] = dest
+        target = path.parent / "nemo-vocoder" / "vocoder.onnx"
+        nemo_export(adapter.vocoder, target, opset, reporter, " of the vocoder")
+        dest = adapter.assets["tts/filterbank.npy"].with_name("vocoder.onnx")
+        onnx.save(load_checked(target, [(["spec"], ["audio"])], "vocoder"), str(dest))
+        adapter.assets[VOCODER_GRAPH] = dest
 
 
 def check_parity(adapter: TtsAdapter, onnx_path: Path, specs, tolerance, texts: list[str]) -> Comparison:
