@@ -240,6 +240,7 @@ def test_http_bad_requests_are_4xx_with_one_message(served_tts):
         ({"text": "stop", "sample_rate_hz": "fast"}, "sample_rate_hz: expected an integer"),
         ({"text": "stop", "encoding": "OGGOPUS"}, "encoding: this service returns LINEAR_PCM"),
         ({"text": "x" * 300}, "a sentence may have at most 256"),
+        ({"text": "go. " * 2600}, "text has 10400 characters; at most 10000 per request"),
         ({"text": "\ud800"}, None),  # a lone surrogate cannot even be sent as UTF-8 form data: 400 from the parser
     ]
     for path in ("/v1/audio/synthesize", "/v1/audio/synthesize_online"):

@@ -14,7 +14,11 @@ import numpy as np
 from nimbuild.tts_text import TextError, sentences, tokens
 from runtime_min.http import triton_infer
 
-MAX_TEXT_CHARACTERS = 100_000  # a long chapter; beyond it, a client should split its own text
+# One request's text: about ten minutes of speech, whose 16-bit audio at 48 kHz still fits a gRPC
+# message (64 MiB). Longer text is for SynthesizeOnline's request stream, where only the text
+# waiting for a sentence end is bounded by this.
+MAX_TEXT_CHARACTERS = 10_000
+IN_FLIGHT = 8  # sentences of one request queued in Triton at a time: a long text must not crowd out others
 RATES = (8000, 192000)
 
 
@@ -69,9 +73,15 @@ class Voice:
 
 
 async def synthesize(client, model_name: str, rows: list[list[int]], rate: int) -> np.ndarray:
-    """The whole text's audio: every sentence queued at once (Triton batches them), joined in order."""
-    pieces = await asyncio.gather(*(sentence_audio(client, model_name, row, rate) for row in rows))
-    return np.concatenate(pieces)
+    """The whole text's audio: up to IN_FLIGHT sentences queued at once (Triton batches them with
+    other requests'), joined in order."""
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(row: list[int]) -> np.ndarray:
+        async with gate:
+            return await sentence_audio(client, model_name, row, rate)
+
+    return np.concatenate(await asyncio.gather(*(one(row) for row in rows)))
 
 
 async def stream(client, model_name: str, rows: list[list[int]], rate: int) -> AsyncIterator[np.ndarray]:
