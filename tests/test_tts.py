@@ -238,6 +238,7 @@ def test_http_bad_requests_are_4xx_with_one_message(served_tts):
         ({"text": "stop", "voice": "nobody"}, "voice 'nobody' is not served"),
         ({"text": "stop", "language": "fr-FR"}, "language 'fr-FR' is not served"),
         ({"text": "stop", "sample_rate_hz": "fast"}, "sample_rate_hz: expected an integer"),
+        ({"text": "stop", "sample_rate_hz": "9" * 5000}, "sample_rate_hz: expected an integer"),
         ({"text": "stop", "encoding": "OGGOPUS"}, "encoding: this service returns LINEAR_PCM"),
         ({"text": "x" * 300}, "a sentence may have at most 256"),
         ({"text": "go. " * 2600}, "text has 10400 characters; at most 10000 per request"),

@@ -49,8 +49,8 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if encoding not in ENCODINGS:
             raise ApiError(400, f"encoding: this service returns {', '.join(ENCODINGS)}, not {encoding}", param="encoding")
         rate = str(form.get("sample_rate_hz") or "0")
-        if not rate.isdigit():
-            raise ApiError(400, "sample_rate_hz: expected an integer", param="sample_rate_hz")
+        if not (rate.isascii() and rate.isdigit()) or len(rate) > 6:  # int() of 5,000 digits raises
+            raise ApiError(400, "sample_rate_hz: expected an integer from 8000 to 192000", param="sample_rate_hz")
         try:
             rate = voice.check(str(form.get("language") or ""), str(form.get("voice") or ""), int(rate))
             rows = voice.sentences(text)
