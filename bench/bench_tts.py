@@ -149,7 +149,7 @@ def main() -> tuple[str, dict]:
         rtf = statistics.median(r["rtf"] for r in runs)
         firsts = [x for r in runs for x in r["first"]]
         ratio = statistics.median(s["rtf"] / n["rtf"] for s, n in zip(runs, inproc))
-        rows.append([f"runtime_min SynthesizeOnline", str(concurrency), f"{rtf:.2f}", f"{ratio:.2f}x",
+        rows.append(["runtime_min SynthesizeOnline", str(concurrency), f"{rtf:.2f}", f"{ratio:.2f}x",
                      f"{p(firsts, 0.5):.0f}", f"{p(firsts, 0.9):.0f}", f"{p(firsts, 0.99):.0f}"])
         data["served"][f"c={concurrency}"] = {"rtf": rtf, "first_chunk_ms_p50": p(firsts, 0.5),
                                               "first_chunk_ms_p90": p(firsts, 0.9)}

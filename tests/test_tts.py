@@ -16,7 +16,7 @@ import pytest
 import riva.client  # the official Speech NIM client (nvidia-riva-client)
 
 from conftest import REPO, asr_trainer, script_module, serving
-from nimbuild.errors import ExportError, NimbuildError, ParityError, RecipeError
+from nimbuild.errors import NimbuildError, ParityError, RecipeError
 from nimbuild.progress import Reporter
 from nimbuild.tts_text import TextError, normalise, sentences, split_finished, tokens
 

@@ -178,7 +178,7 @@ def check_parity(adapter: TtsAdapter, onnx_path: Path, specs, tolerance, texts: 
     comparison.notes["durations"] = f"equal on {len(rows)} texts"
     comparison.notes["tokens"] = f"equal to NeMo's parser on {len(rows)} texts"
     if not comparison.passed:
-        raise ParityError(f"the exported spectrogram generator does not match NeMo on export.texts:\n"
+        raise ParityError("the exported spectrogram generator does not match NeMo on export.texts:\n"
                           + comparison.describe())
     return comparison
 
