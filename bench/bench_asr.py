@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import http_client, p, table
+from common import compile_recipe, http_client, p, table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -130,16 +130,11 @@ def main() -> tuple[str, dict]:
     """Each round runs the served path and NeMo one after the other, so the machine's swings
     (2x between minutes here) hit both sides of a ratio alike; medians over the rounds."""
     from demo_embed import running
-    from nimbuild.cli import main as cli
     from servers import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        try:
-            cli(["-q", "compile", str(REPO / "recipes" / "asr-digits.yaml"), "--out", str(out),
-                 "--target", "0"], standalone_mode=False)
-        except SystemExit:
-            pass
+        compile_recipe(REPO / "recipes" / "asr-digits.yaml", out, "--target", "0")
         clips = _clips(Path(tmp))
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS),
                           NIM_TAGS_SELECTOR="mode=str")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import http_client, table
+from common import compile_recipe, http_client, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # demo_embed.running
 
@@ -115,17 +115,10 @@ def _make_large(dest: Path) -> None:
 
 
 def _compile(recipe_text: str, work: Path) -> Path:
-    from nimbuild.cli import main as cli
-
     recipe = work / "recipe.yaml"
     recipe.write_text(recipe_text)
-    out = work / "out"
-    try:
-        cli(["-q", "compile", str(recipe), "--out", str(out)], standalone_mode=False)
-    except SystemExit as e:
-        if e.code:
-            raise RuntimeError(f"compiling {recipe} failed") from None
-    return out / "profiles.yaml"
+    compile_recipe(recipe, work / "out")
+    return work / "out" / "profiles.yaml"
 
 
 def _recipe(name: str, source: Path) -> str:

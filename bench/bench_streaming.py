@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import p, table
+from common import compile_recipe, p, table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # demo_embed.running: the runtime as make demo starts it
@@ -114,16 +114,11 @@ def _measure(address: str, streams: list[np.ndarray], long: np.ndarray):
 
 def main() -> str:
     from demo_embed import running
-    from nimbuild.cli import main as cli
     from servers import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        try:
-            cli(["-q", "compile", str(REPO / "recipes" / "asr-digits.yaml"), "--out", str(out), "--target", "0"],
-                standalone_mode=False)
-        except SystemExit:
-            pass
+        compile_recipe(REPO / "recipes" / "asr-digits.yaml", out, "--target", "0")
         streams = [_speech(Path(tmp), 10.0, seed) for seed in range(max(LEVELS))]
         long = _speech(Path(tmp), 60.0, 1000)
         grpc_port = free_port()

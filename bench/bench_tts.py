@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import p, table
+from common import compile_recipe, p, table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -117,17 +117,12 @@ def main() -> tuple[str, dict]:
     """Each round runs the served path at 1 and 8 streams and the in-process path one after the
     other, so the machine's swings hit both sides alike; medians over the rounds."""
     from demo_embed import running
-    from nimbuild.cli import main as cli
     from servers import free_port
 
     texts = _texts()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        try:
-            cli(["-q", "compile", str(REPO / "recipes" / "tts-digits.yaml"), "--out", str(out), "--target", "0"],
-                standalone_mode=False)
-        except SystemExit:
-            pass
+        compile_recipe(REPO / "recipes" / "tts-digits.yaml", out, "--target", "0")
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS))
         grpc_port = free_port()
         local = _InProcess(texts)

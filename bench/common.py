@@ -10,6 +10,20 @@ from typing import Callable
 _local = threading.local()
 
 
+def compile_recipe(recipe, out, *options: str):
+    """`nimbuild compile RECIPE --out OUT [options]` in this process; a failed compile raises here
+    instead of surfacing later as a benchmark of nothing."""
+    from nimbuild.cli import main as cli
+
+    # click returns a command's exit status under standalone_mode=False (a failure is 2, not SystemExit)
+    try:
+        status = cli(["-q", "compile", str(recipe), "--out", str(out), *options], standalone_mode=False)
+    except SystemExit as e:
+        status = e.code
+    if status:
+        raise RuntimeError(f"compiling {recipe} failed (exit status {status})")
+
+
 def http_client():
     """This thread's httpx.Client, kept: making one loads the CA bundle (~35 ms here), which a
     benchmark must not charge to the server it measures, and a kept one reuses its connection."""
