@@ -41,6 +41,11 @@ def tokens(text: str, labels: list[str]) -> list[int]:
     return [index[c] for c in text if c in index]
 
 
+def spell(ids: list[int], labels: list[str]) -> str:
+    """The text of token ids (an id outside the labels as `?`)."""
+    return "".join(labels[i] if 0 <= i < len(labels) else "?" for i in ids)
+
+
 def split_finished(text: str) -> tuple[str, str]:
     """(the text up to its last sentence end, what follows): for text that arrives in pieces,
     what can be spoken now and what waits for more."""

@@ -217,13 +217,13 @@ def token_frames(durations: np.ndarray) -> np.ndarray:
 
 def parity_tokens(model, text: str, runtime: dict) -> list[int]:
     """The runtime's tokens for `text`, refused unless NeMo's own parser gives the same."""
-    from nimbuild.tts_text import normalise, tokens
+    from nimbuild.tts_text import normalise, spell, tokens
 
     ours = tokens(normalise(text, set(runtime["labels"])), runtime["labels"])
     theirs = model.parser(text)
     if theirs is None or list(theirs) != ours:
-        raise ParityError(f"export.texts: the runtime reads {text!r} as {_spell(ours, runtime)!r}, NeMo's parser as "
-                          f"{_spell(theirs or [], runtime)!r}; use texts whose normalisation both agree on (words, "
+        raise ParityError(f"export.texts: the runtime reads {text!r} as {spell(ours, runtime['labels'])!r}, NeMo's parser as "
+                          f"{spell(theirs or [], runtime['labels'])!r}; use texts whose normalisation both agree on (words, "
                           "no digits)")
     return ours
 
@@ -234,9 +234,3 @@ def run_graph(session, rows: list[list[int]]):
     feeds = {"text": text, "pitch": np.zeros(text.shape, np.float32), "pace": np.ones(text.shape, np.float32)}
     spect, frames, durations = session.run(["spect", "num_frames", "durs_predicted"], feeds)
     return spect, frames.reshape(-1), durations
-
-
-def _spell(ids: list[int], runtime: dict) -> str:
-    labels = runtime["labels"]
-    return "".join(labels[i] if 0 <= i < len(labels) else "?" for i in ids)
-

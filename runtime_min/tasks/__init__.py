@@ -32,3 +32,10 @@ def serving(info: dict) -> tuple[int, int]:
 def tensor_dims(shape: list) -> list[int]:
     """A recorded shape (["batch", "sequence", 384]) as Triton dims without the batch: fixed sizes kept, names -1."""
     return [d if isinstance(d, int) and d > 0 else -1 for d in shape[1:]]
+
+
+def language_matches(requested: str, served: str) -> bool:
+    """`en` and `en-US` name the language `en-US` serves; `de-DE` does not (case is not significant);
+    nothing requested matches. The speech tasks' front ends (ASR and TTS, HTTP and Riva) all ask this."""
+    wanted, have = requested.strip().lower().replace("_", "-"), served.lower()
+    return not wanted or wanted == have or wanted == have.split("-")[0]

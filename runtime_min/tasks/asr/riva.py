@@ -28,8 +28,9 @@ import numpy as np
 
 from runtime_min.grpc import NotFound, abort_on_errors
 from runtime_min.http import ServedModel, require_ready
+from runtime_min.tasks import language_matches
 from runtime_min.tasks.asr.transcribe import SNIFFED, SpeechError, StreamSession, Transcript, decode_pcm16, \
-    language_matches, language_of, transcribe, wav_header
+    language_of, transcribe, wav_header
 
 INTERIM_STABILITY = 0.5  # a CTC partial can still change as more audio arrives; a final cannot
 
@@ -41,7 +42,6 @@ def add_servicers(server, model: ServedModel, triton, state: dict) -> None:
 
 
 def _servicer(model: ServedModel, triton, state: dict):
-    import grpc
     from riva.client.proto import riva_asr_pb2 as rasr
     from riva.client.proto import riva_asr_pb2_grpc
     from riva.client.proto import riva_audio_pb2 as raudio

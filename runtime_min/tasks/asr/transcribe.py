@@ -41,12 +41,6 @@ def language_of(model) -> str:
     return str(model.info.get("language") or (model.info.get("runtime") or {}).get("language") or "en-US")
 
 
-def language_matches(requested: str, served: str) -> bool:
-    """`en` and `en-US` name the language `en-US` serves; `de-DE` does not (case is not significant)."""
-    wanted, have = requested.strip().lower().replace("_", "-"), served.lower()
-    return not wanted or wanted == have or wanted == have.split("-")[0]
-
-
 def decode_pcm16(data: bytes, channels: int = 1) -> np.ndarray:
     """16-bit little-endian PCM (interleaved when several channels) -> mono float32 in [-1, 1)."""
     frame = 2 * max(1, channels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from runtime_min.grpc import NotFound, abort_on_errors
 from runtime_min.http import ServedModel, require_ready
-from nimbuild.tts_text import split_finished
+from nimbuild.tts_text import spell, split_finished
 from runtime_min.tasks.tts.synthesize import MAX_TEXT_CHARACTERS, SynthesisError, Voice, pcm16, stream, synthesize
 
 
@@ -52,8 +52,7 @@ def _servicer(model: ServedModel, triton, state: dict):
         return rate
 
     def meta(request, rows):
-        labels = voice.labels
-        processed = " ".join("".join(labels[i] for i in row) for row in rows)
+        processed = " ".join(spell(row, voice.labels) for row in rows)
         return rtts.SynthesizeSpeechResponseMetadata(text=request.text, processed_text=processed)
 
     class Servicer(riva_tts_pb2_grpc.RivaSpeechSynthesisServicer):

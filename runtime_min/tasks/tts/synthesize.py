@@ -13,6 +13,7 @@ import numpy as np
 
 from nimbuild.tts_text import TextError, sentences, tokens
 from runtime_min.http import triton_infer
+from runtime_min.tasks import language_matches
 
 # One request's text: about ten minutes of speech, whose 16-bit audio at 48 kHz still fits a gRPC
 # message (64 MiB). Longer text is for SynthesizeOnline's request stream, where only the text
@@ -50,8 +51,7 @@ class Voice:
 
     def check(self, language: str, voice: str, rate: int) -> int:
         """The output rate (the voice's own when 0), or SynthesisError naming what is served."""
-        wanted = language.strip().replace("_", "-").lower()
-        if wanted and wanted not in (self.language_code.lower(), self.language_code.split("-")[0].lower()):
+        if not language_matches(language, self.language_code):
             raise SynthesisError(f"language {language!r} is not served; this voice speaks {self.language_code}")
         if voice and voice not in (self.full_name, self.name):
             raise SynthesisError(f"voice {voice!r} is not served; the voice here is {self.full_name}")
