@@ -31,7 +31,7 @@ from nimbuild.yamlutil import YamlProblem, load_with_lines
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 SPEECH_TASKS = ("asr-ctc", "asr-rnnt")  # CTC, and transducers (RNNT and TDT), from NeMo checkpoints
 NEMO_TASKS = (*SPEECH_TASKS, "tts")  # tts: a FastPitch spectrogram generator and its vocoder
-TASKS = ("embedding", "text-generation", *NEMO_TASKS)
+TASKS = ("embedding", "text-generation", *NEMO_TASKS, "translation")
 # Compute capabilities TensorRT-RTX can build for ahead of time (PLATFORM.md).
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -118,7 +118,8 @@ class Export(_Strict):
     parity: Parity = Parity()
     # speech: recordings (relative to the recipe) the front end is checked on against NeMo's
     audio: list[str] = Field(default_factory=list)
-    # tts: sentences the graph's mel spectrograms and durations are checked on against NeMo's
+    # tts: sentences the graph's mel spectrograms and durations are checked on against NeMo's;
+    # translation: sources whose greedy translations are checked on against transformers.generate
     texts: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(default_factory=list, max_length=256)
 
     @field_validator("inputs")
@@ -216,6 +217,14 @@ class Voice(_Strict):
     language_code: str = Field("en-US", pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")
 
 
+class Languages(_Strict):
+    """translation: the language pair a profile serves, as BCP-47 codes (`en`, `de-DE`); the export
+    checks it against the tokenizer's source_lang and target_lang where the checkpoint records them."""
+
+    source: str = Field(pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+    target: str = Field(pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+
+
 class Serving(_Strict):
     max_batch_size: int = Field(8, ge=0, le=MAX_BATCH)
     dynamic_batching: DynamicBatching | None = None
@@ -224,20 +233,22 @@ class Serving(_Strict):
     modes: list[Literal["ofl", "str"]] = Field(default_factory=lambda: ["ofl"], min_length=1)
     streaming: Streaming = Streaming()
     voice: Voice | None = None  # tts only
+    languages: Languages | None = None  # translation only
 
     def spec_for(self, task: str) -> dict:
         """What a profile records of its serving; the speech settings only for speech profiles, so
         other profiles' bytes (and ids) do not carry fields that mean nothing to them."""
-        if task == "tts":
-            return self.model_dump(mode="json", exclude={"modes", "streaming"})
-        return self.model_dump(mode="json", exclude={"voice"} if task in SPEECH_TASKS else {"modes", "streaming", "voice"})
+        own = {"tts": {"voice"}, "translation": {"languages"}}.get(task, set())
+        if task in SPEECH_TASKS:
+            own = {"modes", "streaming"}
+        return self.model_dump(mode="json", exclude={"modes", "streaming", "voice", "languages"} - own)
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     source: Source
-    task: Literal["embedding", "text-generation", "asr-ctc", "asr-rnnt", "tts"]
+    task: Literal["embedding", "text-generation", "asr-ctc", "asr-rnnt", "tts", "translation"]
     export: Export
     precisions: dict[Precision, PrecisionSpec | None] = Field(min_length=1)
     targets: list[Target] = Field(min_length=1)
@@ -281,7 +292,8 @@ class Recipe(_Strict):
                                  f"not {self.task}")
         synthesis = [f for f, given in (("source.vocoder", self.source.vocoder is not None),
                                         ("serving.voice", self.serving.voice is not None),
-                                        ("export.texts", bool(self.export.texts))) if given]
+                                        ("export.texts", bool(self.export.texts) and self.task != "translation"))
+                     if given]
         if self.task != "tts" and synthesis:
             raise ValueError(f"{', '.join(synthesis)} apply to text-to-speech recipes (task: tts), not {self.task}")
         if self.task == "tts":
@@ -291,6 +303,14 @@ class Recipe(_Strict):
             if missing:
                 raise ValueError(f"a tts recipe needs {', '.join(missing)} (the vocoder stage, the voice it speaks "
                                  "with, the sentences it is checked on against NeMo)")
+        if self.task != "translation" and self.serving.languages is not None:
+            raise ValueError(f"serving.languages applies to translation recipes (task: translation), not {self.task}")
+        if self.task == "translation":
+            missing = [f for f, given in (("serving.languages", self.serving.languages is not None),
+                                          ("export.texts", bool(self.export.texts))) if not given]
+            if missing:
+                raise ValueError(f"a translation recipe needs {', '.join(missing)} (the language pair it serves, the "
+                                 "sources its greedy translations are checked on against transformers)")
         if len(set(self.serving.modes)) != len(self.serving.modes):
             raise ValueError("serving.modes lists a mode twice")
         return self

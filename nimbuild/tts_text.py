@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-NORMALISATION = "lower case; digits spoken one by one; characters outside the alphabet dropped"
+NORMALISATION = ("lower case; digits spoken one by one; characters outside the alphabet transliterated to ASCII "
+                 "(text-unidecode, as NeMo's parser does), then dropped if still outside")
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 
@@ -30,8 +31,12 @@ class TextError(ValueError):
 
 
 def normalise(text: str, alphabet: str | set) -> str:
+    from text_unidecode import unidecode
+
     spoken = re.sub(r"\d", lambda m: f" {DIGIT_WORDS[int(m.group())]} ", text.lower())
-    kept = "".join(c if c in alphabet or c.isspace() else "" for c in spoken)
+    # "fünf" is "funf" to a voice whose alphabet has no ü, as NeMo's parser reads it
+    ascii_ = "".join(c if c in alphabet or c.isspace() else unidecode(c).lower() for c in spoken)
+    kept = "".join(c if c in alphabet or c.isspace() else "" for c in ascii_)
     return " ".join(kept.split())
 
 

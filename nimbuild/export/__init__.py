@@ -73,6 +73,8 @@ def export_reference(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, repor
         return _export_asr(checkpoint, recipe, dest, reporter)
     if recipe.task == "tts":
         return _export_tts(checkpoint, recipe, dest, reporter)
+    if recipe.task == "translation":
+        return _export_translation(checkpoint, recipe, dest, reporter)
     from nimbuild.export.tasks import load_task
 
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
@@ -160,6 +162,31 @@ def _export_tts(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> R
     reporter.debug(comparison.describe())
     reference = _reference(onnx_path, specs, adapter, comparison)
     reference.builder, reference.assets = asr.builder_versions(), adapter.assets
+    return reference
+
+
+def _export_translation(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A MarianMT-class encoder-decoder: the encoder graph, and the decoder's with its KV cache
+    (nimbuild.export.translation)."""
+    from nimbuild.export import translation
+
+    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
+        adapter = translation.load_adapter(checkpoint, recipe, dest / "translation")
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx_path = dest / "model.onnx"
+    opset, metadata = recipe.export.opset, _metadata(recipe, checkpoint, adapter)
+    with reporter.step(f"export encoder and KV-cache decoder ONNX (opset {opset})"):
+        translation.export_graphs(adapter, recipe, onnx_path, lambda module, example, names, outputs, dynamic, path:
+                                  _run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
+        _check_graph(onnx_path, opset)
+        _check_graph(adapter.assets[translation.DECODER_GRAPH], opset)
+    with reporter.step("check greedy translations against transformers"):
+        comparison = translation.check_parity(adapter, onnx_path, recipe.export.parity, recipe.export.texts)
+    reporter.debug(comparison.describe())
+    batch, source, _ = translation.limits(recipe.export.inputs)
+    specs = [InputSpec(name, {"batch": batch, "sequence": source}) for name in translation.ENCODER_INPUTS]
+    reference = _reference(onnx_path, specs, adapter, comparison)
+    reference.assets = adapter.assets
     return reference
 
 

@@ -174,7 +174,7 @@ def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: i
         comparison.add(f"prompt {len(prompt)}", {"logits": np.stack(expected_logits[:steps])},
                        {"logits": np.stack(got_logits[:steps])})
         if got != expected:
-            problems.append(_first_difference(f"prompt of {len(prompt)} tokens", expected, got))
+            problems.append(first_difference(f"prompt of {len(prompt)} tokens", expected, got))
     # the runtime batches: the same prompts together, left-padded, must give the same tokens
     generator = Generator(graph, max_batch=max(1, batch_max), max_context=context, eos_ids=adapter.eos_ids)
     sequences = [Sequence(p, SamplingParams(max_tokens=n)) for p, n in zip(prompts, budget)]
@@ -184,7 +184,7 @@ def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: i
         generator.step()
     for s, expected in zip(sequences, expected_all):
         if s.tokens != expected:
-            problems.append(_first_difference(f"prompt of {len(s.prompt)} tokens, batched", expected, s.tokens))
+            problems.append(first_difference(f"prompt of {len(s.prompt)} tokens, batched", expected, s.tokens))
     if problems or not comparison.passed:
         raise ParityError("the exported decoder does not generate what transformers generates:\n"
                           + "\n".join(problems + [comparison.describe()]))
@@ -208,7 +208,7 @@ def _transformers_greedy(adapter: DecoderAdapter, prompt: list[int], new: int) -
     return tokens, [step[0].float().numpy() for step in out.logits]
 
 
-def _first_difference(what: str, expected: list[int], got: list[int]) -> str:
+def first_difference(what: str, expected: list[int], got: list[int]) -> str:
     at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
     return (f"  {what}: greedy tokens differ at step {at}: transformers {expected[at:at + 4]}..., "
             f"graph {got[at:at + 4]}... ({len(expected)} vs {len(got)} tokens)")

@@ -26,6 +26,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+    "source.spm", "target.spm",  # MarianMT's SentencePiece models (translation)
 )
 # Files that do not change what the model computes; left out of the source digest.
 _DIGEST_IGNORED = {"README.md", ".gitattributes"}

@@ -89,6 +89,8 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         return _speech_target_tags(recipe, i, target)
     if recipe.task == "tts":
         return _tts_target_tags(recipe, i, target)
+    if recipe.task == "translation":
+        return _translation_target_tags(recipe, i, target)
     return _graph_target_tags(recipe, i, target)
 
 
@@ -149,6 +151,17 @@ def _tts_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
                             "a gate on the served audio (durations and spectral distance), which this version does not "
                             "have; build fp32")
     return [{**tags, "name": recipe.name} for tags in _graph_target_tags(recipe, i, target)]
+
+
+def _translation_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
+    """Translation profiles carry the `name` tag and their language pair (`src_lang`, `tgt_lang`,
+    as Riva's LanguagePair names them), so one manifest can hold several pairs and selection can
+    ask for one. fp32 only: a reduced-precision decoder must be gated on its translations (token
+    agreement), which this version does not have."""
+    _supported(i, target, ("fp32",))
+    pair = recipe.serving.languages
+    return [{**tags, "name": recipe.name, "src_lang": pair.source, "tgt_lang": pair.target}
+            for tags in _graph_target_tags(recipe, i, target)]
 
 
 def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:

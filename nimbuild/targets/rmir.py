@@ -11,6 +11,7 @@ so the same inputs give the same bytes and the same profile id. It holds:
     asr/...              speech models: the front end's mel filterbank and the vocabulary (the
                          feature config is in model_info.json); a transducer's decoder-joint graph
     tts/...              text-to-speech models: the mel filterbank the vocoder inverts
+    translation/...      translation models: the KV-cache decoder graph (the engine is the encoder)
 
 Unpacking refuses anything but regular files and directories (no links, devices, FIFOs), any path
 that is absolute or climbs out with `..`, and archives over the member-count or size limits.
@@ -160,7 +161,7 @@ def _build(archive: Path, tmp: Path, target: str, builder: str) -> tuple[Path, d
         from nimbuild.targets.tensorrt_rtx import build_engine as build_rtx
 
         record = build_rtx(tmp / "rmir" / "model.onnx", inputs, target, staged / "model.plan")
-    for assets in ("tokenizer", "asr", "tts"):  # what the runtime reads beside the engine
+    for assets in ("tokenizer", "asr", "tts", "translation"):  # what the runtime reads beside the engine
         if (tmp / "rmir" / assets).is_dir():
             shutil.copytree(tmp / "rmir" / assets, staged / assets)
     info = json.loads((tmp / "rmir" / "model_info.json").read_text())

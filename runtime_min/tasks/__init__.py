@@ -13,7 +13,8 @@ from nimbuild.errors import NimbuildError
 # the helpers Python models import (pooling, audio front end, generation loop) are copied from here
 NIMBUILD = Path(nimbuild.__file__).parent
 
-TASKS = {"embedding": "embedding", "text-generation": "llm", "asr-ctc": "asr", "asr-rnnt": "asr", "tts": "tts"}
+TASKS = {"embedding": "embedding", "text-generation": "llm", "asr-ctc": "asr", "asr-rnnt": "asr", "tts": "tts",
+         "translation": "translation"}
 
 
 def task_module(info: dict):
@@ -35,7 +36,12 @@ def tensor_dims(shape: list) -> list[int]:
 
 
 def language_matches(requested: str, served: str) -> bool:
-    """`en` and `en-US` name the language `en-US` serves; `de-DE` does not (case is not significant);
-    nothing requested matches. The speech tasks' front ends (ASR and TTS, HTTP and Riva) all ask this."""
-    wanted, have = requested.strip().lower().replace("_", "-"), served.lower()
-    return not wanted or wanted == have or wanted == have.split("-")[0]
+    """BCP-47 codes name the same language when their primary subtags agree and, where both give a
+    region, the regions do too: `en` and `en-US` name what `en-US` serves, `de-DE` what `de` serves;
+    `en-GB` is not `en-US` (case is not significant); nothing requested matches. Every front end
+    (ASR, TTS and translation; HTTP and Riva) asks this."""
+    wanted = requested.strip().lower().replace("_", "-").split("-", 1)
+    have = served.strip().lower().replace("_", "-").split("-", 1)
+    if not wanted[0]:
+        return True
+    return wanted[0] == have[0] and (len(wanted) == 1 or len(have) == 1 or wanted[1] == have[1])
