@@ -18,6 +18,12 @@ training text) -> FastPitch -> Griffin-Lim -> 16 kHz -> the asr-digits model's t
 word error rate. Run from the repository root (needs the `nemo` extra and espeak-ng):
 
     python scripts/make_tts_digits.py [--minutes 8] [DEST.nemo]
+
+`--language de` trains the German twin (recipes/models/tts-digits-de.nemo, espeak-ng's `de`
+voice) on the German of those sentences as the translation example makes it (scripts/nmt_phrases.py:
+"rufe fünf fünf eins an"), the last stage of the speech-to-speech demo. Its alphabet is the same
+a-z: NeMo's parser reads "fünf" as "funf", and so does the runtime, while espeak-ng spoke "fünf".
+No German ASR model exists here, so its intelligibility is not measured; the script says so.
 """
 
 from __future__ import annotations
@@ -35,11 +41,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_asr_digits import COMMANDS, DIGITS, sentence, word_error_rate  # noqa: E402  the words the ASR example hears
+import make_asr_digits  # noqa: E402  the words the ASR example hears
+import nmt_phrases  # noqa: E402  their German, as the translation example says them
+from make_asr_digits import word_error_rate  # noqa: E402
 
 SAMPLE_RATE = 22050
 HOP, WINDOW, MELS = 256, 1024, 80
-VOICE, SPEED, PITCH = "en-us", 150, 45  # one espeak-ng speaker: the example's one voice
+SPEED, PITCH = 150, 45  # one espeak-ng speaker: the example's one voice
+# language -> (espeak-ng voice, the words it speaks, a sentence of them from a seeded Random)
+LANGUAGES = {
+    "en": ("en-us", make_asr_digits.DIGITS + make_asr_digits.COMMANDS, make_asr_digits.sentence),
+    "de": ("de", [*nmt_phrases.DIGITS.values(), *nmt_phrases.COMMANDS.values(), "rufe", "wähle"],
+           lambda rng: nmt_phrases.spoken_pair(rng)[1]),
+}
+VOICE, WORDS, sentence = LANGUAGES["en"]
 # frames of silence added between words, beyond each clip's own 12 ms margins: asr-digits runs words
 # together across longer pauses (held-out WER of the joined espeak-ng audio itself: 5% at 0, 22% at 3,
 # 36% at 4 frames), so none
@@ -70,7 +85,7 @@ def word_clips(workdir: Path) -> dict:
     import soundfile
 
     clips = {}
-    for word in dict.fromkeys(DIGITS + COMMANDS):
+    for word in dict.fromkeys(WORDS):
         path = workdir / f"{word}.wav"
         subprocess.run(["espeak-ng", "-v", VOICE, "-s", str(SPEED), "-p", str(PITCH), "-w", str(path), word],
                        check=True, capture_output=True)
@@ -214,9 +229,13 @@ def evaluate(model) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dest", nargs="?", default=str(ROOT / "recipes/models/tts-digits.nemo"))
+    parser.add_argument("dest", nargs="?")
     parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--language", choices=sorted(LANGUAGES), default="en")
     args = parser.parse_args()
+    global VOICE, WORDS, sentence
+    VOICE, WORDS, sentence = LANGUAGES[args.language]
+    args.dest = args.dest or str(ROOT / f"recipes/models/tts-digits{'' if args.language == 'en' else '-' + args.language}.nemo")
 
     import torch
     from nemo.collections.tts.models import FastPitchModel
@@ -231,6 +250,9 @@ def main() -> None:
     train(model, clips, args.minutes)
     model.save_to(args.dest)
     print(f"wrote {args.dest}")
+    if args.language != "en":
+        print(f"not measured: no {args.language} speech recognition model exists here to hear the voice back")
+        return
     wer = evaluate(model)
     print(f"held-out word error rate through asr-digits: {wer:.1%} over {len(held_out_sentences())} sentences")
 
