@@ -41,7 +41,8 @@ test: install system-deps tools
 # The main job on the embedded defaults: compile the example, publish it to the local registry
 # (an OCI layout in build/registry), pull back the profile this machine would run (verified),
 # list profiles, then serve it through Triton and answer one real /v1/embeddings request; then the same
-# for the tiny-llama text-generation example, answering one streamed /v1/chat/completions request.
+# for the tiny-llama text-generation example, answering one streamed /v1/chat/completions request;
+# then speech (ASR, TTS), translation, and speech-to-speech (ASR -> NMT -> TTS) on one spoken sentence.
 demo: install system-deps
 	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
 	@# build/registry is the demo's own scratch registry: it republishes the example each run (--force),
@@ -78,6 +79,17 @@ demo: install system-deps
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-tts/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) \
 		$(PY) scripts/demo_tts.py build/pulled-tts/profiles.yaml build/pulled-asr/profiles.yaml
+	@# translation: the nmt-en-de example (English -> German), through the same registry, then speech to
+	@# speech as Speech NIM composes it: English audio -> asr-digits -> nmt-en-de -> the German voice,
+	@# three runtime_min instances, the demo passing the data between them
+	$(NIMBUILD) compile recipes/nmt-en-de.yaml --out build/profiles/nmt-en-de
+	$(NIMBUILD) publish build/profiles/nmt-en-de --registry build/registry --force
+	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull nmt-en-de:0.1.0 --registry build/registry --select --dest build/pulled-nmt
+	$(VENV)/bin/nim_list_model_profiles -m build/pulled-nmt/profiles.yaml
+	$(NIMBUILD) compile recipes/tts-digits-de.yaml --out build/profiles/tts-digits-de --target 0
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) \
+		$(PY) scripts/demo_s2s.py build/pulled-asr/profiles.yaml build/pulled-nmt/profiles.yaml \
+		build/profiles/tts-digits-de/profiles.yaml
 
 bench: install system-deps
 	$(PY) bench/run.py

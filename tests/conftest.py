@@ -61,6 +61,7 @@ def script_module(name: str):
         sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # registered first, as an import would: a dataclass looks its module up
     spec.loader.exec_module(module)
     return module
 

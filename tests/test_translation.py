@@ -284,3 +284,37 @@ def test_rivas_nmt_py_translates_lists_models_and_reads_a_dnt_file_unchanged(ser
     assert 'key: "nmt-en-de"' in listed and 'src_lang: "en"' in listed and 'tgt_lang: "de"' in listed
     # nmt.py's own defaults (en-US -> en-US) are a pair this model does not serve: it prints the error
     assert "invalid arg error : en-US -> en-US is not served" in run("--text", "stop")
+
+
+# -- speech to speech: ASR -> NMT -> TTS, three runtime_min instances --
+
+@pytest.fixture(scope="module")
+def served_asr(digits_compiled, tmp_path_factory):
+    yield from serving(digits_compiled / "profiles.yaml", tmp_path_factory.mktemp("asr-cache"))
+
+
+@pytest.fixture(scope="module")
+def served_german_voice(tmp_path_factory):
+    pytest.importorskip("nemo", reason="the nemo extra is not installed")
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    out = tmp_path_factory.mktemp("tts-de") / "out"
+    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "tts-digits-de.yaml"), "--out", str(out),
+                                       "--target", "0"])
+    assert result.exit_code == 0, result.output
+    yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("tts-de-cache"))
+
+
+@pytest.mark.slow
+def test_speech_to_speech_english_audio_becomes_german_speech_through_three_services(served_asr, served_nmt,
+                                                                                      served_german_voice):
+    demo = script_module("demo_s2s")
+    stages = demo.speech_to_speech(demo.spoken(demo.SAID), *(f"127.0.0.1:{r.grpc_port}"
+                                                             for r in (served_asr, served_nmt, served_german_voice)))
+    assert stages.heard == demo.SAID
+    assert stages.translated == demo.GERMAN == "rufe fünf fünf eins zwei an"
+    assert stages.read_as == "rufe funf funf eins zwei an"  # the voice's alphabet, as NeMo's parser reads it
+    seconds = len(stages.audio) / demo.RATE
+    assert 1.0 < seconds < 6.0 and float(np.sqrt(np.mean(stages.audio ** 2))) > 0.01, seconds
