@@ -66,6 +66,18 @@ def script_module(name: str):
     return module
 
 
+def compiled(tmp_path_factory, recipe: Path, *options: str) -> Path:
+    """`nimbuild compile RECIPE` into a fresh directory through the CLI (in-process); its output directory."""
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    out = tmp_path_factory.mktemp(recipe.stem) / "out"
+    result = CliRunner().invoke(main, ["-q", "compile", str(recipe), "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def asr_trainer():
     """scripts/make_asr_digits.py: its voice lists and sentence generator define the speech
     examples' held-out set, and its word error rate scores them."""
@@ -216,11 +228,4 @@ def minilm_compiled(tmp_path_factory):
 def digits_compiled(tmp_path_factory):
     """The shipped speech example (recipes/asr-digits.yaml) compiled once: its output directory."""
     pytest.importorskip("nemo", reason="the nemo extra is not installed")
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("asr-digits") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "asr-digits.yaml"), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+    return compiled(tmp_path_factory, REPO / "recipes" / "asr-digits.yaml")

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, recipe_text
+from conftest import REPO, compiled, recipe_text
 from nimbuild.errors import NimbuildError, ParityError
 from nimbuild.progress import Reporter
 from nimbuild.recipe import load_recipe
@@ -258,14 +258,7 @@ def test_tensorrt_llm_engine_builds_on_a_gpu(write_recipe, tmp_path):
 
 @pytest.fixture(scope="module")
 def llm_compiled(tmp_path_factory) -> Path:
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("tiny-llama") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "tiny-llama.yaml"), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+    return compiled(tmp_path_factory, REPO / "recipes" / "tiny-llama.yaml")
 
 
 @pytest.fixture(scope="module")

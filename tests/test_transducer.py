@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import riva.client
 
-from conftest import REPO, asr_trainer, script_module, serving
+from conftest import REPO, asr_trainer, compiled, script_module, serving
 from test_asr import _riva, _transcribe as transcribe_as  # the CTC tests' clients
 from nimbuild.errors import NimbuildError, ParityError
 from nimbuild.yamlutil import load_yaml
@@ -194,14 +194,7 @@ def test_inspect_names_the_decoder_and_the_task(tiny_transducers):
 
 @pytest.fixture(scope="session")
 def rnnt_compiled(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("asr-digits-rnnt") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(RNNT_RECIPE), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+    return compiled(tmp_path_factory, RNNT_RECIPE)
 
 
 def test_the_example_compiles_to_generic_engine_and_rmir_profiles_with_the_decoder_joint(rnnt_compiled, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import riva.client  # the official Speech NIM client (nvidia-riva-client)
 
-from conftest import REPO, script_module, serving
+from conftest import REPO, compiled, script_module, serving
 from nimbuild.errors import NimbuildError, ParityError, RecipeError
 from nimbuild.translation_text import TranslationTextError, parse_dnt_phrases, protect, restore
 from runtime_min.tasks import language_matches
@@ -91,14 +91,7 @@ def test_a_translation_recipe_needs_its_language_pair_and_parity_texts_and_plans
 
 @pytest.fixture(scope="module")
 def nmt_compiled(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("nmt") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(RECIPE), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+    return compiled(tmp_path_factory, RECIPE)
 
 
 def test_the_example_compiles_to_generic_engine_and_rmir_profiles_with_the_decoder_beside(nmt_compiled):
@@ -296,14 +289,7 @@ def served_asr(digits_compiled, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served_german_voice(tmp_path_factory):
     pytest.importorskip("nemo", reason="the nemo extra is not installed")
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("tts-de") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "tts-digits-de.yaml"), "--out", str(out),
-                                       "--target", "0"])
-    assert result.exit_code == 0, result.output
+    out = compiled(tmp_path_factory, REPO / "recipes" / "tts-digits-de.yaml", "--target", "0")
     yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("tts-de-cache"))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import riva.client  # the official Speech NIM client (nvidia-riva-client)
 
-from conftest import REPO, asr_trainer, script_module, serving
+from conftest import REPO, asr_trainer, compiled, script_module, serving
 from nimbuild.errors import NimbuildError, ParityError, RecipeError
 from nimbuild.progress import Reporter
 from nimbuild.tts_text import TextError, normalise, sentences, split_finished, tokens
@@ -99,14 +99,7 @@ def test_fp16_tts_profiles_are_refused_at_planning_until_a_gate_on_the_audio_exi
 @pytest.fixture(scope="module")
 def tts_compiled(tmp_path_factory):
     pytest.importorskip("nemo", reason="the nemo extra is not installed")
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp("tts-digits") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(RECIPE), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+    return compiled(tmp_path_factory, RECIPE)
 
 
 @pytest.mark.slow
