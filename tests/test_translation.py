@@ -245,6 +245,25 @@ def test_bad_requests_are_invalid_argument_or_not_found_with_one_message(served_
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND and "'nmt-en-de'" in caught.value.details()
 
 
+
+@pytest.mark.gpu
+def test_gpu_serves_the_encoder_engine_with_the_generic_profiles_translations(nmt_compiled, tmp_path):
+    from test_deploy import _needs
+
+    gpu = _needs("tensorrt_rtx", "cuda")
+    if gpu.compute_capability != "8.9":
+        pytest.skip(f"the example builds its TensorRT-RTX engine for 8.9; this GPU is {gpu.compute_capability}")
+    texts = ["call three four five", "nine thousand, nine hundred and ninety-nine", "stop"]
+    got = {}
+    for profile in ("onnxruntime-fp32-throughput", "tensorrt_rtx-sm89-fp32-throughput"):
+        runtime = next(serving(nmt_compiled / "profiles.yaml", tmp_path / profile, NIM_MODEL_PROFILE=profile))
+        try:
+            got[profile] = [t.text for t in _client(runtime).translate(texts, "", "en", "de").translations]
+        finally:
+            assert runtime.stop() == 0
+    generic, engine = got.values()
+    assert engine == generic
+
 def _nmt_py(tmp_path: Path) -> Path:
     """Riva's scripts/nmt/nmt.py, byte for byte from the python-clients repository."""
     if not (RIVA_CLIENTS / "HEAD").exists() and not (RIVA_CLIENTS / ".git").exists():
