@@ -152,6 +152,30 @@ def test_a_decoder_that_goes_astray_is_refused_naming_the_text_and_the_first_dif
         export_reference(resolve_hf(str(CHECKPOINT), REPO), recipe, tmp_path, Reporter(quiet=True))
 
 
+
+def test_checkpoints_that_are_not_served_marian_models_are_refused_with_one_message(tmp_path, tiny_bert_dir):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    def compile_from(source: Path) -> str:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(RECIPE.read_text().replace("models/nmt-en-de", str(source)))
+        result = CliRunner().invoke(main, ["-q", "compile", str(recipe), "--out", str(tmp_path / "out")])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        return result.output
+
+    assert "no source.spm; nimbuild serves MarianMT-class checkpoints" in compile_from(tiny_bert_dir)
+    separate = shutil.copytree(CHECKPOINT, tmp_path / "separate")
+    config = json.loads((separate / "tokenizer_config.json").read_text())
+    (separate / "tokenizer_config.json").write_text(json.dumps({**config, "separate_vocabs": True}))
+    assert "separate source and target vocabularies is not served yet" in compile_from(separate)
+    (separate / "tokenizer_config.json").write_text(json.dumps({**config, "target_lang": "fr"}))
+    assert "serving.languages en -> de disagrees with the tokenizer's en -> fr" in compile_from(separate)
+
 # -- served: Riva's RivaTranslation --
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def _export_translation(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, re
     from nimbuild.export import translation
 
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
-        adapter = translation.load_adapter(checkpoint, recipe, dest / "translation")
+        adapter = translation.load_adapter(checkpoint, recipe)
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
     opset, metadata = recipe.export.opset, _metadata(recipe, checkpoint, adapter)

@@ -94,12 +94,15 @@ def check_languages(checkpoint: HFCheckpoint, recipe) -> tuple[str, str]:
     return ours
 
 
-def load_adapter(checkpoint: HFCheckpoint, recipe, assets_dir: Path) -> TranslationAdapter:
+def load_adapter(checkpoint: HFCheckpoint, recipe) -> TranslationAdapter:
     from nimbuild.export.tasks import _load
 
     if not (checkpoint.path / "source.spm").is_file():
         raise ExportError(f"{checkpoint.path}: no source.spm; nimbuild serves MarianMT-class checkpoints "
                           "(SentencePiece source.spm, target.spm and vocab.json)")
+    if (checkpoint.read_json("tokenizer_config.json") or {}).get("separate_vocabs"):
+        raise ExportError(f"{checkpoint.path}: a Marian tokenizer with separate source and target vocabularies is not "
+                          "served yet (the runtime reads one vocab.json)")
     model = _load("AutoModelForSeq2SeqLM", checkpoint)
     config = model.config
     if not getattr(config, "is_encoder_decoder", False) or model.config.model_type != "marian":
@@ -126,7 +129,6 @@ def load_adapter(checkpoint: HFCheckpoint, recipe, assets_dir: Path) -> Translat
         "banned_token_ids": [adapter.pad], "dnt_placeholders": text.placeholders, "decoder": DECODER_GRAPH,
         "kv_cache": {"layers": layers, "heads": heads, "head_dim": adapter.head_dim},
     }
-    assets_dir.mkdir(parents=True, exist_ok=True)
     return adapter
 
 
