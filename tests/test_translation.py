@@ -258,6 +258,8 @@ def test_bad_requests_are_invalid_argument_or_not_found_with_one_message(served_
         (dict(texts=["a b c d"], dnt_phrases_dict={k: "" for k in "abcd"}), "at most 3 distinct phrases"),
         (dict(texts=["stop <dnt>x"]), "not closed"),
         (dict(texts=["x" * 10_001]), "at most 10000"),
+        (dict(texts=["stop"] * 1025), "1025 texts in one request; at most 1024"),
+        (dict(texts=["stop"], dnt_phrases_dict={f"w{i}": "" for i in range(257)}), "257 dnt_phrases in one request"),
     ]
     for given, message in cases:
         request = {"model": "", "source_language": "en", "target_language": "de", **given}

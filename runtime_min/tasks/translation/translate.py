@@ -18,6 +18,7 @@ from runtime_min.tasks import language_matches
 
 MAX_TEXTS = 1024  # texts of one request; each is queued on its own, IN_FLIGHT at a time
 MAX_TEXT_CHARACTERS = 10_000  # one text, before tokenisation: past it no text fits the source limit anyway
+MAX_DNT_PHRASES = 256  # phrases of one request: each is searched for in every text
 IN_FLIGHT = 32  # texts of one request queued in Triton at once: a long list must not crowd out other callers
 DEFAULT_LENGTH_VARIATION = 20  # Riva Translate's: a translation may be this many tokens longer than its source
 
@@ -68,6 +69,8 @@ class Translator:
             raise TranslationError("texts is empty; send at least one text to translate")
         if len(texts) > MAX_TEXTS:
             raise TranslationError(f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
+        if len(phrases) > MAX_DNT_PHRASES:
+            raise TranslationError(f"{len(phrases)} dnt_phrases in one request; at most {MAX_DNT_PHRASES}")
         prepared = []
         for i, text in enumerate(texts):
             if len(text) > MAX_TEXT_CHARACTERS:
