@@ -41,7 +41,7 @@ class DecoderGraph:
     def __init__(self, session):
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
-        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
+        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=layer_order)
         self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
         self.output_names = ["logits", *self.present_names]
         first = inputs[self.past_names[0]]
@@ -59,7 +59,8 @@ class DecoderGraph:
         return logits[:, -1, :].astype(np.float32, copy=False), present
 
 
-def _layer_order(name: str) -> tuple[int, int]:
+def layer_order(name: str) -> tuple[int, int]:
+    """`<prefix>.<layer>.key|value` in layer order, key before value (the cache's flat layout)."""
     _, layer, kind = name.split(".")
     return int(layer), 0 if kind == "key" else 1
 

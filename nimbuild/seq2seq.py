@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from nimbuild.generation import layer_order
+
 
 class TranslationGraphs:
     """The two graphs behind anything with `run(output_names, feeds)`: an onnxruntime session or
@@ -31,8 +33,8 @@ class TranslationGraphs:
     def __init__(self, encoder, decoder):
         self.encoder, self.decoder = encoder, decoder
         names = [i.name for i in decoder.get_inputs()]
-        self.past_names = sorted((n for n in names if n.startswith("past_key_values.")), key=_layer_order)
-        self.cross_names = sorted((n for n in names if n.startswith("cross.")), key=_layer_order)
+        self.past_names = sorted((n for n in names if n.startswith("past_key_values.")), key=layer_order)
+        self.cross_names = sorted((n for n in names if n.startswith("cross.")), key=layer_order)
         self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
         first = next(i for i in decoder.get_inputs() if i.name == self.past_names[0])
         self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
@@ -47,11 +49,6 @@ class TranslationGraphs:
                  **dict(zip(self.cross_names, cross))}
         logits, *present = self.decoder.run(["logits", *self.present_names], feeds)
         return np.asarray(logits, dtype=np.float32)[:, -1, :], present
-
-
-def _layer_order(name: str) -> tuple[int, int]:
-    _, layer, kind = name.split(".")
-    return int(layer), 0 if kind == "key" else 1
 
 
 def padded(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -258,10 +258,9 @@ def check_parity(adapter: TranslationAdapter, encoder_path: Path, tolerance, tex
         comparison.add(f"1x{len(row)}", {"logits": np.stack(expected_logits[:steps])}, {"logits": np.stack(got_logits[:steps])})
         if got != expected:
             problems.append(first_difference(repr(source), expected, got))
-        decoded = adapter.tokenizer.decode(expected, skip_special_tokens=True)
-        if text.decode(expected) != decoded:
-            problems.append(f"  {source!r}: the runtime decodes the translation as {text.decode(expected)!r}, "
-                            f"MarianTokenizer as {decoded!r}")
+        ours, theirs = text.decode(expected), adapter.tokenizer.decode(expected, skip_special_tokens=True)
+        if ours != theirs:
+            problems.append(f"  {source!r}: the runtime decodes the translation as {ours!r}, MarianTokenizer as {theirs!r}")
     for limit in range(0, len(rows), runtime["max_batch"]):  # the texts as padded batches, as the runtime batches
         chunk = slice(limit, limit + runtime["max_batch"])
         batched = greedy(graphs, rows[chunk], [budget] * len(rows[chunk]), **settings)

@@ -34,7 +34,8 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     parameters(config, runner=core.python_runner(name), core=core.file)
     files = {"model.py": HERE / "model.py", "model_info.json": workspace / "model_info.json",
              "translation": workspace / "translation", "nimbuild/__init__.py": NIMBUILD / "__init__.py",
-             "nimbuild/seq2seq.py": NIMBUILD / "seq2seq.py", **core.python_files()}
+             "nimbuild/seq2seq.py": NIMBUILD / "seq2seq.py",
+             "nimbuild/generation.py": NIMBUILD / "generation.py", **core.python_files()}
     out = [Model(config, files)]
     if core.native:
         core_in = [Tensor(i["name"], "int64", [-1]) for i in info["inputs"]]
