@@ -188,8 +188,10 @@ def _client(runtime):
     return riva.client.NeuralMachineTranslationClient(riva.client.Auth(uri=f"127.0.0.1:{runtime.grpc_port}"))
 
 
-def _reference_translations(texts: list[str]) -> list[str]:
-    """transformers' own greedy translations, in-process (what the served ones must equal)."""
+def _reference_translations(texts: list[str], max_new_tokens: int = 48) -> list[str]:
+    """transformers' own greedy translations, in-process (what the served ones must equal). Without
+    the checkpoint's forced end token, as the build's parity check: a translation cut at its budget
+    keeps its last token rather than giving it up for `</s>`."""
     import torch
     from transformers import MarianMTModel, MarianTokenizer
 
@@ -197,7 +199,8 @@ def _reference_translations(texts: list[str]) -> list[str]:
     model = MarianMTModel.from_pretrained(CHECKPOINT).eval()
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
-        out = model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=48, bad_words_ids=[[tokenizer.pad_token_id]])
+        out = model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens, forced_eos_token_id=None,
+                             bad_words_ids=[[tokenizer.pad_token_id]])
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
@@ -221,6 +224,23 @@ def test_dnt_phrases_and_inline_tags_are_kept_or_given_their_translation(served_
     response = client.translate(["call Anna and Bob", "stop <dnt>NVIDIA NIM</dnt>", "dial Anna"], MODEL, "en", "de",
                                 dnt_phrases_dict={"Anna": "", "Bob": "Robert"})
     assert [t.text for t in response.translations] == ["rufe Anna und Robert an", "stopp NVIDIA NIM", "wähle Anna"]
+
+
+def test_max_len_variation_bounds_a_translation_at_its_sources_tokens_plus_that(served_nmt):
+    client = _client(served_nmt)
+    text = "call three four five"  # 6 source tokens (with </s>); its translation takes 8
+
+    def translated(variation: str) -> str:
+        return client.translate([text], "", "en", "de", max_len_variation=variation).translations[0].text
+
+    assert translated("0") == _reference_translations([text], max_new_tokens=6)[0] != translated("")
+    assert translated("1") == _reference_translations([text], max_new_tokens=7)[0]
+    # past the profile's output length is that length: no tighter bound than every translation has
+    assert translated("100000") == translated("") == "rufe drei vier fünf an"
+    with pytest.raises(grpc.RpcError) as caught:
+        translated("-1")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_len_variation must be 0 or more tokens, got -1" in caught.value.details()
 
 
 def test_concurrent_callers_texts_are_batched_together_in_triton(served_nmt):

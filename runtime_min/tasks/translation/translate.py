@@ -51,16 +51,18 @@ class Translator:
                                    f"{self.source_language} -> {self.target_language}")
 
     def budget(self, variation: str) -> int:
-        """Riva's max_len_variation: tokens a translation may have beyond its source's (20 if not given)."""
+        """Riva's max_len_variation: tokens a translation may have beyond its source's (20 if not given).
+        A value past the profile's output length is taken as that length: it asks for no bound
+        tighter than the one every translation here already has, so there is nothing to refuse."""
         if not variation.strip():
             return DEFAULT_LENGTH_VARIATION
         try:
-            value = int(variation)
+            value = int(variation)  # a string past Python's digit limit is a ValueError too
         except ValueError:
             raise TranslationError(f"max_len_variation must be a whole number of tokens, got {variation[:40]!r}") from None
-        if not 0 <= value <= self.max_output_tokens:
-            raise TranslationError(f"max_len_variation is 0 to {self.max_output_tokens} tokens, got {value}")
-        return value
+        if value < 0:
+            raise TranslationError(f"max_len_variation must be 0 or more tokens, got {value}")
+        return min(value, self.max_output_tokens)
 
     def prepare(self, texts: list[str], phrases: dict[str, str]) -> list[tuple[Protected, list[int]]]:
         """Each text with its phrases protected, and its source tokens; TranslationError naming the
