@@ -30,6 +30,14 @@ def serving(info: dict) -> tuple[int, int]:
     return max(1, int(spec.get("max_batch_size") or 1)), int((spec.get("dynamic_batching") or {}).get("max_queue_delay_us", 0))
 
 
+def batch_within_export(info: dict, core) -> tuple[int, int]:
+    """serving()'s batch size no larger than the export's `runtime.max_batch` (the batch its graphs
+    were checked at) or what the core takes, and the delay: for the Python models whose loops run
+    the core themselves (TTS, translation)."""
+    batch, delay = serving(info)
+    return core.batch(min(batch, int(info["runtime"].get("max_batch") or batch))), delay
+
+
 def tensor_dims(shape: list) -> list[int]:
     """A recorded shape (["batch", "sequence", 384]) as Triton dims without the batch: fixed sizes kept, names -1."""
     return [d if isinstance(d, int) and d > 0 else -1 for d in shape[1:]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
-from runtime_min.tasks import NIMBUILD, serving, tensor_dims
+from runtime_min.tasks import NIMBUILD, batch_within_export, tensor_dims
 
 HERE = Path(__file__).parent
 
@@ -25,8 +25,7 @@ def refuses(core) -> str | None:
 
 
 def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
-    batch, delay = serving(info)
-    batch = core.batch(min(batch, int(info["runtime"].get("max_batch") or batch)))
+    batch, delay = batch_within_export(info, core)
     inputs = [Tensor("input_ids", "int64", [-1], ragged=True), Tensor("max_tokens", "int32", [1])]
     config = new_config(name, batch, inputs, [Tensor("output_ids", "int64", [-1])], backend="python")
     dynamic_batching(config, delay)

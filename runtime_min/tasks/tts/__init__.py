@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
-from runtime_min.tasks import NIMBUILD, serving
+from runtime_min.tasks import NIMBUILD, batch_within_export
 
 HERE = Path(__file__).parent
 
@@ -28,8 +28,7 @@ def refuses(core) -> str | None:
 
 
 def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
-    batch, delay = serving(info)
-    batch = core.batch(min(batch, int(info["runtime"].get("max_batch") or batch)))
+    batch, delay = batch_within_export(info, core)
     inputs = [Tensor("tokens", "int64", [-1], ragged=True), Tensor("sample_rate", "int32", [1])]
     config = new_config(name, batch, inputs, [Tensor("audio", "float32", [-1])], backend="python")
     dynamic_batching(config, delay)
