@@ -47,8 +47,6 @@ def _wall(cmd: list[str], env: dict, repeats: int) -> float:
 
 
 def main() -> tuple[str, dict]:
-    from nimbuild.profiles.nim import read_profiles
-    from nimbuild.profiles.select import select_profile
     from nimbuild.profiles.system import system_from_dict
 
     tmp = Path(tempfile.mkdtemp())

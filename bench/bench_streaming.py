@@ -36,8 +36,6 @@ LEVELS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96)
 
 def _speech(root: Path, seconds: float, seed: int) -> np.ndarray:
     """espeak-ng sentences at 16 kHz, joined with 300 ms pauses, cut to `seconds`."""
-    import soundfile
-
     sys.path.insert(0, str(REPO / "scripts"))
     import make_asr_digits as trainer
 

@@ -15,11 +15,15 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles.manifest import Profile
 from nimbuild.profiles.system import System
 from nimbuild.progress import Reporter
+
+if TYPE_CHECKING:  # the deploy stack is imported when a profile is deployed, not at start
+    from runtime_min.deploy import Deployment
 
 log = logging.getLogger("runtime_min")
 DEFAULT_PORT = 8000
