@@ -59,6 +59,12 @@ class DecoderGraph:
         return logits[:, -1, :].astype(np.float32, copy=False), present
 
 
+def cache_names(prefix: str, layers: int) -> list[str]:
+    """`<prefix>.<layer>.key|value` for every layer, in the order layer_order sorts them: the flat
+    names the exported graphs give their caches (past_key_values, present, cross)."""
+    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+
 def layer_order(name: str) -> tuple[int, int]:
     """`<prefix>.<layer>.key|value` in layer order, key before value (the cache's flat layout)."""
     _, layer, kind = name.split(".")

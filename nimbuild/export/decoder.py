@@ -24,6 +24,7 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.parity import Comparison
+from nimbuild.generation import cache_names
 from nimbuild.recipe import DimRange
 from nimbuild.sources.hf import HFCheckpoint
 
@@ -45,11 +46,11 @@ class DecoderAdapter:
 
     @property
     def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        return cache_names("past_key_values", self.layers)
 
     @property
     def present_names(self) -> list[str]:
-        return [f"present.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        return cache_names("present", self.layers)
 
     @property
     def input_names(self) -> list[str]:

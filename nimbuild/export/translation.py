@@ -30,6 +30,7 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.decoder import first_difference
 from nimbuild.export.parity import Comparison
+from nimbuild.generation import cache_names
 from nimbuild.sources.hf import HFCheckpoint
 
 DECODER_GRAPH = "translation/decoder.onnx"
@@ -52,15 +53,15 @@ class TranslationAdapter:
 
     @property
     def cross_names(self) -> list[str]:
-        return [f"cross.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        return cache_names("cross", self.layers)
 
     @property
     def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        return cache_names("past_key_values", self.layers)
 
     @property
     def present_names(self) -> list[str]:
-        return ["present." + n[len("past_key_values."):] for n in self.past_names]
+        return cache_names("present", self.layers)
 
     @property
     def output_names(self) -> list[str]:  # the core graph's (the encoder's)
