@@ -35,21 +35,35 @@ class SamplingParams:
     ignore_eos: bool = False  # go on through end-of-sequence tokens, to max_tokens
 
 
+class CacheLayout:
+    """A KV-cache decoder graph's self-attention cache as its own inputs declare it: the flat
+    `past_key_values.<layer>.key|value` names in layer order, the `present.*` outputs that answer
+    them, and the heads, head size and dtype of an empty cache. Decoder-only (generation) and
+    encoder-decoder (seq2seq) graphs share it."""
+
+    def __init__(self, inputs):
+        by_name = {i.name: i for i in inputs}
+        self.past_names = sorted((n for n in by_name if n.startswith("past_key_values.")), key=layer_order)
+        self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
+        first = by_name[self.past_names[0]]
+        self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.dtype = np.float16 if "float16" in first.type else np.float32
+
+    def empty(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, self.heads, 0, self.head_dim), self.dtype) for _ in self.past_names]
+
+
 class DecoderGraph:
     """An onnxruntime session over a KV-cache decoder graph, with the graph's layout read from it."""
 
     def __init__(self, session):
         self.session = session
-        inputs = {i.name: i for i in session.get_inputs()}
-        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=layer_order)
-        self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
-        self.output_names = ["logits", *self.present_names]
-        first = inputs[self.past_names[0]]
-        self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
-        self.cache_dtype = np.float16 if "float16" in first.type else np.float32
+        self.cache = CacheLayout(session.get_inputs())
+        self.past_names = self.cache.past_names
+        self.output_names = ["logits", *self.cache.present_names]
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, self.heads, 0, self.head_dim), self.cache_dtype) for _ in self.past_names]
+        return self.cache.empty(batch)
 
     def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
             cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

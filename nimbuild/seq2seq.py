@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from nimbuild.generation import layer_order
+from nimbuild.generation import CacheLayout, layer_order
 
 
 class TranslationGraphs:
@@ -32,12 +32,9 @@ class TranslationGraphs:
 
     def __init__(self, encoder, decoder):
         self.encoder, self.decoder = encoder, decoder
-        names = [i.name for i in decoder.get_inputs()]
-        self.past_names = sorted((n for n in names if n.startswith("past_key_values.")), key=layer_order)
-        self.cross_names = sorted((n for n in names if n.startswith("cross.")), key=layer_order)
-        self.present_names = ["present." + n[len("past_key_values."):] for n in self.past_names]
-        first = next(i for i in decoder.get_inputs() if i.name == self.past_names[0])
-        self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.cache = CacheLayout(decoder.get_inputs())
+        self.cross_names = sorted((i.name for i in decoder.get_inputs() if i.name.startswith("cross.")), key=layer_order)
+        self.output_names = ["logits", *self.cache.present_names]
 
     def encode(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
         return list(self.encoder.run(self.cross_names, {"input_ids": ids, "attention_mask": mask}))
@@ -45,9 +42,9 @@ class TranslationGraphs:
     def step(self, tokens: np.ndarray, mask: np.ndarray, past: list[np.ndarray],
              cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """The next-token logits [B, vocab] (fp32) and the grown self-attention cache."""
-        feeds = {"input_ids": tokens, "encoder_attention_mask": mask, **dict(zip(self.past_names, past)),
+        feeds = {"input_ids": tokens, "encoder_attention_mask": mask, **dict(zip(self.cache.past_names, past)),
                  **dict(zip(self.cross_names, cross))}
-        logits, *present = self.decoder.run(["logits", *self.present_names], feeds)
+        logits, *present = self.decoder.run(self.output_names, feeds)
         return np.asarray(logits, dtype=np.float32)[:, -1, :], present
 
 
@@ -75,7 +72,7 @@ def greedy(graphs: TranslationGraphs, rows: list[list[int]], budgets: list[int],
     alive = np.array([i for i, b in enumerate(budgets) if b > 0], np.int64)
     if len(alive) < len(rows):
         cross, mask = [c[alive] for c in cross], mask[alive]
-    past = [np.zeros((len(alive), graphs.heads, 0, graphs.head_dim), np.float32) for _ in graphs.past_names]
+    past = graphs.cache.empty(len(alive))
     tokens = np.full((len(alive), 1), start, np.int64)
     banned_ids = np.asarray(banned, np.int64)
     while len(alive):
