@@ -48,6 +48,13 @@ class TranslationGraphs:
         return np.asarray(logits, dtype=np.float32)[:, -1, :], present
 
 
+def greedy_settings(runtime: dict) -> dict:
+    """greedy()'s special tokens from the export's `runtime` record (model_info.json): the parity
+    check and the served model both read them from there, so the build checks what is served."""
+    return dict(start=int(runtime["decoder_start_token_id"]), eos=int(runtime["eos_token_id"]),
+                pad=int(runtime["pad_token_id"]), banned=tuple(runtime["banned_token_ids"]))
+
+
 def padded(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded source ids and their mask, as Marian's tokenizer pads."""
     longest = max(len(r) for r in rows)

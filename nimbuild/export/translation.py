@@ -239,7 +239,7 @@ def export_graphs(adapter: TranslationAdapter, recipe, path: Path, run_exporter)
 def check_parity(adapter: TranslationAdapter, encoder_path: Path, tolerance, texts: list[str]) -> Comparison:
     """Tokens, greedy translations and per-step logits against MarianTokenizer and generate (module doc)."""
     from nimbuild.export import open_session
-    from nimbuild.seq2seq import TranslationGraphs, greedy
+    from nimbuild.seq2seq import TranslationGraphs, greedy, greedy_settings
     from nimbuild.translation_text import MarianText
 
     runtime = adapter.runtime_info
@@ -249,7 +249,7 @@ def check_parity(adapter: TranslationAdapter, encoder_path: Path, tolerance, tex
     budget = runtime["max_output_tokens"]
     comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
     problems, expected_all = [], []
-    settings = dict(start=adapter.start, eos=adapter.eos, pad=adapter.pad, banned=tuple(runtime["banned_token_ids"]))
+    settings = greedy_settings(runtime)
     for source, row in zip(texts, rows):
         expected, expected_logits = _generate(adapter, row, budget)
         expected_all.append(expected)

@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.seq2seq import TranslationGraphs, greedy  # noqa: E402
+from nimbuild.seq2seq import TranslationGraphs, greedy, greedy_settings  # noqa: E402
 
 
 class TritonPythonModel:
@@ -39,9 +39,7 @@ class TritonPythonModel:
         decoder = open_runner("onnxruntime", HERE / self.runtime["decoder"]).session
         self.graphs = TranslationGraphs(encoder, decoder)
         self.vocabulary = int(decoder.get_outputs()[0].shape[-1])
-        runtime = self.runtime
-        self.settings = dict(start=int(runtime["decoder_start_token_id"]), eos=int(runtime["eos_token_id"]),
-                             pad=int(runtime["pad_token_id"]), banned=tuple(runtime["banned_token_ids"]))
+        self.settings = greedy_settings(self.runtime)
 
     def execute(self, requests):
         rows, budgets, responses = [], [], [None] * len(requests)
