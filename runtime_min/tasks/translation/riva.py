@@ -16,7 +16,7 @@ UNAVAILABLE.
 from __future__ import annotations
 
 from nimbuild.translation_text import parse_dnt_phrases
-from runtime_min.grpc import NotFound, abort_on_errors
+from runtime_min.grpc import abort_on_errors
 from runtime_min.http import ServedModel, require_ready
 from runtime_min.tasks.translation.translate import TranslationError, Translator
 
@@ -48,8 +48,7 @@ def _servicer(model: ServedModel, triton, state: dict):
 
         async def ListSupportedLanguagePairs(self, request, context):
             async with abort_on_errors(context, ()):
-                if request.model and request.model != model.name:
-                    raise NotFound(f"model {request.model!r} is not served here; this server serves {model.name!r}")
+                translator.check_model(request.model)
                 pair = rnmt.AvailableLanguageResponse.LanguagePair(src_lang=[translator.source_language],
                                                                    tgt_lang=[translator.target_language])
                 return rnmt.AvailableLanguageResponse(languages={model.name: pair})

@@ -43,9 +43,13 @@ class Translator:
                    MarianText(model.workspace / "tokenizer"), int(runtime["max_source_tokens"]),
                    int(runtime["max_output_tokens"]))
 
-    def check(self, model: str, source: str, target: str) -> None:
+    def check_model(self, model: str) -> None:
+        """An empty model name asks for the served one, as Riva's clients send it."""
         if model and model != self.model_name:
             raise NotFound(f"model {model!r} is not served here; this server serves {self.model_name!r}")
+
+    def check(self, model: str, source: str, target: str) -> None:
+        self.check_model(model)
         if not (language_matches(source, self.source_language) and language_matches(target, self.target_language)):
             raise TranslationError(f"{source or '?'} -> {target or '?'} is not served; {self.model_name} translates "
                                    f"{self.source_language} -> {self.target_language}")
