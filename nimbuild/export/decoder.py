@@ -81,20 +81,30 @@ def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
             self.lm = lm
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = DynamicCache(config=self.lm.config)
-            for layer in range(layers):
-                cache.update(past[2 * layer], past[2 * layer + 1], layer)
+            cache = filled_cache(DynamicCache(config=self.lm.config), past)
             extra = {"logits_to_keep": 1} if keeps_last else {}
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           past_key_values=cache, use_cache=True, **extra)
-            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-            return (out.logits[:, -1:, :], *present)
+            return (out.logits[:, -1:, :], *flat_cache(out.past_key_values))
 
     return DecoderAdapter(
         task="text-generation", module=DecoderWithPast(model), model=model, layers=layers, kv_heads=kv_heads,
         head_dim=head_dim, vocab_size=int(config.vocab_size), eos_ids=eos_token_ids(checkpoint),
         runtime_info={},
     )
+
+
+def filled_cache(cache, flat):
+    """A transformers cache holding the graph's flat key, value, key, value... tensors (cache_names'
+    order), one layer per pair."""
+    for layer in range(len(flat) // 2):
+        cache.update(flat[2 * layer], flat[2 * layer + 1], layer)
+    return cache
+
+
+def flat_cache(cache) -> list:
+    """A transformers cache's tensors in the graph's flat order (filled_cache's inverse)."""
+    return [t for layer in cache.layers for t in (layer.keys, layer.values)]
 
 
 def eos_token_ids(checkpoint: HFCheckpoint) -> list[int]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
-from nimbuild.export.decoder import first_difference
+from nimbuild.export.decoder import filled_cache, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.generation import cache_names
 from nimbuild.sources.hf import HFCheckpoint
@@ -182,11 +182,7 @@ def decoder_module(adapter: TranslationAdapter):
 
         def forward(self, input_ids, encoder_attention_mask, *kv):
             past, cross = kv[:2 * layers], kv[2 * layers:]
-            self_cache, cross_cache = DynamicCache(), DynamicCache()
-            for i in range(layers):
-                self_cache.update(past[2 * i], past[2 * i + 1], i)
-                cross_cache.update(cross[2 * i], cross[2 * i + 1], i)
-            cache = EncoderDecoderCache(self_cache, cross_cache)
+            cache = EncoderDecoderCache(filled_cache(DynamicCache(), past), filled_cache(DynamicCache(), cross))
             cache.is_updated = {i: True for i in range(layers)}  # cross keys and values come in: reuse them
             key = cross[0]
             # the decoder reads only the shape of the encoder's states once the cross cache is given
@@ -195,8 +191,7 @@ def decoder_module(adapter: TranslationAdapter):
                                            encoder_attention_mask=encoder_attention_mask, past_key_values=cache,
                                            use_cache=True)
             logits = self.model.lm_head(out.last_hidden_state[:, -1:, :]) + self.model.final_logits_bias
-            present = [t for layer in out.past_key_values.self_attention_cache.layers for t in (layer.keys, layer.values)]
-            return (logits, *present)
+            return (logits, *flat_cache(out.past_key_values.self_attention_cache))
 
     return DecoderWithPast()
 
