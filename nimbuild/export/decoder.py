@@ -32,8 +32,20 @@ PROMPT_SEED = 20240611
 GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
+class CacheNames:
+    """A KV-cache decoder graph's flat cache names, for an adapter with `layers` decoder layers."""
+
+    @property
+    def past_names(self) -> list[str]:
+        return cache_names("past_key_values", self.layers)
+
+    @property
+    def present_names(self) -> list[str]:
+        return cache_names("present", self.layers)
+
+
 @dataclass
-class DecoderAdapter:
+class DecoderAdapter(CacheNames):
     task: str
     module: Any  # forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present)
     model: Any  # the transformers model, for generate()
@@ -43,14 +55,6 @@ class DecoderAdapter:
     vocab_size: int
     eos_ids: list[int]
     runtime_info: dict[str, Any]
-
-    @property
-    def past_names(self) -> list[str]:
-        return cache_names("past_key_values", self.layers)
-
-    @property
-    def present_names(self) -> list[str]:
-        return cache_names("present", self.layers)
 
     @property
     def input_names(self) -> list[str]:

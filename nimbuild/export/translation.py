@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
-from nimbuild.export.decoder import filled_cache, first_difference, flat_cache
+from nimbuild.export.decoder import CacheNames, filled_cache, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.generation import cache_names
 from nimbuild.sources.hf import HFCheckpoint
@@ -38,7 +38,7 @@ ENCODER_INPUTS = ["input_ids", "attention_mask"]
 
 
 @dataclass
-class TranslationAdapter:
+class TranslationAdapter(CacheNames):
     model: Any  # the transformers model, for generate()
     tokenizer: Any  # its MarianTokenizer
     layers: int
@@ -54,14 +54,6 @@ class TranslationAdapter:
     @property
     def cross_names(self) -> list[str]:
         return cache_names("cross", self.layers)
-
-    @property
-    def past_names(self) -> list[str]:
-        return cache_names("past_key_values", self.layers)
-
-    @property
-    def present_names(self) -> list[str]:
-        return cache_names("present", self.layers)
 
     @property
     def output_names(self) -> list[str]:  # the core graph's (the encoder's)
