@@ -227,11 +227,15 @@ class Generator:
         return bool(self.waiting or self.running)
 
     def cancel(self, predicate: Callable[[Sequence], bool]) -> list[Sequence]:
-        """Drop sequences (a client went away) without producing anything for them."""
-        dropped = [s for s in self.waiting + self.running if predicate(s)]
-        self.waiting = [s for s in self.waiting if not predicate(s)]
-        self._keep([i for i, s in enumerate(self.running) if not predicate(s)])
-        return dropped
+        """Drop sequences (a client went away) without producing anything for them, and return
+        them. `predicate` is asked once per sequence: its answer can change between two asks (a
+        client hanging up meanwhile), and a sequence dropped but not returned would never get its
+        final response, so Triton would hold its request until shutdown and then wait on it."""
+        waiting = [(s, predicate(s)) for s in self.waiting]
+        running = [(s, predicate(s)) for s in self.running]
+        self.waiting = [s for s, gone in waiting if not gone]
+        self._keep([i for i, (_, gone) in enumerate(running) if not gone])
+        return [s for s, gone in waiting + running if gone]
 
     def step(self) -> list[Event]:
         events: list[Event] = []

@@ -127,6 +127,27 @@ def test_batched_generation_with_staggered_arrivals_equals_one_at_a_time(llama_g
     assert all(s.finish_reason in ("stop", "length") for s in sequences)
 
 
+def test_a_sequence_whose_client_hangs_up_while_it_is_cancelled_is_returned_not_lost(llama_graph):
+    from nimbuild.generation import Generator, SamplingParams, Sequence
+
+    graph, _ = llama_graph
+    generator = Generator(graph, max_batch=2, max_context=256)
+    running, waiting = Sequence([5, 6, 7], SamplingParams(max_tokens=12)), Sequence([8], SamplingParams(max_tokens=12))
+    generator.add(running)
+    generator.step()  # prefilled: now running
+    generator.add(waiting)
+    asked = {}
+
+    def hung_up(sequence) -> bool:  # "not cancelled" the first time, "cancelled" ever after
+        asked[id(sequence)] = asked.get(id(sequence), 0) + 1
+        return asked[id(sequence)] > 1
+
+    assert generator.cancel(hung_up) == [] and generator.busy, "asked once each: neither had hung up yet"
+    dropped = generator.cancel(hung_up)
+    assert dropped == [waiting, running] and not generator.busy, "every sequence dropped is handed back for its final response"
+    assert generator.step() == []
+
+
 def test_ignore_eos_generates_through_end_of_sequence_to_max_tokens(llama_graph):
     from nimbuild.generation import Generator, SamplingParams, Sequence, greedy
 
