@@ -174,13 +174,18 @@ class BlobCache:
         import shutil
 
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.unlink(missing_ok=True)
+        # a name of this process's own: pods sharing one cache place the same workspace at once,
+        # and with one shared name a second placer's unlink took the first's link from under it
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
-            os.link(self.path(digest), tmp)
-        except OSError:
-            shutil.copyfile(self.path(digest), tmp)
-        os.replace(tmp, dest)
+            try:
+                os.link(self.path(digest), tmp)
+            except OSError:
+                shutil.copyfile(self.path(digest), tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a copy cut short never stays behind
+            raise
 
 
 def _hash_into(hasher, path: Path) -> None:
