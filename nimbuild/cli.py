@@ -374,15 +374,15 @@ def registry_ls(uri: str, fmt: str) -> None:
 @click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
 @click.option("--registry", default=None, help="Fetch the selected profile from this registry.")
-@click.option("--host", default=None, help="Address for the HTTP API (default $NIM_HTTP_API_HOST, else 0.0.0.0).")
-@click.option("--port", type=int, default=None, help="HTTP API port (default $NIM_HTTP_API_PORT, else 8000).")
+@click.option("--host", default=None, help="Address for the HTTP and gRPC APIs (default $NIM_HTTP_API_HOST, "
+                                           "else 0.0.0.0).")
+@click.option("--port", type=int, default=None, help="HTTP API port (default $NIM_HTTP_API_PORT, else "
+                                                     "$NIM_SERVER_PORT, else 8000).")
 def serve_cmd(manifest: Path | None, registry: str | None, host: str | None, port: int | None) -> None:
     """Serve the profile this machine would run through Triton (same as python -m runtime_min serve)."""
-    import os
-
     from runtime_min.cli import run_serve
 
-    sys.exit(run_serve(manifest, registry, host or os.environ.get("NIM_HTTP_API_HOST", "0.0.0.0"), port))
+    sys.exit(run_serve(manifest, registry, host, port))
 
 
 @main.command("create-model-store")
@@ -414,11 +414,11 @@ def _select(manifest: Path | None):
     """Read the manifest and the system, and run the one selection function."""
     import os
 
-    from nimbuild.profiles.nim import read_profiles
+    from nimbuild.profiles.nim import manifest_path, read_profiles
     from nimbuild.profiles.select import select_profile
     from nimbuild.profiles.system import detect_system
 
-    path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
+    path = manifest_path(manifest)
     read = read_profiles(path)
     system = detect_system()
     selection = select_profile(read.profiles, system, os.environ)
@@ -479,17 +479,32 @@ def profiles_select(manifest: Path | None, fmt: str) -> None:
 @_manifest_option
 @click.option("--format", "fmt", type=click.Choice(["nim-v2"]), default="nim-v2", show_default=True,
               help="The manifest shape to write.")
+@click.option("--release", "releases", multiple=True, metavar="MODEL:RELEASE",
+              help="Export this published release (repeatable) as --registry holds it, its files named by their "
+                   "URIs there: the manifest an image bakes (make image), instead of -m's.")
+@click.option("--registry", default=None, help="The registry the releases are published in (with --release).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write here (atomically) instead of standard output.")
-def profiles_export(manifest: Path | None, fmt: str, out: Path | None) -> None:
-    """Write the manifest as a NIM v2 model_manifest.yaml (per-file uri and checksum) that NIM's readers take."""
-    import os
-
+def profiles_export(manifest: Path | None, fmt: str, releases: tuple[str, ...], registry: str | None,
+                    out: Path | None) -> None:
+    """Write the manifest as a NIM v2 model_manifest.yaml (per-file uri and checksum) that NIM's readers
+    and the NIM Operator take; warn, naming them, of profiles the operator could never match."""
     from nimbuild.fsutil import atomic_write_text
-    from nimbuild.profiles.nim import nim_v2_text, read_profiles
+    from nimbuild.profiles.nim import go_regexp_refusals, manifest_path, nim_v2_text, read_profiles
 
-    path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
-    text = nim_v2_text(read_profiles(path).profiles)
+    if bool(releases) != bool(registry):
+        raise NimbuildError("--release and --registry go together: the releases, and where they are published")
+    if releases and manifest:
+        raise NimbuildError("export either -m MANIFEST or published --release ...; not both")
+    if releases:
+        from nimbuild.registry import published_profiles
+
+        profiles = [p for ref in releases for p in published_profiles(ref, registry)]
+    else:
+        profiles = read_profiles(manifest_path(manifest)).profiles
+    for line in go_regexp_refusals(profiles):
+        click.echo(f"warning: {line}", err=True)
+    text = nim_v2_text(profiles)
     if out:
         atomic_write_text(out, text)
         click.echo(f"wrote {out}")

@@ -53,6 +53,17 @@ class ManifestRead:
         return f"{FORMATS[self.format]}{extra}"
 
 
+MANIFEST_ENV = "NIM_MANIFEST_PATH"
+
+
+def manifest_path(given: Path | None) -> Path:
+    """The manifest a command reads: the one given, else $NIM_MANIFEST_PATH (what a NIM image
+    sets to its baked model_manifest.yaml), else ./profiles.yaml."""
+    import os
+
+    return given or Path(os.environ.get(MANIFEST_ENV) or "profiles.yaml")
+
+
 def read_profiles(path: str | Path) -> ManifestRead:
     """Profiles from a manifest of any supported shape, and the shape's name."""
     return parse_profiles(read_user_text(path, "manifest", ManifestError), str(path))
@@ -153,6 +164,29 @@ def _nim_files(workspace: Any, where: str) -> dict[str, WorkspaceFile]:
                 raise ManifestError(f"{where}: workspace file {rel!r} has size {size!r}; expected a whole number of bytes")
             files[str(rel)] = WorkspaceFile(str(f["uri"]), digest, size)
     return files
+
+
+def go_regexp_refusals(profiles: list[Profile]) -> list[str]:
+    """One line for each profile whose `product_name_regex` RE2 cannot compile. nimbuild's selection
+    takes it as a Python regular expression (look-aheads included); the NIM Operator matches it with
+    Go's regexp, which is RE2 (internal/nimparser/v1 and v2, nimparser.go: matchesRegex ignores the
+    compile error), so there the profile silently never matches a GPU. Checked with Google's RE2."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 otherwise writes each refusal to stderr itself
+    lines = []
+    for p in profiles:
+        pattern = p.tags.get("product_name_regex")
+        if not pattern:
+            continue
+        try:
+            re2.compile(pattern, options=options)
+        except re2.error as e:
+            reason = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            lines.append(f"profile {p.id} ({p.description}): product_name_regex {pattern!r} is not RE2 syntax "
+                         f"({reason}); the NIM Operator, which matches it with Go's regexp, never selects it")
+    return lines
 
 
 def nim_v2_text(profiles: list[Profile]) -> str:

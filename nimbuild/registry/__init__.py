@@ -56,6 +56,29 @@ def open_store(uri: str, create: bool = False):
     return LayoutStore(path, create=create)
 
 
+REGISTRY_ENV = "NIMBUILD_REGISTRY"  # the registry to fetch from where no command line names one
+
+
+def registry_of(profile: Profile) -> str | None:
+    """The registry a profile's files name, or None for files named relative to their manifest (a
+    compile's output). The registry's copy of profiles.yaml, and a NIM v2 export of it, name each
+    file `<registry>/<model>@sha256:...` (NGC: `<registry>/<model>:<version>/<path>`)."""
+    bases = set()
+    for rel, f in profile.files.items():
+        if "://" not in f.uri:
+            return None
+        marker = f"/{profile.model}:" if f.uri.startswith("ngc://") else f"/{profile.model}@"
+        base, sep, _ = f.uri.rpartition(marker)
+        if not sep or not base:
+            raise RegistryError(f"{profile.description}/{rel}: {f.uri} names no registry "
+                                f"(expected <registry>{marker}...)")
+        bases.add(base)
+    if len(bases) > 1:
+        raise RegistryError(f"profile {profile.description}: its files name {len(bases)} registries "
+                            f"({', '.join(sorted(bases))}); give one with --registry or ${REGISTRY_ENV}")
+    return bases.pop() if bases else None
+
+
 def parse_ref(ref: str) -> tuple[str, str]:
     model, sep, release = ref.partition(":")
     if not sep or not model or not release:
@@ -189,13 +212,7 @@ def pull(ref: str, uri: str, reporter: Reporter, dest: Path | None = None, profi
         if hasattr(store, "pull_release"):
             return store.pull_release(model, release, reporter, dest, profile, select, cache, report)
         repo = store.repo(model)
-        index_body = store.get_manifest(repo, release)
-        if index_body is None:
-            known = ", ".join(t for t in store.tags(repo) if not _is_profile_tag(t)) or "none"
-            raise RegistryError(f"{ref} not found in {store.uri} (releases of {model}: {known})")
-        index = art.parse_json(index_body, f"{ref} index")
-        entries = [art.Descriptor.from_dict(m) for m in index.get("manifests") or []]
-        profiles = _registry_profiles(store, repo, ref, entries, cache)
+        entries, profiles = _release(store, repo, ref, cache)
         chosen = choose(profiles, profile, select)
         for p in chosen:
             _check_profile_layers(store, repo, p, entries)
@@ -206,6 +223,32 @@ def pull(ref: str, uri: str, reporter: Reporter, dest: Path | None = None, profi
         return report
     finally:
         store.close()
+
+
+def published_profiles(ref: str, uri: str, cache: BlobCache | None = None) -> list[Profile]:
+    """A published release's profiles as the registry's copy of profiles.yaml names them: each file
+    by its URI in that registry. What an image bakes as its manifest, so that download-to-cache,
+    given no registry (as the NIM Operator's caching Job gives none), fetches from the one named."""
+    model, release = parse_ref(ref)
+    store = open_store(uri)
+    try:
+        if hasattr(store, "release_profiles"):
+            return store.release_profiles(model, release)
+        return _release(store, store.repo(model), ref, cache or BlobCache())[1]
+    finally:
+        store.close()
+
+
+def _release(store, repo: str, ref: str, cache: BlobCache) -> tuple[list, list[Profile]]:
+    """(the release index's entries, the profiles its profiles.yaml lists)."""
+    model, release = parse_ref(ref)
+    index_body = store.get_manifest(repo, release)
+    if index_body is None:
+        known = ", ".join(t for t in store.tags(repo) if not _is_profile_tag(t)) or "none"
+        raise RegistryError(f"{ref} not found in {store.uri} (releases of {model}: {known})")
+    index = art.parse_json(index_body, f"{ref} index")
+    entries = [art.Descriptor.from_dict(m) for m in index.get("manifests") or []]
+    return entries, _registry_profiles(store, repo, ref, entries, cache)
 
 
 def _is_profile_tag(tag: str) -> bool:

@@ -129,10 +129,7 @@ class NgcStore:
         from nimbuild.registry import _materialise, choose
 
         with tempfile.TemporaryDirectory(prefix="nimbuild-ngc-") as tmp:
-            if not self._exists(model, release):
-                raise RegistryError(f"{model}:{release} not found in {self.uri}")
-            text = _read_manifest_text(self._download(model, release, Path(tmp) / "release"))
-            profiles = parse_manifest(text, f"{self.uri}/{model}:{release}").profiles
+            profiles = self._release_profiles(model, release, Path(tmp))
             chosen = choose(profiles, profile, select)
             for p in chosen:
                 if all(cache.verified(f.digest, f.size) for f in p.files.values()):
@@ -149,6 +146,17 @@ class NgcStore:
             _materialise(chosen, cache, dest)
             report.profiles, report.dest = chosen, dest
             return report
+
+    def release_profiles(self, model: str, release: str) -> list[Profile]:
+        """The release's profiles.yaml as published (file URIs into this registry)."""
+        with tempfile.TemporaryDirectory(prefix="nimbuild-ngc-") as tmp:
+            return self._release_profiles(model, release, Path(tmp))
+
+    def _release_profiles(self, model: str, release: str, tmp: Path) -> list[Profile]:
+        if not self._exists(model, release):
+            raise RegistryError(f"{model}:{release} not found in {self.uri}")
+        text = _read_manifest_text(self._download(model, release, tmp / "release"))
+        return parse_manifest(text, f"{self.uri}/{model}:{release}").profiles
 
     def tags(self, repo: str) -> list[str]:
         raise RegistryError(f"{self.uri}: listing is not supported for NGC; use the NGC web UI or CLI")
