@@ -1,39 +1,47 @@
-"""`python -m runtime_min serve | create-model-store | download-to-cache | list-model-profiles` (NIM's
-commands; serve and create-model-store also as `nimbuild serve` and `nimbuild create-model-store`)."""
+"""NIM's commands: `serve`, `create-model-store`, `download-to-cache` and `list-model-profiles`, as
+`runtime_min <command>` (also `python -m runtime_min`) and as executables of their own on PATH, which
+is how the NIM Operator's Jobs call them (`download-to-cache --profiles ID ID...`). serve and
+create-model-store are also `nimbuild serve` and `nimbuild create-model-store`.
+
+The registry a profile comes from is, in order: `--registry`, $NIMBUILD_REGISTRY, or the registry its
+files' URIs name (a manifest baked into an image from a published release names it).
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from nimbuild.errors import NimbuildError
+from nimbuild.profiles.nim import manifest_path
+
+MANIFEST_HELP = "Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml)."
+REGISTRY_HELP = ("Registry to fetch from (directory, oci://, ngc://); default: $NIMBUILD_REGISTRY, else the "
+                 "registry the manifest's file URIs name.")
 
 
 def serve_options(command):
     command = click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                           help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")(command)
-    command = click.option("--registry", default=None,
-                           help="Fetch the selected profile from this registry (directory, oci://, ngc://) "
-                                "instead of the files next to the manifest.")(command)
-    command = click.option("--host", default=os.environ.get("NIM_HTTP_API_HOST", "0.0.0.0"), show_default=True,
-                           help="Address for the HTTP API (Triton itself listens on loopback only).")(command)
+                           help=MANIFEST_HELP)(command)
+    command = click.option("--registry", default=None, help=REGISTRY_HELP)(command)
+    command = click.option("--host", default=None,
+                           help="Address for the HTTP and gRPC APIs (default: $NIM_HTTP_API_HOST, else 0.0.0.0; "
+                                "Triton itself listens on loopback only).")(command)
     return click.option("--port", type=int, default=None,
-                        help="HTTP API port (default: $NIM_HTTP_API_PORT, else 8000).")(command)
+                        help="HTTP API port (default: $NIM_HTTP_API_PORT, else $NIM_SERVER_PORT, else 8000).")(command)
 
 
-def run_serve(manifest: Path | None, registry: str | None, host: str, port: int | None) -> int:
+def run_serve(manifest: Path | None, registry: str | None, host: str | None, port: int | None) -> int:
     from nimbuild.registry.cache import default_cache_root
-    from runtime_min.service import DEFAULT_PORT, serve
+    from runtime_min.service import serve
+    from runtime_min.settings import configure_logging, from_env
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
-    manifest = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
-    port = port or int(os.environ.get("NIM_HTTP_API_PORT") or DEFAULT_PORT)
-    return serve(manifest, registry, host, port, default_cache_root())
+    settings = from_env(host=host, port=port)
+    configure_logging(settings)
+    return serve(manifest_path(manifest), registry, settings, default_cache_root())
 
 
 def store_options(command):
@@ -42,9 +50,8 @@ def store_options(command):
     command = click.option("--model-store", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
                            help="Directory to write the Triton model repository into.")(command)
     command = click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                           help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")(command)
-    command = click.option("--registry", default=None,
-                           help="Fetch the profile from this registry instead of the files next to the manifest.")(command)
+                           help=MANIFEST_HELP)(command)
+    command = click.option("--registry", default=None, help=REGISTRY_HELP)(command)
     return click.option("--triton-backends", "backends", default=None,
                         help="Write for a Triton with these backends (comma-separated, e.g. python,onnxruntime,tensorrt "
                              "for NGC's Triton container); default: the tritonserver found here.")(command)
@@ -57,27 +64,46 @@ def run_create_model_store(profile: str, store: Path, manifest: Path | None, reg
     from runtime_min.service import create_model_store
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    manifest = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
     wanted = {b.strip() for b in backends.split(",") if b.strip()} if backends else None
-    deployment = create_model_store(manifest, profile, store, registry, default_cache_root(), wanted)
+    deployment = create_model_store(manifest_path(manifest), profile, store, registry, default_cache_root(), wanted)
     return (f"wrote {len(deployment.models)} model(s) to {store}: {', '.join(deployment.models)} "
             f"(core: {deployment.core.describe()})")
+
+
+class _ProfilesTakeMany(click.Command):
+    """`--profiles A B C` as the NIM Operator's caching Job passes it (one option, several values,
+    up to the next option), read as `--profile A --profile B --profile C`; click options take one."""
+
+    def parse_args(self, ctx, args):
+        rewritten, taking = [], False
+        for arg in args:
+            if arg == "--profiles":
+                taking = True
+                continue
+            if taking and not arg.startswith("-"):
+                rewritten += ["--profile", arg]
+                continue
+            taking = False
+            rewritten.append(arg)
+        return super().parse_args(ctx, rewritten)
+
+
+def _one_line_errors(run) -> int:
+    from runtime_min.settings import report_error
+
+    try:
+        return run()
+    except NimbuildError as e:
+        report_error(str(e))
+        return e.exit_code
+    except Exception as e:  # Triton failing to start, a port in use: one line, non-zero
+        report_error(f"{type(e).__name__}: {e}")
+        return 1
 
 
 @click.group()
 def main() -> None:
     """The minimal NIM-style runtime."""
-
-
-def _one_line_errors(run) -> int:
-    try:
-        return run()
-    except NimbuildError as e:
-        click.echo(f"error: {e}", err=True)
-        return e.exit_code
-    except Exception as e:  # Triton failing to start, a port in use: one line, non-zero
-        click.echo(f"error: {type(e).__name__}: {e}", err=True)
-        return 1
 
 
 @main.command("serve")
@@ -98,13 +124,13 @@ def create_model_store_cmd(profile, store, manifest, registry, backends) -> None
     sys.exit(_one_line_errors(run))
 
 
-@main.command("download-to-cache")
+@main.command("download-to-cache", cls=_ProfilesTakeMany)
 @click.option("--manifest-file", "--manifest", "-m", "manifest", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
-@click.option("--registry", default=None, help="Registry to download from (directory, oci://, ngc://).")
+              default=None, help=MANIFEST_HELP)
+@click.option("--registry", default=None, help=REGISTRY_HELP)
 @click.option("--profile", "-p", "profiles", multiple=True,
-              help="Profile id, unique id prefix or description; repeat for several (default: the one this "
-                   "machine would run).")
+              help="Profile id, unique id prefix or description; repeat for several, or give several after one "
+                   "--profiles (default: the one this machine would run).")
 @click.option("--all", "everything", is_flag=True, help="Every profile of the manifest.")
 def download_to_cache_cmd(manifest, registry, profiles, everything) -> None:
     """Fetch profiles into NIM_CACHE_PATH (verified, resumable), so that serve starts with no registry."""
@@ -115,8 +141,8 @@ def download_to_cache_cmd(manifest, registry, profiles, everything) -> None:
         if everything and profiles:
             raise NimbuildError("--all and --profile choose in different ways; give one")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        path = manifest or Path(os.environ.get("NIM_MANIFEST_PATH") or "profiles.yaml")
-        for profile, workspace, cached in download_to_cache(path, registry, default_cache_root(), list(profiles), everything):
+        fetched = download_to_cache(manifest_path(manifest), registry, default_cache_root(), list(profiles), everything)
+        for profile, workspace, cached in fetched:
             state = "already in the cache" if cached else "downloaded"
             click.echo(f"{profile.id} ({profile.description}): {state}, {workspace}")
         return 0
@@ -131,3 +157,16 @@ def list_model_profiles_cmd(ctx) -> None:
     from nimbuild.cli import list_model_profiles_main
 
     list_model_profiles_main.main(args=ctx.args, prog_name="list-model-profiles")
+
+
+def command_main(name: str):
+    """The entry point of one command as an executable of its own (pyproject's console scripts)."""
+    def run() -> None:
+        main.commands[name].main(args=sys.argv[1:], prog_name=name)
+
+    return run
+
+
+download_to_cache_main = command_main("download-to-cache")
+create_model_store_main = command_main("create-model-store")
+list_model_profiles_main = command_main("list-model-profiles")

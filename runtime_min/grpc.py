@@ -1,6 +1,7 @@
-"""The gRPC front end (`NIM_GRPC_API_PORT`, default 50051; loopback unless `NIM_GRPC_API_HOST` says
-otherwise): the standard `grpc.health.v1` service, SERVING while Triton is ready, and whatever
-servicers the task adds (Riva's, for speech). It knows no task.
+"""The gRPC front end (`NIM_GRPC_API_PORT`, default 50051, on the HTTP API's address unless
+`NIM_GRPC_API_HOST` says otherwise; runtime_min.settings): the standard `grpc.health.v1` service,
+SERVING while Triton is ready, and whatever servicers the task adds (Riva's, for speech). It knows
+no task.
 
 It runs on grpc.aio in the HTTP server's event loop (started and stopped by the app's lifespan),
 so the task's servicers share the HTTP routes' Triton clients. The servicer classes and messages
@@ -11,22 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Callable
 
 log = logging.getLogger("runtime_min")
-DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 << 20  # a minute of 48 kHz stereo PCM fits; Riva's clients default to 64 MiB
-
-
-def grpc_address() -> tuple[str, int]:
-    host = os.environ.get("NIM_GRPC_API_HOST") or "127.0.0.1"
-    port = os.environ.get("NIM_GRPC_API_PORT") or str(DEFAULT_PORT)
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        from nimbuild.errors import NimbuildError
-
-        raise NimbuildError(f"NIM_GRPC_API_PORT={port!r}: expected a port number")
-    return host, int(port)
 
 
 class GrpcFrontEnd:
@@ -41,7 +30,9 @@ class GrpcFrontEnd:
         import grpc
         from riva.client.proto import health_pb2_grpc
 
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        interceptors = [in_flight_interceptor(state["in_flight"])] if "in_flight" in state else []
+        self.server = grpc.aio.server(interceptors=interceptors,
+                                      options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         health_pb2_grpc.add_HealthServicer_to_server(_health_servicer(self.triton), self.server)
         self.add_servicers(self.server, state)
@@ -58,6 +49,57 @@ class GrpcFrontEnd:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=5)
+
+
+def in_flight_interceptor(gauge):
+    """A server interceptor counting the task's calls in `gauge` while they run (a stream until it
+    ends); the health service's are not the task's work. Built here so grpc is imported only when a
+    gRPC front end starts."""
+    import inspect
+
+    import grpc
+
+    def counted(behavior, streams_out: bool):
+        if streams_out:
+            async def stream(request, context):
+                gauge.inc()
+                try:
+                    result = behavior(request, context)
+                    if inspect.isasyncgen(result):
+                        async for response in result:
+                            yield response
+                    else:  # a handler that writes with context.write and returns nothing
+                        await result
+                finally:
+                    gauge.dec()
+            return stream
+
+        async def unary(request, context):
+            gauge.inc()
+            try:
+                return await behavior(request, context)
+            finally:
+                gauge.dec()
+        return unary
+
+    wrappers = {"unary_unary": grpc.unary_unary_rpc_method_handler, "unary_stream": grpc.unary_stream_rpc_method_handler,
+                "stream_unary": grpc.stream_unary_rpc_method_handler,
+                "stream_stream": grpc.stream_stream_rpc_method_handler}
+
+    class InFlight(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation, details):
+            handler = await continuation(details)
+            if handler is None or details.method.startswith("/grpc.health."):
+                return handler
+            for kind, make in wrappers.items():
+                behavior = getattr(handler, kind)
+                if behavior is not None:
+                    return make(counted(behavior, kind.endswith("_stream")),
+                                request_deserializer=handler.request_deserializer,
+                                response_serializer=handler.response_serializer)
+            return handler
+
+    return InFlight()
 
 
 class NotFound(Exception):

@@ -90,6 +90,14 @@ class Metrics:
                                  buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=self.registry)
         self.ready = Gauge("nimbuild_triton_ready", "1 when Triton reports the model ready", registry=self.registry)
         self.restarts = Gauge("nimbuild_triton_restarts", "Times Triton was restarted", registry=self.registry)
+        # What a HorizontalPodAutoscaler scales on (nimbuild k8s renders one): NIM for LLMs' name for
+        # it, so a Prometheus Adapter rule written for NIMs reads it unchanged
+        self.in_flight = Gauge("num_requests_running", "Task requests being served now (HTTP and gRPC; "
+                               "health, models and metrics not counted)", registry=self.registry)
+
+
+# paths that are not the task's work: probes and scrapes must not look like load
+UNCOUNTED = ("/v1/health/", "/v1/metrics", "/v1/models")
 
 
 # Triton's gRPC channel: messages of any size (tritonclient's default), and reconnection within a
@@ -117,6 +125,7 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
     async def lifespan(app):
         import tritonclient.grpc.aio as triton_grpc
 
+        state["in_flight"] = metrics.in_flight  # the gRPC front end counts its calls in it too
         state["http"] = httpx.AsyncClient(timeout=5.0)
         state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}", channel_args=GRPC_CHANNEL)
         for front_end in front_ends or []:
@@ -213,6 +222,7 @@ class _Observe:
                 scope, receive, send)
         start = time.perf_counter()
         received = 0
+        counted = not endpoint.startswith(UNCOUNTED)
 
         async def limited():
             # the one limit for every body: counted as it arrives, so a chunked one is held to it too
@@ -230,7 +240,13 @@ class _Observe:
                 self.metrics.requests.labels(endpoint, str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, limited, observed)
+        if not counted:
+            return await self.app(scope, limited, observed)
+        self.metrics.in_flight.inc()
+        try:  # until the whole response is sent: a streamed completion is in flight while it streams
+            await self.app(scope, limited, observed)
+        finally:
+            self.metrics.in_flight.dec()
 
 
 def _error(error: ApiError) -> JSONResponse:

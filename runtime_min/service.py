@@ -24,19 +24,38 @@ from nimbuild.progress import Reporter
 
 if TYPE_CHECKING:  # the deploy stack is imported when a profile is deployed, not at start
     from runtime_min.deploy import Deployment
+    from runtime_min.settings import Settings
 
 log = logging.getLogger("runtime_min")
-DEFAULT_PORT = 8000
 
 
-def select(manifest: Path) -> tuple[Profile, System]:
+def manifest_profiles(manifest: Path, cache_root: Path) -> tuple[list[Profile], dict[str, Path]]:
+    """The manifest's profiles, then those earlier starts built into the cache (runtime_min.local_cache),
+    and for each id the manifest its files are named relative to. A local manifest that cannot be
+    read is left out with one line: it must not stop the image's own profiles from serving."""
     from nimbuild.profiles.nim import read_profiles
-    from nimbuild.profiles.select import select_profile
-    from nimbuild.profiles.system import detect_system
+    from runtime_min.local_cache import built_profiles, local_manifest
 
     read = read_profiles(manifest)
     log.info("Manifest: %s (%s)", manifest, read.describe())
-    profiles = read.profiles
+    origins = {p.id: manifest for p in read.profiles}
+    try:
+        built = [p for p in built_profiles(cache_root) if p.id not in origins]
+    except NimbuildError as e:
+        log.warning("Ignoring the profiles built into the cache: %s", e)
+        built = []
+    if built:
+        log.info("Built on earlier starts: %s (%s)", ", ".join(p.description for p in built), local_manifest(cache_root))
+    origins.update({p.id: local_manifest(cache_root) for p in built})
+    return read.profiles + built, origins
+
+
+def select(manifest: Path, cache_root: Path) -> tuple[Profile, System, Path]:
+    """(the profile, the system, the manifest its files are named relative to)."""
+    from nimbuild.profiles.select import select_profile
+    from nimbuild.profiles.system import detect_system
+
+    profiles, origins = manifest_profiles(manifest, cache_root)
     system = detect_system()
     gpus = ", ".join(f"{g.name} ({g.compute_capability})" for g in system.gpus) or "no GPU"
     log.info("Detected system: %s", gpus)
@@ -47,7 +66,7 @@ def select(manifest: Path) -> tuple[Profile, System]:
     log.info("Selected profile: %s (%s)", profile.id, profile.description)
     for key, value in profile.tags.items():
         log.info("Profile metadata: %s: %s", key, value)
-    return profile, system
+    return profile, system, origins[profile.id]
 
 
 def check_runnable(profile: Profile, servers: list, chosen: tuple | None = None) -> None:
@@ -94,6 +113,15 @@ def cached_workspace(profile: Profile, cache_root: Path) -> Path | None:
     return workspace
 
 
+def registry_for(profile: Profile, given: str | None) -> str | None:
+    """Where the profile is fetched from: the one given, else $NIMBUILD_REGISTRY, else the registry
+    its files' URIs name (a manifest baked into an image from a published release names it, which
+    is all a NIM Operator caching Job has: it passes no registry)."""
+    from nimbuild.registry import REGISTRY_ENV, registry_of
+
+    return given or os.environ.get(REGISTRY_ENV) or registry_of(profile)
+
+
 def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Path) -> Path:
     """The profile's workspace, verified: from the cache when every file is there (no registry is
     contacted), else pulled through the cache, else checked where the manifest points."""
@@ -101,7 +129,9 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
     if cached is not None:
         log.info("Profile %s found in the cache %s; nothing to download", profile.description, cache_root)
         return cached
+    registry = registry_for(profile, registry)
     if registry:
+        _require_writable(profile, cache_root)
         return _pull(profile, registry, cache_root)
     from nimbuild.registry.cache import Stamps
 
@@ -119,6 +149,13 @@ def fetch(profile: Profile, manifest: Path, registry: str | None, cache_root: Pa
     if len(roots) != 1:
         raise NimbuildError(f"profile {profile.description}: its files are not in one workspace directory")
     return roots.pop()
+
+
+def _require_writable(profile: Profile, cache_root: Path) -> None:
+    if not writable(cache_root):
+        raise NimbuildError(f"profile {profile.description} is not in the cache {cache_root}, which this process "
+                            "cannot write (a read-only mount?): fill it first (download-to-cache, a NIMCache), or "
+                            "mount it writable")
 
 
 def _pull(profile: Profile, registry: str, cache_root: Path) -> Path:
@@ -153,110 +190,145 @@ def download_to_cache(manifest: Path, registry: str | None, cache_root: Path, wa
     results = []
     for profile in chosen:
         cached = cached_workspace(profile, cache_root)
-        if cached is None and not registry:
+        source = None if cached else registry_for(profile, registry)
+        if cached is None and not source:
             raise NimbuildError(f"profile {profile.description} is not in the cache {cache_root}; "
                                 "pass --registry to download it")
-        results.append((profile, cached or _pull(profile, registry, cache_root), cached is not None))
+        if cached is None:
+            _require_writable(profile, cache_root)
+        results.append((profile, cached or _pull(profile, source, cache_root), cached is not None))
     return results
 
 
-def deploy_into(profile: Profile, workspace: Path, system: System, servers: list, store: Path, cache_root: Path):
-    """Write the profile's model repository for the first server that can run it: (server, Deployment)."""
-    from runtime_min.deploy import Deployment, plan, prepare, write_store
+def deploy_into(profile: Profile, workspace: Path, system: System, servers: list, store: Path, cache_root: Path,
+                work: Path, portable: bool = True):
+    """Write the profile's model repository for the first server that can run it: (server, Deployment).
+    An RMIR's engine is built into the cache, where the next start finds it, or into `work` when the
+    cache is read-only (said in one line: it is then built again at every start)."""
+    from runtime_min.deploy import Deployment, kind_of, plan, prepare, write_store
 
     cc = system.gpus[0].compute_capability if system.gpus else None
-    served, kind, info = prepare(profile, workspace, cache_root, cc)
+    engines = cache_root
+    if kind_of(profile) == "rmir" and not writable(cache_root):
+        engines = work
+        log.warning("The cache %s is read-only: the engine this RMIR profile becomes is built into %s and is not "
+                    "kept; start once with the cache writable (or run `nimbuild rmir deploy` into it) to keep it",
+                    cache_root, work)
+    served, kind, info = prepare(profile, workspace, engines, cc)
+    if kind_of(profile) == "rmir" and engines == cache_root:
+        from runtime_min.local_cache import local_manifest, record_built
+
+        built = record_built(profile, served, cc, cache_root)
+        log.info("Built profile %s (%s) recorded in %s", built.id, built.description, local_manifest(cache_root))
     if info.get("task") in ("asr-ctc", "asr-rnnt"):  # Speech NIM's mode: served offline (ofl) or streaming too (str)
         info["mode"] = profile.tags.get("mode") or "ofl"
     server, core = plan(kind, served, info, servers, gpu=bool(system.gpus))
-    models = write_store(profile.model, info, core, served, store)
+    models = write_store(profile.model, info, core, served, store, portable)
     log.info("Model repository: %s (%s; models %s)", store, core.describe(), ", ".join(models))
     return server, Deployment(profile.model, info, core, served, models)
 
 
-def serve(manifest: Path, registry: str | None, host: str, port: int, cache_root: Path) -> int:
+def serve(manifest: Path, registry: str | None, settings: "Settings", cache_root: Path) -> int:
+    """Everything a start writes goes to the work root (settings.work_root), never to the cache: a
+    NIMService may mount NIM_CACHE_PATH read-only, and many pods may share it."""
     from runtime_min.tasks import task_module
-    from runtime_min.triton import TritonServer, find_servers
+    from runtime_min.triton import find_servers
 
-    profile, system = select(manifest)
-    servers = find_servers(cache_root)
+    profile, system, origin = select(manifest, cache_root)
+    work = ensure_work_root(settings.work_root)
+    servers = find_servers(work)
     check_runnable(profile, servers)  # before anything is downloaded
-    workspace = fetch(profile, manifest, registry, cache_root)
-    repository = Path(tempfile.mkdtemp(prefix="triton-repo-", dir=_ensure(cache_root)))
+    workspace = fetch(profile, origin, registry, cache_root)
+    repository = Path(tempfile.mkdtemp(prefix="triton-repo-", dir=work))
     try:
-        install, deployment = deploy_into(profile, workspace, system, servers, repository, cache_root)
+        install, deployment = deploy_into(profile, workspace, system, servers, repository, cache_root, work,
+                                          portable=False)
         check_runnable(profile, [install], (install, deployment.core))
+        check_shared_memory(repository)
         task = task_module(deployment.info)
-        grpc_at = _grpc_address_free() if hasattr(task, "add_servicers") else None
-        listener = _listen(host, port)  # the HTTP port is ours before Triton starts, or one line says why not
-        exit_code = {"value": 0}
-        server: dict = {}
-
-        def fatal(message: str) -> None:
-            exit_code["value"] = 1
-            if "uvicorn" in server:
-                server["uvicorn"].should_exit = True
-
-        triton = TritonServer(install, repository, cache_root / "logs" / f"tritonserver-{os.getpid()}.log", on_fatal=fatal)
-        log.info("Starting %s", install.describe())
-        triton.launch()
-        try:
-            # The web stack is imported and the app built while Triton loads its models: on the
-            # embeddings example that was a third of a second after Triton was ready (bench_runtime).
-            import uvicorn
-
-            from runtime_min.http import ServedModel, create_app
-
-            served = ServedModel(profile.model, profile.id, deployment.workspace, deployment.info)
-            front_ends = []
-            if hasattr(task, "add_servicers"):  # speech: Riva's gRPC API beside the HTTP one
-                from runtime_min.grpc import GrpcFrontEnd
-
-                front_ends.append(GrpcFrontEnd(*grpc_at, triton, lambda server, state: task.add_servicers(
-                    server, served, triton, state)))
-            app = create_app(served, triton, task.add_routes, front_ends=front_ends)
-            # httptools parses HTTP in C where uvicorn's default h11 is pure Python (neutral within
-            # this machine's noise, measured); the loop stays asyncio's, which grpc.aio runs on
-            config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=15,
-                                    access_log=False, http="httptools", loop="asyncio")
-            server["uvicorn"] = uvicorn.Server(config)
-            # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down, into whatever
-            # handler was there before; a recording one keeps that from killing us before Triton
-            # is stopped, so a signal ends in a clean exit 0.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda number, frame: log.info("received signal %d; shutting down", number))
-            triton.wait_until_ready()
-            log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, host, port)
-            server["uvicorn"].run(sockets=[listener])  # returns after SIGTERM/SIGINT, once in-flight requests finish
-            if not server["uvicorn"].started or any(not f.started for f in front_ends):
-                log.error("the API did not start (see above)")  # uvicorn or the gRPC front end logged why
-                exit_code["value"] = 1
-        finally:
-            listener.close()
-            triton.stop()
-            log.info("Triton stopped")
-        return exit_code["value"]
+        grpc_at = _address_free("gRPC", settings.grpc_host, settings.grpc_port, "NIM_GRPC_API_PORT") \
+            if hasattr(task, "add_servicers") else None
+        listener = _listen(settings.http_host, settings.http_port)  # ours before Triton starts, or one line says why not
+        return _run(profile, deployment, task, install, repository, work, listener, settings, grpc_at)
     finally:
         shutil.rmtree(repository, ignore_errors=True)
+
+
+def _run(profile: Profile, deployment, task, install, repository: Path, work: Path, listener, settings, grpc_at) -> int:
+    """Start Triton and the front ends; return the exit status once a signal (or a Triton that keeps
+    failing) has stopped them, Triton last."""
+    from runtime_min.triton import TritonServer
+
+    exit_code = {"value": 0}
+    server: dict = {}
+
+    def fatal(message: str) -> None:
+        exit_code["value"] = 1
+        if "uvicorn" in server:
+            server["uvicorn"].should_exit = True
+
+    triton = TritonServer(install, repository, work / "logs" / f"{repository.name}.log", on_fatal=fatal)
+    log.info("Starting %s", install.describe())
+    triton.launch()
+    try:
+        # The web stack is imported and the app built while Triton loads its models: on the
+        # embeddings example that was a third of a second after Triton was ready (bench_runtime).
+        import uvicorn
+
+        from runtime_min.http import ServedModel, create_app
+
+        served = ServedModel(profile.model, profile.id, deployment.workspace, deployment.info)
+        front_ends = []
+        if grpc_at:  # speech: Riva's gRPC API beside the HTTP one
+            from runtime_min.grpc import GrpcFrontEnd
+
+            front_ends.append(GrpcFrontEnd(*grpc_at, triton, lambda server, state: task.add_servicers(
+                server, served, triton, state)))
+        app = create_app(served, triton, task.add_routes, front_ends=front_ends)
+        # httptools parses HTTP in C where uvicorn's default h11 is pure Python (neutral within
+        # this machine's noise, measured); the loop stays asyncio's, which grpc.aio runs on.
+        # log_config=None: uvicorn logs through the root logger (JSON lines when NIM_JSONL_LOGGING=1)
+        config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                                log_config=None, timeout_graceful_shutdown=15, access_log=False, http="httptools",
+                                loop="asyncio")
+        server["uvicorn"] = uvicorn.Server(config)
+        # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down, into whatever
+        # handler was there before; a recording one keeps that from killing us before Triton
+        # is stopped, so a signal ends in a clean exit 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda number, frame: log.info("received signal %d; shutting down", number))
+        triton.wait_until_ready()
+        log.info("Triton ready on %s; serving %s on http://%s:%d", triton.url, profile.model, settings.http_host,
+                 settings.http_port)
+        server["uvicorn"].run(sockets=[listener])  # returns after SIGTERM/SIGINT, once in-flight requests finish
+        if not server["uvicorn"].started or any(not f.started for f in front_ends):
+            log.error("the API did not start (see above)")  # uvicorn or the gRPC front end logged why
+            exit_code["value"] = 1
+    finally:
+        listener.close()
+        triton.stop()
+        log.info("Triton stopped")
+    return exit_code["value"]
 
 
 def create_model_store(manifest: Path, requested: str, store: Path, registry: str | None, cache_root: Path,
                        backends: set[str] | None) -> "Deployment":
     """NIM's create-model-store: the profile's repository alone, for any `tritonserver
     --model-repository STORE`. `backends` names the target Triton's (default: a Triton found here)."""
-    from nimbuild.profiles.nim import read_profiles
     from nimbuild.profiles.select import Candidate, find_candidate
     from nimbuild.profiles.system import detect_system
+    from runtime_min.settings import work_root
     from runtime_min.triton import TritonInstall, find_servers
 
-    profiles = read_profiles(manifest).profiles
+    profiles, origins = manifest_profiles(manifest, cache_root)
     profile = find_candidate(requested, [Candidate(p) for p in profiles]).profile
     if backends:
         servers = [TritonInstall(Path("tritonserver"), None, {}, bundled=False, backends=frozenset(backends))]
     else:
         servers = find_servers(None)
-    workspace = fetch(profile, manifest, registry, cache_root)
-    _, deployment = deploy_into(profile, workspace, detect_system(), servers, store, cache_root)
+    workspace = fetch(profile, origins[profile.id], registry, cache_root)
+    work = ensure_work_root(work_root())
+    _, deployment = deploy_into(profile, workspace, detect_system(), servers, store, cache_root, work)
     return deployment
 
 
@@ -280,23 +352,60 @@ def _listen(host: str, port: int):
     return sock
 
 
-def _grpc_address_free() -> tuple[str, int]:
-    """Where the gRPC front end will listen; checked before anything starts, so a port in use is
-    one line at start, not a failure after Triton is up."""
+def _address_free(what: str, host: str, port: int, variable: str) -> tuple[str, int]:
+    """Where a front end will listen; checked before anything starts, so a port in use is one line
+    at start, not a failure after Triton is up."""
     import socket
 
-    from runtime_min.grpc import grpc_address
-
-    host, port = grpc_address()
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise NimbuildError(f"cannot listen for gRPC on {host}:{port} ({e.strerror}); set NIM_GRPC_API_PORT") from None
+            raise NimbuildError(f"cannot listen for {what} on {host}:{port} ({e.strerror}); set {variable}") from None
     return host, port
 
 
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+def ensure_work_root(path: Path) -> Path:
+    """The work root, created private to this user; one that another user owns is refused (a shared
+    /tmp must not hand this process a folder someone else prepared)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner = path.stat().st_uid
+    except OSError as e:
+        raise NimbuildError(f"cannot create the work folder {path} ({e.strerror}); set NIM_WORKSPACE to a "
+                            "writable folder") from None
+    if owner != os.getuid():
+        raise NimbuildError(f"the work folder {path} belongs to user {owner}, not to this one ({os.getuid()}); "
+                            "set NIM_WORKSPACE to a folder of your own")
     return path
+
+
+def writable(path: Path) -> bool:
+    """Whether this process can write into `path` (created if it is missing): False for a read-only
+    mount or a folder without write permission, as a NIMService mounts a shared cache."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+SHM_PER_INSTANCE = 4 << 20  # the Python backend's region per model instance (triton.py passes this size)
+
+
+def check_shared_memory(repository: Path, shm: Path = Path("/dev/shm")) -> None:
+    """Each Python-backend model instance maps a region of SHM_PER_INSTANCE in /dev/shm when Triton
+    loads it; a container's default 64 MiB, or a small NIMService sharedMemorySizeLimit, makes Triton
+    fail the load with a message about shared memory. Said at start, in one line, with the fix."""
+    from runtime_min.deploy.config import python_instances
+
+    if not shm.is_dir():
+        return  # not Linux: Triton's Python backend does not run here anyway
+    need = python_instances(repository) * SHM_PER_INSTANCE
+    stats = os.statvfs(shm)
+    free = stats.f_bavail * stats.f_frsize
+    if free < need:
+        raise NimbuildError(f"{shm} has {free >> 20} MiB free; the profile's Triton Python models need "
+                            f"{need >> 20} MiB to load (raise it: NIMService spec.storage.sharedMemorySizeLimit, "
+                            "a Kubernetes emptyDir with medium Memory, or podman/docker --shm-size)")

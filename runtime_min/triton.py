@@ -4,8 +4,9 @@ Two servers can be at hand, and `find_servers` lists them in the order they are 
 server bundled in the `nvidia-pytriton` wheel (PLATFORM.md), which has the Python backend only,
 and a `tritonserver` on PATH (NGC's Triton container), with whatever backends its backend
 directory holds. The deploy step takes the first that has every backend its repository needs.
-The bundled one is copied once into the cache (it must be writable, and the Python backend stub
-for this interpreter goes into backends/python/), and run with this interpreter's libpython first
+The bundled one needs the Python backend stub for this interpreter in its backends/python/: an
+image puts it there when it is built (`prepare_bundled`), and it then runs where it lies; elsewhere
+it is copied once into the runtime's work root with the stub added. It runs with this interpreter's libpython first
 on LD_LIBRARY_PATH and this environment's bin/ first on PATH (the stub finds its interpreter as
 `python3`). Triton listens on loopback only, on free ports.
 
@@ -56,11 +57,11 @@ class TritonInstall:
         return f"{which} (backends: {', '.join(sorted(self.backends)) or 'none'})"
 
 
-def find_servers(cache_root: Path | None) -> list[TritonInstall]:
+def find_servers(work_root: Path | None) -> list[TritonInstall]:
     """The bundled server first (if nvidia-pytriton is installed), then one on PATH. With
-    `cache_root` None nothing is copied: the bundled server is described, not made runnable."""
+    `work_root` None nothing is copied: the bundled server is described, not made runnable."""
     servers = []
-    bundled = _bundled(cache_root)
+    bundled = _bundled(work_root)
     if bundled:
         servers.append(bundled)
     on_path = shutil.which("tritonserver")
@@ -81,34 +82,57 @@ def _backends(directory: Path) -> frozenset[str]:
                      if (d / f"libtriton_{d.name}.so").exists() or (d / "model.py").exists())
 
 
-def locate_triton(cache_root: Path) -> TritonInstall:
+def locate_triton(work_root: Path) -> TritonInstall:
     """The preferred server (bundled, else PATH), for callers that need no backend beyond Python."""
-    servers = find_servers(cache_root)
+    servers = find_servers(work_root)
     if not servers:
         raise TritonError("no tritonserver on PATH and nvidia-pytriton is not installed "
                           "(pip install 'nimbuild[serve]')")
     return servers[0]
 
 
-def _bundled(cache_root: Path | None) -> TritonInstall | None:
-    # where the package lies, without importing it: `import pytriton` loads its client stack, 0.38 s
-    # of every start measured with -X importtime, for a path
+def _bundled_paths() -> tuple[Path, Path] | None:
+    """(pytriton's package folder, the Python backend stub for this interpreter), without importing
+    pytriton: `import pytriton` loads its client stack, 0.38 s of every start (-X importtime), for a path."""
     import importlib.util
 
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         return None
     package = Path(list(spec.submodule_search_locations)[0])
-    source = package / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = source / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = package / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         log.warning("nvidia-pytriton has no Python backend stub for Python %s; its tritonserver is not used", version)
         return None
+    return package, stub
+
+
+def prepare_bundled() -> Path:
+    """Put this interpreter's stub into the bundled server's backends/python/ where it lies, so the
+    server runs in place with no copy: what an image build does (as root, once)."""
+    found = _bundled_paths()
+    if found is None:
+        raise TritonError("nvidia-pytriton is not installed, or has no stub for this Python")
+    package, stub = found
+    shutil.copy2(stub, package / "tritonserver" / "backends" / "python" / stub.name)
+    return package / "tritonserver"
+
+
+def _bundled(work_root: Path | None) -> TritonInstall | None:
+    found = _bundled_paths()
+    if found is None:
+        return None
+    package, stub = found
+    source = package / "tritonserver"
     backends = _backends(source / "backends")
-    if cache_root is None:
+    in_place = source / "backends" / "python" / stub.name
+    if work_root is None:
         return TritonInstall(source / "bin" / "tritonserver", source / "backends", {}, bundled=True, backends=backends)
-    target = _writable_copy(source, stub, cache_root)
+    import filecmp
+
+    prepared = in_place.exists() and filecmp.cmp(in_place, stub)  # this interpreter's stub, not another's
+    target = source if prepared else _writable_copy(source, stub, work_root)
     libs = package.parent / "nvidia_pytriton.libs"
     libpython_dir = sysconfig.get_config_var("LIBDIR") or ""
     env = dict(os.environ)
@@ -117,13 +141,13 @@ def _bundled(cache_root: Path | None) -> TritonInstall | None:
     return TritonInstall(target / "bin" / "tritonserver", target / "backends", env, bundled=True, backends=backends)
 
 
-def _writable_copy(source: Path, stub: Path, cache_root: Path) -> Path:
-    """Copy the bundled server into the cache once per pytriton build and Python version."""
+def _writable_copy(source: Path, stub: Path, work_root: Path) -> Path:
+    """Copy the bundled server into the work root once per pytriton build and Python version."""
     from filelock import FileLock
 
     from importlib.metadata import version
 
-    target = cache_root / "triton" / f"pytriton-{version('nvidia-pytriton')}-py{sys.version_info.major}{sys.version_info.minor}"
+    target = work_root / "triton" / f"pytriton-{version('nvidia-pytriton')}-py{sys.version_info.major}{sys.version_info.minor}"
     done = target / ".complete"
     if done.exists():
         return target

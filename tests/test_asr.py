@@ -695,7 +695,8 @@ def test_a_grpc_port_in_use_is_one_line_before_triton_starts(digits_compiled, tm
                                  "--port", str(free_port())], capture_output=True, text=True, timeout=120,
                                 env={**os.environ, "NIM_GRPC_API_PORT": str(port), "NIM_TAGS_SELECTOR": "mode=ofl",
                                      "NIM_CACHE_PATH": str(tmp_path / "cache")})
-    assert result.returncode != 0 and f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
+    # every port on all addresses by default, as a NIM behind a Kubernetes Service needs
+    assert result.returncode != 0 and f"cannot listen for gRPC on 0.0.0.0:{port}" in result.stderr
     assert "Traceback" not in result.stderr and "Starting" not in result.stderr, "refused before Triton starts"
 
 

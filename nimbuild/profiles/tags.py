@@ -50,4 +50,6 @@ def describe(tags: Mapping[str, str]) -> str:
         parts.append("lora")
     if tags.get("trtllm_buildable", "false").lower() == "true":
         parts.append("buildable")  # NIM's TensorRT-LLM profiles compiled from HF weights at start
+    if tags.get("built_from"):
+        parts.append("local")  # built on first start from another profile (runtime_min.local_cache)
     return "-".join(parts)

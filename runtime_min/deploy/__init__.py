@@ -100,10 +100,10 @@ def plan(kind: str, workspace: Path, info: dict, servers: list, gpu: bool) -> tu
                         "(NGC's Triton container has the native backends)")
 
 
-def write_store(name: str, info: dict, core: Core, workspace: Path, store: Path) -> list[str]:
+def write_store(name: str, info: dict, core: Core, workspace: Path, store: Path, portable: bool = True) -> list[str]:
     """Write every model of the profile into `store` (created, or emptied of those models), staged
     in a temporary directory beside it (not in it: Triton would take it for a model) and moved in
-    only when complete."""
+    only when complete. `portable`: config.write_models."""
     from runtime_min.deploy.config import write_models
     from runtime_min.tasks import task_module
 
@@ -111,7 +111,7 @@ def write_store(name: str, info: dict, core: Core, workspace: Path, store: Path)
     store.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{store.name}-staging-", dir=store.resolve().parent))
     try:
-        write_models(models, staging)
+        write_models(models, staging, portable)
         for model in models:
             final = store / model.name
             if final.exists():

@@ -108,9 +108,16 @@ def to_text(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
 
 
-def write_models(models: list[Model], store: Path) -> None:
+LINK_ABOVE = 8 << 20
+
+
+def write_models(models: list[Model], store: Path, portable: bool = True) -> None:
     """Each model as `store/<name>/config.pbtxt` and `store/<name>/1/...`. Files are hard-linked where
-    the filesystem allows (engines and graphs can be GBs), copied otherwise."""
+    the filesystem allows (engines and graphs can be GBs); elsewhere a portable repository (one that
+    names no path outside itself) copies them, and the runtime's own, private one links to those
+    over LINK_ABOVE symbolically: a cache mounted read-only from another filesystem (or owned by
+    another user, which the kernel's protected_hardlinks keeps from being hard-linked) would
+    otherwise be copied at every start."""
     for model in models:
         directory = store / model.name
         shutil.rmtree(directory, ignore_errors=True)
@@ -125,5 +132,22 @@ def write_models(models: list[Model], store: Path) -> None:
             try:
                 os.link(source, target)
             except OSError:
-                shutil.copyfile(source, target)
+                # small files (the models' code above all: a Python model finds its files beside its
+                # own resolved path) are copied; only graphs and engines are linked to
+                if portable or source.stat().st_size < LINK_ABOVE:
+                    shutil.copyfile(source, target)
+                else:
+                    os.symlink(source.resolve(), target)
         (directory / "config.pbtxt").write_text(to_text(model.config), encoding="utf-8")
+
+
+def python_instances(store: Path) -> int:
+    """How many Python-backend model instances Triton will start for the repository in `store`."""
+    from google.protobuf import text_format
+
+    count = 0
+    for path in sorted(store.glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
+        if config.backend == "python":
+            count += sum(g.count or 1 for g in config.instance_group) or 1
+    return count
