@@ -35,18 +35,21 @@ def require(binary: str) -> str:
 
 
 class Registry:
-    def __init__(self, root: Path, htpasswd: Path | None = None):
+    """`access_log`: one line per request in `log` (combined format), for tests that count them."""
+
+    def __init__(self, root: Path, htpasswd: Path | None = None, access_log: bool = False):
         self.port = free_port()
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         auth = (f"auth:\n  htpasswd:\n    realm: nimbuild-test\n    path: {htpasswd}\n" if htpasswd else "")
         config = root / "config.yml"
         config.write_text(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {'false' if access_log else 'true'}\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth)
+        log = open(root / "log", "wb")
         self.process = subprocess.Popen([require("docker-registry"), "serve", str(config)],
-                                        stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"))
+                                        stdout=log if access_log else subprocess.DEVNULL, stderr=log)  # access log: stdout
         self._wait()
 
     @property
@@ -62,6 +65,17 @@ class Registry:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError(f"docker-registry did not start: {(self.root / 'log').read_text()[-500:]}")
+
+    def blob_gets(self) -> dict[str, int]:
+        """{digest: GET requests answered with its content (200 or 206)}, from the access log."""
+        import re
+
+        counts: dict[str, int] = {}
+        for digest, status in re.findall(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d{3})',
+                                          (self.root / "log").read_text(errors="replace")):
+            if status in ("200", "206"):
+                counts[digest] = counts.get(digest, 0) + 1
+        return counts
 
     def blob_path(self, digest: str) -> Path:
         hexd = digest.split(":")[1]
