@@ -9,7 +9,7 @@ DEMO_GRPC_PORT ?= 50051
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install system-deps tools test demo bench profiles clean
+.PHONY: install system-deps tools test demo bench profiles image clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
 # met and pip does not pull a multi-GB CUDA build. NeMo (the `nemo` extra) would otherwise pull
@@ -90,6 +90,13 @@ demo: install system-deps
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) \
 		$(PY) scripts/demo_s2s.py build/pulled-asr/profiles.yaml build/pulled-nmt/profiles.yaml \
 		build/profiles/tts-digits-de/profiles.yaml
+
+# The runtime_min container image, built with buildah (no Docker daemon; scripts/build-image.sh):
+# make image IMAGE_ARGS="--release minilm-embed:0.1.0 --registry oci://host/ns" bakes that release's
+# manifest; --tag, --base nvcr.io/nvidia/tritonserver:<yy.mm>-py3 --extras serve,trt for GPU hosts
+IMAGE_ARGS ?=
+image: install system-deps
+	PY=$(PY) scripts/build-image.sh $(IMAGE_ARGS)
 
 bench: install system-deps
 	$(PY) bench/run.py

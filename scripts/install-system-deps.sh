@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the integration tests start for real: the CNCF distribution registry, skopeo
-# (a client nobody here wrote), htpasswd (for the basic-auth registry) and espeak-ng (speech). Installs only what is
+# (a client nobody here wrote), htpasswd (for the basic-auth registry), espeak-ng (speech), and
+# buildah, podman, mmdebstrap and runc (the container image). Installs only what is
 # missing; needs apt-get, and root or sudo.
 set -euo pipefail
 need=()
@@ -8,6 +9,11 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)  # real speech for the ASR example, tests and demo
+# the runtime_min image (make image) is built without a Docker daemon and run as a pod runs it
+command -v buildah >/dev/null || need+=(buildah)
+command -v podman >/dev/null || need+=(podman)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v runc >/dev/null || need+=(runc)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
     echo "missing ${need[*]} and no apt-get here: install them by hand, or the tests that need them skip" >&2
