@@ -370,6 +370,48 @@ def registry_ls(uri: str, fmt: str) -> None:
                    f"({len(tags['profile_tags'])} profile tag(s))")
 
 
+@main.command("k8s", cls=_Command)
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--image", required=True, help="The runtime_min image (make image), e.g. registry.example/runtime_min:0.1.0.")
+@click.option("--profile", "-p", default=None,
+              help="Profile id or description; default: the one selection picks for --system.")
+@click.option("--system", "system_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The cluster's GPU node, as a NIMBUILD_SYSTEM file (`nimbuild system --format json` on one); "
+                   "default: this machine.")
+@click.option("--format", "fmt", type=click.Choice(["nim-operator", "deployment", "kserve"]), default="nim-operator",
+              show_default=True, help="NIMCache + NIMService; a plain PVC + Deployment + Service + HPA; or KServe.")
+@click.option("--name", default=None, help="Name of the resources (default: the model's name).")
+@click.option("--namespace", default=None)
+@click.option("--registry", default=None, help="Set NIMBUILD_REGISTRY (a mirror; default: the image's manifest names it).")
+@click.option("--auth-secret", default="nimbuild-registry", show_default=True,
+              help="Secret whose keys become the caching step's environment (NIMBUILD_REGISTRY_TOKEN, NGC_API_KEY, ...).")
+@click.option("--pull-secret", default=None, help="Image pull secret.")
+@click.option("--pvc-size", default="20Gi", show_default=True)
+@click.option("--storage-class", default=None)
+@click.option("--shm-size", default="1Gi", show_default=True, help="/dev/shm (a memory emptyDir) for Triton's Python models.")
+@click.option("--min-replicas", type=int, default=1, show_default=True)
+@click.option("--max-replicas", type=int, default=4, show_default=True)
+@click.option("--in-flight-target", type=int, default=8, show_default=True,
+              help="Requests in flight per pod (num_requests_running) the autoscaler keeps to.")
+@click.option("--storage-uri", default=None, help="kserve: where the pulled release is (pvc://, s3://, oci://).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write here (atomically) instead of standard output.")
+def k8s_cmd(source: Path, image: str, profile: str | None, system_file: Path | None, fmt: str, name: str | None,
+            out: Path | None, **settings) -> None:
+    """Kubernetes manifests that deploy one profile of a manifest (or a recipe's plan) with the image."""
+    from nimbuild import k8s
+    from nimbuild.fsutil import atomic_write_text
+
+    chosen = k8s.choose_profile(source, profile, system_file)
+    options = k8s.Options(image=image, name=name or chosen.model, **settings)
+    text = k8s.to_yaml(k8s.render(chosen, fmt, options))
+    click.echo(f"profile {chosen.id} ({chosen.description}): {k8s.gpu_count(chosen)} GPU(s)", err=True)
+    if out:
+        atomic_write_text(out, text)
+    else:
+        click.echo(text, nl=False)
+
+
 @main.command("serve")
 @click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
