@@ -183,9 +183,10 @@ class BlobCache:
             except OSError:
                 shutil.copyfile(self.path(digest), tmp)
             os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a copy cut short never stays behind
-            raise
+        finally:
+            # a copy cut short never stays behind, and neither does a link that another placer had
+            # already put at dest: rename(2) of two links to one file does nothing and succeeds
+            tmp.unlink(missing_ok=True)
 
 
 def _hash_into(hasher, path: Path) -> None:
