@@ -252,6 +252,36 @@ def test_an_rmir_for_a_simulated_rtx_gpu_builds_a_real_engine_once(minilm_compil
     assert [t.name for t in config.input] == [i.name for i in graph.input], "the engine takes the archive graph's inputs"
 
 
+def test_the_engine_an_rmir_becomes_is_written_back_as_nimbuild_reads_it(minilm_compiled, tmp_path, monkeypatch):
+    """NIMBuild's contract: the built engine is a profile of its own in local_cache/local_manifest.yaml,
+    found by its model_name tag (nimbuild_controller.go), and a later start may name it."""
+    import nim_operator as op
+    from nimbuild.profiles.nim import read_profiles
+
+    out, _ = minilm_compiled
+    cache = tmp_path / "cache"
+    rmir = next(p for p in read_profiles(out / "profiles.yaml").profiles if p.description == "rmir-fp16-throughput")
+    monkeypatch.setenv("NIM_CUSTOM_MODEL_NAME", "minilm-a10")  # what the NIMBuild's build pod is given
+    first = create_store(out / "profiles.yaml", "rmir-fp16-throughput", tmp_path / "one", cache, A10)
+    monkeypatch.delenv("NIM_CUSTOM_MODEL_NAME")
+    assert first.returncode == 0, first.stderr
+    local = cache / "local_cache" / "local_manifest.yaml"
+    parsed = op.parse(local.read_text())  # what the operator's `cat` of it parses to
+    assert parsed.version == "v2"
+    (built_id,) = [pid for pid, tags in parsed.profiles.items() if tags.get("model_name") == "minilm-a10"]
+    tags = parsed.profiles[built_id]
+    assert (tags["backend"], tags["type"], tags["compute_capability"], tags["built_from"]) == \
+        ("tensorrt_rtx", "prebuilt", "8.6", rmir.id)
+    (built,) = read_profiles(local).profiles
+    assert built.id == built_id and built.description == "tensorrt_rtx-sm86-fp16-throughput-local"
+    # the built profile serves as the prebuilt engine it is, by id or by its description
+    again = create_store(out / "profiles.yaml", built.description, tmp_path / "two", cache, A10)
+    assert again.returncode == 0, again.stderr
+    (slot,) = [p for p in (cache / "rmir-engines").glob("*/sm86-tensorrt_rtx-*") if p.is_dir()]
+    assert (tmp_path / "two/minilm-embed/1/model.plan").read_bytes() == (slot / "model.plan").read_bytes()
+    assert "RMIR" not in again.stderr  # nothing is built for it
+
+
 def test_an_rmir_on_a_simulated_h100_without_tensorrt_is_refused_at_selection(minilm_compiled, tmp_path):
     out, _ = minilm_compiled
     (tmp_path / "h100.json").write_text(json.dumps(H100))

@@ -81,3 +81,60 @@ def test_download_to_cache_refuses_contradictions(minilm_compiled, tmp_path, arg
     out, _ = minilm_compiled
     result = _download(out / "profiles.yaml", tmp_path / "cache", *args)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_pods_sharing_one_cache_download_each_blob_once_and_all_succeed(minilm_compiled, tmp_path):
+    """The RWX PVC case: several download-to-cache at once into one cache, the registry named only by
+    the manifest's URIs. Each blob crosses the network once (the registry's access log), every process
+    succeeds with the same workspaces, and nothing partial is left."""
+    from nimbuild.fsutil import file_matches
+    from nimbuild.profiles.nim import nim_v2_text
+    from nimbuild.registry import publish, published_profiles
+    from servers import Registry
+
+    out, _ = minilm_compiled
+    server = Registry(tmp_path / "registry", access_log=True)
+    try:
+        registry = f"oci://{server.host}/nim"
+        publish(out, registry, Reporter(quiet=True))
+        baked = tmp_path / "model_manifest.yaml"
+        baked.write_text(nim_v2_text(published_profiles("minilm-embed:0.1.0", registry)))
+        cache = tmp_path / "cache"
+        env = {**os.environ, "NIM_CACHE_PATH": str(cache)}
+        args = [sys.executable, "-m", "runtime_min", "download-to-cache", "-m", str(baked),
+                "--profiles", FP32, "onnxruntime-fp16-throughput", "onnxruntime-int8-throughput"]
+        jobs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(4)]
+        results = [(job.wait(timeout=300), *job.communicate()) for job in jobs]
+        gets = server.blob_gets()
+    finally:
+        server.stop()
+    assert [code for code, _, _ in results] == [0] * 4, [err for _, _, err in results]
+    assert len({stdout.replace("already in the cache", "downloaded") for _, stdout, _ in results}) == 1
+    wanted = {f.digest: f.size for p in load_manifest(out / "profiles.yaml").profiles
+              if p.description in (FP32, "onnxruntime-fp16-throughput", "onnxruntime-int8-throughput")
+              for f in p.files.values()}
+    assert {d: gets.get(d) for d in wanted} == {d: 1 for d in wanted}
+    assert all(file_matches(cache / "blobs/sha256" / d.split(":")[1], d, size) for d, size in wanted.items())
+    assert not any((cache / "partial").iterdir())
+    assert not [p for p in cache.rglob("*.tmp")]  # no staged name is left behind
+
+
+def test_download_to_cache_takes_the_operators_profiles_list_and_the_registry_from_the_environment(
+        minilm_compiled, tmp_path):
+    """`--profiles A B` as the caching Job passes it, and $NIMBUILD_REGISTRY for a manifest whose files
+    are named relative to it (a compile's output), where no URI names a registry."""
+    from nimbuild.registry import publish
+
+    out, _ = minilm_compiled
+    registry = tmp_path / "layout"
+    publish(out, str(registry), Reporter(quiet=True))
+    container = tmp_path / "container"
+    container.mkdir()
+    shutil.copy(out / "profiles.yaml", container / "model_manifest.yaml")
+    env = {**os.environ, "NIM_CACHE_PATH": str(tmp_path / "cache"), "NIMBUILD_REGISTRY": str(registry)}
+    result = subprocess.run([sys.executable, "-m", "runtime_min", "download-to-cache", "-m",
+                             str(container / "model_manifest.yaml"), "--profiles", FP32, "onnxruntime-fp16-throughput"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == [f"({FP32}):", "(onnxruntime-fp16-throughput):"]

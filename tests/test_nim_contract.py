@@ -277,3 +277,26 @@ def test_a_system_file_with_a_word_for_utilisation_is_one_line(tmp_path):
     result = _cli("-m", str(manifest), env={"NIMBUILD_SYSTEM": str(system)})
     assert result.returncode != 0 and "utilization_percent must be a whole number, got 'busy'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_export_warns_of_a_product_name_regex_the_operators_go_regexp_cannot_compile(tmp_path):
+    """nimbuild's selection takes Python's look-aheads; the NIM Operator's RE2 cannot, and there the
+    profile silently never matches: the export for it names the profile."""
+    import subprocess
+    import sys
+
+    import nim_operator as op
+
+    manifest = tmp_path / "model_manifest.yaml"
+    manifest.write_text(NON_LLM)
+    result = subprocess.run([sys.executable, "-m", "nimbuild", "profiles", "export", "-m", str(manifest)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(f"warning: profile {_id(2)} (tensorrt-fp16): product_name_regex '^NVIDIA-A10(?!0).*' "
+                              "is not RE2 syntax (invalid perl operator: (?!)")
+    # what the warning foretells: the operator's matching never picks it for an A10G, nimbuild's does
+    parsed = op.parse(result.stdout)
+    assert _id(2) not in op.match_profiles(parsed, op.ModelSpec(engine="tensorrt"), ["NVIDIA-A10G"])
+    system = system_from_dict({"gpus": [{"product": "A10G"}]})
+    assert select_profile(parse_profiles(NON_LLM).profiles, system, {}).selected.id == _id(2)
