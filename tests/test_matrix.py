@@ -90,3 +90,22 @@ def test_merge_names_missing_cells_and_cells_that_built_nothing(recipe, tmp_path
 def test_the_example_recipe_matrix(tmp_path):
     cells = json.loads(_cli("matrix", REPO / "recipes" / "minilm-embed.yaml").stdout)
     assert [c["cell"] for c in cells] == ["cpu", "gpu-sm90"] and len(cells[0]["profiles"]) == 10
+
+
+def test_engines_built_in_ngcs_triton_container_record_the_container_they_need(recipe, monkeypatch):
+    """A datacenter TensorRT engine runs only with its TensorRT, which the NGC Triton release it was
+    built in carries: built there (NVIDIA_TRITON_SERVER_VERSION set, as NGC's images set it) the
+    profile names that image; elsewhere it records trt_version alone."""
+    from nimbuild.recipe import load_recipe
+    from nimbuild.targets import plan_variants
+
+    def engine_tags() -> list[dict]:
+        return [dict(v.tags) for v in plan_variants(load_recipe(recipe)) if dict(v.tags)["backend"] == "tensorrt"]
+
+    monkeypatch.delenv("NVIDIA_TRITON_SERVER_VERSION", raising=False)
+    assert all("triton_container" not in tags for tags in engine_tags())
+    monkeypatch.setenv("NVIDIA_TRITON_SERVER_VERSION", "25.01")
+    assert {tags["triton_container"] for tags in engine_tags()} == {"nvcr.io/nvidia/tritonserver:25.01-py3"}
+    # TRT-RTX engines and generic graphs need no Triton container of a given release
+    others = [dict(v.tags) for v in plan_variants(load_recipe(recipe)) if dict(v.tags)["backend"] != "tensorrt"]
+    assert others and all("triton_container" not in tags for tags in others)

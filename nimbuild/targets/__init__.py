@@ -109,10 +109,10 @@ def _graph_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
                  "trt_version": version, **common}
                 for p in target.precisions for cc in target.compute_capabilities]
     if target.type == "prebuilt" and target.backend == "tensorrt":
-        from nimbuild.targets.tensorrt import tensorrt_version
+        from nimbuild.targets.tensorrt import tensorrt_version, triton_container
 
         _supported(i, target, ENGINE_PRECISIONS, target.compute_capabilities)
-        extra = {}
+        extra = {"triton_container": container} if (container := triton_container()) else {}
         if target.hardware_compatibility != "none":
             extra["hardware_compatibility"] = target.hardware_compatibility
         if target.version_compatible:
@@ -177,10 +177,13 @@ def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         raise NimbuildError(f"targets[{i}]: text-generation models are built as generic onnxruntime profiles or "
                             f"TensorRT-LLM engines (type: prebuilt, backend: tensorrt_llm), not {target.type} "
                             f"{getattr(target, 'backend', '')}".rstrip())
+    from nimbuild.targets.tensorrt import triton_container
+
     _supported(i, target, LLM_PRECISIONS, target.compute_capabilities)
+    extra = {"triton_container": container} if (container := triton_container("trtllm-python-py3")) else {}
     return [{"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": p, "compute_capability": cc,
              "trt_version": tensorrt_llm_version() or "", "profile": profile, "tp": str(target.tp),
-             "pp": str(target.pp), "feat_lora": "true" if target.lora else "false"}
+             "pp": str(target.pp), "feat_lora": "true" if target.lora else "false", **extra}
             for p in target.precisions for cc in target.compute_capabilities]
 
 

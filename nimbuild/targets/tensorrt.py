@@ -19,6 +19,17 @@ def tensorrt_version() -> str | None:
     return runtime_version("tensorrt")
 
 
+def triton_container(flavour: str = "py3") -> str | None:
+    """The NGC Triton container this build runs in, which its engines need to run (the same
+    TensorRT, on Triton's TensorRT backend): NGC's Triton images name their release in
+    NVIDIA_TRITON_SERVER_VERSION (e.g. 25.01). None outside them; the profile then records only
+    trt_version. `flavour`: py3, or trtllm-python-py3 for TensorRT-LLM's."""
+    import os
+
+    release = os.environ.get("NVIDIA_TRITON_SERVER_VERSION", "").strip()
+    return f"nvcr.io/nvidia/tritonserver:{release}-{flavour}" if release else None
+
+
 def why_not_buildable(cc: str) -> str | None:
     """None when this machine can build for `cc`; otherwise the reason, said plainly."""
     from nimbuild.profiles.system import detect_system
