@@ -394,6 +394,8 @@ def registry_ls(uri: str, fmt: str) -> None:
 @click.option("--in-flight-target", type=int, default=8, show_default=True,
               help="Requests in flight per pod (num_requests_running) the autoscaler keeps to.")
 @click.option("--storage-uri", default=None, help="kserve: where the pulled release is (pvc://, s3://, oci://).")
+@click.option("--pvc", "existing_pvc", default=None,
+              help="Serve from this claim, filled beforehand (air-gapped): no caching step is written.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write here (atomically) instead of standard output.")
 def k8s_cmd(source: Path, image: str, profile: str | None, system_file: Path | None, fmt: str, name: str | None,

@@ -48,6 +48,7 @@ class Options:
     max_replicas: int = 4
     in_flight_target: int = 8  # requests in flight per pod above which the HPA adds pods
     storage_uri: str | None = None  # kserve
+    existing_pvc: str | None = None  # a claim filled beforehand (air-gapped): no caching step
 
 
 def gpu_count(profile: Profile) -> int:
@@ -123,6 +124,34 @@ def _gpu_resources(profile: Profile) -> dict[str, Any] | None:
 
 def _nim_operator(profile: Profile, options: Options) -> list[dict[str, Any]]:
     repository, tag = _image(options.image)
+    documents = [] if options.existing_pvc else [_nimcache(profile, options)]
+    image: dict[str, Any] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
+    if options.pull_secret:
+        image["pullSecrets"] = [options.pull_secret]
+    service: dict[str, Any] = {"type": "ClusterIP", "port": HTTP_PORT}
+    if speaks_grpc(profile):
+        service["grpcPort"] = GRPC_PORT
+    storage: dict[str, Any] = {"readOnly": True, "sharedMemorySizeLimit": options.shm_size}
+    if options.existing_pvc:
+        storage["pvc"] = {"name": options.existing_pvc}
+    else:  # the operator sets NIM_MODEL_PROFILE from storage.nimCache.profile
+        storage["nimCache"] = {"name": options.name, "profile": profile.id}
+    # no authSecret: the service serves the filled cache and needs no credentials (air-gapped as NIM is)
+    spec: dict[str, Any] = {
+        "image": image, "storage": storage, "expose": {"service": service}, "userID": USER_ID, "groupID": GROUP_ID,
+        "scale": {"enabled": True, "hpa": {"minReplicas": options.min_replicas, "maxReplicas": options.max_replicas,
+                                           "metrics": _hpa_metrics(options)}},
+    }
+    if options.existing_pvc:
+        spec["env"] = _env({"NIM_MODEL_PROFILE": profile.id})
+    if (resources := _gpu_resources(profile)):
+        spec["resources"] = resources
+    return documents + [{"apiVersion": "apps.nvidia.com/v1alpha1", "kind": "NIMService",
+                         "metadata": _meta(options.name, options), "spec": spec}]
+
+
+def _nimcache(profile: Profile, options: Options) -> dict[str, Any]:
+    """The caching Job's resource: the image's download-to-cache fills a new PVC with the profile."""
     ngc: dict[str, Any] = {"modelPuller": options.image, "authSecret": options.auth_secret,
                            "model": {"profiles": [profile.id]}}
     if options.pull_secret:
@@ -134,30 +163,8 @@ def _nim_operator(profile: Profile, options: Options) -> list[dict[str, Any]]:
                                   "groupID": GROUP_ID}
     if options.registry:
         cache_spec["env"] = _env(_registry_env(options))
-    nimcache = {"apiVersion": "apps.nvidia.com/v1alpha1", "kind": "NIMCache", "metadata": _meta(options.name, options),
-                "spec": cache_spec}
-    image: dict[str, Any] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
-    if options.pull_secret:
-        image["pullSecrets"] = [options.pull_secret]
-    service: dict[str, Any] = {"type": "ClusterIP", "port": HTTP_PORT}
-    if speaks_grpc(profile):
-        service["grpcPort"] = GRPC_PORT
-    # no authSecret: the service serves the filled cache and needs no credentials (air-gapped as NIM is)
-    spec: dict[str, Any] = {
-        "image": image,
-        # the operator sets NIM_MODEL_PROFILE from storage.nimCache.profile
-        "storage": {"nimCache": {"name": options.name, "profile": profile.id}, "readOnly": True,
-                    "sharedMemorySizeLimit": options.shm_size},
-        "expose": {"service": service},
-        "userID": USER_ID, "groupID": GROUP_ID,
-        "scale": {"enabled": True, "hpa": {"minReplicas": options.min_replicas, "maxReplicas": options.max_replicas,
-                                           "metrics": _hpa_metrics(options)}},
-    }
-    if (resources := _gpu_resources(profile)):
-        spec["resources"] = resources
-    nimservice = {"apiVersion": "apps.nvidia.com/v1alpha1", "kind": "NIMService",
-                  "metadata": _meta(options.name, options), "spec": spec}
-    return [nimcache, nimservice]
+    return {"apiVersion": "apps.nvidia.com/v1alpha1", "kind": "NIMCache", "metadata": _meta(options.name, options),
+            "spec": cache_spec}
 
 
 def _probes(port: str) -> dict[str, Any]:
@@ -178,11 +185,12 @@ def _security() -> dict[str, Any]:
 
 def _deployment(profile: Profile, options: Options) -> list[dict[str, Any]]:
     name, labels = options.name, {"app.kubernetes.io/name": options.name}
+    claim_name = options.existing_pvc or f"{name}-cache"
     claim: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": options.pvc_size}}}
     if options.storage_class:
         claim["storageClassName"] = options.storage_class
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(f"{name}-cache", options),
-           "spec": claim}
+    pvc = [] if options.existing_pvc else [{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                            "metadata": _meta(claim_name, options), "spec": claim}]
     ports = [{"name": "api", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if speaks_grpc(profile):
         ports.append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
@@ -203,8 +211,10 @@ def _deployment(profile: Profile, options: Options) -> list[dict[str, Any]]:
         server["resources"] = resources
     pod: dict[str, Any] = {
         "securityContext": {"runAsUser": USER_ID, "runAsGroup": GROUP_ID, "fsGroup": GROUP_ID, "runAsNonRoot": True},
-        "initContainers": [fill], "containers": [server],
-        "volumes": [{"name": "model-store", "persistentVolumeClaim": {"claimName": f"{name}-cache"}},
+        "initContainers": [] if options.existing_pvc else [fill], "containers": [server],
+        # read-only for the server by its mount; the claim itself only where nothing fills it here
+        "volumes": [{"name": "model-store", "persistentVolumeClaim": {"claimName": claim_name,
+                                                                      "readOnly": bool(options.existing_pvc)}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": options.shm_size}}],
     }
     if options.pull_secret:
@@ -220,7 +230,9 @@ def _deployment(profile: Profile, options: Options) -> list[dict[str, Any]]:
            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                     "minReplicas": options.min_replicas, "maxReplicas": options.max_replicas,
                     "metrics": _hpa_metrics(options)}}
-    return [pvc, deployment, service, hpa]
+    if not pod["initContainers"]:
+        del pod["initContainers"]
+    return [*pvc, deployment, service, hpa]
 
 
 def _kserve(profile: Profile, options: Options) -> list[dict[str, Any]]:

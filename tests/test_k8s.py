@@ -132,6 +132,23 @@ def test_gpu_profiles_request_their_tp_and_speech_profiles_expose_grpc(minilm_co
     assert [p["port"] for p in plain["Service"]["spec"]["ports"]] == [8000, 50051]
 
 
+@pytest.mark.parametrize("fmt", ["nim-operator", "deployment"])
+def test_an_air_gapped_cluster_serves_a_claim_filled_beforehand_with_no_caching_step(minilm_compiled, fmt):
+    documents = rendered(minilm_compiled[0] / "profiles.yaml", "--format", fmt, "--pvc", "minilm-prefilled")
+    for document in documents:
+        validate(document)
+    kinds = _by_kind(documents)
+    assert "NIMCache" not in kinds and "PersistentVolumeClaim" not in kinds
+    if fmt == "nim-operator":
+        spec = kinds["NIMService"]["spec"]
+        assert spec["storage"]["pvc"] == {"name": "minilm-prefilled"} and spec["storage"]["readOnly"] is True
+        assert spec["env"][0]["name"] == "NIM_MODEL_PROFILE" and "authSecret" not in spec
+    else:
+        pod = kinds["Deployment"]["spec"]["template"]["spec"]
+        assert "initContainers" not in pod
+        assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "minilm-prefilled", "readOnly": True}
+
+
 def test_kserve_serves_the_release_kserve_unpacks_at_mnt_models(minilm_compiled):
     docs = _by_kind(rendered(minilm_compiled[0] / "profiles.yaml", "--format", "kserve", "--storage-uri",
                              "pvc://models/minilm-embed"))
