@@ -54,8 +54,13 @@ def k8s(source: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def rendered(source: Path, *args: str) -> list[dict]:
-    result = k8s(source, *args)
-    assert result.returncode == 0, result.stderr
+    """The documents `nimbuild k8s` writes (in-process: a dozen interpreter starts cost seconds)."""
+    from click.testing import CliRunner
+
+    from nimbuild.cli import main
+
+    result = CliRunner().invoke(main, ["k8s", str(source), "--image", IMAGE, *args])
+    assert result.exit_code == 0, result.output
     return list(yaml.safe_load_all(result.stdout))
 
 

@@ -138,3 +138,29 @@ def test_download_to_cache_takes_the_operators_profiles_list_and_the_registry_fr
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert [line.split()[1] for line in result.stdout.splitlines()] == [f"({FP32}):", "(onnxruntime-fp16-throughput):"]
+
+
+def test_the_registry_is_the_one_given_else_the_environments_else_the_one_the_files_name(monkeypatch):
+    """A mirror (air-gapped) wins over the registry a baked manifest names; files named relative to
+    their manifest name none."""
+    from nimbuild.errors import RegistryError
+    from nimbuild.profiles.manifest import Profile, WorkspaceFile
+    from runtime_min.service import registry_for
+
+    digest = "sha256:" + "0" * 64
+    baked = Profile.create("m", "1", {"backend": "onnxruntime"},
+                           {"model.onnx": WorkspaceFile(f"oci://src.example/acme/m@{digest}", digest, 1)})
+    monkeypatch.delenv("NIMBUILD_REGISTRY", raising=False)
+    assert registry_for(baked, None) == "oci://src.example/acme"
+    monkeypatch.setenv("NIMBUILD_REGISTRY", "oci://mirror.example/acme")
+    assert registry_for(baked, None) == "oci://mirror.example/acme"
+    assert registry_for(baked, "./layout") == "./layout"
+    monkeypatch.delenv("NIMBUILD_REGISTRY")
+    local = Profile.create("m", "1", {"backend": "onnxruntime"},
+                           {"model.onnx": WorkspaceFile("profiles/x/model.onnx", digest, 1)})
+    assert registry_for(local, None) is None
+    mixed = Profile.create("m", "1", {"backend": "onnxruntime"}, {
+        "a": WorkspaceFile(f"oci://one.example/ns/m@{digest}", digest, 1),
+        "b": WorkspaceFile(f"oci://two.example/ns/m@{digest}", digest, 1)})
+    with pytest.raises(RegistryError, match="its files name 2 registries"):
+        registry_for(mixed, None)
