@@ -45,9 +45,20 @@ def record_built(source: Profile, slot: Path, compute_capability: str, cache_roo
 
     from nimbuild.fsutil import atomic_write_text, sha256_file
     from nimbuild.profiles.nim import nim_v2_text
+    from nimbuild.registry.cache import Stamps
 
     record = json.loads((slot / "deploy.json").read_text())
     kind, version = record["builder"], record["version"]
+    model_name = os.environ.get(MODEL_NAME_ENV) or source.model
+    # a start that reused the engine finds it recorded; its files are checked as every cached file
+    # is (Stamps: re-hashed only if changed since they last matched), so a multi-GB engine is not
+    # hashed at every start, and an engine built again (not byte for byte the same) is recorded anew
+    stamps = Stamps(cache_root)
+    this = (source.id, compute_capability, model_name)
+    for known in built_profiles(cache_root):
+        if _build_key(known) == this and all(stamps.matches(slot / rel, f.digest, f.size)
+                                             for rel, f in known.files.items()):
+            return known
     path = local_manifest(cache_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -56,10 +67,14 @@ def record_built(source: Profile, slot: Path, compute_capability: str, cache_roo
             os.path.relpath(file, path.parent), "sha256:" + sha256_file(file), file.stat().st_size)
     keep = {k: v for k, v in source.tags.items() if k not in ("backend", "type")}
     tags = {"backend": kind, "type": "prebuilt", **keep, "compute_capability": compute_capability,
-            "trt_version": version, "model_name": os.environ.get(MODEL_NAME_ENV) or source.model,
-            "built_from": source.id}
+            "trt_version": version, "model_name": model_name, "built_from": source.id}
     built = Profile.create(source.model, source.release, tags, files, requires=source.requires)
-    with FileLock(str(path) + ".lock"):
-        others = [p for p in built_profiles(cache_root) if p.id != built.id]
+    with FileLock(str(path) + ".lock"):  # an entry for an earlier build of this engine goes
+        others = [p for p in built_profiles(cache_root) if p.id != built.id and _build_key(p) != this]
         atomic_write_text(path, nim_v2_text([*others, built]))
     return built
+
+
+def _build_key(profile: Profile) -> tuple:
+    """What one recorded build is of: its source profile, the capability and the NIMBuild's name."""
+    return profile.tags.get("built_from"), profile.tags.get("compute_capability"), profile.tags.get("model_name")

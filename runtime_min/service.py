@@ -232,7 +232,7 @@ def serve(manifest: Path, registry: str | None, settings: "Settings", cache_root
     """Everything a start writes goes to the work root (settings.work_root), never to the cache: a
     NIMService may mount NIM_CACHE_PATH read-only, and many pods may share it."""
     from runtime_min.tasks import task_module
-    from runtime_min.triton import find_servers
+    from runtime_min.triton import check_shared_memory, find_servers
 
     profile, system, origin = select(manifest, cache_root)
     work = ensure_work_root(settings.work_root)
@@ -244,7 +244,7 @@ def serve(manifest: Path, registry: str | None, settings: "Settings", cache_root
         install, deployment = deploy_into(profile, workspace, system, servers, repository, cache_root, work,
                                           portable=False)
         check_runnable(profile, [install], (install, deployment.core))
-        check_shared_memory(repository)
+        check_shared_memory(repository)  # before Triton starts: it would fail the load less clearly
         task = task_module(deployment.info)
         grpc_at = _address_free("gRPC", settings.grpc_host, settings.grpc_port, "NIM_GRPC_API_PORT") \
             if hasattr(task, "add_servicers") else None
@@ -389,23 +389,3 @@ def writable(path: Path) -> bool:
     except OSError:
         return False
     return os.access(path, os.W_OK)
-
-
-SHM_PER_INSTANCE = 4 << 20  # the Python backend's region per model instance (triton.py passes this size)
-
-
-def check_shared_memory(repository: Path, shm: Path = Path("/dev/shm")) -> None:
-    """Each Python-backend model instance maps a region of SHM_PER_INSTANCE in /dev/shm when Triton
-    loads it; a container's default 64 MiB, or a small NIMService sharedMemorySizeLimit, makes Triton
-    fail the load with a message about shared memory. Said at start, in one line, with the fix."""
-    from runtime_min.deploy.config import python_instances
-
-    if not shm.is_dir():
-        return  # not Linux: Triton's Python backend does not run here anyway
-    need = python_instances(repository) * SHM_PER_INSTANCE
-    stats = os.statvfs(shm)
-    free = stats.f_bavail * stats.f_frsize
-    if free < need:
-        raise NimbuildError(f"{shm} has {free >> 20} MiB free; the profile's Triton Python models need "
-                            f"{need >> 20} MiB to load (raise it: NIMService spec.storage.sharedMemorySizeLimit, "
-                            "a Kubernetes emptyDir with medium Memory, or podman/docker --shm-size)")

@@ -38,6 +38,10 @@ class TritonError(RuntimeError):
     pass
 
 
+# The Python backend's shared-memory region per model instance, in /dev/shm (shm-default-byte-size)
+SHM_PER_INSTANCE = 4 << 20
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -221,7 +225,7 @@ class TritonServer:
             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false", "--log-verbose=0", "--exit-on-error=true",
-            "--backend-config=python,shm-default-byte-size=4194304",
+            f"--backend-config=python,shm-default-byte-size={SHM_PER_INSTANCE}",
         ]
         if self.install.backend_dir:
             cmd.append(f"--backend-directory={self.install.backend_dir}")
@@ -294,6 +298,26 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def check_shared_memory(repository: Path, shm: Path = Path("/dev/shm")) -> None:
+    """Each Python-backend model instance maps SHM_PER_INSTANCE of /dev/shm when Triton loads it; a
+    container's default 64 MiB, or a small NIMService sharedMemorySizeLimit, makes Triton fail the
+    load with a message about shared memory. Said before it starts, in one line, with the fix."""
+    import os
+
+    from nimbuild.errors import NimbuildError
+    from runtime_min.deploy.config import python_instances
+
+    if not shm.is_dir():
+        return  # not Linux: Triton's Python backend does not run here anyway
+    need = python_instances(repository) * SHM_PER_INSTANCE
+    stats = os.statvfs(shm)
+    free = stats.f_bavail * stats.f_frsize
+    if free < need:
+        raise NimbuildError(f"{shm} has {free >> 20} MiB free; the profile's Triton Python models need "
+                            f"{need >> 20} MiB to load (raise it: NIMService spec.storage.sharedMemorySizeLimit, "
+                            "a Kubernetes emptyDir with medium Memory, or podman/docker --shm-size)")
 
 
 def _tail(path: Path, lines: int = 15) -> str:

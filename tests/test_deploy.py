@@ -280,6 +280,11 @@ def test_the_engine_an_rmir_becomes_is_written_back_as_nimbuild_reads_it(minilm_
     (slot,) = [p for p in (cache / "rmir-engines").glob("*/sm86-tensorrt_rtx-*") if p.is_dir()]
     assert (tmp_path / "two/minilm-embed/1/model.plan").read_bytes() == (slot / "model.plan").read_bytes()
     assert "RMIR" not in again.stderr  # nothing is built for it
+    # the RMIR started again reuses its engine and finds it recorded: one entry still
+    monkeypatch.setenv("NIM_CUSTOM_MODEL_NAME", "minilm-a10")
+    third = create_store(out / "profiles.yaml", "rmir-fp16-throughput", tmp_path / "three", cache, A10)
+    assert third.returncode == 0 and "RMIR reused the engine" in third.stderr, third.stderr
+    assert [p.id for p in read_profiles(local).profiles] == [built_id]
 
 
 def test_an_rmir_on_a_simulated_h100_without_tensorrt_is_refused_at_selection(minilm_compiled, tmp_path):

@@ -89,7 +89,7 @@ def test_a_work_root_of_another_user_is_refused(tmp_path):
 
 
 def test_too_little_shared_memory_is_one_line_before_triton_starts(tmp_path, monkeypatch):
-    from runtime_min import service
+    from runtime_min import triton
 
     store = tmp_path / "store"
     for name in ("a", "b"):
@@ -102,8 +102,8 @@ def test_too_little_shared_memory_is_one_line_before_triton_starts(tmp_path, mon
     class Small:
         f_bavail, f_frsize = 15, 1 << 20  # 15 MiB free; 4 Python instances need 16
 
-    monkeypatch.setattr(service.os, "statvfs", lambda path: Small)
+    monkeypatch.setattr(os, "statvfs", lambda path: Small)
     with pytest.raises(NimbuildError, match=r"has 15 MiB free; the profile's Triton Python models need 16 MiB"):
-        service.check_shared_memory(store, Path("/dev/shm"))
+        triton.check_shared_memory(store, Path("/dev/shm"))
     Small.f_bavail = 16
-    service.check_shared_memory(store, Path("/dev/shm"))
+    triton.check_shared_memory(store, Path("/dev/shm"))
