@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 
 import nim_operator as op
 from conftest import REPO, VENV_BIN
+from test_runtime import Runtime
 
 EMBED = "onnxruntime-fp32-throughput"
 SPEECH = "onnxruntime-fp32-throughput-str"
@@ -209,9 +209,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class NimService:
+class NimService(Runtime):
     """runtime_min started as the NIMService's Deployment starts the image: its entrypoint, the
-    operator's environment, UID 1000."""
+    operator's environment, UID 1000 (readiness, stop and the no-Triton-left check are Runtime's)."""
 
     def __init__(self, env: dict, cache: Path, profile: str, grpc: bool, log: Path):
         self.port = _free_port()
@@ -221,22 +221,6 @@ class NimService:
             ["runtime_min", "serve"], {**env, **op.nimservice_env(self.port, self.grpc_port, profile, str(cache))},
             stdout=subprocess.DEVNULL, stderr=open(log, "wb")))
         self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"exited early:\n{self.log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{self.url}/v1/health/ready", timeout=1).status_code == 200:  # the readiness probe
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
 
 
 def _snapshot(root: Path) -> dict:
@@ -256,8 +240,8 @@ def services(image, pvc, tmp_path_factory):
     embed = NimService(env, cache, _by_description(profiles, "minilm-embed", EMBED).id, False, logs / "embed.log")
     speech = NimService(env, cache, _by_description(profiles, "asr-digits", SPEECH).id, True, logs / "speech.log")
     try:
-        embed.wait_ready()
-        speech.wait_ready()
+        embed.wait_ready(180)
+        speech.wait_ready(180)
         yield embed, speech
     finally:
         codes = [embed.stop(), speech.stop()]
