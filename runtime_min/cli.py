@@ -150,10 +150,11 @@ def download_to_cache_cmd(manifest, registry, profiles, everything) -> None:
     sys.exit(_one_line_errors(run))
 
 
-@main.command("list-model-profiles", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command("list-model-profiles", add_help_option=False,
+              context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def list_model_profiles_cmd(ctx) -> None:
-    """NIM's listing (the same as nim_list_model_profiles)."""
+    """NIM's listing (the same as nim_list_model_profiles; --help shows its options)."""
     from nimbuild.cli import list_model_profiles_main
 
     list_model_profiles_main.main(args=ctx.args, prog_name="list-model-profiles")
@@ -169,4 +170,5 @@ def command_main(name: str):
 
 download_to_cache_main = command_main("download-to-cache")
 create_model_store_main = command_main("create-model-store")
-list_model_profiles_main = command_main("list-model-profiles")
+# list-model-profiles, the executable, is nimbuild.cli's own command (pyproject): the one above
+# only forwards to it

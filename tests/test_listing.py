@@ -258,3 +258,17 @@ def test_listing_imports_nothing_heavy():
                "    list_model_profiles_main()")
     watched = ("torch", "transformers", "onnx", "onnxruntime", "pydantic", "rich", "numpy")
     assert modules_loaded_by(snippet, watched) == []
+
+
+def test_nims_command_names_are_executables_that_list_as_nim_list_model_profiles_does(minilm_compiled):
+    """The NIM Operator and NIM's docs call `list-model-profiles` by name; `runtime_min
+    list-model-profiles` forwards to the same command, --help included."""
+    import sys
+
+    manifest = str(minilm_compiled[0] / "profiles.yaml")
+    by_name, nim = (subprocess.run([str(VENV_BIN / name), "-m", manifest, "--format", "json"], capture_output=True,
+                                   text=True) for name in ("list-model-profiles", "nim_list_model_profiles"))
+    assert by_name.returncode == 0 and json.loads(by_name.stdout) == json.loads(nim.stdout)
+    forwarded = subprocess.run([sys.executable, "-m", "runtime_min", "list-model-profiles", "--help"],
+                               capture_output=True, text=True)
+    assert forwarded.returncode == 0 and "--explain" in forwarded.stdout and "--format" in forwarded.stdout
