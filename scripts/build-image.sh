@@ -69,7 +69,12 @@ fi
 # The build context: nimbuild's wheel, pins from the tested environment, and the baked manifest.
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT/wheels" "$CONTEXT/etc"
+# setuptools stages the wheel in build/lib and keeps it: a module deleted since the last build would
+# ride along, so the staging is cleared on both sides
+rm -rf build/lib build/bdist.*
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$CONTEXT/wheels" . 2>&1 | grep -v "is ignored" || true
+rm -rf build/lib build/bdist.*
+ls "$CONTEXT"/wheels/nimbuild-*.whl >/dev/null  # the wheel was built (pip's own errors are above)
 # the versions the test suite ran with (pip's constraints pin only what the extras install)
 "$PY" -m pip freeze --exclude-editable | grep -v -e '^-e ' -e ' @ ' > "$CONTEXT/constraints.txt"
 if [ ${#RELEASES[@]} -gt 0 ]; then
