@@ -296,22 +296,32 @@ REGISTRY_OPTION = click.option(
 @click.argument("source", type=click.Path(path_type=Path))
 @REGISTRY_OPTION
 @click.option("--force", is_flag=True, help="Replace a published release whose content differs.")
+@click.option("--images", type=click.Choice(["models", "modelcar"]), default=None,
+              help="Also push each profile as an OCI image with the profile under /models, tagged "
+                   "<release>-<id>-image, for KServe's storageUri: oci://... and image volumes; modelcar adds "
+                   "a shell (a static busybox) for KServe's modelcar sidecar.")
 @FORMAT_OPTION
 @_verbosity
 @click.pass_context
-def publish_cmd(ctx: click.Context, source: Path, registry_uri: str, force: bool, fmt: str, **_: bool) -> None:
-    """Publish the profiles of SOURCE (a compile output or its profiles.yaml) as releases."""
+def publish_cmd(ctx: click.Context, source: Path, registry_uri: str, force: bool, images: str | None, fmt: str,
+                **_: bool) -> None:
+    """Publish the profiles of SOURCE (a compile output or its profiles.yaml) as releases.
+
+    Each profile is pushed twice over the same blobs: as nimbuild's artifact (<release>-<id>) and as a
+    CNCF ModelPack artifact (<release>-<id>-modelpack) that modctl, KitOps and Harbor read."""
     from nimbuild.registry import publish
 
-    report = publish(source, registry_uri, _reporter(ctx), force=force)
+    report = publish(source, registry_uri, _reporter(ctx), force=force, images=images)
     if fmt == "json":
         _emit_json({"registry": registry_uri, "releases": report.releases, "unchanged": report.unchanged,
-                    "blobs_sent": report.blobs_sent, "bytes_sent": report.bytes_sent,
+                    "images": report.images, "blobs_sent": report.blobs_sent, "bytes_sent": report.bytes_sent,
                     "blobs_already_present": report.blobs_present})
         return
     for name in report.releases:
         state = "unchanged" if name in report.unchanged else "published"
         click.echo(f"{state} {name} in {registry_uri}")
+    for name in report.images:
+        click.echo(f"image {name}")
     click.echo(f"sent {report.blobs_sent} blob(s), {report.bytes_sent / 1e6:.1f} MB; "
                f"{report.blobs_present} already present")
 
@@ -366,8 +376,9 @@ def registry_ls(uri: str, fmt: str) -> None:
     if not listing:
         click.echo(f"{uri}: no models")
     for model, tags in listing.items():
+        images = f", {len(tags['image_tags'])} image(s)" if tags["image_tags"] else ""
         click.echo(f"{model}: releases {', '.join(tags['releases']) or '-'} "
-                   f"({len(tags['profile_tags'])} profile tag(s))")
+                   f"({len(tags['profile_tags'])} profile tag(s), {len(tags['modelpack_tags'])} ModelPack{images})")
 
 
 @main.command("k8s", cls=_Command)
@@ -393,7 +404,7 @@ def registry_ls(uri: str, fmt: str) -> None:
 @click.option("--max-replicas", type=int, default=4, show_default=True)
 @click.option("--in-flight-target", type=int, default=8, show_default=True,
               help="Requests in flight per pod (num_requests_running) the autoscaler keeps to.")
-@click.option("--storage-uri", default=None, help="kserve: where the pulled release is (pvc://, s3://, oci://).")
+@click.option("--storage-uri", default=None, help="kserve: where KServe finds the profile: an oci:// model image (publish --images), pvc://, s3://.")
 @click.option("--pvc", "existing_pvc", default=None,
               help="Serve from this claim, filled beforehand (air-gapped): no caching step is written.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -416,7 +427,7 @@ def k8s_cmd(source: Path, image: str, profile: str | None, system_file: Path | N
 
 @main.command("serve")
 @click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
+              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe mounted a model, else ./profiles.yaml).")
 @click.option("--registry", default=None, help="Fetch the selected profile from this registry.")
 @click.option("--host", default=None, help="Address for the HTTP and gRPC APIs (default $NIM_HTTP_API_HOST, "
                                            "else 0.0.0.0).")
@@ -431,14 +442,14 @@ def serve_cmd(manifest: Path | None, registry: str | None, host: str | None, por
 
 @main.command("create-model-store")
 @click.option("--profile", "-p", "profile", required=True, help="Profile id, unique id prefix, or description.")
-@click.option("--model-store", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Directory to write the Triton model repository into.")
+@click.option("--model-store", "store", required=True,
+              help="Directory to write the Triton model repository into, or s3://BUCKET/PREFIX to upload it.")
 @click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml).")
+              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe mounted a model, else ./profiles.yaml).")
 @click.option("--registry", default=None, help="Fetch the profile from this registry.")
 @click.option("--triton-backends", "backends", default=None,
               help="Write for a Triton with these backends (e.g. python,onnxruntime,tensorrt); default: the one here.")
-def create_model_store_cmd(profile: str, store: Path, manifest: Path | None, registry: str | None,
+def create_model_store_cmd(profile: str, store: str, manifest: Path | None, registry: str | None,
                            backends: str | None) -> None:
     """Write one profile's Triton model repository (same as python -m runtime_min create-model-store)."""
     from runtime_min.cli import run_create_model_store

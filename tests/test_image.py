@@ -119,3 +119,49 @@ def test_the_image_caches_and_serves_as_the_nim_operator_runs_it(built):
     records = [json.loads(line) for line in logs.splitlines()]  # NIM_JSONL_LOGGING=1
     assert any(r["message"].startswith(f"Selected profile: {fp32}") for r in records)
     assert any("found in the cache" in r["message"] for r in records)
+
+
+def test_a_modelcar_image_runs_kserves_own_commands(tmp_path):
+    """`publish --images modelcar` under podman, with the commands KServe gives its modelcar
+    (kserve/kserve pkg/utils/storage.go at aaac4e29, CreateModelcarInitContainer and modelcarCommand):
+    the init container's check that /models is there and not empty, then the sidecar's
+    `ln -sf /proc/$$/root/models /mnt/models && sleep infinity`, read from outside through that link
+    as the predictor reads it (a shared process namespace: --pid host here)."""
+    from nimbuild.progress import Reporter
+    from nimbuild.registry import publish
+    from servers import Registry
+    from test_registry import assert_pulled_exactly, make_release
+
+    require("podman")
+    require("runc")
+    if os.geteuid() != 0:
+        pytest.skip("podman's runc runtime needs root here")
+    manifest = make_release(tmp_path / "out")
+    profile = manifest.profiles[0]
+    server = Registry(tmp_path / "registry")
+    name = f"nimbuild-modelcar-{os.getpid()}"
+    image = f"{server.host}/acme/demo:1.0-{profile.id[:12]}-image"
+    try:
+        publish(tmp_path / "out", f"oci://{server.host}/acme", Reporter(quiet=True), images="modelcar")
+        pulled = _podman("pull", "--tls-verify=false", image, timeout=300)
+        assert pulled.returncode == 0, pulled.stderr[-2000:]
+        init = _podman("run", "--rm", *PODMAN_RUN, image, "sh", "-c",
+                       "echo 'Pre-fetching modelcar: ' && [ -d /models ] && [ \"$(ls -A /models)\" ] && "
+                       "echo 'OK ... Prefetched and valid (/models exists)' || "
+                       "(echo 'NOK ... Prefetched but modelcar is invalid' && exit 1)", timeout=120)
+        assert init.returncode == 0 and "OK ... Prefetched and valid" in init.stdout, init.stdout + init.stderr
+        volume = tmp_path / "mnt"
+        volume.mkdir()
+        started = _podman("run", "-d", "--name", name, *PODMAN_RUN, "--pid", "host", "-v", f"{volume}:/mnt", image,
+                          "sh", "-c", "ln -sf /proc/$$/root/models /mnt/models && sleep infinity", timeout=120)
+        assert started.returncode == 0, started.stderr[-2000:]
+        deadline = time.monotonic() + 30
+        while not (volume / "models" / "profiles.yaml").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert os.readlink(volume / "models").startswith("/proc/") and os.readlink(volume / "models").endswith(
+            "/root/models")
+        assert_pulled_exactly(volume / "models", manifest, only={profile.description})
+    finally:
+        _podman("rm", "-f", "-t", "0", name, timeout=90)
+        _podman("rmi", "-f", image, timeout=90)
+        server.stop()

@@ -88,7 +88,8 @@ def test_layout_round_trip_and_structure(tmp_path, release, cache):
     assert json.loads((registry_dir / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     refs = sorted(m["annotations"]["org.opencontainers.image.ref.name"]
                   for m in json.loads((registry_dir / "index.json").read_text())["manifests"])
-    assert refs == sorted(["demo:1.0"] + [f"demo:1.0-{p.id[:12]}" for p in manifest.profiles])
+    assert refs == sorted(["demo:1.0"] + [f"demo:1.0-{p.id[:12]}{kind}" for p in manifest.profiles
+                                          for kind in ("", "-modelpack")])
     result = pull("demo:1.0", registry_dir.as_uri(), QUIET, dest=tmp_path / "dest", cache=cache)
     assert_pulled_exactly(tmp_path / "dest", manifest)
     assert result.blobs_sent == 4 and list_registry(str(registry_dir))["demo"]["releases"] == ["1.0"]
@@ -106,7 +107,10 @@ def test_registry_round_trip_into_an_empty_cache(tmp_path, registry, release, ca
     assert again.blobs_sent == 0 and again.blobs_present == 4, "the second pull comes from the cache"
     assert_pulled_exactly(tmp_path / "b", manifest)
     assert list_registry(uri) == {"demo": {"releases": ["1.0"],
-                                           "profile_tags": sorted(f"1.0-{p.id[:12]}" for p in manifest.profiles)}}
+                                           "profile_tags": sorted(f"1.0-{p.id[:12]}" for p in manifest.profiles),
+                                           "modelpack_tags": sorted(f"1.0-{p.id[:12]}-modelpack"
+                                                                    for p in manifest.profiles),
+                                           "image_tags": []}}
 
 
 def test_second_publish_sends_nothing_and_shared_blobs_go_once(tmp_path, registry, release):
@@ -326,7 +330,7 @@ def test_cli_publish_pull_ls_and_bad_input(tmp_path, registry, release):
     assert published.returncode == 0, published.stderr
     assert json.loads(published.stdout)["blobs_sent"] == 4
     listed = run("registry", "ls", uri)
-    assert listed.stdout.strip() == "demo: releases 1.0 (2 profile tag(s))"
+    assert listed.stdout.strip() == "demo: releases 1.0 (2 profile tag(s), 2 ModelPack)"
     for args, message in [(("pull", "demo", "--registry", uri), "expected MODEL:RELEASE"),
                           (("pull", "demo:1.0", "--registry", uri, "--select", "--profile", "x"), "give one"),
                           (("publish", str(tmp_path / "nothing"), "--registry", uri), "manifest not found")]:

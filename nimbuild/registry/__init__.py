@@ -21,6 +21,7 @@ from nimbuild.errors import IntegrityError, RegistryError
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest, parse_manifest
 from nimbuild.progress import Reporter, TransferProgress
 from nimbuild.registry import artifacts as art
+from nimbuild.registry import modelpack
 from nimbuild.registry.cache import BlobCache
 
 WORKERS = 4
@@ -29,6 +30,7 @@ WORKERS = 4
 @dataclass
 class TransferReport:
     releases: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # MODEL:TAG of each model image pushed (--images)
     blobs_sent: int = 0
     bytes_sent: int = 0
     blobs_present: int = 0  # already in the registry or the cache: not transferred
@@ -88,14 +90,22 @@ def parse_ref(ref: str) -> tuple[str, str]:
 
 # --- publish ----------------------------------------------------------------------------------------
 
-def publish(manifest_path: Path, uri: str, reporter: Reporter, force: bool = False) -> TransferReport:
+def publish(manifest_path: Path, uri: str, reporter: Reporter, force: bool = False,
+            images: str | None = None) -> TransferReport:
+    """Publish each release; with `images` ("models" or "modelcar", with a shell), also an OCI image
+    per profile with the profile under /models (model_image.py), for KServe and image volumes."""
+    from nimbuild.registry import model_image
+
     manifest_path = manifest_path / MANIFEST_NAME if manifest_path.is_dir() else manifest_path
     manifest = load_manifest(manifest_path)
     base = manifest_path.parent
+    shell = model_image.find_busybox() if images == "modelcar" else None
     store = open_store(uri, create=True)
     report = TransferReport()
     try:
         if hasattr(store, "publish_release"):  # NGC has versions, not manifests
+            if images:
+                raise RegistryError(f"{uri}: NGC's model registry holds no images; publish --images to an OCI registry")
             groups = _by_release(manifest)
             for (model, release), profiles in groups.items():
                 store.publish_release(model, release, profiles, base, reporter, force)
@@ -103,6 +113,8 @@ def publish(manifest_path: Path, uri: str, reporter: Reporter, force: bool = Fal
             return report
         for (model, release), profiles in _by_release(manifest).items():
             _publish_release(store, model, release, profiles, base, reporter, force, report)
+            if images:
+                _publish_images(store, model, release, profiles, base, shell, reporter, force, report)
     finally:
         store.close()
     return report
@@ -124,8 +136,9 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
     registry_manifest = Manifest([_with_uris(p, lambda rel, f: f"{store.uri}/{model}@{f.digest}") for p in profiles])
     yaml_bytes = registry_manifest.dumps().encode()
     bodies = [(p, art.profile_manifest(p)) for p in profiles]
+    packs = _modelpack_manifests(profiles, base)
     wrapper = art.manifest_wrapper(art.digest_of(yaml_bytes), len(yaml_bytes))
-    index = art.release_index(model, release, bodies, wrapper)
+    index = art.release_index(model, release, bodies, wrapper, [(p, body) for p, (_, body) in zip(profiles, packs)])
     existing = store.get_manifest(repo, release)
     name = f"{model}:{release}"
     if existing is not None:
@@ -148,9 +161,43 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
     store.put_bytes(repo, art.digest_of(yaml_bytes), yaml_bytes)
     for profile, body in bodies:
         store.push_manifest(repo, art.profile_tag(release, profile.id), body, art.MANIFEST, art.PROFILE_TYPE)
+    for profile, (config, body) in zip(profiles, packs):  # the same blobs, described for ModelPack readers
+        store.put_bytes(repo, art.digest_of(config), config)
+        store.push_manifest(repo, art.modelpack_tag(release, profile.id), body, art.MANIFEST, art.MODELPACK_TYPE)
     store.push_manifest(repo, None, wrapper, art.MANIFEST, art.MANIFEST_TYPE)
-    store.push_manifest(repo, release, index, art.INDEX, art.RELEASE_TYPE)  # last: the tag appears when all is there
+    store.push_manifest(repo, release, index, art.INDEX)  # last: the tag appears when all is there
     report.releases.append(name)
+
+
+def _publish_images(store, model: str, release: str, profiles: list[Profile], base: Path, shell: Path | None,
+                    reporter: Reporter, force: bool, report: TransferReport) -> None:
+    """One image per profile, tagged `<release>-<id>-image`; layers the registry has are not sent."""
+    import tempfile
+
+    from nimbuild.registry import model_image
+
+    repo = store.repo(model)
+    for p in profiles:
+        tag = model_image.image_tag(release, p.id)
+        with tempfile.TemporaryDirectory(prefix="nimbuild-image-") as tmp:
+            config, body, layers = model_image.build(p, base, Path(tmp), shell)
+            existing = store.get_manifest(repo, tag)
+            if existing is not None and existing != body and not force:
+                raise RegistryError(f"{model}:{tag} is already published in {store.uri} with different content; "
+                                    "pass --force to replace it")
+            _send_blobs(store, repo, {digest: (size, path) for digest, size, path in layers}, reporter, report)
+        store.put_bytes(repo, art.digest_of(config), config)
+        store.push_manifest(repo, tag, body, art.MANIFEST)
+        report.images.append(f"{model}:{tag}")
+
+
+def _modelpack_manifests(profiles: list[Profile], base: Path) -> list[tuple[bytes, bytes]]:
+    """(config, manifest) of each profile as a CNCF ModelPack artifact (DESIGN.md §12)."""
+    out = []
+    for p in profiles:
+        config = modelpack.config(p, base)
+        out.append((config, modelpack.manifest(p, config, art.identity(p))))
+    return out
 
 
 def _profile_manifests(index_body: bytes) -> dict[str, str]:
@@ -215,7 +262,8 @@ def pull(ref: str, uri: str, reporter: Reporter, dest: Path | None = None, profi
         entries, profiles = _release(store, repo, ref, cache)
         chosen = choose(profiles, profile, select)
         for p in chosen:
-            _check_profile_layers(store, repo, p, entries)
+            if entries is not None:  # a ModelPack manifest is itself the list of the profile's layers
+                _check_profile_layers(store, repo, p, entries)
         _fetch_all(store, repo, chosen, cache, reporter, report)
         dest = dest or cache.root / "profiles" / model / release
         _materialise(chosen, cache, dest)
@@ -239,28 +287,48 @@ def published_profiles(ref: str, uri: str, cache: BlobCache | None = None) -> li
         store.close()
 
 
-def _release(store, repo: str, ref: str, cache: BlobCache) -> tuple[list, list[Profile]]:
-    """(the release index's entries, the profiles its profiles.yaml lists)."""
+def _release(store, repo: str, ref: str, cache: BlobCache) -> tuple[list | None, list[Profile]]:
+    """(the release index's entries, the profiles its profiles.yaml lists). The ref may also name one
+    profile's ModelPack manifest (`<release>-<id>-modelpack`, or one copied on its own): then its
+    profile, and None for the entries."""
     model, release = parse_ref(ref)
     index_body = store.get_manifest(repo, release)
     if index_body is None:
         known = ", ".join(t for t in store.tags(repo) if not _is_profile_tag(t)) or "none"
         raise RegistryError(f"{ref} not found in {store.uri} (releases of {model}: {known})")
     index = art.parse_json(index_body, f"{ref} index")
+    if _is_modelpack(index):
+        return None, [_modelpack_profile(store, repo, index, ref)]
     entries = [art.Descriptor.from_dict(m) for m in index.get("manifests") or []]
+    if not any(map(_is_wrapper, entries)):
+        packs = [e for e in entries if e.artifact_type == art.MODELPACK_TYPE or (e.annotations or {}).get(art.MODELPACK_OF)]
+        if packs:  # an index of ModelPack manifests alone: each holds its whole profile
+            return None, [_modelpack_profile(store, repo, art.parse_json(_manifest(store, repo, e.digest),
+                                                                         f"{ref} ModelPack manifest"), ref) for e in packs]
     return entries, _registry_profiles(store, repo, ref, entries, cache)
 
 
+def _is_wrapper(entry) -> bool:
+    """The index entry of profiles.yaml: by artifactType, or by title, since copies made by older
+    clients (skopeo 1.9) drop artifactType from index descriptors but keep annotations."""
+    return entry.artifact_type == art.MANIFEST_TYPE or (entry.annotations or {}).get(art.TITLE) == "profiles.yaml"
+
+
+def _is_modelpack(body: dict) -> bool:
+    return body.get("artifactType") == art.MODELPACK_TYPE or (body.get("config") or {}).get("mediaType") == modelpack.CONFIG
+
+
+def _modelpack_profile(store, repo: str, body: dict, what: str) -> Profile:
+    return modelpack.profile_of(body, what, lambda digest: f"{store.uri}/{repo.rpartition('/')[2]}@{digest}")
+
+
 def _is_profile_tag(tag: str) -> bool:
-    head, _, tail = tag.rpartition("-")
+    head, _, tail = tag.removesuffix("-modelpack").removesuffix("-image").rpartition("-")
     return bool(head) and len(tail) == 12 and all(c in "0123456789abcdef" for c in tail)
 
 
 def _registry_profiles(store, repo: str, ref: str, entries: list, cache: BlobCache) -> list[Profile]:
-    # By artifactType, or by title: copies made by older clients (skopeo 1.9) drop artifactType
-    # from index descriptors but keep annotations.
-    wrappers = [e for e in entries if e.artifact_type == art.MANIFEST_TYPE
-                or (e.annotations or {}).get(art.TITLE) == "profiles.yaml"]
+    wrappers = [e for e in entries if _is_wrapper(e)]
     if not wrappers:
         raise RegistryError(f"{ref} is not a nimbuild release (its index lists no profiles.yaml)")
     wrapper = art.parse_json(_manifest(store, repo, wrappers[0].digest), f"{ref} profiles.yaml manifest")
@@ -338,14 +406,18 @@ def _materialise(profiles: list[Profile], cache: BlobCache, dest: Path) -> None:
 # --- listing ----------------------------------------------------------------------------------------
 
 def list_registry(uri: str) -> dict[str, dict[str, list[str]]]:
-    """{model: {"releases": [...], "profile_tags": [...]}} for every model in the registry."""
+    """{model: {"releases", "profile_tags", "modelpack_tags", "image_tags": [...]}} for every model in
+    the registry: each profile has nimbuild's tag and a ModelPack one, and an image tag if published so."""
     store = open_store(uri)
     try:
         out = {}
         for model in store.repositories():
             tags = store.tags(store.repo(model))
+            profile_tags = [t for t in tags if _is_profile_tag(t)]
             out[model] = {"releases": [t for t in tags if not _is_profile_tag(t)],
-                          "profile_tags": [t for t in tags if _is_profile_tag(t)]}
+                          "profile_tags": [t for t in profile_tags if not t.endswith(("-modelpack", "-image"))],
+                          "modelpack_tags": [t for t in profile_tags if t.endswith("-modelpack")],
+                          "image_tags": [t for t in profile_tags if t.endswith("-image")]}
         return out
     finally:
         store.close()

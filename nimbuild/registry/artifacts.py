@@ -3,8 +3,9 @@
 - A profile is an image manifest with `artifactType` application/vnd.nimbuild.profile.v1+json,
   the empty config, one layer per workspace file (titled with its relative path), and its tags
   and identity as annotations. Tagged `<release>-<first 12 hex of the id>`.
-- A release is an image index over its profile manifests plus one small manifest whose single
-  layer is the release's profiles.yaml. Tagged `<release>`. (An index may only list manifests,
+- A release is an image index over its profile manifests, the same profiles as CNCF ModelPack
+  manifests (modelpack.py), and one small manifest whose single layer is the release's
+  profiles.yaml. Tagged `<release>`. (An index may only list manifests,
   so profiles.yaml travels wrapped in one; clients such as skopeo can then copy the release.)
 
 Manifests are serialised canonically (sorted keys, no spaces), so the same release always has
@@ -28,6 +29,8 @@ RELEASE_TYPE = "application/vnd.nimbuild.release.v1+json"
 FILE_MEDIA = "application/octet-stream"
 TITLE = "org.opencontainers.image.title"
 PREFIX = "ai.nimbuild."
+MODELPACK_TYPE = "application/vnd.cncf.model.manifest.v1+json"  # CNCF ModelPack (modelpack.py)
+MODELPACK_OF = PREFIX + "modelpack.of"  # in a release index: the profile a ModelPack manifest packs
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,19 @@ def profile_manifest(profile) -> bytes:
         Descriptor(FILE_MEDIA, f.digest, f.size, {TITLE: rel}).to_dict()
         for rel, f in sorted(profile.files.items())
     ]
-    annotations = {
+    return canonical({"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": PROFILE_TYPE,
+                      "config": empty_config(), "layers": layers, "annotations": identity(profile)})
+
+
+def identity(profile) -> dict[str, str]:
+    """The annotations that say which profile an artifact holds (nimbuild's and ModelPack's manifests)."""
+    return {
         PREFIX + "profile.id": profile.id,
         PREFIX + "model": profile.model,
         PREFIX + "release": profile.release,
         PREFIX + "description": profile.description,
         **{PREFIX + "tag." + k: v for k, v in profile.tags.items()},
     }
-    return canonical({"schemaVersion": 2, "mediaType": MANIFEST, "artifactType": PROFILE_TYPE,
-                      "config": empty_config(), "layers": layers, "annotations": annotations})
 
 
 def manifest_wrapper(yaml_digest: str, yaml_size: int) -> bytes:
@@ -87,20 +94,38 @@ def manifest_wrapper(yaml_digest: str, yaml_size: int) -> bytes:
                       "config": empty_config(), "layers": [layer]})
 
 
-def release_index(model: str, release: str, profiles: list[tuple[Any, bytes]], wrapper: bytes) -> bytes:
+def release_index(model: str, release: str, profiles: list[tuple[Any, bytes]], wrapper: bytes,
+                  modelpacks: list[tuple[Any, bytes]] = ()) -> bytes:
+    """The release: nimbuild's profile manifests, the same profiles as ModelPack manifests (marked
+    `modelpack.of`, not `profile.id`, so readers of nimbuild's own never mistake one), profiles.yaml.
+
+    Its entries are told apart by annotations alone, and the index carries no `artifactType` (an OCI
+    1.1 field): clients built on image-spec 1.0, skopeo 1.9 among them, drop the field when they copy
+    an index, which changes its digest, and refuse the copy under --preserve-digests. Without it an
+    air-gapped mirror made by `skopeo copy --all` is the release byte for byte."""
     entries = [
         Descriptor(MANIFEST, digest_of(body), len(body),
-                   {PREFIX + "profile.id": p.id, PREFIX + "description": p.description}, PROFILE_TYPE).to_dict()
+                   {PREFIX + "profile.id": p.id, PREFIX + "description": p.description}).to_dict()
         for p, body in sorted(profiles, key=lambda pair: pair[0].id)
     ]
-    entries.append(Descriptor(MANIFEST, digest_of(wrapper), len(wrapper), {TITLE: "profiles.yaml"},
-                              MANIFEST_TYPE).to_dict())
-    return canonical({"schemaVersion": 2, "mediaType": INDEX, "artifactType": RELEASE_TYPE, "manifests": entries,
-                      "annotations": {PREFIX + "model": model, "org.opencontainers.image.version": release}})
+    entries += [
+        Descriptor(MANIFEST, digest_of(body), len(body), {MODELPACK_OF: p.id, PREFIX + "description": p.description}
+                   ).to_dict()
+        for p, body in sorted(modelpacks, key=lambda pair: pair[0].id)
+    ]
+    entries.append(Descriptor(MANIFEST, digest_of(wrapper), len(wrapper), {TITLE: "profiles.yaml"}).to_dict())
+    return canonical({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries,
+                      "annotations": {PREFIX + "model": model, PREFIX + "type": RELEASE_TYPE,
+                                      "org.opencontainers.image.version": release}})
 
 
 def profile_tag(release: str, profile_id: str) -> str:
     return f"{release}-{profile_id[:12]}"
+
+
+def modelpack_tag(release: str, profile_id: str) -> str:
+    """The profile as a ModelPack artifact: `modctl pull REG/NS/MODEL:<this>`."""
+    return f"{profile_tag(release, profile_id)}-modelpack"
 
 
 def parse_json(body: bytes, what: str) -> dict[str, Any]:
