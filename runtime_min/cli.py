@@ -18,7 +18,7 @@ import click
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles.nim import manifest_path
 
-MANIFEST_HELP = "Profiles manifest (default: $NIM_MANIFEST_PATH, else ./profiles.yaml)."
+MANIFEST_HELP = "Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe mounted a model, else ./profiles.yaml)."
 REGISTRY_HELP = ("Registry to fetch from (directory, oci://, ngc://); default: $NIMBUILD_REGISTRY, else the "
                  "registry the manifest's file URIs name.")
 
@@ -47,8 +47,11 @@ def run_serve(manifest: Path | None, registry: str | None, host: str | None, por
 def store_options(command):
     command = click.option("--profile", "-p", "profile", required=True,
                            help="Profile id, unique id prefix, or description.")(command)
-    command = click.option("--model-store", "store", required=True, type=click.Path(path_type=Path, file_okay=False),
-                           help="Directory to write the Triton model repository into.")(command)
+    # a string, not a click.Path: a Path would fold s3://bucket into s3:/bucket
+    command = click.option("--model-store", "store", required=True,
+                           help="Directory to write the Triton model repository into, or s3://BUCKET/PREFIX "
+                                "(s3://http://HOST:PORT/BUCKET/PREFIX for an S3-compatible endpoint) to upload "
+                                "it for `tritonserver --model-repository s3://...`.")(command)
     command = click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
                            help=MANIFEST_HELP)(command)
     command = click.option("--registry", default=None, help=REGISTRY_HELP)(command)
@@ -57,17 +60,38 @@ def store_options(command):
                              "for NGC's Triton container); default: the tritonserver found here.")(command)
 
 
-def run_create_model_store(profile: str, store: Path, manifest: Path | None, registry: str | None,
+def run_create_model_store(profile: str, store: str | Path, manifest: Path | None, registry: str | None,
                            backends: str | None) -> str:
-    """Write the repository; the line that says what was written."""
+    """Write the repository (or upload it, for an s3:// store); the line that says what was written."""
     from nimbuild.registry.cache import default_cache_root
+    from runtime_min import object_store
     from runtime_min.service import create_model_store
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     wanted = {b.strip() for b in backends.split(",") if b.strip()} if backends else None
-    deployment = create_model_store(manifest_path(manifest), profile, store, registry, default_cache_root(), wanted)
-    return (f"wrote {len(deployment.models)} model(s) to {store}: {', '.join(deployment.models)} "
-            f"(core: {deployment.core.describe()})")
+    if not object_store.is_object_store(str(store)):
+        deployment = create_model_store(manifest_path(manifest), profile, Path(store), registry, default_cache_root(),
+                                        wanted)
+        return (f"wrote {len(deployment.models)} model(s) to {store}: {', '.join(deployment.models)} "
+                f"(core: {deployment.core.describe()})")
+    import shutil
+    import tempfile
+
+    from runtime_min.settings import work_root
+
+    where = object_store.parse(str(store))  # a bad address is refused before anything is fetched
+    from runtime_min.service import ensure_work_root
+
+    staging = Path(tempfile.mkdtemp(prefix="model-store-", dir=ensure_work_root(work_root())))
+    try:
+        deployment = create_model_store(manifest_path(manifest), profile, staging / "store", registry,
+                                        default_cache_root(), wanted)
+        sent = object_store.upload(staging / "store", deployment.models, where)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return (f"uploaded {len(deployment.models)} model(s) ({sent} files) to {where.triton_uri}: "
+            f"{', '.join(deployment.models)} (core: {deployment.core.describe()}); "
+            f"serve with tritonserver --model-repository={where.triton_uri}")
 
 
 class _ProfilesTakeMany(click.Command):

@@ -1,4 +1,5 @@
-"""Real servers for tests: Debian's docker-registry on loopback, and a TCP proxy that cuts a stream.
+"""Real servers for tests: Debian's docker-registry on loopback, moto's S3 server (the stand-in for AWS S3),
+and a TCP proxy that cuts a stream.
 
 Each binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
 """
@@ -80,6 +81,47 @@ class Registry:
     def blob_path(self, digest: str) -> Path:
         hexd = digest.split(":")[1]
         return self.root / "data" / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class S3Server:
+    """STAND-IN for AWS S3 (a remote service nothing here reaches): moto's server mode on loopback,
+    which boto3 and Triton's AWS SDK both speak to. `env` is what a client needs to reach it."""
+
+    def __init__(self, root: Path):
+        import sys
+
+        self.port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.log = root / "moto.log"
+        binary = Path(sys.executable).with_name("moto_server")
+        self.process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"moto_server exited: {self.log.read_text()[-500:]}"
+            try:
+                httpx.get(self.endpoint, timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"moto_server did not start: {self.log.read_text()[-500:]}")
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -56,12 +56,19 @@ class ManifestRead:
 MANIFEST_ENV = "NIM_MANIFEST_PATH"
 
 
+KSERVE_MODEL_DIR = Path("/mnt/models")  # where KServe puts a storageUri's model (modelcar or storage initializer)
+
+
 def manifest_path(given: Path | None) -> Path:
     """The manifest a command reads: the one given, else $NIM_MANIFEST_PATH (what a NIM image
-    sets to its baked model_manifest.yaml), else ./profiles.yaml."""
+    sets to its baked model_manifest.yaml), else the profile KServe mounted at /mnt/models (a model
+    image from `publish --images`, or a pulled release), else ./profiles.yaml."""
     import os
 
-    return given or Path(os.environ.get(MANIFEST_ENV) or "profiles.yaml")
+    if given or os.environ.get(MANIFEST_ENV):
+        return given or Path(os.environ[MANIFEST_ENV])
+    mounted = KSERVE_MODEL_DIR / "profiles.yaml"
+    return mounted if mounted.is_file() else Path("profiles.yaml")
 
 
 def read_profiles(path: str | Path) -> ManifestRead:
