@@ -211,6 +211,25 @@ def write_recipe(tmp_path):
     return write
 
 
+@pytest.fixture
+def registry(tmp_path):
+    """A docker-registry on loopback, for this test alone."""
+    from servers import Registry
+
+    server = Registry(tmp_path / "registry-server")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def release(tmp_path):
+    """test_registry.make_release's two profiles, written as a compile output: (out dir, manifest)."""
+    from test_registry import make_release
+
+    out = tmp_path / "compile-out"
+    return out, make_release(out)
+
+
 @pytest.fixture(scope="session")
 def minilm_compiled(tmp_path_factory):
     """The shipped example recipe compiled once through the CLI: (out dir, CLI output)."""

@@ -35,6 +35,16 @@ def require(binary: str) -> str:
     pytest.skip(message)
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """TERM, then KILL if it has not gone within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Registry:
     """`access_log`: one line per request in `log` (combined format), for tests that count them."""
 
@@ -83,12 +93,7 @@ class Registry:
         return self.root / "data" / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 class S3Server:
@@ -124,12 +129,7 @@ class S3Server:
                             aws_secret_access_key="testing", region_name="us-east-1")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 class CuttingProxy:

@@ -321,11 +321,24 @@ def test_serving_an_engine_on_a_machine_without_a_gpu_is_refused_before_download
     assert "Traceback" not in result.stderr and not (tmp_path / "cache" / "blobs").exists(), "nothing was fetched"
 
 
+def embed_through_triton(url: str) -> np.ndarray:
+    """The MiniLM repository's embedding of one tokenised sentence, asked of Triton with tritonclient."""
+    import tritonclient.http as triton_http
+
+    client = triton_http.InferenceServerClient(url)
+    assert client.is_model_ready("minilm-embed")
+    ids = np.array([[101, 1037, 2158, 2003, 5983, 2833, 1012, 102]], dtype=np.int64)
+    inputs = []
+    for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("token_type_ids", np.zeros_like(ids))):
+        tensor = triton_http.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return client.infer("minilm-embed", inputs).as_numpy("embeddings")
+
+
 def test_a_written_repository_is_served_by_a_plain_tritonserver_after_it_is_moved(minilm_compiled, tmp_path):
     """create-model-store's output alone, copied elsewhere (it names no path outside itself),
     served by `tritonserver --model-repository` and called with tritonclient."""
-    import tritonclient.http as triton_http
-
     from runtime_min.triton import TritonServer, locate_triton
 
     out, _ = minilm_compiled
@@ -337,15 +350,7 @@ def test_a_written_repository_is_served_by_a_plain_tritonserver_after_it_is_move
     server = TritonServer(locate_triton(tmp_path / "cache"), moved, tmp_path / "triton.log")
     server.start()
     try:
-        client = triton_http.InferenceServerClient(server.url)
-        assert client.is_model_ready("minilm-embed")
-        ids = np.array([[101, 1037, 2158, 2003, 5983, 2833, 1012, 102]], dtype=np.int64)
-        inputs = []
-        for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("token_type_ids", np.zeros_like(ids))):
-            tensor = triton_http.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        embedding = client.infer("minilm-embed", inputs).as_numpy("embeddings")
+        embedding = embed_through_triton(server.url)
         assert embedding.shape == (1, 384) and abs(np.linalg.norm(embedding) - 1) < 1e-5
     finally:
         server.stop()

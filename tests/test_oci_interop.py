@@ -23,7 +23,8 @@ from nimbuild.registry import modelpack, publish, pull
 from nimbuild.registry.artifacts import MODELPACK_OF, canonical, digest_of
 from nimbuild.registry.cache import BlobCache
 from servers import Registry, S3Server, free_port, require
-from test_registry import QUIET, assert_pulled_exactly, make_release
+from test_registry import QUIET, assert_pulled_exactly
+from test_runtime import Runtime
 
 SCHEMA = REPO / "tests" / "schemas" / "modelpack" / "config-schema.json"
 # docs/spec.md of modelpack/model-spec: the layer media types implementations SHOULD support
@@ -31,19 +32,6 @@ SPEC_LAYER_TYPES = {f"application/vnd.cncf.model.{kind}.v1.{form}"
                     for kind in ("weight", "weight.config", "doc", "code", "dataset")
                     for form in ("raw", "tar", "tar+gzip", "tar+zstd")}
 EMBED = "onnxruntime-fp32-throughput"
-
-
-@pytest.fixture
-def registry(tmp_path):
-    server = Registry(tmp_path / "registry-server")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def release(tmp_path):
-    out = tmp_path / "compile-out"
-    return out, make_release(out)
 
 
 def raw(host: str, ref: str, *extra: str) -> bytes:
@@ -264,42 +252,37 @@ def test_kserve_fetches_a_model_image_and_runtime_min_serves_it_from_mnt_models_
     for own in ("cache", "work"):  # the pod's emptyDir volumes, its own
         (root / own).mkdir()
         shutil.chown(root / own, pod.op.USER_ID, pod.op.GROUP_ID)
-    port = free_port()
-    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": "/tmp", "NIM_CACHE_PATH": str(root / "cache"),
-           "NIM_HTTP_API_PORT": str(port), "NIM_WORKSPACE": str(root / "work")}
-    log = root / "runtime.log"
-    process = subprocess.Popen(**pod._as_pod(["runtime_min", "serve", "--host", "127.0.0.1"], env,
-                                             mounts={Path("/mnt/models"): models},
-                                             stdout=subprocess.DEVNULL, stderr=open(log, "wb")))
+    predictor = KServePredictor(root, models)
     try:
-        _wait_ready(process, f"http://127.0.0.1:{port}", log)
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings",
+        predictor.wait_ready(180)
+        reply = httpx.post(f"{predictor.url}/v1/embeddings",
                            json={"model": "minilm-embed", "input": ["served from a model image"]}, timeout=60)
         assert reply.status_code == 200, reply.text
         assert abs(np.linalg.norm(reply.json()["data"][0]["embedding"]) - 1) < 1e-4
-        text = log.read_text()
+        text = predictor.log.read_text()
         assert "Manifest: /mnt/models/profiles.yaml" in text and f"Selected profile: {profile.id}" in text, text
     finally:
-        process.terminate()
-        code = process.wait(timeout=60)
-        text = log.read_text()
+        code = predictor.stop()
+        text = predictor.log.read_text()
         shutil.rmtree(root, ignore_errors=True)
     assert code == 0, text[-2000:]
 
 
-def _wait_ready(process, url: str, log: Path, timeout: float = 180) -> None:
-    import time
+class KServePredictor(Runtime):
+    """runtime_min as KServe's predictor container runs it: UID 1000, the model mounted read-only at
+    /mnt/models, no manifest named and no registry (readiness and stop are Runtime's)."""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"runtime exited early:\n{log.read_text()[-2000:]}"
-        try:
-            if httpx.get(f"{url}/v1/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {timeout} s:\n{log.read_text()[-2000:]}")
+    def __init__(self, root: Path, models: Path):
+        import test_operator as pod
+
+        self.port = free_port()
+        self.log = root / "runtime.log"
+        env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": "/tmp", "NIM_CACHE_PATH": str(root / "cache"),
+               "NIM_HTTP_API_PORT": str(self.port), "NIM_WORKSPACE": str(root / "work")}
+        self.process = subprocess.Popen(**pod._as_pod(["runtime_min", "serve", "--host", "127.0.0.1"], env,
+                                                      mounts={Path("/mnt/models"): models},
+                                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "wb")))
+        self.url = f"http://127.0.0.1:{self.port}"
 
 
 # --- S3 model stores ----------------------------------------------------------------------------------
@@ -324,9 +307,8 @@ def _base_env() -> dict:
 
 
 def test_a_model_store_uploaded_to_s3_is_served_by_tritonserver_from_s3(minilm_compiled, s3, tmp_path):
-    import tritonclient.http as triton_http
-
     from runtime_min.triton import TritonServer, locate_triton
+    from test_deploy import embed_through_triton
 
     out, _ = minilm_compiled
     uri = f"s3://{s3.endpoint}/models/minilm"
@@ -346,16 +328,7 @@ def test_a_model_store_uploaded_to_s3_is_served_by_tritonserver_from_s3(minilm_c
     server = TritonServer(install, uri, tmp_path / "triton.log")
     server.start()
     try:
-        client = triton_http.InferenceServerClient(server.url)
-        assert client.is_model_ready("minilm-embed")
-        ids = np.array([[101, 1037, 2158, 2003, 5983, 2833, 1012, 102]], dtype=np.int64)
-        inputs = []
-        for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids)),
-                            ("token_type_ids", np.zeros_like(ids))):
-            tensor = triton_http.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        embedding = client.infer("minilm-embed", inputs).as_numpy("embeddings")
+        embedding = embed_through_triton(server.url)
         assert embedding.shape == (1, 384) and abs(np.linalg.norm(embedding) - 1) < 1e-5
     finally:
         server.stop()
@@ -392,7 +365,6 @@ def test_skopeo_copy_all_mirrors_a_release_byte_for_byte_and_runtime_min_serves_
     whose baked manifest names the first registry serves from the mirror ($NIMBUILD_REGISTRY) with the
     first one gone."""
     from nimbuild.profiles.manifest import Manifest, load_manifest
-    from test_runtime import Runtime
     from nimbuild.registry import published_profiles
 
     out, _ = minilm_compiled
@@ -425,3 +397,22 @@ def test_skopeo_copy_all_mirrors_a_release_byte_for_byte_and_runtime_min_serves_
             assert runtime.stop() == 0
     finally:
         mirror.stop()
+
+
+@pytest.mark.parametrize("path,message", [
+    ("../../etc/passwd", "must be relative and stay inside the workspace"),
+    ("/etc/passwd", "must be relative and stay inside the workspace"),
+    ("model.onnx", "does not match the profile's content"),  # a layer swapped under the profile's id
+])
+def test_a_hostile_modelpack_manifest_is_refused_as_a_manifest_is(release, path, message):
+    """The profile a ModelPack manifest carries goes through the manifest reader's own checks: file
+    paths stay inside the workspace and the id must match the files the layers name."""
+    from nimbuild.errors import NimbuildError
+
+    _, manifest = release
+    profile = manifest.profiles[0]
+    body = json.loads(modelpack.manifest(profile, modelpack.config(profile, None), {}))
+    body["layers"][0]["annotations"][modelpack.FILEPATH] = path
+    body["layers"][0]["digest"] = "sha256:" + "0" * 64
+    with pytest.raises(NimbuildError, match=message):
+        modelpack.profile_of(body, "hostile", lambda digest: f"oci://127.0.0.1:1/ns/demo@{digest}")

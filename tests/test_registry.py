@@ -63,19 +63,6 @@ def assert_pulled_exactly(dest: Path, expected: Manifest, only: set[str] | None 
 
 
 @pytest.fixture
-def registry(tmp_path):
-    server = Registry(tmp_path / "registry-server")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def release(tmp_path):
-    out = tmp_path / "compile-out"
-    return out, make_release(out)
-
-
-@pytest.fixture
 def cache(tmp_path):
     return BlobCache(tmp_path / "cache")
 
