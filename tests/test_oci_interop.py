@@ -216,6 +216,9 @@ def test_model_images_are_reproducible_and_hold_the_profile_under_models(registr
     image = json.loads(body)
     config = json.loads(blob(registry.host, "acme/demo", image["config"]["digest"]))
     assert config["os"] == "linux" and config["rootfs"]["diff_ids"] == [layer["digest"] for layer in image["layers"]]
+    with pytest.raises(RegistryError, match="names one manifest, not a release"):
+        pull(f"demo:{tag}", f"oci://{registry.host}/acme", QUIET, dest=tmp_path / "dest",
+             cache=BlobCache(tmp_path / "cache"))
     kserve_fetch(registry.host, f"acme/demo:{tag}", tmp_path / "mnt-models")
     assert_pulled_exactly(tmp_path / "mnt-models", manifest, only={profile.description})
     for layer in image["layers"]:  # reproducible members: owner 0:0, mtime 0, fixed modes

@@ -299,6 +299,9 @@ def _release(store, repo: str, ref: str, cache: BlobCache) -> tuple[list | None,
     index = art.parse_json(index_body, f"{ref} index")
     if _is_modelpack(index):
         return None, [_modelpack_profile(store, repo, index, ref)]
+    if "layers" in index:  # one image manifest: a model image (publish --images), or a profile's own tag
+        raise RegistryError(f"{ref} names one manifest, not a release: pull {model}:RELEASE, or a profile's "
+                            f"ModelPack tag {model}:RELEASE-ID-modelpack")
     entries = [art.Descriptor.from_dict(m) for m in index.get("manifests") or []]
     if not any(map(_is_wrapper, entries)):
         packs = [e for e in entries if e.artifact_type == art.MODELPACK_TYPE or (e.annotations or {}).get(art.MODELPACK_OF)]
