@@ -307,8 +307,9 @@ def publish_cmd(ctx: click.Context, source: Path, registry_uri: str, force: bool
                 **_: bool) -> None:
     """Publish the profiles of SOURCE (a compile output or its profiles.yaml) as releases.
 
-    Each profile is pushed twice over the same blobs: as nimbuild's artifact (<release>-<id>) and as a
-    CNCF ModelPack artifact (<release>-<id>-modelpack) that modctl, KitOps and Harbor read."""
+    To OCI registries and layouts each profile goes twice over the same blobs: as nimbuild's artifact
+    (<release>-<id>) and as a CNCF ModelPack artifact (<release>-<id>-modelpack) that modctl, KitOps
+    and Harbor read."""
     from nimbuild.registry import publish
 
     report = publish(source, registry_uri, _reporter(ctx), force=force, images=images)
