@@ -107,7 +107,7 @@ def test_every_profile_is_also_a_modelpack_artifact_over_the_same_blobs(registry
 
 
 def test_the_compiled_example_is_a_valid_modelpack_with_its_parameter_count(minilm_compiled, minilm_dir, registry,
-                                                                           tmp_path):
+                                                                           tmp_path, monkeypatch):
     """The real MiniLM: its task gives the capabilities, its graph the parameter count: the checkpoint's
     22.7M less the pooler, which an embedding model does not run (mean pooling): 22.6M."""
     from safetensors import safe_open
@@ -127,6 +127,9 @@ def test_the_compiled_example_is_a_valid_modelpack_with_its_parameter_count(mini
     assert config["config"] == {"format": "onnx", "precision": "float32", "architecture": "transformer",
                                 "paramSize": f"{served / 1e6:.1f}M",
                                 "capabilities": {"inputTypes": ["text"], "outputTypes": ["embedding"]}}
+    # a graph that keeps its weights inline and is bigger than publish parses is not counted
+    monkeypatch.setattr(modelpack, "COUNTED_GRAPH_BYTES", profile.files["model.onnx"].size - 1)
+    assert "paramSize" not in json.loads(modelpack.config(profile, out))["config"]
 
 
 def test_oras_pulls_a_modelpack_profile_into_its_files(registry, release, tmp_path):

@@ -150,11 +150,15 @@ def _model_info(profile, workspace: Path | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+COUNTED_GRAPH_BYTES = 256 << 20  # onnx.load holds a graph file in memory; publish otherwise streams
+
+
 def _parameters(profile, workspace: Path | None) -> int | None:
     """Elements in the graph's initializers (its weights), read without loading external data; None
-    where the workspace holds no ONNX graph (an engine, an RMIR) or onnx is not installed."""
+    where the workspace holds no ONNX graph (an engine, an RMIR), onnx is not installed, or a graph
+    file keeps its weights inline and is too big to parse within publish's small memory."""
     graphs = [rel for rel in profile.files if rel.endswith(".onnx")]
-    if workspace is None or not graphs:
+    if workspace is None or not graphs or any(profile.files[rel].size > COUNTED_GRAPH_BYTES for rel in graphs):
         return None
     try:
         import onnx
