@@ -405,7 +405,8 @@ def registry_ls(uri: str, fmt: str) -> None:
 @click.option("--max-replicas", type=int, default=4, show_default=True)
 @click.option("--in-flight-target", type=int, default=8, show_default=True,
               help="Requests in flight per pod (num_requests_running) the autoscaler keeps to.")
-@click.option("--storage-uri", default=None, help="kserve: where KServe finds the profile: an oci:// model image (publish --images), pvc://, s3://.")
+@click.option("--storage-uri", default=None,
+              help="kserve: where KServe finds the profile: an oci:// model image (publish --images), pvc://, s3://.")
 @click.option("--pvc", "existing_pvc", default=None,
               help="Serve from this claim, filled beforehand (air-gapped): no caching step is written.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -428,7 +429,8 @@ def k8s_cmd(source: Path, image: str, profile: str | None, system_file: Path | N
 
 @main.command("serve")
 @click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe mounted a model, else ./profiles.yaml).")
+              help=("Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where "
+                    "KServe mounted a model, else ./profiles.yaml)."))
 @click.option("--registry", default=None, help="Fetch the selected profile from this registry.")
 @click.option("--host", default=None, help="Address for the HTTP and gRPC APIs (default $NIM_HTTP_API_HOST, "
                                            "else 0.0.0.0).")
@@ -446,7 +448,8 @@ def serve_cmd(manifest: Path | None, registry: str | None, host: str | None, por
 @click.option("--model-store", "store", required=True,
               help="Directory to write the Triton model repository into, or s3://BUCKET/PREFIX to upload it.")
 @click.option("--manifest", "-m", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe mounted a model, else ./profiles.yaml).")
+              help=("Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where "
+                    "KServe mounted a model, else ./profiles.yaml)."))
 @click.option("--registry", default=None, help="Fetch the profile from this registry.")
 @click.option("--triton-backends", "backends", default=None,
               help="Write for a Triton with these backends (e.g. python,onnxruntime,tensorrt); default: the one here.")

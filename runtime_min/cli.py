@@ -18,7 +18,8 @@ import click
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles.nim import manifest_path
 
-MANIFEST_HELP = "Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe mounted a model, else ./profiles.yaml)."
+MANIFEST_HELP = ("Profiles manifest (default: $NIM_MANIFEST_PATH, else /mnt/models/profiles.yaml where KServe "
+                 "mounted a model, else ./profiles.yaml).")
 REGISTRY_HELP = ("Registry to fetch from (directory, oci://, ngc://); default: $NIMBUILD_REGISTRY, else the "
                  "registry the manifest's file URIs name.")
 
@@ -63,29 +64,38 @@ def store_options(command):
 def run_create_model_store(profile: str, store: str | Path, manifest: Path | None, registry: str | None,
                            backends: str | None) -> str:
     """Write the repository (or upload it, for an s3:// store); the line that says what was written."""
-    from nimbuild.registry.cache import default_cache_root
     from runtime_min import object_store
-    from runtime_min.service import create_model_store
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     wanted = {b.strip() for b in backends.split(",") if b.strip()} if backends else None
-    if not object_store.is_object_store(str(store)):
-        deployment = create_model_store(manifest_path(manifest), profile, Path(store), registry, default_cache_root(),
-                                        wanted)
-        return (f"wrote {len(deployment.models)} model(s) to {store}: {', '.join(deployment.models)} "
-                f"(core: {deployment.core.describe()})")
+    if object_store.is_object_store(str(store)):
+        return _upload_model_store(profile, object_store.parse(str(store)), manifest, registry, wanted)
+    if Path(store).is_file():
+        raise NimbuildError(f"--model-store {store}: a file is in the way; give a directory")
+    deployment = _write_model_store(profile, Path(store), manifest, registry, wanted)
+    return (f"wrote {len(deployment.models)} model(s) to {store}: {', '.join(deployment.models)} "
+            f"(core: {deployment.core.describe()})")
+
+
+def _write_model_store(profile: str, store: Path, manifest: Path | None, registry: str | None, wanted):
+    from nimbuild.registry.cache import default_cache_root
+    from runtime_min.service import create_model_store
+
+    return create_model_store(manifest_path(manifest), profile, store, registry, default_cache_root(), wanted)
+
+
+def _upload_model_store(profile: str, where, manifest: Path | None, registry: str | None, wanted) -> str:
+    """The repository written in the work folder, then uploaded (its address was checked before any fetch)."""
     import shutil
     import tempfile
 
-    from runtime_min.settings import work_root
-
-    where = object_store.parse(str(store))  # a bad address is refused before anything is fetched
+    from runtime_min import object_store
     from runtime_min.service import ensure_work_root
+    from runtime_min.settings import work_root
 
     staging = Path(tempfile.mkdtemp(prefix="model-store-", dir=ensure_work_root(work_root())))
     try:
-        deployment = create_model_store(manifest_path(manifest), profile, staging / "store", registry,
-                                        default_cache_root(), wanted)
+        deployment = _write_model_store(profile, staging / "store", manifest, registry, wanted)
         sent = object_store.upload(staging / "store", deployment.models, where)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -65,8 +65,10 @@ def manifest_path(given: Path | None) -> Path:
     image from `publish --images`, or a pulled release), else ./profiles.yaml."""
     import os
 
-    if given or os.environ.get(MANIFEST_ENV):
-        return given or Path(os.environ[MANIFEST_ENV])
+    if given:
+        return given
+    if os.environ.get(MANIFEST_ENV):
+        return Path(os.environ[MANIFEST_ENV])
     mounted = KSERVE_MODEL_DIR / "profiles.yaml"
     return mounted if mounted.is_file() else Path("profiles.yaml")
 
