@@ -336,10 +336,22 @@ def embed_through_triton(url: str) -> np.ndarray:
     return client.infer("minilm-embed", inputs).as_numpy("embeddings")
 
 
+def embed_from_repository(install, repository, log: Path) -> np.ndarray:
+    """A plain tritonserver started on `repository` (a path, or an s3:// address) and asked once."""
+    from runtime_min.triton import TritonServer
+
+    server = TritonServer(install, repository, log)
+    server.start()
+    try:
+        return embed_through_triton(server.url)
+    finally:
+        server.stop()
+
+
 def test_a_written_repository_is_served_by_a_plain_tritonserver_after_it_is_moved(minilm_compiled, tmp_path):
     """create-model-store's output alone, copied elsewhere (it names no path outside itself),
     served by `tritonserver --model-repository` and called with tritonclient."""
-    from runtime_min.triton import TritonServer, locate_triton
+    from runtime_min.triton import locate_triton
 
     out, _ = minilm_compiled
     result = create_store(out / "profiles.yaml", "onnxruntime-fp32-throughput", tmp_path / "store", tmp_path / "cache")
@@ -347,13 +359,8 @@ def test_a_written_repository_is_served_by_a_plain_tritonserver_after_it_is_move
     moved = tmp_path / "elsewhere"
     shutil.copytree(tmp_path / "store", moved)
     shutil.rmtree(tmp_path / "store")
-    server = TritonServer(locate_triton(tmp_path / "cache"), moved, tmp_path / "triton.log")
-    server.start()
-    try:
-        embedding = embed_through_triton(server.url)
-        assert embedding.shape == (1, 384) and abs(np.linalg.norm(embedding) - 1) < 1e-5
-    finally:
-        server.stop()
+    embedding = embed_from_repository(locate_triton(tmp_path / "cache"), moved, tmp_path / "triton.log")
+    assert embedding.shape == (1, 384) and abs(np.linalg.norm(embedding) - 1) < 1e-5
 
 
 def test_nimbuild_create_model_store_is_the_same_command(minilm_compiled, tmp_path, monkeypatch):

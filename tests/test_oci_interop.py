@@ -328,8 +328,8 @@ def _base_env() -> dict:
 
 
 def test_a_model_store_uploaded_to_s3_is_served_by_tritonserver_from_s3(minilm_compiled, s3, tmp_path):
-    from runtime_min.triton import TritonServer, locate_triton
-    from test_deploy import embed_through_triton
+    from runtime_min.triton import locate_triton
+    from test_deploy import embed_from_repository
 
     out, _ = minilm_compiled
     uri = f"s3://{s3.endpoint}/models/minilm"
@@ -346,13 +346,8 @@ def test_a_model_store_uploaded_to_s3_is_served_by_tritonserver_from_s3(minilm_c
     install = locate_triton(tmp_path / "work")
     install = type(install)(install.binary, install.backend_dir, {**install.env, **s3.env}, install.bundled,
                             install.backends)
-    server = TritonServer(install, uri, tmp_path / "triton.log")
-    server.start()
-    try:
-        embedding = embed_through_triton(server.url)
-        assert embedding.shape == (1, 384) and abs(np.linalg.norm(embedding) - 1) < 1e-5
-    finally:
-        server.stop()
+    embedding = embed_from_repository(install, uri, tmp_path / "triton.log")
+    assert embedding.shape == (1, 384) and abs(np.linalg.norm(embedding) - 1) < 1e-5
 
 
 @pytest.mark.parametrize("uri,message", [
