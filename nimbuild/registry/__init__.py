@@ -136,9 +136,6 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
     registry_manifest = Manifest([_with_uris(p, lambda rel, f: f"{store.uri}/{model}@{f.digest}") for p in profiles])
     yaml_bytes = registry_manifest.dumps().encode()
     bodies = [(p, art.profile_manifest(p)) for p in profiles]
-    packs = _modelpack_manifests(profiles, base)
-    wrapper = art.manifest_wrapper(art.digest_of(yaml_bytes), len(yaml_bytes))
-    index = art.release_index(model, release, bodies, wrapper, [(p, body) for p, (_, body) in zip(profiles, packs)])
     existing = store.get_manifest(repo, release)
     name = f"{model}:{release}"
     if existing is not None:
@@ -156,6 +153,9 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
                 f"({', '.join(i[:12] for i in changed[:4])} differ); a release is immutable: "
                 "bump the release, or pass --force to replace it"
             )
+    packs = _modelpack_manifests(profiles, base)  # after the check: an unchanged release does not read its graphs
+    wrapper = art.manifest_wrapper(art.digest_of(yaml_bytes), len(yaml_bytes))
+    index = art.release_index(model, release, bodies, wrapper, [(p, body) for p, (_, body) in zip(profiles, packs)])
     _send_blobs(store, repo, blobs, reporter, report)
     store.put_bytes(repo, art.EMPTY_DIGEST, b"{}")
     store.put_bytes(repo, art.digest_of(yaml_bytes), yaml_bytes)
