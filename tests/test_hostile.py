@@ -121,6 +121,18 @@ def test_system_files_with_fields_of_the_wrong_type_are_refused(tmp_path, manife
     _refused(_run("nim_list_model_profiles", "-m", path, env={"NIMBUILD_SYSTEM": system}), fragment)
 
 
+@pytest.mark.parametrize("system,fragment", [
+    ({"gpus": [], "driver": {"version": "550.54"}}, "driver must be a string, got dict"),
+    ({"gpus": [], "driver": 550}, "driver must be a string, got int"),
+    ({"gpus": [], "note": ["no", "gpu"]}, "note must be a string, got list"),
+])
+def test_system_file_fields_beside_the_gpus_are_typed_too(tmp_path, manifest_text, system, fragment):
+    """Issue 31: a JSON object where the driver version belongs was accepted."""
+    path = _write(tmp_path / "system.json", json.dumps(system))
+    _refused(_run("nim_list_model_profiles", "-m", _write(tmp_path / "m.yaml", manifest_text),
+                  env={"NIMBUILD_SYSTEM": path}), fragment)
+
+
 def test_a_system_file_number_beyond_any_float_is_refused(tmp_path, manifest_text):
     system = _write(tmp_path / "system.json", '{"gpus": [{"product": "L40S", "memory_mib": 1e400}]}')
     _refused(_run("nim_list_model_profiles", "-m", _write(tmp_path / "m.yaml", manifest_text),

@@ -122,6 +122,9 @@ def system_from_dict(data: Any) -> System:
     runtimes = data.get("runtimes")
     if runtimes is not None and not (isinstance(runtimes, dict) and all(isinstance(v, str) for v in runtimes.values())):
         raise ValueError('"runtimes" must map runtime names to version strings')
+    for key in ("driver", "source", "note"):  # what `nimbuild system --format json` writes beside them
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ValueError(f"{key} must be a string, got {type(data[key]).__name__}")
     return System(gpus=gpus, runtimes=runtimes, driver=data.get("driver"), source="file")
 
 
