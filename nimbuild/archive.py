@@ -59,6 +59,12 @@ def archive_reason(e: BaseException) -> str:
     return "not a tar archive (plain, gzip, bz2 or xz)" if text.startswith("file could not be opened") else text
 
 
+def _is_plain_file(fileobj) -> bool:
+    import io
+
+    return isinstance(fileobj, (io.BufferedReader, io.FileIO))
+
+
 def _write_members(tar: tarfile.TarFile, members, dest: Path) -> None:
     """Directories and regular files only (`vetted` checked each path, kind and size before its
     data is read; tarfile yields exactly the size a header declares), with plain permissions."""
@@ -81,6 +87,10 @@ def vetted(tar: tarfile.TarFile, archive: Path, error: type[NimbuildError], kind
     link or special file, lies outside the archive's directory, or takes the count or the declared
     size over the limits."""
     total = 0
+    # a plain tar's members must lie within the file: tarfile takes a header past the end for the
+    # archive's end, so a file cut mid-member read as a shorter, valid one (compressed streams
+    # fail on their own when they end early)
+    length = os.fstat(tar.fileobj.fileno()).st_size if _is_plain_file(tar.fileobj) else None
     for count, m in enumerate(tar, 1):
         if count > max_members:
             raise error(f"{archive}: more than {max_members} members, over the limit")
@@ -90,6 +100,8 @@ def vetted(tar: tarfile.TarFile, archive: Path, error: type[NimbuildError], kind
         if not (m.isfile() or m.isdir()):
             what = "link" if (m.issym() or m.islnk()) else "special file"
             raise error(f"{archive}: member {m.name!r} is a {what}; a {kind} holds only files")
+        if length is not None and m.offset_data + m.size > length:
+            raise error(f"{archive}: not a readable {kind}: truncated (member {m.name!r} runs past the end of the file)")
         total += m.size
         if total > max_bytes:
             raise error(f"{archive}: members add up to more than {max_bytes} bytes; refused as a decompression bomb "

@@ -159,6 +159,63 @@ def test_malicious_nemo_archives_are_refused_before_anything_is_written(tmp_path
     assert not (tmp_path / "evil").exists()
 
 
+def _fifo(name: str):
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.FIFOTYPE
+    return (info,)
+
+
+def _claim(name: str, size: int):
+    """A header that claims `size` bytes, with none of them after it (the archive ends there)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _members(count: int):
+    def add(t):
+        for i in range(count):
+            t.addfile(*_file(f"./extra/{i}"))
+    return add
+
+
+@pytest.mark.parametrize("add, message", [
+    (lambda t: t.addfile(*_file("/etc/evil")), "outside the archive"),
+    (lambda t: t.addfile(*_file("../evil")), "outside the archive"),
+    (lambda t: t.addfile(*_link("./tokenizer.model", "/etc/passwd")), "is a link"),
+    (lambda t: t.addfile(*_link("./w.ckpt", "./model_weights.ckpt", hard=True)), "is a link"),
+    (lambda t: t.addfile(*_device("./dev")), "is a special file"),
+    (lambda t: t.addfile(*_fifo("./fifo")), "is a special file"),
+    (_members(1001), "more than 1000 members"),
+    (lambda t: t.fileobj.write(_claim("./huge.bin", 40 << 30).tobuf()), "truncated"),
+    ("cut", "truncated"),
+])
+def test_inspect_judges_a_nemo_archive_as_compile_does(tmp_path, add, message):
+    """Issue 31: `nimbuild inspect` read model_config.yaml (the archive's first file) and stopped, so
+    whatever came after it passed; every reader of a .nemo now judges every member, one line, exit 2."""
+    import subprocess
+
+    from conftest import VENV_BIN
+
+    bad = _tampered(tmp_path, (lambda t: None) if add == "cut" else add)
+    if add == "cut":
+        _cut(bad)
+    result = subprocess.run([str(VENV_BIN / "nimbuild"), "inspect", str(bad)], capture_output=True, text=True,
+                            timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    from nimbuild.sources.nemo import resolve_nemo
+
+    with pytest.raises(SourceError, match=message):  # and the compile path, through the same check
+        resolve_nemo(str(bad), tmp_path)
+
+
 def test_a_config_naming_code_outside_nemo_is_refused(tmp_path):
     from nimbuild.sources.nemo import resolve_nemo
 

@@ -113,7 +113,9 @@ def read_config(path: Path) -> dict[str, Any]:
         return _parse_config(_find_config(path).read_bytes(), path)
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = vetted(tar, path, SourceError, ".nemo archive", MAX_MEMBERS, size_limit(path, MAX_BYTES))
+            # every header judged, as extraction judges them: stopping at the config let links, climbing
+            # paths, bombs and a truncated tail after it through `nimbuild inspect` (issue 31)
+            members = list(vetted(tar, path, SourceError, ".nemo archive", MAX_MEMBERS, size_limit(path, MAX_BYTES)))
             member = next((m for m in members if m.isfile() and Path(m.name).name == CONFIG_NAME), None)
             if member is None:
                 raise SourceError(f"{path}: no {CONFIG_NAME} in the archive; is it a .nemo checkpoint?")
