@@ -137,19 +137,23 @@ def _link(name: str, target: str, hard: bool = False):
     return (info,)
 
 
-def _device(name: str):
+def _device(name: str, kind: bytes = tarfile.CHRTYPE):
     info = tarfile.TarInfo(name)
-    info.type = tarfile.CHRTYPE
+    info.type = kind
     return (info,)
 
 
-@pytest.mark.parametrize("add, message", [
+# (what to add to the digits .nemo, the refusal it earns): shared by compile's and inspect's tests
+MALICIOUS_MEMBERS = [
     (lambda t: t.addfile(*_file("/etc/evil")), "outside the archive"),
     (lambda t: t.addfile(*_file("../evil")), "outside the archive"),
     (lambda t: t.addfile(*_link("./tokenizer.model", "/etc/passwd")), "is a link"),
     (lambda t: t.addfile(*_link("./w.ckpt", "./model_weights.ckpt", hard=True)), "is a link"),
     (lambda t: t.addfile(*_device("./dev")), "is a special file"),
-])
+]
+
+
+@pytest.mark.parametrize("add, message", MALICIOUS_MEMBERS)
 def test_malicious_nemo_archives_are_refused_before_anything_is_written(tmp_path, add, message):
     from nimbuild.sources.nemo import resolve_nemo
 
@@ -157,12 +161,6 @@ def test_malicious_nemo_archives_are_refused_before_anything_is_written(tmp_path
     with pytest.raises(SourceError, match=message):
         resolve_nemo(str(bad), tmp_path).path
     assert not (tmp_path / "evil").exists()
-
-
-def _fifo(name: str):
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.FIFOTYPE
-    return (info,)
 
 
 def _claim(name: str, size: int):
@@ -184,13 +182,8 @@ def _members(count: int):
     return add
 
 
-@pytest.mark.parametrize("add, message", [
-    (lambda t: t.addfile(*_file("/etc/evil")), "outside the archive"),
-    (lambda t: t.addfile(*_file("../evil")), "outside the archive"),
-    (lambda t: t.addfile(*_link("./tokenizer.model", "/etc/passwd")), "is a link"),
-    (lambda t: t.addfile(*_link("./w.ckpt", "./model_weights.ckpt", hard=True)), "is a link"),
-    (lambda t: t.addfile(*_device("./dev")), "is a special file"),
-    (lambda t: t.addfile(*_fifo("./fifo")), "is a special file"),
+@pytest.mark.parametrize("add, message", MALICIOUS_MEMBERS + [
+    (lambda t: t.addfile(*_device("./fifo", tarfile.FIFOTYPE)), "is a special file"),
     (_members(1001), "more than 1000 members"),
     (lambda t: t.fileobj.write(_claim("./huge.bin", 40 << 30).tobuf()), "truncated"),
     ("cut", "truncated"),
@@ -201,6 +194,7 @@ def test_inspect_judges_a_nemo_archive_as_compile_does(tmp_path, add, message):
     import subprocess
 
     from conftest import VENV_BIN
+    from nimbuild.sources.nemo import resolve_nemo
 
     bad = _tampered(tmp_path, (lambda t: None) if add == "cut" else add)
     if add == "cut":
@@ -210,8 +204,6 @@ def test_inspect_judges_a_nemo_archive_as_compile_does(tmp_path, add, message):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
-    from nimbuild.sources.nemo import resolve_nemo
-
     with pytest.raises(SourceError, match=message):  # and the compile path, through the same check
         resolve_nemo(str(bad), tmp_path)
 
