@@ -30,7 +30,6 @@ from nimbuild.registry.artifacts import MANIFEST, Descriptor, canonical, digest_
 
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
-IMAGE_TYPES = ("models", "modelcar")  # publish --images: without a shell, or with one
 OWN_LAYER = 1 << 20  # files at least this big get a layer each
 MAX_LAYERS = 100  # overlay filesystems refuse images of more than ~128 layers
 SHELL_APPLETS = ("sh", "ln", "sleep", "ls", "mkdir", "echo", "cat", "test", "[")

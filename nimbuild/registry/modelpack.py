@@ -17,7 +17,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nimbuild.registry.artifacts import MANIFEST, MODELPACK_OF, MODELPACK_TYPE, PREFIX, TITLE, Descriptor, canonical, digest_of
+from nimbuild.registry.artifacts import MANIFEST, MODELPACK_TYPE, PREFIX, TITLE, Descriptor, canonical, digest_of
 
 ARTIFACT_TYPE = MODELPACK_TYPE
 CONFIG = "application/vnd.cncf.model.config.v1+json"
@@ -25,11 +25,9 @@ WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
 WEIGHT_CONFIG = "application/vnd.cncf.model.weight.config.v1.raw"
 DOC = "application/vnd.cncf.model.doc.v1.raw"
 CODE = "application/vnd.cncf.model.code.v1.raw"
-RAW_TYPES = (WEIGHT, WEIGHT_CONFIG, DOC, CODE, "application/vnd.cncf.model.dataset.v1.raw")
 FILEPATH = "org.cncf.model.filepath"
 FILE_METADATA = "org.cncf.model.file.metadata+json"
 PROFILE_JSON = PREFIX + "profile"  # the profile entry (no files), so the manifest alone is the profile
-OF_PROFILE = MODELPACK_OF
 
 _WEIGHT_SUFFIXES = {".onnx", ".data", ".plan", ".engine", ".rmir", ".safetensors", ".bin", ".pt", ".ckpt",
                     ".nemo", ".riva", ".gguf", ".npy", ".npz"}
