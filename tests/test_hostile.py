@@ -40,6 +40,8 @@ MANIFESTS = {
     "v2 size a word": (_v2_file(f"m.onnx: {{uri: 'ngc://x', checksum: '{H}', size: big}}"), "has size 'big'"),
     "v2 absolute path": (_v2_file(f"/etc/passwd: {{uri: 'ngc://x', checksum: '{H}'}}"), "must be relative"),
     "v2 climbing path": (_v2_file(f"../../x: {{uri: 'ngc://x', checksum: '{H}'}}"), "must be relative"),
+    "v2 absolute uri": (_v2_file(f"m.onnx: {{uri: '/etc/passwd', checksum: '{H}'}}"), "a local uri must be relative"),
+    "v2 climbing uri": (_v2_file(f"m.onnx: {{uri: 'a/../../etc/passwd', checksum: '{H}'}}"), "stay inside it"),
     "v2 tag a list": (_v2(f"- {{id: {H}, tags: {{backend: a, precision: [fp16, fp32]}}}}\n"), "has a list value"),
     "v2 tag a mapping": (_v2(f"- {{id: {H}, tags: {{backend: a, precision: {{x: 1}}}}}}\n"), "has a dict value"),
     "v1 tag without value": (f"{H}:\n  tags: {{backend: }}\n", "has no value"),
@@ -67,6 +69,8 @@ def _nimbuild_variants(text: str) -> dict[str, tuple[str, str]]:
         "nimbuild size a word": (text.replace("size: 4", "size: lots", 1), "has size 'lots'"),
         "nimbuild negative size": (text.replace("size: 4", "size: -1", 1), "has size -1"),
         "nimbuild climbing path": (text.replace("      model.onnx:", "      ../model.onnx:", 1), "must be relative"),
+        "nimbuild absolute uri": (text.replace("uri: fp16/model.onnx", "uri: /etc/passwd", 1), "a local uri must be"),
+        "nimbuild climbing uri": (text.replace("uri: fp16/model.onnx", "uri: ../../fp16/model.onnx", 1), "stay inside"),
         "nimbuild tag a list": (text.replace("precision: fp16", "precision: [fp16]", 1), "has a list value"),
         "nimbuild digest short": (text.replace(DIGEST, "sha256:abc", 1), "malformed digest"),
     }
@@ -156,6 +160,44 @@ def test_recipes_that_cannot_work_fail_recipe_check(tmp_path, old, new, fragment
     assert old in RECIPE
     recipe = _write(tmp_path / "r.yaml", RECIPE.replace(old, new, 1))
     _refused(_run("nimbuild", "recipe", "check", recipe), fragment)
+
+
+def test_no_command_reads_a_file_outside_the_manifests_directory(tmp_path):
+    """Issue 31: a file uri that climbed out (or was absolute) was listed, selected, fetched into the
+    cache and published, with its digest right: any file on the machine could be read that way."""
+    from nimbuild.fsutil import sha256_file
+
+    secret = tmp_path / "home" / "secret.onnx"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not yours")
+    digest = "sha256:" + sha256_file(secret)
+    cache, registry = tmp_path / "cache", tmp_path / "registry"
+    (tmp_path / "ws").mkdir()
+    for uri in ("../home/secret.onnx", str(secret)):
+        files = {"model.onnx": WorkspaceFile(uri, digest, secret.stat().st_size)}
+        text = Manifest([Profile.create("m", "1.0", {"backend": "onnxruntime"}, files)]).dumps()
+        manifest = _write(tmp_path / "ws" / "profiles.yaml", text)
+        env = {"NIM_CACHE_PATH": str(cache)}
+        _refused(_run("python", "-m", "runtime_min", "download-to-cache", "-m", manifest, "--all", env=env),
+                 "a local uri must be relative")
+        _refused(_run("nimbuild", "publish", manifest, "--registry", str(registry)), "a local uri must be relative")
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+    assert not registry.exists()
+
+
+def test_profiles_merge_refuses_to_write_a_manifest_whose_files_lie_outside_it(tmp_path, manifest_text):
+    """A merged manifest beside (not above) its inputs would need ../ uris, which every reader refuses:
+    merge says so, instead of writing a manifest nothing can read."""
+    cell = tmp_path / "cells" / "a"
+    cell.mkdir(parents=True)
+    _write(cell / "profiles.yaml", manifest_text)
+    (tmp_path / "elsewhere").mkdir()
+    _refused(_run("nimbuild", "profiles", "merge", str(cell), "--out", str(tmp_path / "elsewhere" / "m.yaml")),
+             "write it in a directory that holds every input")
+    assert not (tmp_path / "elsewhere" / "m.yaml").exists()
+    merged = _run("nimbuild", "profiles", "merge", str(cell), "--out", str(tmp_path / "m.yaml"))
+    assert merged.returncode == 0, merged.stderr
+    assert "uri: cells/a/fp16/model.onnx" in (tmp_path / "m.yaml").read_text()
 
 
 def test_paths_that_are_files_are_named_not_crashed_on(tmp_path, manifest_text):

@@ -36,7 +36,9 @@ MANIFEST_NAME = "profiles.yaml"
 
 @dataclass(frozen=True)
 class WorkspaceFile:
-    uri: str  # relative to the manifest's directory, or a registry URI once published
+    # Relative to the manifest's directory and inside it (check_profiles), or a registry URI once
+    # published (scheme://..., fetched by digest, never read as a path)
+    uri: str
     digest: str  # "sha256:<64 hex>"
     size: int
 
@@ -130,14 +132,20 @@ class Manifest:
     def rebased(self, from_dir: Path, to_dir: Path) -> "Manifest":
         """The same profiles with relative file URIs rewritten to resolve from `to_dir`.
 
-        Registry URIs (anything with a scheme) are left as they are.
+        Registry URIs (anything with a scheme) are left as they are. A file outside `to_dir` is
+        refused: a local URI stays inside its manifest's directory (check_profiles), so a manifest
+        written there would be refused by every reader.
         """
         import os
 
         def move(uri: str) -> str:
             if "://" in uri:
                 return uri
-            return Path(os.path.relpath(Path(from_dir).resolve() / uri, Path(to_dir).resolve())).as_posix()
+            moved = Path(os.path.relpath(Path(from_dir).resolve() / uri, Path(to_dir).resolve())).as_posix()
+            if moved == ".." or moved.startswith("../"):
+                raise ManifestError(f"{Path(from_dir) / uri} is outside {to_dir}: a manifest's files must lie in its "
+                                    "directory or below, so write it in a directory that holds every input")
+            return moved
 
         return Manifest([
             Profile(p.id, p.model, p.release, p.description, p.tags,
@@ -188,6 +196,7 @@ def check_profiles(profiles: list[Profile], origin: str) -> list[Profile]:
         seen.add(p.id)
         for rel, f in p.files.items():
             _check_relative(rel, where)
+            _check_local_uri(rel, f.uri, where)
             if not is_sha256_digest(f.digest):
                 raise ManifestError(f"{where}: workspace file '{rel}' has a malformed digest {str(f.digest)[:80]!r} "
                                     "(expected sha256: and 64 lowercase hex digits)")
@@ -230,6 +239,17 @@ def _check_relative(rel: str, where: str) -> None:
     """Workspace paths are unpacked on target machines: refuse anything that escapes the workspace."""
     if not rel or rel.startswith("/") or "\\" in rel or ".." in rel.split("/"):
         raise ManifestError(f"{where}: workspace path {rel!r} must be relative and stay inside the workspace")
+
+
+def _check_local_uri(rel: str, uri: str, where: str) -> None:
+    """A file URI without a scheme is a path from the manifest's directory: one that is absolute or
+    climbs out would make a fetch or a publish read any file on the machine, so it is refused as a
+    climbing workspace path is. Registry URIs (scheme://) are fetched by digest, not read as paths."""
+    if "://" in uri:
+        return
+    if not uri or uri.startswith("/") or "\\" in uri or "\0" in uri or ".." in uri.split("/"):
+        raise ManifestError(f"{where}: workspace file '{rel}' has uri {uri[:200]!r}; a local uri must be relative "
+                            "to the manifest's directory and stay inside it (a registry uri names its scheme)")
 
 
 def merge_manifests(manifests: Iterable[tuple[str, Manifest]]) -> Manifest:
