@@ -110,7 +110,9 @@ GRPC_CHANNEL = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message
 # A task's routes: (app, served model, triton, state, metrics) -> None. `state` holds the shared
 # clients: "grpc" (Triton's asyncio gRPC client, which every task's inference goes through: the only
 # one that carries decoupled streams, and cheaper per call than its HTTP one) and "http" (httpx, for
-# Triton's metrics).
+# Triton's metrics); and "on_stop", where a task adds what ends its open-ended work (live token
+# streams) once the runtime is told to stop, before in-flight requests are waited for.
+STOP_HOOK_SECONDS = 5.0
 AddRoutes = Callable[[FastAPI, ServedModel, Any, dict, Metrics], None]
 
 
@@ -120,7 +122,7 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
     `front_ends`: others served from this event loop (the gRPC one), started with the shared
     clients once they exist and stopped before them."""
     metrics = Metrics()
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"on_stop": []}
 
     async def lifespan(app):
         import tritonclient.grpc.aio as triton_grpc
@@ -199,6 +201,19 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
             text += "# Triton metrics unavailable: Triton is not running\n"
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
+    async def begin_stop() -> None:
+        """The tasks' stop hooks, each bounded: a stop must be prompt whatever state Triton is in."""
+        import asyncio
+        import logging
+
+        for hook in state["on_stop"]:
+            try:
+                await asyncio.wait_for(hook(), STOP_HOOK_SECONDS)
+            except Exception as e:  # Triton gone, or slow: the stop goes on
+                logging.getLogger("runtime_min").warning("stopping %s: %s", getattr(hook, "__name__", hook),
+                                                         type(e).__name__ if not str(e) else e)
+
+    app.state.begin_stop = begin_stop
     add_routes(app, model, triton, state, metrics)
     return app
 

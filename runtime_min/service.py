@@ -291,7 +291,7 @@ def _run(profile: Profile, deployment, task, install, repository: Path, work: Pa
         config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
                                 log_config=None, timeout_graceful_shutdown=15, access_log=False, http="httptools",
                                 loop="asyncio")
-        server["uvicorn"] = uvicorn.Server(config)
+        server["uvicorn"] = _StoppingServer(config, app.state.begin_stop)
         # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down, into whatever
         # handler was there before; a recording one keeps that from killing us before Triton
         # is stopped, so a signal ends in a clean exit 0.
@@ -309,6 +309,20 @@ def _run(profile: Profile, deployment, task, install, repository: Path, work: Pa
         triton.stop()
         log.info("Triton stopped")
     return exit_code["value"]
+
+
+def _StoppingServer(config, begin_stop):
+    """uvicorn's server, which on a stop first runs the tasks' stop hooks (an LLM's: end every live
+    sequence) and only then waits for in-flight requests: a stop is as prompt after clients hung up
+    mid-stream as after none did."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            await begin_stop()
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def create_model_store(manifest: Path, requested: str, store: Path, registry: str | None, cache_root: Path,

@@ -488,6 +488,70 @@ def test_streams_whose_clients_hang_up_are_finished_so_the_runtime_stops_at_once
     assert "Timeout" not in served.log.read_text()
 
 
+def _hang_up_after_one_event(url: str) -> None:
+    with httpx.stream("POST", f"{url}/v1/completions", json={"model": MODEL, "prompt": "Rain", "max_tokens": 200,
+                                                             "stream": True, "ignore_eos": True}) as response:
+        next(response.iter_lines())
+
+
+def _read_to_the_end(url: str, first: "concurrent.futures.Future") -> list[str]:
+    """A client that stays: every line of its stream, however the stream ends."""
+    lines = []
+    try:
+        with httpx.stream("POST", f"{url}/v1/completions", json={"model": MODEL, "prompt": "Snow", "max_tokens": 200,
+                                                                 "stream": True, "ignore_eos": True}, timeout=30) as r:
+            for line in filter(None, r.iter_lines()):  # events, without the blank lines between them
+                lines.append(line)
+                if not first.done():
+                    first.set_result(True)
+    except httpx.HTTPError as e:  # the connection cut without an ending: recorded, and the assertion says so
+        lines.append(f"<{type(e).__name__}>")
+    if not first.done():
+        first.set_result(False)
+    return lines
+
+
+STOP_ROUNDS = 4
+
+
+@pytest.mark.slow
+def test_a_stop_right_after_clients_hung_up_mid_stream_is_prompt_every_time(llm_compiled, tmp_path):
+    """Issue 31: SIGTERM just after clients hung up streaming took 15.4 s in one run, when Triton
+    had not yet seen a cancellation and waited for the sequence. No waiting for the model to settle
+    here: the stop comes at once, with every core busy, STOP_ROUNDS times; a client still reading is
+    told why its stream ended."""
+    import os
+    import subprocess
+    import sys
+
+    from test_runtime import Runtime
+
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        for round_ in range(STOP_ROUNDS):
+            served = Runtime(llm_compiled / "profiles.yaml", tmp_path / "cache")
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                try:
+                    served.wait_ready(180)
+                    first = concurrent.futures.Future()
+                    staying = pool.submit(_read_to_the_end, served.url, first)
+                    list(pool.map(lambda _: _hang_up_after_one_event(served.url), range(3)))
+                    assert first.result(timeout=60), staying.result()
+                finally:
+                    started = time.monotonic()
+                    code = served.stop()
+                    seconds = time.monotonic() - started
+                lines = staying.result(timeout=30)
+            assert code == 0 and seconds < 8, f"round {round_}: exit {code} after {seconds:.1f} s"
+            assert "Timeout" not in served.log.read_text(), f"round {round_}: Triton waited for a request"
+            ending = [line for line in lines if line.startswith("data: ") and "error" in line]
+            assert lines[-1] == "data: [DONE]" and ending and "the server is stopping" in ending[-1], lines[-3:]
+    finally:
+        for process in load:
+            process.kill()
+            process.wait()
+
+
 def test_a_tensorrt_llm_profile_is_judged_on_the_tensorrt_llm_version():
     from nimbuild.profiles.manifest import Profile
     from nimbuild.profiles.select import _runtime_reasons

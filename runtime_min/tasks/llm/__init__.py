@@ -34,7 +34,9 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     inputs = [Tensor("input_ids", "int64", [-1], ragged=True), Tensor("max_tokens", "int32", [1]),
               Tensor("temperature", "float32", [1], optional=True), Tensor("top_p", "float32", [1], optional=True),
               Tensor("seed", "int64", [1], optional=True), Tensor("stop", "string", [-1], optional=True, ragged=True),
-              Tensor("ignore_eos", "bool", [1], optional=True)]
+              Tensor("ignore_eos", "bool", [1], optional=True),
+              # the runtime's stop: end every sequence now (routes.stop_generations)
+              Tensor("stop_all", "bool", [1], optional=True)]
     outputs = [Tensor("token_id", "int64", [1]), Tensor("text", "string", [1]), Tensor("finish_reason", "string", [1])]
     config = new_config(name, batch, inputs, outputs, backend="python")
     config.model_transaction_policy.decoupled = True

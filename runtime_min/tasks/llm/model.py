@@ -5,7 +5,10 @@ text-generation profile's KV-cache graph, with continuous batching across reques
 request's response sender. One worker thread owns the onnxruntime session and the Generator; each
 step advances every running sequence by one token in one batched graph call and sends each token
 as its own response (text delta, token id, and on the last one the finish reason, flagged final).
-Cancelled requests (the client went away) are dropped between steps.
+Cancelled requests (the client went away) are dropped between steps. A request with `stop_all`
+set is the runtime stopping (runtime_min.tasks.llm.routes.stop_generations): every sequence, running
+or queued, ends with an error response and later ones are refused, so Triton has nothing in flight
+when it is told to exit, whether or not it saw the clients' hang-ups.
 
 Custom metrics in Triton's /metrics: nimbuild_llm_step_rows_total / nimbuild_llm_steps_total is the
 mean number of sequences per graph call, nimbuild_llm_step_rows_max the largest batch so far.
@@ -49,6 +52,7 @@ class TritonPythonModel:
         )
         self.incoming = queue.Queue()
         self.stopping = threading.Event()
+        self.stopping_all = threading.Event()  # set by a stop_all request: no new sequence is taken
         self._metrics()
         self.worker = threading.Thread(target=self._loop, name="generation", daemon=True)
         self.worker.start()
@@ -68,11 +72,17 @@ class TritonPythonModel:
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
+            if _scalar(request, "stop_all", False):
+                self.stopping_all.set()
+                self.incoming.put(_StopAll(sender))  # the loop thread owns the generator
+                continue
+            if self.stopping_all.is_set():
+                sender.send(_error(STOPPING), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             try:
                 self.incoming.put(Sequence(_ids(request), _params(request), context=(request, sender)))
             except ValueError as e:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(_error(str(e)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
     def _loop(self):
@@ -93,17 +103,29 @@ class TritonPythonModel:
                     flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.finish_reason else 0
                     sender.send(_response(event), flags=flags)
             except Exception as e:  # fail the sequences in flight, keep serving the next ones
-                for sequence in generator.cancel(lambda s: True):
-                    sequence.context[1].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {e}")),
-                                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                self._fail_all(f"generation failed: {e}")
 
     def _admit(self, block):
         try:
-            self.generator.add(self.incoming.get(timeout=0.2) if block else self.incoming.get_nowait())
+            self._take(self.incoming.get(timeout=0.2) if block else self.incoming.get_nowait())
             while True:
-                self.generator.add(self.incoming.get_nowait())
+                self._take(self.incoming.get_nowait())
         except queue.Empty:
             pass
+
+    def _take(self, item):
+        if isinstance(item, _StopAll):
+            # every sequence queued before it is in the generator by now (the queue is FIFO and
+            # execute takes no new one once stopping_all is set)
+            self._fail_all(STOPPING)
+            # a response with outputs, not a bare final flag: that one no gRPC client is sent
+            item.sender.send(_outputs(-1, "", "stopped"), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            self.generator.add(item)
+
+    def _fail_all(self, message):
+        for sequence in self.generator.cancel(lambda s: True):
+            sequence.context[1].send(_error(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _count(self, sizes):
         for rows in sizes:
@@ -116,6 +138,18 @@ class TritonPythonModel:
     def finalize(self):
         self.stopping.set()
         self.worker.join(timeout=5)
+
+
+STOPPING = "the server is stopping"
+
+
+class _StopAll:
+    def __init__(self, sender):
+        self.sender = sender
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
 def _ids(request):
@@ -143,8 +177,12 @@ def _params(request):
 
 
 def _response(event):
+    return _outputs(event.token, event.text, event.finish_reason or "")
+
+
+def _outputs(token, text, finish_reason):
     return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor("token_id", np.array([[event.token]], np.int64)),
-        pb_utils.Tensor("text", np.array([[event.text.encode("utf-8")]], np.object_)),
-        pb_utils.Tensor("finish_reason", np.array([[(event.finish_reason or "").encode()]], np.object_)),
+        pb_utils.Tensor("token_id", np.array([[token]], np.int64)),
+        pb_utils.Tensor("text", np.array([[text.encode("utf-8")]], np.object_)),
+        pb_utils.Tensor("finish_reason", np.array([[finish_reason.encode()]], np.object_)),
     ])

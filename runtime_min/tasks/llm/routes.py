@@ -99,6 +99,11 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                if k in ("bos_token", "eos_token")}
     context = model.max_tokens
 
+    async def stop_generations() -> None:
+        await _stop_all(state, model)
+
+    state["on_stop"].append(stop_generations)
+
     # no text longer than this many characters fits the context: no token covers more characters
     # than the vocabulary's longest entry (x2: a normaliser may fold characters), so a longer prompt
     # is refused before the tokenizer spends seconds on it
@@ -293,6 +298,32 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
                        code="inference_failed") from None
     finally:
         responses.cancel()  # ends the stream; for an unfinished sequence Triton drops it from the batch
+
+
+async def _stop_all(state: dict, model: ServedModel) -> None:
+    """Tell the model to end every sequence (model.py's stop_all): each live stream gets an error
+    event at once, and Triton is left nothing in flight to wait for when it is stopped. Without this
+    a sequence whose client hung up just before the stop, before Triton saw the cancellation, kept
+    Triton waiting for it (15 s in one run)."""
+    import tritonclient.grpc.aio as triton_grpc
+
+    if "grpc" not in state:  # stopped before the API started
+        return
+    inputs = [_tensor(triton_grpc, "input_ids", np.array([[0]], np.int64), "INT64"),
+              _tensor(triton_grpc, "max_tokens", np.array([[1]], np.int32), "INT32"),
+              _tensor(triton_grpc, "stop_all", np.array([[True]], np.bool_), "BOOL")]
+
+    async def request():
+        yield {"model_name": model.name, "inputs": inputs, "request_id": "stop-all"}
+
+    responses = state["grpc"].stream_infer(request())
+    try:
+        async for _, error in responses:  # the model answers once every sequence has ended
+            if error is not None:
+                raise RuntimeError(error.message())
+            return
+    finally:
+        responses.cancel()
 
 
 def _tensor(module, name: str, array: np.ndarray, dtype: str):

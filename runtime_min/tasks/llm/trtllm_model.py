@@ -5,7 +5,8 @@ Its inputs and outputs are the generic model's (tasks/llm/model.py): input_ids, 
 temperature, top_p, seed, stop in; one response per new token with token_id, its text delta and,
 on the last, finish_reason. So `/v1/completions` and `/v1/chat/completions` serve it unchanged.
 One asyncio loop in a worker thread drives every request's stream; a cancelled request (the client
-went away) is aborted in the engine.
+went away) is aborted in the engine, and so is every one once a `stop_all` request (the runtime
+stopping) has come: that request is answered when none is left.
 """
 
 import asyncio
@@ -33,26 +34,52 @@ class TritonPythonModel:
         self.loop = asyncio.new_event_loop()
         self.worker = threading.Thread(target=self.loop.run_forever, name="trtllm", daemon=True)
         self.worker.start()
+        self.stopping_all = threading.Event()
+        self.live = set()  # the streams' tasks, touched only on self.loop
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
+            if _scalar(request, "stop_all", False):
+                self.stopping_all.set()
+                asyncio.run_coroutine_threadsafe(self._stop_all(sender), self.loop)
+                continue
+            if self.stopping_all.is_set():
+                sender.send(_error(STOPPING), flags=FINAL)
+                continue
             try:
                 ids, sampling = _request(request)
             except ValueError as e:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=FINAL)
+                sender.send(_error(str(e)), flags=FINAL)
                 continue
-            asyncio.run_coroutine_threadsafe(self._stream(request, sender, ids, sampling), self.loop)
+            asyncio.run_coroutine_threadsafe(self._tracked(self._stream(request, sender, ids, sampling)), self.loop)
         return None
+
+    async def _tracked(self, work):
+        task = asyncio.current_task()
+        self.live.add(task)
+        try:
+            await work
+        finally:
+            self.live.discard(task)
+
+    async def _stop_all(self, sender):
+        # each stream sees stopping_all at its next output and aborts; a stuck one is not waited for
+        if self.live:
+            await asyncio.wait(list(self.live), timeout=5)
+        sender.send(_response(-1, "", "stopped"), flags=FINAL)  # outputs: a bare final flag reaches no client
 
     async def _stream(self, request, sender, ids, sampling):
         sent = 0
         try:
             stream = self.llm.generate_async(ids, sampling_params=sampling, streaming=True)
             async for output in stream:
-                if request.is_cancelled():
+                if request.is_cancelled() or self.stopping_all.is_set():
                     stream.abort()
-                    sender.send(flags=FINAL)
+                    if self.stopping_all.is_set():
+                        sender.send(_error(STOPPING), flags=FINAL)
+                    else:
+                        sender.send(flags=FINAL)
                     return
                 piece = output.outputs[0]
                 new = piece.token_ids[sent:]
@@ -65,34 +92,42 @@ class TritonPythonModel:
                 if output.finished and not new:
                     sender.send(_response(-1, "", _finish(finish)), flags=FINAL)
         except Exception as e:  # one failed request, not the model
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {e}")), flags=FINAL)
+            sender.send(_error(f"generation failed: {e}"), flags=FINAL)
 
     def finalize(self):
         self.llm.shutdown()
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+STOPPING = "the server is stopping"
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def _scalar(request, name, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+
+
 def _request(request):
     from tensorrt_llm import SamplingParams
-
-    def scalar(name, default):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
 
     ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).astype(np.int64).tolist()
     if not ids:
         raise ValueError("input_ids is empty")
     stop = pb_utils.get_input_tensor_by_name(request, "stop")
     stops = [s.decode() if isinstance(s, bytes) else str(s) for s in stop.as_numpy().reshape(-1)] if stop else None
-    seed = scalar("seed", None)
-    max_tokens = int(scalar("max_tokens", 16))
+    seed = _scalar(request, "seed", None)
+    max_tokens = int(_scalar(request, "max_tokens", 16))
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
-    temperature = float(scalar("temperature", 0.0))
-    return ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=float(scalar("top_p", 1.0)),
+    temperature = float(_scalar(request, "temperature", 0.0))
+    return ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=float(_scalar(request, "top_p", 1.0)),
                                top_k=1 if temperature == 0 else None, stop=stops,
                                seed=None if seed is None or seed < 0 else int(seed),
-                               ignore_eos=bool(scalar("ignore_eos", False)))
+                               ignore_eos=bool(_scalar(request, "ignore_eos", False)))
 
 
 def _finish(reason) -> str:
