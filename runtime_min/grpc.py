@@ -108,8 +108,9 @@ class NotFound(Exception):
 
 class abort_on_errors:
     """A servicer method's errors as one-line statuses: the task's client-mistake classes ->
-    INVALID_ARGUMENT, NotFound -> NOT_FOUND, Triton down or failing (the HTTP side's ApiError 503)
-    -> UNAVAILABLE. Anything else propagates (grpc.aio answers it UNKNOWN)."""
+    INVALID_ARGUMENT, a stream past its bound (runtime_min.streams.BoundPassed) -> OUT_OF_RANGE,
+    NotFound -> NOT_FOUND, Triton down or failing (the HTTP side's ApiError 503) -> UNAVAILABLE.
+    Anything else propagates (grpc.aio answers it UNKNOWN)."""
 
     def __init__(self, context, invalid: tuple[type, ...]):
         self.context, self.invalid = context, invalid
@@ -121,7 +122,10 @@ class abort_on_errors:
         import grpc
 
         from runtime_min.http import ApiError
+        from runtime_min.streams import BoundPassed
 
+        if isinstance(error, BoundPassed):
+            await self.context.abort(grpc.StatusCode.OUT_OF_RANGE, str(error))
         if isinstance(error, self.invalid):
             await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if isinstance(error, NotFound):

@@ -730,6 +730,78 @@ def test_bad_riva_requests_get_invalid_argument_or_not_found(served_digits, held
     assert service.offline_recognize(clip, RC()).results[0].alternatives[0].transcript, "still serving"
 
 
+FLOOD = 50 << 20  # bytes of noise: 26 minutes of 16 kHz audio, far past MAX_STREAM_SECONDS
+NOISE = np.random.default_rng(0).integers(-8000, 8000, 1 << 14, dtype=np.int16).tobytes()  # a second a piece
+
+
+def _flood_http(url: str) -> tuple[bytes, float]:
+    """POST a chunked stream of FLOOD bytes as fast as the socket takes them; the events that come
+    back, and the seconds until the response ended. A raw socket: httpx sends the whole body before
+    it reads a byte of the answer."""
+    import socket
+    import threading
+    import time
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=60)
+    connection.sendall(b"POST /v1/audio/transcriptions/stream?sample_rate=16000 HTTP/1.1\r\nHost: x\r\n"
+                       b"Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n")
+
+    def send():
+        try:
+            for _ in range(FLOOD // len(NOISE)):
+                connection.sendall(b"%x\r\n%s\r\n" % (len(NOISE), NOISE))
+            connection.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed: it need not read the rest
+            pass
+
+    started = time.monotonic()
+    threading.Thread(target=send, daemon=True).start()
+    answer = b""
+    while b"data: [DONE]" not in answer and b'"error"' not in answer:
+        piece = connection.recv(1 << 16)
+        if not piece:
+            break
+        answer += piece
+    seconds = time.monotonic() - started
+    connection.close()
+    return answer, seconds
+
+
+def test_a_stream_past_its_audio_bound_is_ended_at_once_with_an_error_event(served_digits, held_out):
+    """Issue 31: 50 MB of noise pushed at once had no complete answer after 30 s (the body was read
+    only as fast as it was decoded). The bound is judged on what arrives: the error event comes
+    within seconds, and the server answers others meanwhile."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        flood = pool.submit(_flood_http, served_digits.url)
+        assert httpx.get(f"{served_digits.url}/v1/health/ready", timeout=5).status_code == 200
+        assert _transcribe(served_digits.url, held_out[0][1]).json()["text"]
+        answer, seconds = flood.result(timeout=60)
+    assert b"the stream passed 300 s of audio" in answer, answer[-500:]
+    assert seconds < 10, f"{seconds:.1f} s to end the stream"
+    assert httpx.get(f"{served_digits.url}/v1/health/ready", timeout=5).status_code == 200
+
+
+def test_a_riva_stream_past_its_audio_bound_is_out_of_range_at_once(served_digits):
+    import time
+
+    import grpc
+
+    SR, SRC = riva.client.proto.riva_asr_pb2.StreamingRecognizeRequest, riva.client.StreamingRecognitionConfig
+    config = SRC(config=riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM,
+                                                      sample_rate_hertz=16000, language_code="en-US"))
+    requests = [SR(streaming_config=config)] + [SR(audio_content=NOISE)] * (FLOOD // len(NOISE))
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as error:
+        list(_riva(served_digits).stub.StreamingRecognize(iter(requests), timeout=60))
+    seconds = time.monotonic() - started
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE, error.value.details()
+    assert "the stream passed 300 s of audio" in error.value.details()
+    assert seconds < 10, f"{seconds:.1f} s to end the stream"
+
+
 def test_a_grpc_port_in_use_is_one_line_before_triton_starts(digits_compiled, tmp_path):
     import socket
     import sys

@@ -168,6 +168,30 @@ def test_riva_client_synthesises_offline_and_online(served_tts):
     assert b"".join(r.audio for r in pieces) == whole.audio
 
 
+def test_a_riva_online_stream_past_its_text_bound_is_out_of_range_at_once(served_tts):
+    """Issue 31: a SynthesizeOnline stream had no bound in all (only the text waiting for a sentence
+    end had one), and was read only as fast as it was spoken. 57,600 characters sent at once: the
+    stream ends OUT_OF_RANGE after the first request's sentences, not after an hour of speech."""
+    import time
+
+    import grpc
+
+    from runtime_min.tasks.tts.synthesize import MAX_STREAM_CHARACTERS
+
+    text = "Call five five one two. " * 40
+    request = riva.client.proto.riva_tts_pb2.SynthesizeSpeechRequest(
+        text=text, language_code="en-US", encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hz=16000)
+    requests = [request] * (MAX_STREAM_CHARACTERS // len(text) + 10)
+    started, spoken = time.monotonic(), []
+    with pytest.raises(grpc.RpcError) as error:
+        for response in _riva(served_tts).stub.SynthesizeOnline(iter(requests), timeout=120):
+            spoken.append(response)
+    seconds = time.monotonic() - started
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE, error.value.details()
+    assert f"the stream passed {MAX_STREAM_CHARACTERS} characters" in error.value.details()
+    assert seconds < 15 and len(spoken) <= 2 * 40, f"{seconds:.1f} s, {len(spoken)} sentences spoken first"
+
+
 def test_riva_list_voices_reads_the_config_as_talk_py_does(served_tts):
     from riva.client.proto import riva_tts_pb2
 

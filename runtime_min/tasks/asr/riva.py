@@ -28,9 +28,10 @@ import numpy as np
 
 from runtime_min.grpc import NotFound, abort_on_errors
 from runtime_min.http import ServedModel, require_ready
+from runtime_min.streams import read_ahead
 from runtime_min.tasks import language_matches
-from runtime_min.tasks.asr.transcribe import SNIFFED, SpeechError, StreamSession, Transcript, decode_pcm16, \
-    language_of, transcribe, wav_header
+from runtime_min.tasks.asr.transcribe import SNIFFED, AudioBudget, SpeechError, StreamSession, Transcript, \
+    decode_pcm16, language_of, transcribe, wav_header
 
 INTERIM_STABILITY = 0.5  # a CTC partial can still change as more audio arrives; a final cannot
 
@@ -111,13 +112,13 @@ def _servicer(model: ServedModel, triton, state: dict):
                     audio_processed=len(audio) / rate)])
 
         async def StreamingRecognize(self, request_iterator, context):
-            opened: list[StreamSession] = []  # this call's session, once audio arrives
+            opened: list = []  # how to close this call's reader and session, however the call ends
             try:
                 async for response in self._stream(request_iterator, context, opened):
                     yield response
             finally:  # the client went away, or the stream failed: Triton drops the sequence's state
-                for session in opened:
-                    await session.close()
+                for close in opened:  # the reader of the client's stream, then the session
+                    await close()
 
         async def _stream(self, request_iterator, context, opened: list):
             session = None
@@ -129,15 +130,24 @@ def _servicer(model: ServedModel, triton, state: dict):
                 config, interim = first.streaming_config.config, first.streaming_config.interim_results
                 check(config, online=True)
                 require_ready(triton)
-                stream = _Pcm(config, Encoding)
-                async for request in requests:
-                    if request.HasField("streaming_config"):
-                        raise SpeechError("streaming_config may come only in the first request")
-                    pcm = stream.feed(request.audio_content)
-                    if pcm and session is None:
+                stream, budget = _Pcm(config, Encoding), AudioBudget()
+
+                async def audio():
+                    async for request in requests:
+                        if request.HasField("streaming_config"):
+                            raise SpeechError("streaming_config may come only in the first request")
+                        pcm = stream.feed(request.audio_content)
+                        if pcm:
+                            yield pcm
+
+                # read as it arrives, ahead of decoding: the audio bound is judged on what was sent
+                pieces = read_ahead(audio(), len, lambda pcm: budget.take(pcm, stream.rate))
+                opened.append(pieces.aclose)
+                async for pcm in pieces:
+                    if session is None:
                         session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms)
-                        opened.append(session)
-                    for partial in (await session.push(pcm)) if pcm else []:
+                        opened.append(session.close)
+                    for partial in await session.push(pcm):
                         if interim:
                             yield rasr.StreamingRecognizeResponse(id=first.id, results=[rasr.StreamingRecognitionResult(
                                 alternatives=[alternative(partial, False)], is_final=False,

@@ -28,8 +28,10 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect
 
 from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, require_ready
+from runtime_min.streams import read_ahead
 from runtime_min.tasks import language_matches
-from runtime_min.tasks.asr.transcribe import SpeechError, StreamSession, Transcript, language_of, transcribe
+from runtime_min.tasks.asr.transcribe import AudioBudget, SpeechError, StreamSession, Transcript, language_of, \
+    transcribe
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")
@@ -112,7 +114,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
         session = StreamSession(state["grpc"], model.name, source_rate, rate, chunk_ms)
-        return _DuplexStream(_stream_events(request, session, metrics), media_type="text/event-stream")
+        return _DuplexStream(_stream_events(request, session, source_rate, metrics), media_type="text/event-stream")
 
 
 def segments(result: Transcript, duration: float) -> list[tuple[str, float, float]]:
@@ -142,10 +144,15 @@ def subtitles(result: Transcript, duration: float, kind: str) -> str:
     return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
 
 
-async def _stream_events(request: Request, session: StreamSession, metrics: SpeechMetrics) -> AsyncIterator[bytes]:
-    """Chunks of the request body in, one SSE event per chunk out."""
+async def _stream_events(request: Request, session: StreamSession, source_rate: int,
+                         metrics: SpeechMetrics) -> AsyncIterator[bytes]:
+    """Chunks of the request body in, one SSE event per chunk out. The body is read as it arrives,
+    ahead of decoding, so its bounds (MAX_STREAM_SECONDS of audio, and the body limit every request
+    has, http.py) end the stream as soon as the client passes them."""
+    budget = AudioBudget()
+    pieces = read_ahead(request.stream(), len, lambda piece: budget.take(piece, source_rate))
     try:
-        async for piece in request.stream():  # the body limit holds here as for every request (http.py)
+        async for piece in pieces:
             for partial in await session.push(piece):
                 yield _event({"text": partial.text, "is_final": False})
         final = await session.finish()
@@ -161,6 +168,7 @@ async def _stream_events(request: Request, session: StreamSession, metrics: Spee
     except ClientDisconnect:
         pass
     finally:
+        await pieces.aclose()
         await session.close()
 
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime_min.http import triton_infer
+from runtime_min.streams import BoundPassed
 
 _correlation = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
-# A stream's work per chunk is flat (buffered decoding keeps a bounded window), so its length is
-# bounded only by what the transcript so far costs to hold: an hour.
-MAX_STREAM_SECONDS = 3600.0
+# Audio one stream may carry (HTTP and gRPC alike), as Google's streaming recognition holds a
+# stream to about five minutes: a longer dictation is several streams. Judged on the audio as it
+# arrives (runtime_min.streams), so a stream sent faster than it is decoded is refused at once.
+MAX_STREAM_SECONDS = 300.0
 SNIFFED = (b"RIFF", b"fLaC", b"OggS")  # containers whose header says rate and channels
 
 
@@ -100,17 +102,33 @@ async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequen
     return text, [tuple(w) for w in json.loads(result.as_numpy("words").reshape(-1)[0].decode())]
 
 
+class StreamTooLong(SpeechError, BoundPassed):
+    """A stream past MAX_STREAM_SECONDS (gRPC OUT_OF_RANGE)."""
+
+
+class AudioBudget:
+    """The audio a stream has sent, held to MAX_STREAM_SECONDS: `take` each piece as it arrives."""
+
+    def __init__(self, max_seconds: float = MAX_STREAM_SECONDS):
+        self.max_seconds, self.seconds = max_seconds, 0.0
+
+    def take(self, pcm16: bytes, rate: int) -> None:
+        self.seconds += len(pcm16) / 2 / rate
+        if self.seconds > self.max_seconds:
+            raise StreamTooLong(f"the stream passed {self.max_seconds:g} s of audio, the most one stream carries; "
+                              "send longer audio as several streams")
+
+
 class StreamSession:
     """One stream into the sequence-batched model: 16-bit mono PCM at `source_rate` in, one
     transcript so far per `chunk_ms` of audio out, then the final one. The sequence always ends
     (END flag), so Triton drops its state even when the client goes away: call `close`."""
 
-    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int,
-                 max_seconds: float = MAX_STREAM_SECONDS):
+    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int):
         from nimbuild.audio import StreamResampler
 
         self.client, self.model_name = client, model_name
-        self.source_rate, self.max_seconds = source_rate, max_seconds
+        self.source_rate = source_rate
         self.chunk_bytes = 2 * max(1, source_rate * chunk_ms // 1000)
         self.resampler = StreamResampler(source_rate, rate)  # the same samples the whole file would give
         self.corrid = next(_correlation)
@@ -123,9 +141,6 @@ class StreamSession:
     async def push(self, data: bytes) -> list[Transcript]:
         self.pending += data
         self.received += len(data)
-        if self.seconds > self.max_seconds:
-            await self.close()
-            raise SpeechError(f"the stream is over {self.max_seconds:.1f} s of audio, this model's limit")
         out = []
         while len(self.pending) >= self.chunk_bytes:
             chunk, self.pending = self.pending[:self.chunk_bytes], self.pending[self.chunk_bytes:]

@@ -20,7 +20,9 @@ from __future__ import annotations
 from runtime_min.grpc import NotFound, abort_on_errors
 from runtime_min.http import ServedModel, require_ready
 from nimbuild.tts_text import spell, split_finished
-from runtime_min.tasks.tts.synthesize import MAX_TEXT_CHARACTERS, SynthesisError, Voice, pcm16, stream, synthesize
+from runtime_min.streams import read_ahead
+from runtime_min.tasks.tts.synthesize import MAX_TEXT_CHARACTERS, SynthesisError, TextBudget, Voice, pcm16, stream, \
+    synthesize
 
 
 def add_servicers(server, model: ServedModel, triton, state: dict) -> None:
@@ -68,25 +70,34 @@ def _servicer(model: ServedModel, triton, state: dict):
             each piece ends at a word boundary): every sentence is spoken as soon as it is complete,
             and what is left when the requests end is spoken last."""
             async with abort_on_errors(context, (SynthesisError,)):
-                first, waiting, spoken = None, "", 0
-                async for request in request_iterator:
-                    if first is None:
-                        first, rate = request, prepared(request)
-                    waiting = f"{waiting} {request.text}" if waiting else request.text
-                    if len(waiting) > MAX_TEXT_CHARACTERS:
-                        raise SynthesisError(f"{len(waiting)} characters wait for a sentence end; at most "
-                                             f"{MAX_TEXT_CHARACTERS}")
-                    finished, waiting = split_finished(waiting)
-                    async for response in self._spoken(finished, rate, first.id):
-                        spoken += 1
+                # read as it arrives, ahead of synthesis: the stream's bound is judged on what was sent
+                requests = read_ahead(request_iterator, lambda r: len(r.text), TextBudget().take)
+                try:
+                    async for response in self._online(requests):
                         yield response
+                finally:
+                    await requests.aclose()
+
+        async def _online(self, requests):
+            first, waiting, spoken = None, "", 0
+            async for request in requests:
                 if first is None:
-                    raise SynthesisError("the stream ended before any SynthesizeSpeechRequest")
-                async for response in self._spoken(waiting, rate, first.id):
+                    first, rate = request, prepared(request)
+                waiting = f"{waiting} {request.text}" if waiting else request.text
+                if len(waiting) > MAX_TEXT_CHARACTERS:
+                    raise SynthesisError(f"{len(waiting)} characters wait for a sentence end; at most "
+                                         f"{MAX_TEXT_CHARACTERS}")
+                finished, waiting = split_finished(waiting)
+                async for response in self._spoken(finished, rate, first.id):
                     spoken += 1
                     yield response
-                if not spoken:
-                    raise SynthesisError("text has nothing this voice can say (no letters or digits)")
+            if first is None:
+                raise SynthesisError("the stream ended before any SynthesizeSpeechRequest")
+            async for response in self._spoken(waiting, rate, first.id):
+                spoken += 1
+                yield response
+            if not spoken:
+                raise SynthesisError("text has nothing this voice can say (no letters or digits)")
 
         async def _spoken(self, text: str, rate: int, request_id):
             rows = voice.sentences(text, empty_ok=True)

@@ -13,18 +13,39 @@ import numpy as np
 
 from nimbuild.tts_text import TextError, sentences, tokens
 from runtime_min.http import triton_infer
+from runtime_min.streams import BoundPassed
 from runtime_min.tasks import language_matches
 
 # One request's text: about ten minutes of speech, whose 16-bit audio at 48 kHz still fits a gRPC
 # message (64 MiB). Longer text is for SynthesizeOnline's request stream, where only the text
 # waiting for a sentence end is bounded by this.
 MAX_TEXT_CHARACTERS = 10_000
+# One SynthesizeOnline stream's text in all: about an hour of speech. Judged as the text arrives
+# (runtime_min.streams), so a stream sent faster than it is spoken is refused at once.
+MAX_STREAM_CHARACTERS = 50_000
 IN_FLIGHT = 8  # sentences of one request queued in Triton at a time: a long text must not crowd out others
 RATES = (8000, 192000)
 
 
 class SynthesisError(ValueError):
     """A request the client can fix; the message says how."""
+
+
+class StreamTooLong(SynthesisError, BoundPassed):
+    """A SynthesizeOnline stream past MAX_STREAM_CHARACTERS (gRPC OUT_OF_RANGE)."""
+
+
+class TextBudget:
+    """The text a SynthesizeOnline stream has sent, held to MAX_STREAM_CHARACTERS as it arrives."""
+
+    def __init__(self, most: int = MAX_STREAM_CHARACTERS):
+        self.most, self.characters = most, 0
+
+    def take(self, request) -> None:
+        self.characters += len(request.text)
+        if self.characters > self.most:
+            raise StreamTooLong(f"the stream passed {self.most} characters of text, the most one stream carries; "
+                                "send more as another stream")
 
 
 @dataclass
