@@ -238,7 +238,7 @@ def test_an_rmir_for_a_simulated_rtx_gpu_builds_a_real_engine_once(minilm_compil
     first = create_store(out / "profiles.yaml", "rmir-fp16-throughput", tmp_path / "one", cache, A10)
     assert first.returncode == 0, first.stderr
     assert "RMIR built an engine for compute capability 8.6 with tensorrt_rtx" in first.stderr
-    (slot,) = [p for p in (cache / "rmir-engines").glob("*/sm86-tensorrt_rtx-*") if p.is_dir()]
+    (slot,) = [p for p in (cache / "local_cache" / "rmir-engines").glob("*/sm86-tensorrt_rtx-*") if p.is_dir()]
     record = json.loads((slot / "deploy.json").read_text())
     assert record["builder"] == "tensorrt_rtx" and record["compute_capability"] == "8.6"
     engine = (tmp_path / "one/minilm-embed/1/model.plan").read_bytes()
@@ -277,7 +277,7 @@ def test_the_engine_an_rmir_becomes_is_written_back_as_nimbuild_reads_it(minilm_
     # the built profile serves as the prebuilt engine it is, by id or by its description
     again = create_store(out / "profiles.yaml", built.description, tmp_path / "two", cache, A10)
     assert again.returncode == 0, again.stderr
-    (slot,) = [p for p in (cache / "rmir-engines").glob("*/sm86-tensorrt_rtx-*") if p.is_dir()]
+    (slot,) = [p for p in (cache / "local_cache" / "rmir-engines").glob("*/sm86-tensorrt_rtx-*") if p.is_dir()]
     assert (tmp_path / "two/minilm-embed/1/model.plan").read_bytes() == (slot / "model.plan").read_bytes()
     assert "RMIR" not in again.stderr  # nothing is built for it
     # the RMIR started again reuses its engine and finds it recorded: one entry still

@@ -37,6 +37,11 @@ from nimbuild.yamlutil import YamlProblem, load_yaml
 
 FORMAT_VERSION = 1
 
+# Engines built from RMIR archives, in the cache: below local_cache/, where the local manifest that
+# records them lies (runtime_min.local_cache), so its file uris stay inside its directory as every
+# manifest's must (nimbuild.profiles.manifest.check_profiles)
+ENGINES = Path("local_cache") / "rmir-engines"
+
 
 class RmirError(NimbuildError):
     pass
@@ -111,7 +116,7 @@ def deploy(archive: Path, cache_root: Path, target: str | None = None, digest: s
     if builder is None:
         raise RmirError(f"{archive}: {why}")
     version = installed_runtimes()[builder]
-    slot = cache_root / "rmir-engines" / digest / f"sm{target.replace('.', '')}-{builder}-{version}"
+    slot = cache_root / ENGINES / digest / f"sm{target.replace('.', '')}-{builder}-{version}"
     engine = slot / "model.plan"
     slot.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(slot) + ".lock"):
