@@ -47,6 +47,8 @@ FORMS = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8-qdq"}
 class GateError(NimbuildError):
     """A variant that does not keep close enough to the reference."""
 
+    multiline = True  # ends with the table of figures
+
 
 def form_for(precision: str, backend: str) -> str:
     """The graph a precision becomes for a backend: int8 is dynamic for onnxruntime, Q/DQ for engines."""

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from nimbuild.errors import RecipeError
+from nimbuild.errors import RecipeError, shown
 from nimbuild.fsutil import read_user_text
 from nimbuild.yamlutil import YamlProblem, load_with_lines
 
@@ -387,7 +387,7 @@ def _line_for(path: tuple, lines: dict) -> int:
 def _dotted(path: tuple) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{shown(part)}" if out else shown(part))
     return out
 
 
@@ -400,7 +400,7 @@ def _explain(err: dict, path: tuple, data: Any) -> str:
         if allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(sorted(allowed))})"
-        return f"unknown key '{key}'{hint}"
+        return f"unknown key '{shown(key)}'{hint}"
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":

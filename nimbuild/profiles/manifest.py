@@ -202,7 +202,32 @@ def check_profiles(profiles: list[Profile], origin: str) -> list[Profile]:
                                     "(expected sha256: and 64 lowercase hex digits)")
             if type(f.size) is not int or f.size < 0:
                 raise ManifestError(f"{where}: workspace file '{rel}' has size {f.size!r}; expected a byte count")
+        _check_requires(p.requires, where)
     return profiles
+
+
+def mapping_field(entry: dict, key: str, where: str) -> dict:
+    """entry[key] as a mapping ({} when absent): a profile's `requires` and `build`."""
+    value = entry.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: '{key}' must be a mapping, not {type(value).__name__}")
+    return dict(value)
+
+
+_CC = re.compile(r"\d{1,3}(\.\d{1,3})?")
+
+
+def _check_requires(requires: dict, where: str) -> None:
+    """What selection reads of `requires` (select.py) has the type it reads it as."""
+    for key in ("gpus", "gpu_memory_mib"):
+        value = requires.get(key)
+        if value is not None and not (type(value) is int and value >= 0 or isinstance(value, str) and value.isdigit()):
+            raise ManifestError(f"{where}: requires.{key} is {str(value)[:80]!r}; expected a whole number")
+    minimum = requires.get("min_compute_capability")
+    if minimum is not None and not _CC.fullmatch(str(minimum)):
+        raise ManifestError(f"{where}: requires.min_compute_capability is {str(minimum)[:80]!r}; expected e.g. '8.9'")
 
 
 def _profile_from_dict(entry: Any, origin: str, index: int) -> tuple[Profile, Any]:
@@ -226,7 +251,7 @@ def _profile_from_dict(entry: Any, origin: str, index: int) -> tuple[Profile, An
     try:
         profile = Profile.create(
             model=str(entry["model"]), release=str(entry["release"]), tags=entry["tags"], files=files,
-            requires=entry.get("requires") or {}, build=entry.get("build") or {},
+            requires=mapping_field(entry, "requires", where), build=mapping_field(entry, "build", where),
         )
     except ValueError as e:  # a tag whose value is a list or a mapping
         raise ManifestError(f"{where}: {e}") from None

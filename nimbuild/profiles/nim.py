@@ -24,7 +24,7 @@ import yaml
 
 from nimbuild.errors import ManifestError
 from nimbuild.fsutil import read_user_text
-from nimbuild.profiles.manifest import Profile, WorkspaceFile, check_profiles, manifest_from_data
+from nimbuild.profiles.manifest import Profile, WorkspaceFile, check_profiles, manifest_from_data, mapping_field
 from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.yamlutil import load_or_raise
 
@@ -143,7 +143,7 @@ def _nim_profile(profile_id: Any, entry: Any, origin: str, where: str) -> Profil
     return Profile(
         id=str(profile_id), model=str(entry.get("model", "")), release=str(entry.get("release", "")),
         description=str(entry.get("description") or describe(tags)), tags=tags,
-        files=_nim_files(entry.get("workspace"), where), requires=dict(entry.get("requires") or {}),
+        files=_nim_files(entry.get("workspace"), where), requires=mapping_field(entry, "requires", where),
     )
 
 

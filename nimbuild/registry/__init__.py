@@ -302,7 +302,7 @@ def _release(store, repo: str, ref: str, cache: BlobCache) -> tuple[list | None,
     if "layers" in index:  # one image manifest: a model image (publish --images), or a profile's own tag
         raise RegistryError(f"{ref} names one manifest, not a release: pull {model}:RELEASE, or a profile's "
                             f"ModelPack tag {model}:RELEASE-ID-modelpack")
-    entries = [art.Descriptor.from_dict(m) for m in index.get("manifests") or []]
+    entries = art.Descriptor.listed(index.get("manifests"), f"{ref} index: manifests")
     if not any(map(_is_wrapper, entries)):
         packs = [e for e in entries if e.artifact_type == art.MODELPACK_TYPE or (e.annotations or {}).get(art.MODELPACK_OF)]
         if packs:  # an index of ModelPack manifests alone: each holds its whole profile
@@ -335,7 +335,10 @@ def _registry_profiles(store, repo: str, ref: str, entries: list, cache: BlobCac
     if not wrappers:
         raise RegistryError(f"{ref} is not a nimbuild release (its index lists no profiles.yaml)")
     wrapper = art.parse_json(_manifest(store, repo, wrappers[0].digest), f"{ref} profiles.yaml manifest")
-    layer = art.Descriptor.from_dict((wrapper.get("layers") or [{}])[0])
+    layers = art.Descriptor.listed(wrapper.get("layers"), f"{ref} profiles.yaml manifest: layers")
+    if not layers:
+        raise RegistryError(f"{ref}: its profiles.yaml manifest has no layer")
+    layer = layers[0]
     path, _ = cache.fetch(layer.digest, layer.size, store.blob_reader(repo, layer.digest, layer.size), store.describe(repo))
     return parse_manifest(path.read_text(encoding="utf-8"), f"{ref}:profiles.yaml").profiles
 
@@ -367,7 +370,7 @@ def _check_profile_layers(store, repo: str, profile: Profile, entries: list) -> 
         raise RegistryError(f"{store.describe(repo)}: the release index lists no manifest for profile {profile.id[:12]}")
     body = art.parse_json(_manifest(store, repo, entry.digest), f"profile {profile.id[:12]} manifest")
     layers = {}
-    for d in (art.Descriptor.from_dict(layer) for layer in body.get("layers") or []):
+    for d in art.Descriptor.listed(body.get("layers"), f"{profile.description} manifest: layers"):
         layers[(d.annotations or {}).get(art.TITLE, "")] = (d.digest, d.size)
     expected = {rel: (f.digest, f.size) for rel, f in profile.files.items()}
     if layers != expected:

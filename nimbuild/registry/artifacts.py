@@ -50,9 +50,33 @@ class Descriptor:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Descriptor":
-        return cls(str(data["mediaType"]), str(data["digest"]), int(data["size"]),
-                   dict(data.get("annotations") or {}) or None, data.get("artifactType"))
+    def from_dict(cls, data: Any, what: str = "a descriptor") -> "Descriptor":
+        """A descriptor as a registry serves it, checked: anything else is a RegistryError that
+        names `what`, since a registry's JSON is as untrusted as any download."""
+        from nimbuild.errors import RegistryError
+        from nimbuild.fsutil import is_sha256_digest
+
+        if not isinstance(data, dict):
+            raise RegistryError(f"{what} is not a JSON object")
+        kind, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
+        annotations, artifact = data.get("annotations") or {}, data.get("artifactType")
+        if not isinstance(kind, str) or not is_sha256_digest(digest) or type(size) is not int or size < 0:
+            raise RegistryError(f"{what} needs a mediaType, a sha256 digest and a size in bytes")
+        if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()) \
+                or not (artifact is None or isinstance(artifact, str)):
+            raise RegistryError(f"{what} has annotations or an artifactType that are not strings")
+        return cls(kind, digest, size, dict(annotations) or None, artifact)
+
+    @classmethod
+    def listed(cls, data: Any, what: str) -> list["Descriptor"]:
+        """A list of descriptors (an index's `manifests`, a manifest's `layers`), checked."""
+        from nimbuild.errors import RegistryError
+
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise RegistryError(f"{what} is not a list of descriptors")
+        return [cls.from_dict(entry, f"{what}[{i}]") for i, entry in enumerate(data)]
 
 
 def canonical(data: dict[str, Any]) -> bytes:

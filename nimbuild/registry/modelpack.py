@@ -113,16 +113,15 @@ def profile_of(body: dict[str, Any], what: str, uri_of):
     from nimbuild.errors import RegistryError
     from nimbuild.profiles.manifest import WorkspaceFile, manifest_from_data
 
-    text = (body.get("annotations") or {}).get(PROFILE_JSON)
+    annotations = body.get("annotations")
+    text = annotations.get(PROFILE_JSON) if isinstance(annotations, dict) else None
     if not isinstance(text, str):
         raise RegistryError(f"{what} is a ModelPack artifact without a nimbuild profile (no {PROFILE_JSON} "
                             "annotation); read it with modctl or kit, or publish the model with nimbuild")
+    layers = Descriptor.listed(body.get("layers"), f"{what}: layers")
     try:
         entry = json.loads(text)
-        files = {}
-        for layer in body.get("layers") or []:
-            d = Descriptor.from_dict(layer)
-            files[(d.annotations or {})[FILEPATH]] = WorkspaceFile(uri_of(d.digest), d.digest, d.size)
+        files = {(d.annotations or {})[FILEPATH]: WorkspaceFile(uri_of(d.digest), d.digest, d.size) for d in layers}
     except (ValueError, KeyError, TypeError):
         raise RegistryError(f"{what}: malformed ModelPack manifest (its profile annotation or a layer)") from None
     if not isinstance(entry, dict):
