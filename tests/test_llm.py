@@ -561,3 +561,15 @@ def test_a_tensorrt_llm_profile_is_judged_on_the_tensorrt_llm_version():
                                         "compute_capability": "9.0", "trt_version": "1.0.0"}, {})
     assert _runtime_reasons(profile, System(gpus=[], runtimes={})) == ["engine needs tensorrt_llm 1.0.0, which is not installed"]
     assert _runtime_reasons(profile, System(gpus=[], runtimes={"tensorrt_llm": "1.0.0"})) == []
+
+
+def test_schemathesis_finds_llm_runtime_apis_as_their_openapi_document_says(llm_runtime):
+    """Issue 31: generated requests against the completions and chat APIs, from the runtime's own OpenAPI document: no 500,
+    every status, content type and body as documented (tests/servers.py: schemathesis)."""
+    from servers import schemathesis
+
+    document = httpx.get(f"{llm_runtime.url}/openapi.json", timeout=10).json()
+    assert {'/v1/completions', '/v1/chat/completions'} <= set(document["paths"])
+    result = schemathesis(llm_runtime.url, precise=False)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert httpx.get(f"{llm_runtime.url}/v1/health/ready", timeout=10).status_code == 200

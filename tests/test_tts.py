@@ -396,3 +396,42 @@ def test_a_hifigan_vocoder_checkpoint_is_exported_checked_against_nemo_and_serve
     assert refused.exit_code == 2
     assert "the vocoder does not hear this model's mel spectrograms: mel bands 64 (the spectrogram generator's: 80)" \
         in refused.output
+
+
+def test_schemathesis_finds_tts_apis_as_their_openapi_document_says(served_tts):
+    """Issue 31: generated requests against the speech synthesis APIs, from the runtime's own OpenAPI document: no 500,
+    every status, content type and body as documented (tests/servers.py: schemathesis)."""
+    from servers import schemathesis
+
+    document = httpx.get(f"{served_tts.url}/openapi.json", timeout=10).json()
+    assert {'/v1/audio/synthesize_online', '/v1/audio/synthesize'} <= set(document["paths"])
+    result = schemathesis(served_tts.url, precise=False)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert httpx.get(f"{served_tts.url}/v1/health/ready", timeout=10).status_code == 200
+
+
+def test_generated_riva_requests_get_ok_or_a_status_the_client_can_act_on(served_tts):
+    """Issue 31: Riva request messages with any value in any field (tests/riva_messages.py): each
+    is answered, or refused INVALID_ARGUMENT / NOT_FOUND / OUT_OF_RANGE with a message; never
+    UNKNOWN or INTERNAL."""
+    import importlib
+
+    import grpc
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from riva_messages import ALLOWED, EXAMPLES, messages, status_of
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{served_tts.grpc_port}")
+    for module, request, stubs, stub, method in [("riva_tts_pb2", "SynthesizeSpeechRequest", "riva_tts_pb2_grpc", "RivaSpeechSynthesisStub", "Synthesize"), ("riva_tts_pb2", "RivaSynthesisConfigRequest", "riva_tts_pb2_grpc", "RivaSpeechSynthesisStub", "GetRivaSynthesisConfig")]:
+        proto = importlib.import_module(f"riva.client.proto.{module}")
+        call = getattr(getattr(importlib.import_module(f"riva.client.proto.{stubs}"), stub)(channel), method)
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None)
+        @given(st.data())
+        def answered(data):
+            code, details = status_of(call, data.draw(messages(getattr(proto, request).DESCRIPTOR)))
+            assert code in ALLOWED and (code == "OK" or details), f"{method}: {code} {details!r}"
+
+        answered()
+    channel.close()

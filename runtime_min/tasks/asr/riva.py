@@ -26,7 +26,7 @@ import asyncio
 
 import numpy as np
 
-from runtime_min.grpc import NotFound, abort_on_errors
+from runtime_min.grpc import NotFound, abort_on_errors, enum_name
 from runtime_min.http import ServedModel, require_ready
 from runtime_min.streams import read_ahead
 from runtime_min.tasks import language_matches
@@ -86,7 +86,7 @@ def _servicer(model: ServedModel, triton, state: dict):
         elif config.encoding in (Encoding.MULAW, Encoding.ALAW):
             samples = _g711(data, config.encoding == Encoding.MULAW, channels)
         else:
-            raise SpeechError(f"encoding {Encoding.Name(config.encoding)} is not supported")
+            raise SpeechError(f"encoding {enum_name(Encoding, config.encoding)} is not supported")
         if len(samples) / config.sample_rate_hertz > max_seconds:
             raise SpeechError(f"the audio is {len(samples) / config.sample_rate_hertz:.1f} s long; "
                               f"this model takes at most {max_seconds:.1f} s")
@@ -183,7 +183,7 @@ class _Pcm:
         self.header = b""
         self.waiting = config.encoding == Encoding.ENCODING_UNSPECIFIED  # a header must tell the rate
         if config.encoding not in (Encoding.ENCODING_UNSPECIFIED, Encoding.LINEAR_PCM):
-            raise SpeechError(f"streaming takes LINEAR_PCM or a 16-bit PCM WAV, not {Encoding.Name(config.encoding)}")
+            raise SpeechError(f"streaming takes LINEAR_PCM or a 16-bit PCM WAV, not {enum_name(Encoding, config.encoding)}")
         if not self.waiting and not 8000 <= self.rate <= 192000:
             raise SpeechError(f"sample_rate_hertz {self.rate}: LINEAR_PCM streams need their rate, 8000 to 192000")
         self.first = True

@@ -36,6 +36,22 @@ from runtime_min.tasks.asr.transcribe import AudioBudget, SpeechError, StreamSes
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")
 CUE_WORDS, CUE_GAP_MS = 12, 800  # a subtitle cue ends after this many words, or at a pause this long
+RESPONSE_TYPES = ("application/json", "text/plain", "text/vtt", "application/x-subrip")
+
+# The bodies the routes read themselves (a form, raw PCM), as OpenAPI says them (runtime_min.http)
+TRANSCRIPTION_API = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "WAV, FLAC or OGG audio"},
+        "model": {"type": "string"}, "language": {"type": "string", "description": "BCP-47, e.g. en-US"},
+        "response_format": {"type": "string", "enum": list(FORMATS)},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)}},
+        "temperature": {"type": "number", "description": "accepted and ignored: decoding is greedy"}}}}}}}
+STREAM_API = {
+    "parameters": [{"name": "sample_rate", "in": "query", "required": False,
+                    "schema": {"type": "integer", "minimum": 8000, "maximum": 192000}}],
+    "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "16-bit little-endian mono PCM, sent as captured (chunked); at most 300 s of it"}}}}}
 
 
 class SpeechMetrics:
@@ -56,7 +72,9 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
     served_language = language_of(model)
 
-    @app.post("/v1/audio/transcriptions")
+    @app.post("/v1/audio/transcriptions", openapi_extra=TRANSCRIPTION_API,
+              responses={200: {"description": "The transcript, in the response_format asked for",
+                               "content": {kind: {} for kind in RESPONSE_TYPES}}})
     async def transcriptions(request: Request):
         form = await _form(request)
         name = form.get("model")
@@ -106,7 +124,9 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             return body
         return {"text": result.text}
 
-    @app.post("/v1/audio/transcriptions/stream")
+    @app.post("/v1/audio/transcriptions/stream", openapi_extra=STREAM_API,
+              responses={200: {"description": "Server-sent events: the transcript so far per chunk, then the final one",
+                               "content": {"text/event-stream": {}}}})
     async def stream(request: Request):
         if not streaming:
             raise ApiError(404, "this profile is served offline (mode ofl); streaming needs a mode=str profile "

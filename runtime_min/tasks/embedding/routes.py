@@ -24,8 +24,18 @@ MAX_INPUTS = 2048  # OpenAI's own limit per request
 MAX_CHARS_PER_INPUT = 1 << 20
 
 
+def _documented(schema: dict) -> None:
+    """The request's OpenAPI schema says what the route accepts (checked by schemathesis): texts
+    with a non-space character, up to MAX_CHARS_PER_INPUT of them, 1 to MAX_INPUTS in a list, and
+    no `dimensions` (this model has one size)."""
+    text = {"type": "string", "pattern": r"\S", "maxLength": MAX_CHARS_PER_INPUT}
+    schema["properties"]["input"] = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1,
+                                                      "maxItems": MAX_INPUTS}]}
+    schema["properties"]["dimensions"] = {"type": "null", "description": "not supported: the model has one size"}
+
+
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_documented)
 
     input: Union[Text, list[Text]]
     model: str

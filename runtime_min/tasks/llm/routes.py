@@ -87,6 +87,11 @@ class LlmMetrics:
                                      buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
 
 
+# a whole answer, or server-sent events when the request says stream
+ANSWERS = {200: {"description": "The completion (JSON), or its chunks as server-sent events when stream is true",
+                 "content": {"application/json": {}, "text/event-stream": {}}}}
+
+
 def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_metrics: Metrics) -> None:
     from tokenizers import Tokenizer
 
@@ -143,7 +148,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             raise ApiError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
         require_ready(triton)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ANSWERS)
     async def completions(body: CompletionRequest):
         check(body)
         if body.echo or body.suffix:
@@ -159,7 +164,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                      sum(len(ids) for ids, _ in jobs)))
         return await reply.whole(_merged(state, model, jobs, body, metrics), [len(ids) for ids, _ in jobs])
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ANSWERS)
     async def chat_completions(body: ChatRequest):
         check(body)
         if template is None:

@@ -17,7 +17,7 @@ NOT_FOUND; Triton being down is UNAVAILABLE.
 
 from __future__ import annotations
 
-from runtime_min.grpc import NotFound, abort_on_errors
+from runtime_min.grpc import NotFound, abort_on_errors, enum_name
 from runtime_min.http import ServedModel, require_ready
 from nimbuild.tts_text import spell, split_finished
 from runtime_min.streams import read_ahead
@@ -42,7 +42,7 @@ def _servicer(model: ServedModel, triton, state: dict):
     def prepared(request) -> int:
         """The output rate for the request's settings, or SynthesisError naming what is not served."""
         if request.encoding not in (Encoding.ENCODING_UNSPECIFIED, Encoding.LINEAR_PCM):
-            raise SynthesisError(f"encoding {Encoding.Name(request.encoding)} is not supported; this service returns LINEAR_PCM")
+            raise SynthesisError(f"encoding {enum_name(Encoding, request.encoding)} is not supported; this service returns LINEAR_PCM")
         if request.HasField("zero_shot_data") and request.zero_shot_data.audio_prompt:
             raise SynthesisError(f"{voice.full_name} is not a zero-shot voice; send no audio prompt")
         if request.custom_dictionary:

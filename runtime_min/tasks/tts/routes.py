@@ -23,6 +23,13 @@ from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, requi
 from runtime_min.tasks.tts.synthesize import SynthesisError, Voice, pcm16, stream, synthesize, wav
 
 ENCODINGS = ("LINEAR_PCM",)
+_FIELDS = {"type": "object", "required": ["text"], "properties": {
+    "text": {"type": "string", "pattern": r"\S", "description": "at most 10,000 characters"}, "language": {"type": "string"}, "voice": {"type": "string"},
+    "encoding": {"type": "string", "enum": list(ENCODINGS)},
+    "sample_rate_hz": {"type": "integer", "minimum": 8000, "maximum": 192000}}}
+# the form the routes read themselves, as OpenAPI says it (runtime_min.http)
+SYNTHESIS_API = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": _FIELDS}, "application/x-www-form-urlencoded": {"schema": _FIELDS}}}}
 
 
 class SynthesisMetrics:
@@ -59,7 +66,8 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         require_ready(triton)
         return rows, rate
 
-    @app.post("/v1/audio/synthesize")
+    @app.post("/v1/audio/synthesize", openapi_extra=SYNTHESIS_API,
+              responses={200: {"description": "The speech, a WAV file", "content": {"audio/wav": {}}}})
     async def synthesize_offline(request: Request):
         rows, rate = await prepared(request)
         start = time.perf_counter()
@@ -68,7 +76,9 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         metrics.audio_seconds.inc(len(audio) / rate)
         return Response(wav(audio, rate), media_type="audio/wav")
 
-    @app.post("/v1/audio/synthesize_online")
+    @app.post("/v1/audio/synthesize_online", openapi_extra=SYNTHESIS_API,
+              responses={200: {"description": "16-bit PCM, a sentence at a time", "content": {"audio/pcm": {}},
+                               "headers": {"X-Sample-Rate": {"schema": {"type": "string"}}}}})
     async def synthesize_online(request: Request):
         rows, rate = await prepared(request)
         start = time.perf_counter()
