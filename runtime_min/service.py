@@ -254,6 +254,9 @@ def serve(manifest: Path, registry: str | None, settings: "Settings", cache_root
         shutil.rmtree(repository, ignore_errors=True)
 
 
+STOP_TRITON_SECONDS = 5.0
+
+
 def _run(profile: Profile, deployment, task, install, repository: Path, work: Path, listener, settings, grpc_at) -> int:
     """Start Triton and the front ends; return the exit status once a signal (or a Triton that keeps
     failing) has stopped them, Triton last."""
@@ -291,7 +294,7 @@ def _run(profile: Profile, deployment, task, install, repository: Path, work: Pa
         config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
                                 log_config=None, timeout_graceful_shutdown=15, access_log=False, http="httptools",
                                 loop="asyncio")
-        server["uvicorn"] = _StoppingServer(config, app.state.begin_stop)
+        server["uvicorn"] = _stopping_server(config, app.state.begin_stop)
         # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down, into whatever
         # handler was there before; a recording one keeps that from killing us before Triton
         # is stopped, so a signal ends in a clean exit 0.
@@ -306,12 +309,15 @@ def _run(profile: Profile, deployment, task, install, repository: Path, work: Pa
             exit_code["value"] = 1
     finally:
         listener.close()
-        triton.stop()
+        # the API has drained and the tasks' work is ended (stop hooks): what Triton has left is
+        # unloading, which a model that stays referenced holds up (Triton's own stream handler
+        # once did, found by tests/test_llm.py); a stop must stay prompt, so it is not waited on long
+        triton.stop(timeout=STOP_TRITON_SECONDS)
         log.info("Triton stopped")
     return exit_code["value"]
 
 
-def _StoppingServer(config, begin_stop):
+def _stopping_server(config, begin_stop):
     """uvicorn's server, which on a stop first runs the tasks' stop hooks (an LLM's: end every live
     sequence) and only then waits for in-flight requests: a stop is as prompt after clients hung up
     mid-stream as after none did."""

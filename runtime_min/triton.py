@@ -284,6 +284,8 @@ class TritonServer:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                log.warning("tritonserver had not exited %.0f s after SIGTERM (a model that does not unload); "
+                            "killed", timeout)
                 self.process.kill()
                 self.process.wait()
         if self.process:

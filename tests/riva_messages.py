@@ -87,12 +87,40 @@ def messages(descriptor, depth: int = 0):
     return _message(descriptor, depth)
 
 
-def status_of(call, request) -> tuple[str, str]:
-    """(the status name, its details) of a unary call."""
+def status_of(call, request, streaming: bool = False) -> tuple[str, str]:
+    """(the status name, its details) of a call: unary, or a stream of `request` (a list) read to its end."""
     import grpc
 
     try:
-        call(request, timeout=30)
+        if streaming:
+            for _ in call(iter(request), timeout=30):
+                pass
+        else:
+            call(request, timeout=30)
         return "OK", ""
     except grpc.RpcError as e:
         return e.code().name, e.details() or ""
+
+
+def answered_as_documented(port: int, stub_class, unary: dict, streaming: dict | None = None) -> None:
+    """EXAMPLES generated requests to each method named (method -> request message class; a
+    streaming method gets 1 to 4 of them): every answer OK or an ALLOWED status with a message."""
+    import grpc
+    from hypothesis import given, settings
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = stub_class(channel)
+    try:
+        for method, message, many in [(m, c, False) for m, c in unary.items()] + \
+                                     [(m, c, True) for m, c in (streaming or {}).items()]:
+            generated = messages(message.DESCRIPTOR)
+
+            @settings(max_examples=EXAMPLES, deadline=None, database=None)
+            @given(st.lists(generated, min_size=1, max_size=4) if many else generated)
+            def answered(request):
+                code, details = status_of(getattr(stub, method), request, streaming=many)
+                assert code in ALLOWED and (code == "OK" or details), f"{method}: {code} {details!r}"
+
+            answered()
+    finally:
+        channel.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -511,7 +512,7 @@ def _read_to_the_end(url: str, first: "concurrent.futures.Future") -> list[str]:
     return lines
 
 
-STOP_ROUNDS = 4
+STOP_ROUNDS = int(os.environ.get("NIMBUILD_STOP_ROUNDS") or 4)
 
 
 @pytest.mark.slow
@@ -520,7 +521,6 @@ def test_a_stop_right_after_clients_hung_up_mid_stream_is_prompt_every_time(llm_
     had not yet seen a cancellation and waited for the sequence. No waiting for the model to settle
     here: the stop comes at once, with every core busy, STOP_ROUNDS times; a client still reading is
     told why its stream ended."""
-    import os
     import subprocess
     import sys
 
@@ -543,7 +543,9 @@ def test_a_stop_right_after_clients_hung_up_mid_stream_is_prompt_every_time(llm_
                     seconds = time.monotonic() - started
                 lines = staying.result(timeout=30)
             assert code == 0 and seconds < 8, f"round {round_}: exit {code} after {seconds:.1f} s"
-            assert "Timeout" not in served.log.read_text(), f"round {round_}: Triton waited for a request"
+            log = served.log.read_text()
+            assert "Timeout" not in log, f"round {round_}: Triton waited for a request"
+            assert "had not exited" not in log, f"round {round_}: the model did not unload; Triton was killed"
             ending = [line for line in lines if line.startswith("data: ") and "error" in line]
             assert lines[-1] == "data: [DONE]" and ending and "the server is stopping" in ending[-1], lines[-3:]
     finally:

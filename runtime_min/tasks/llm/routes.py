@@ -34,8 +34,28 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _documented(schema: dict) -> None:
+    """What the OpenAPI document says of a request (tests/servers.py: schemathesis): the OpenAI
+    fields this runtime takes only at their defaults say so, and the counts it holds prompts and
+    stop sequences to. The limits that hang on the tokens (a prompt that fills the context,
+    max_tokens beyond the room left) no schema can say; they are 400s with the reason."""
+    fields = schema.get("properties", {})
+    only = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "echo": False}
+    for name, value in only.items():
+        if name in fields:
+            fields[name] = {"enum": [value], "default": value, "description": "supported at its default only"}
+    if "logprobs" in fields:
+        fields["logprobs"] = {"enum": [None, False], "default": None, "description": "not supported"}
+    if "suffix" in fields:
+        fields["suffix"] = {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}], "default": None}
+    text = {"type": "string"}
+    fields["stop"] = {"anyOf": [{"type": "null"}, text, {"type": "array", "items": text, "maxItems": MAX_STOP_SEQUENCES}]}
+    if "prompt" in fields:
+        fields["prompt"] = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": MAX_PROMPTS}]}
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_documented)
 
     model: str
     temperature: float = Field(1.0, ge=0, le=2)
@@ -280,10 +300,11 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
     start = time.perf_counter()
     metrics.prompt_tokens.inc(len(ids))
     responses = state["grpc"].stream_infer(request())
-    first = True
+    first, finished = True, False
     try:
         async for result, error in responses:
             if error is not None:
+                finished = True  # an error is the request's final response (the model's, or "stopping")
                 raise ApiError(503, error.message(), kind="service_unavailable",
                                code="inference_failed")
             if first:
@@ -291,6 +312,7 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
                 first = False
             metrics.completion_tokens.inc()
             finish = result.as_numpy("finish_reason").reshape(-1)[0].decode() or None
+            finished = bool(finish)
             yield result.as_numpy("text").reshape(-1)[0].decode("utf-8"), finish
             if finish:
                 return
@@ -302,7 +324,27 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
         raise ApiError(503, f"generation failed: {type(e).__name__}", kind="service_unavailable",
                        code="inference_failed") from None
     finally:
-        responses.cancel()  # ends the stream; for an unfinished sequence Triton drops it from the batch
+        await _close(responses, finished)
+
+
+async def _close(responses, finished: bool) -> None:
+    """End a Triton stream. One whose final response came (a finish reason, or an error) is read to
+    its end, which Triton closes it at: cancelling it then raced Triton's stream handler
+    (CANCELLATION_ISSUED waiting for a callback that had already come), which kept the model
+    referenced so that it never unloaded, and a stop waited 15 s for it (the stop test found it,
+    one round in twelve). One still generating (its client hung up) is cancelled, which drops its
+    sequence from the batch."""
+    async def exhausted():
+        async for _ in responses:
+            pass
+
+    if finished:
+        try:
+            await asyncio.wait_for(exhausted(), 2.0)
+            return
+        except Exception:  # not closed in time, or the channel failed: cancel it after all
+            pass
+    responses.cancel()
 
 
 async def _stop_all(state: dict, model: ServedModel) -> None:
@@ -322,13 +364,15 @@ async def _stop_all(state: dict, model: ServedModel) -> None:
         yield {"model_name": model.name, "inputs": inputs, "request_id": "stop-all"}
 
     responses = state["grpc"].stream_infer(request())
+    answered = False
     try:
         async for _, error in responses:  # the model answers once every sequence has ended
             if error is not None:
                 raise RuntimeError(error.message())
+            answered = True
             return
     finally:
-        responses.cancel()
+        await _close(responses, answered)
 
 
 def _tensor(module, name: str, array: np.ndarray, dtype: str):
