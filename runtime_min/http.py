@@ -7,6 +7,8 @@ Every bad request gets a 4xx with an OpenAI-style error body; Triton being down 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pydantic import AfterValidator
 from starlette.exceptions import HTTPException
 
 MAX_BODY_BYTES = 16 << 20
+log = logging.getLogger("runtime_min")
 
 
 class BodyTooLarge(HTTPException):
@@ -51,8 +54,6 @@ async def off_the_loop_if_long(chars: int, work: Callable[[], Any]) -> Any:
     megabyte prompt does not stop the server answering everyone else, health included."""
     if chars <= INLINE_CHARS:
         return work()
-    import asyncio
-
     return await asyncio.to_thread(work)
 
 
@@ -205,15 +206,11 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
 
     async def begin_stop() -> None:
         """The tasks' stop hooks, each bounded: a stop must be prompt whatever state Triton is in."""
-        import asyncio
-        import logging
-
         for hook in state["on_stop"]:
             try:
                 await asyncio.wait_for(hook(), STOP_HOOK_SECONDS)
             except Exception as e:  # Triton gone, or slow: the stop goes on
-                logging.getLogger("runtime_min").warning("stopping %s: %s", getattr(hook, "__name__", hook),
-                                                         type(e).__name__ if not str(e) else e)
+                log.warning("stopping %s: %s", getattr(hook, "__name__", hook), str(e) or type(e).__name__)
 
     app.state.begin_stop = begin_stop
     add_routes(app, model, triton, state, metrics)

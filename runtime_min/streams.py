@@ -43,7 +43,8 @@ async def read_ahead(source: AsyncIterator[T], size: Callable[[T], int], check: 
                 waiting.put_nowait(item)
         except Exception as e:  # ends the stream at the consumer's next item
             state["failed"] = e
-        waiting.put_nowait(_END)
+        finally:  # however reading ended (a cancelled call included), the consumer is not left waiting
+            waiting.put_nowait(_END)
 
     reader = asyncio.ensure_future(read())
     try:

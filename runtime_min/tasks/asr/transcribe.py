@@ -115,8 +115,8 @@ class AudioBudget:
     def take(self, pcm16: bytes, rate: int) -> None:
         self.seconds += len(pcm16) / 2 / rate
         if self.seconds > self.max_seconds:
-            raise StreamTooLong(f"the stream passed {self.max_seconds:g} s of audio, the most one stream carries; "
-                              "send longer audio as several streams")
+            raise StreamTooLong(f"the stream passed {self.max_seconds:g} s of audio, the most one stream "
+                                "carries; send longer audio as several streams")
 
 
 class StreamSession:
