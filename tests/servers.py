@@ -280,3 +280,13 @@ def schemathesis(url: str, precise: bool = True) -> subprocess.CompletedProcess:
     assert generated and int(generated.group(1)) > 0, f"schemathesis generated no test case:\n{result.stdout[-3000:]}"
     print(f"schemathesis on {url}: {generated.group(0)}")  # shown with -rP, and in make fuzz's log
     return result
+
+
+def assert_api_as_documented(url: str, paths: set[str], precise: bool = True) -> None:
+    """The runtime's OpenAPI document lists `paths`, schemathesis finds every answer as it says,
+    and the runtime is still ready after the generated requests."""
+    document = httpx.get(f"{url}/openapi.json", timeout=10).json()
+    assert paths <= set(document["paths"]), sorted(document["paths"])
+    result = schemathesis(url, precise)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert httpx.get(f"{url}/v1/health/ready", timeout=10).status_code == 200
