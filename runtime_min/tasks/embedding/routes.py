@@ -17,7 +17,8 @@ from fastapi import FastAPI, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
-from runtime_min.http import ApiError, Metrics, ServedModel, Text, off_the_loop_if_long, require_ready, triton_infer
+from runtime_min.http import NOT_BLANK, ApiError, Metrics, ServedModel, Text, blank, off_the_loop_if_long, \
+    require_ready, triton_infer
 from runtime_min.tasks.embedding.coalesce import Coalescer
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
@@ -28,7 +29,7 @@ def _documented(schema: dict) -> None:
     """The request's OpenAPI schema says what the route accepts (checked by schemathesis): texts
     with a non-space character, up to MAX_CHARS_PER_INPUT of them, 1 to MAX_INPUTS in a list, and
     no `dimensions` (this model has one size)."""
-    text = {"type": "string", "pattern": r"\S", "maxLength": MAX_CHARS_PER_INPUT}
+    text = {"type": "string", "pattern": NOT_BLANK, "maxLength": MAX_CHARS_PER_INPUT}
     schema["properties"]["input"] = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1,
                                                       "maxItems": MAX_INPUTS}]}
     schema["properties"]["dimensions"] = {"type": "null", "description": "not supported: the model has one size"}
@@ -90,7 +91,7 @@ def _check_texts(texts: list[str]) -> None:
     if len(texts) > MAX_INPUTS:
         raise ApiError(400, f"at most {MAX_INPUTS} inputs per request, got {len(texts)}", param="input")
     for i, text in enumerate(texts):
-        if not text.strip():
+        if blank(text):
             raise ApiError(400, f"input[{i}] is empty", param="input")
         if len(text) > MAX_CHARS_PER_INPUT:
             raise ApiError(413, f"input[{i}] is over {MAX_CHARS_PER_INPUT} characters", param="input")

@@ -19,12 +19,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import Counter, Histogram
 
-from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, require_ready
+from runtime_min.http import NOT_BLANK, ApiError, BodyTooLarge, Metrics, ServedModel, blank, require_ready
 from runtime_min.tasks.tts.synthesize import SynthesisError, Voice, pcm16, stream, synthesize, wav
 
 ENCODINGS = ("LINEAR_PCM",)
 _FIELDS = {"type": "object", "required": ["text"], "properties": {
-    "text": {"type": "string", "pattern": r"\S", "description": "at most 10,000 characters"}, "language": {"type": "string"}, "voice": {"type": "string"},
+    "text": {"type": "string", "pattern": NOT_BLANK, "description": "at most 10,000 characters"},
+    "language": {"type": "string"}, "voice": {"type": "string"},
     "encoding": {"type": "string", "enum": list(ENCODINGS)},
     "sample_rate_hz": {"type": "integer", "minimum": 8000, "maximum": 192000}}}
 # the form the routes read themselves, as OpenAPI says it (runtime_min.http)
@@ -50,7 +51,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     async def prepared(request: Request) -> tuple[list[list[int]], int]:
         form = await _form(request)
         text = form.get("text")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or blank(text):
             raise ApiError(400, "text: the text to speak is required (form field 'text')", param="text")
         encoding = str(form.get("encoding") or "LINEAR_PCM")
         if encoding not in ENCODINGS:
