@@ -48,20 +48,16 @@ async def read_ahead(source: AsyncIterator[T], size: Callable[[T], int], check: 
 
     reader = asyncio.ensure_future(read())
     try:
-        while True:
-            if state["failed"] is not None:
-                raise state["failed"]
+        while state["failed"] is None:
             item = await waiting.get()
-            if item is _END:
-                if state["failed"] is not None:
-                    raise state["failed"]
-                return
-            if state["failed"] is not None:
-                raise state["failed"]
+            if item is _END or state["failed"] is not None:  # a failure comes ahead of what still waits
+                break
             async with room:
                 state["held"] -= size(item)
                 room.notify_all()
             yield item
+        if state["failed"] is not None:
+            raise state["failed"]
     finally:
         reader.cancel()
         try:

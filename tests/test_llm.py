@@ -466,6 +466,12 @@ def _settled(read, still: float = 1.0, limit: float = 30.0) -> float:
     return value
 
 
+def _hang_up_after_one_event(url: str) -> None:
+    with httpx.stream("POST", f"{url}/v1/completions", json={"model": MODEL, "prompt": "Rain", "max_tokens": 200,
+                                                             "stream": True, "ignore_eos": True}) as response:
+        next(response.iter_lines())
+
+
 def test_streams_whose_clients_hang_up_are_finished_so_the_runtime_stops_at_once(llm_compiled, tmp_path):
     from test_runtime import Runtime
 
@@ -473,10 +479,7 @@ def test_streams_whose_clients_hang_up_are_finished_so_the_runtime_stops_at_once
     try:
         served.wait_ready()
         for _ in range(2):
-            with httpx.stream("POST", f"{served.url}/v1/completions",
-                              json={"model": MODEL, "prompt": "Rain", "max_tokens": 200, "stream": True,
-                                    "ignore_eos": True}) as response:
-                next(response.iter_lines())  # one event, then hang up
+            _hang_up_after_one_event(served.url)
         # wait until the model has stopped decoding, rather than for a fixed second: how soon a
         # hang-up reaches it varies with the machine's load (a fixed 1 s failed twice in full runs)
         rows = _settled(lambda: _step_rows(served.url))
@@ -487,12 +490,6 @@ def test_streams_whose_clients_hang_up_are_finished_so_the_runtime_stops_at_once
     # a request the model never finished keeps Triton waiting for it until the stop timeout (15 s)
     assert code == 0 and time.monotonic() - started < 8
     assert "Timeout" not in served.log.read_text()
-
-
-def _hang_up_after_one_event(url: str) -> None:
-    with httpx.stream("POST", f"{url}/v1/completions", json={"model": MODEL, "prompt": "Rain", "max_tokens": 200,
-                                                             "stream": True, "ignore_eos": True}) as response:
-        next(response.iter_lines())
 
 
 def _read_to_the_end(url: str, first: "concurrent.futures.Future") -> list[str]:
