@@ -217,7 +217,9 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def begin_stop() -> None:
-        """The tasks' stop hooks, each bounded: a stop must be prompt whatever state Triton is in."""
+        """The tasks' stop hooks, each bounded: a stop must be prompt whatever state Triton is in.
+        From here on a request that fails was ended by the stop, whatever error its channel gave."""
+        state["stopping"] = True
         for hook in state["on_stop"]:
             try:
                 await asyncio.wait_for(hook(), STOP_HOOK_SECONDS)

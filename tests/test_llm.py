@@ -544,7 +544,9 @@ def test_a_stop_right_after_clients_hung_up_mid_stream_is_prompt_every_time(llm_
             assert "Timeout" not in log, f"round {round_}: Triton waited for a request"
             assert "had not exited" not in log, f"round {round_}: the model did not unload; Triton was killed"
             ending = [line for line in lines if line.startswith("data: ") and "error" in line]
-            assert lines[-1] == "data: [DONE]" and ending and "the server is stopping" in ending[-1], lines[-3:]
+            warnings = [line for line in log.splitlines() if "stopping" in line]
+            assert lines[-1] == "data: [DONE]" and ending and "the server is stopping" in ending[-1], \
+                (round_, lines[-3:], warnings)
     finally:
         for process in load:
             process.kill()

@@ -141,6 +141,8 @@ class TritonPythonModel:
     def finalize(self):
         self.stopping.set()
         self.worker.join(timeout=5)
+        if not self.worker.is_alive():  # the generator is ours now: answer what a stop_all did not reach
+            self._fail_all(STOPPING)
 
 
 STOPPING = "the server is stopping"

@@ -316,15 +316,26 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
             yield result.as_numpy("text").reshape(-1)[0].decode("utf-8"), finish
             if finish:
                 return
-        raise ApiError(503, "generation ended without a finish reason (Triton stopped)", kind="service_unavailable",
-                       code="inference_failed")
+        raise _failed(state, "generation ended without a finish reason (Triton stopped)")
     except ApiError:
         raise
-    except Exception as e:  # gRPC errors while Triton restarts
-        raise ApiError(503, f"generation failed: {type(e).__name__}", kind="service_unavailable",
-                       code="inference_failed") from None
+    except Exception as e:  # gRPC errors while Triton restarts, or while the runtime stops
+        raise _failed(state, f"generation failed: {type(e).__name__}") from None
     finally:
         await _close(responses, finished)
+
+
+# model.py's words for a sequence the stop ended (it runs inside Triton and imports nothing from here)
+STOPPING = "the server is stopping"
+
+
+def _failed(state: dict, message: str) -> ApiError:
+    """A stream that broke: once the runtime is stopping, that is why (its stop_all answers every
+    live sequence, but a stream Triton's shutdown cut first fails on the channel instead, and the
+    client is owed the same reason either way)."""
+    if state.get("stopping"):
+        message = STOPPING
+    return ApiError(503, message, kind="service_unavailable", code="inference_failed")
 
 
 async def _close(responses, finished: bool) -> None:
