@@ -6,6 +6,8 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nimbuild.errors import ManifestError
 from nimbuild.profiles.manifest import (
@@ -135,3 +137,80 @@ def test_shared_records_are_written_out_not_aliased():
                 for cc in ("8.9", "12.0")]
     text = Manifest(profiles).dumps()
     assert "&id" not in text and "*id" not in text and text.count("cosine_min: '0.98'") == 2
+
+
+@given(st.text(), st.text(), st.dictionaries(st.text(), st.text(), max_size=6),
+       st.dictionaries(st.text(min_size=1), st.just("sha256:" + "c" * 64), max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_orjson_writes_the_canonical_bytes_json_does(model, release, tags, files):
+    """profile_id takes orjson where it is installed: the id a build wrote with json must be the id
+    a reader recomputes with orjson, for any text (sort order, escapes, astral characters)."""
+    import orjson
+
+    value = {"model": model, "release": release, "tags": tags, "files": files}
+    try:
+        by_json = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: refused by both (profile_id falls back to json's refusal)
+        with pytest.raises(orjson.JSONEncodeError):
+            orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return
+    assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == by_json
+
+
+def _saved(tmp_path, *profiles):
+    path = tmp_path / "profiles.yaml"
+    Manifest(list(profiles)).save(path)
+    return path
+
+
+def test_the_json_twin_holds_what_the_yaml_does_and_is_read_instead(tmp_path):
+    from nimbuild.profiles.index import index_path
+    from nimbuild.profiles.nim import read_profiles
+    from nimbuild.yamlutil import load_yaml
+
+    path = _saved(tmp_path, _profile(), _profile(precision="int8"))
+    twin = json.loads(index_path(path).read_text())
+    assert index_path(path).name == "profiles.index.json"
+    assert twin["document"] == load_yaml(path.read_text())[0]
+    # read instead of the YAML: a twin naming the YAML's digest with another (well-formed) manifest wins
+    other = Manifest([_profile(precision="fp8")]).document()
+    index_path(path).write_text(json.dumps({**twin, "document": other}))
+    assert [p.tags["precision"] for p in load_manifest(path).profiles] == ["fp8"]
+    assert [p.tags["precision"] for p in read_profiles(path).profiles] == ["fp8"]
+
+
+@pytest.mark.parametrize("spoil", ["stale", "corrupt", "truncated", "other format"])
+def test_a_twin_that_is_not_the_yamls_own_is_ignored(tmp_path, spoil):
+    from nimbuild.profiles.index import index_path
+
+    path = _saved(tmp_path, _profile(), _profile(precision="int8"))
+    twin_path = index_path(path)
+    twin = json.loads(twin_path.read_text())
+    if spoil == "stale":  # the YAML edited by hand after the twin was written
+        path.write_text(Manifest([_profile(precision="bf16")]).dumps())
+    elif spoil == "corrupt":
+        twin_path.write_bytes(b"\xff{not json")
+    elif spoil == "truncated":
+        twin_path.write_text(twin_path.read_text()[:100])
+    else:
+        twin_path.write_text(json.dumps({**twin, "format": "something-else/9", "document": None}))
+    expected = ["bf16"] if spoil == "stale" else ["fp16", "int8"]
+    assert sorted(p.tags["precision"] for p in load_manifest(path).profiles) == expected
+
+
+def test_a_forged_twin_passes_the_checks_the_yaml_would(tmp_path):
+    """A twin is trusted with nothing the YAML is not: a climbing uri or a wrong id in it is refused."""
+    from nimbuild.profiles.index import index_path
+    from nimbuild.profiles.nim import read_profiles
+
+    path = _saved(tmp_path, _profile())
+    twin = json.loads(index_path(path).read_text())
+    twin["document"]["profiles"][0]["workspace"]["files"]["model.plan"]["uri"] = "../../etc/shadow"
+    index_path(path).write_text(json.dumps(twin))
+    with pytest.raises(ManifestError, match="stay inside"):
+        read_profiles(path)
+    twin["document"]["profiles"][0]["workspace"]["files"]["model.plan"]["uri"] = "p/model.plan"
+    twin["document"]["profiles"][0]["tags"]["precision"] = "fp8"
+    index_path(path).write_text(json.dumps(twin))
+    with pytest.raises(ManifestError, match="does not match the profile's content"):
+        load_manifest(path)

@@ -138,6 +138,20 @@ def test_a_nimbuild_manifest_that_is_read_writes_back_to_itself(data):
     manifest = judged(lambda: parse_manifest(_dump(data)))
     if manifest is not None:
         assert parse_manifest(manifest.dumps()).dumps() == manifest.dumps()
+        _the_twin_holds_what_the_yaml_does(manifest)
+
+
+def _the_twin_holds_what_the_yaml_does(manifest) -> None:
+    """The JSON twin save writes is the YAML's own value (any build record or tag it holds), so a
+    reader that takes the twin sees what one parsing the YAML would."""
+    from nimbuild.profiles.index import index_path
+    from nimbuild.yamlutil import load_yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profiles.yaml"
+        manifest.save(path)
+        twin = json.loads(index_path(path).read_text())["document"]
+        assert json.dumps(twin) == json.dumps(load_yaml(path.read_text())[0])  # as text: NaN is NaN, order counts
 
 
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))

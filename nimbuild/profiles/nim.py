@@ -26,7 +26,7 @@ from nimbuild.errors import ManifestError
 from nimbuild.fsutil import read_user_text
 from nimbuild.profiles.manifest import Profile, WorkspaceFile, check_profiles, manifest_from_data, mapping_field
 from nimbuild.profiles.tags import describe, normalise_tags
-from nimbuild.yamlutil import load_or_raise
+from nimbuild.yamlutil import load_or_raise, without_collection
 
 FORMATS = {
     "nimbuild": "nimbuild manifest (schema_version 1.x)",
@@ -75,13 +75,24 @@ def manifest_path(given: Path | None) -> Path:
 
 def read_profiles(path: str | Path) -> ManifestRead:
     """Profiles from a manifest of any supported shape, and the shape's name."""
-    return parse_profiles(read_user_text(path, "manifest", ManifestError), str(path))
+    from nimbuild.profiles.index import read_index
+
+    text = read_user_text(path, "manifest", ManifestError)
+    document = without_collection(lambda: read_index(Path(path), text))  # nimbuild's JSON twin of this text
+    if document is None:
+        return parse_profiles(text, str(path))
+    return without_collection(lambda: profiles_from_document(document, str(path)))
 
 
 def parse_profiles(text: str, origin: str = "<manifest>") -> ManifestRead:
     data = load_or_raise(text, origin, ManifestError, local_tags=True)
     if _has_numeric_ids(data):  # rare: read again with numbers kept as written
         data = load_or_raise(text, origin, ManifestError, local_tags=True, numbers_as_text=True)
+    return profiles_from_document(data, origin)
+
+
+def profiles_from_document(data: Any, origin: str) -> ManifestRead:
+    """The profiles of a manifest's value, whichever shape it has."""
     if isinstance(data, list):
         return ManifestRead(_listed(data, origin, "manifest"), "nim-list")
     if not isinstance(data, dict):
