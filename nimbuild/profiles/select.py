@@ -81,7 +81,7 @@ class Selection:
 
 
 def select_profile(profiles: Sequence[Profile], system: System, env: Mapping[str, str]) -> Selection:
-    candidates = [_judge(p, system) for p in profiles]
+    candidates = _judged(profiles, system)
     _apply_selector(candidates, env.get(SELECTOR_ENV, ""))
     lora = bool(env.get(PEFT_ENV, "").strip())
     if lora:
@@ -118,6 +118,28 @@ def needs_gpu(profile: Profile) -> bool:
 def buildable(profile: Profile) -> bool:
     """Made into an engine on the target: an RMIR, or NIM's TensorRT-LLM profiles built from HF weights."""
     return profile.tags.get("type") == "rmir" or profile.tags.get("trtllm_buildable", "").lower() == "true"
+
+
+def _judged(profiles: Sequence[Profile], system: System) -> list[Candidate]:
+    """Each profile's candidate. A verdict depends on a profile's tags and requires alone, and a
+    large manifest repeats a few hundred of those across its models and releases, so each distinct
+    pair is judged once (a third of a 10,000-profile listing's selection time otherwise)."""
+    verdicts: dict[tuple, tuple[str, list[str]]] = {}
+    candidates = []
+    for profile in profiles:
+        try:
+            key: tuple | None = (tuple(profile.tags.items()), tuple(profile.requires.items()))
+            verdict = verdicts.get(key)
+        except TypeError:  # a requires value that is a mapping or a list: judged on its own
+            key, verdict = None, None
+        if verdict is None:
+            candidate = _judge(profile, system)
+            if key is not None:
+                verdicts[key] = (candidate.status, candidate.reasons)
+        else:
+            candidate = Candidate(profile, verdict[0], list(verdict[1]))
+        candidates.append(candidate)
+    return candidates
 
 
 def _judge(profile: Profile, system: System) -> Candidate:

@@ -16,23 +16,57 @@ def normalise_tags(tags: Mapping[str, Any]) -> dict[str, str]:
     or a mapping is no tag value (it rendered as `onnxruntime-['fp16', 'fp32']-...`): ValueError."""
     out = {}
     for key, value in tags.items():
-        if value is None or isinstance(value, (list, tuple, set, dict)):
-            kind = "no value" if value is None else f"a {type(value).__name__} value"
-            raise ValueError(f"tag {str(key)!r} has {kind}; a tag's value is one string")
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        out[str(key)] = str(value)
+        out[key if type(key) is str else str(key)] = value if type(value) is str else _tag_text(key, value)
     return ordered_tags(out)
 
 
+def _tag_text(key: Any, value: Any) -> str:
+    if value is None or isinstance(value, (list, tuple, set, dict)):
+        kind = "no value" if value is None else f"a {type(value).__name__} value"
+        raise ValueError(f"tag {str(key)!r} has {kind}; a tag's value is one string")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def ordered_tags(tags: Mapping[str, str]) -> dict[str, str]:
-    known = [k for k in TAG_ORDER if k in tags]
-    rest = sorted(k for k in tags if k not in TAG_ORDER)
-    return {k: tags[k] for k in known + rest}
+    keys = tuple(tags)
+    order = _order(keys)
+    if order == keys:  # already in order, as a manifest nimbuild wrote has them
+        return dict(tags)
+    return {k: tags[k] for k in order}
+
+
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}  # the profiles of a manifest share a handful of tag sets
+
+
+def _order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    order = _ORDERS.get(keys)
+    if order is None:
+        order = tuple([k for k in TAG_ORDER if k in keys] + sorted(k for k in keys if k not in TAG_ORDER))
+        if len(_ORDERS) < 4096:  # bounded: a hostile manifest of distinct tag sets only misses the cache
+            _ORDERS[keys] = order
+    return order
 
 
 def describe(tags: Mapping[str, str]) -> str:
     """A readable name such as `tensorrt_rtx-sm89-fp16-throughput` or `onnxruntime-fp32-latency`."""
+    key = tuple(tags.items())
+    try:
+        name = _NAMES.get(key)
+    except TypeError:  # a value that is no string (callers normalise first; this one did not)
+        return _describe(tags)
+    if name is None:
+        name = _describe(tags)
+        if len(_NAMES) < 4096:
+            _NAMES[key] = name
+    return name
+
+
+_NAMES: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def _describe(tags: Mapping[str, str]) -> str:
     parts = [tags.get("backend") or tags.get("llm_engine") or tags.get("type") or "profile"]
     if tags.get("compute_capability"):
         parts.append("-".join("sm" + cc.strip().replace(".", "") for cc in tags["compute_capability"].split(",")))
