@@ -9,7 +9,7 @@ DEMO_GRPC_PORT ?= 50051
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install system-deps tools test fuzz demo bench profiles image clean
+.PHONY: install system-deps tools test fuzz demo bench peers profiles image clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
 # met and pip does not pull a multi-GB CUDA build. NeMo (the `nemo` extra) would otherwise pull
@@ -106,7 +106,15 @@ IMAGE_ARGS ?=
 image: install system-deps
 	PY=$(PY) scripts/build-image.sh $(IMAGE_ARGS)
 
-bench: install system-deps
+# The tools a user would pick instead (bench/bench_peer_*.py), in their own environment: they need
+# numpy 2, which the project's pins exclude (see NUMPY_1)
+PEERS := bench/.venv-peers
+peers:
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
+	$(PEERS)/bin/python -c "import fastembed, ctranslate2"
+
+bench: install system-deps peers
 	$(PY) bench/run.py
 
 # Regenerate the committed top-level manifest from the example recipes (reproducible: same bytes).

@@ -85,12 +85,12 @@ def test_a_damaged_workspace_or_changed_recipe_is_rebuilt(write_recipe, tmp_path
 def test_a_failed_compile_leaves_previous_results_intact(write_recipe, tmp_path, tiny_bert_dir):
     out = tmp_path / "out"
     assert _compile(write_recipe(recipe_text(str(tiny_bert_dir))), out).exit_code == 0
-    before = (out / "profiles.yaml").read_bytes()
+    before = {name: (out / name).read_bytes() for name in ("profiles.yaml", "profiles.index.json")}
     failing = write_recipe(recipe_text(str(tiny_bert_dir), parity="{atol: 0, rtol: 0, cosine_min: 1.0}"))
     result = _compile(failing, out)
     assert result.exit_code == 2 and "does not match the source model" in result.stderr
-    assert (out / "profiles.yaml").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["profiles", "profiles.yaml"]
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["profiles", "profiles.index.json", "profiles.yaml"]
 
 
 def test_a_failed_first_compile_leaves_no_output_directory(write_recipe, tmp_path, tiny_bert_dir):

@@ -69,7 +69,7 @@ def test_local_run_equals_a_single_compile_byte_for_byte(recipe, tmp_path):
         if path.is_file():
             twin = tmp_path / "matrix" / path.relative_to(tmp_path / "single")
             assert twin.read_bytes() == path.read_bytes(), path
-    assert sorted(p.name for p in (tmp_path / "matrix").iterdir()) == ["profiles", "profiles.yaml"]
+    assert sorted(p.name for p in (tmp_path / "matrix").iterdir()) == ["profiles", "profiles.index.json", "profiles.yaml"]
 
 
 def test_merge_names_missing_cells_and_cells_that_built_nothing(recipe, tmp_path):
