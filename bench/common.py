@@ -1,10 +1,12 @@
-"""Benchmark helpers: interleaved timing (so machine noise hits both sides alike) and plain tables."""
+"""Benchmark helpers: interleaved timing (so machine noise hits both sides alike), plain tables, and
+the peers' environment (the tools a user would pick instead, run side by side)."""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 _local = threading.local()
@@ -87,3 +89,28 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     rule = "-" * len(line(cells[0]))
     return "\n".join([title, rule, line(cells[0]), rule, *map(line, cells[1:]), rule])
+
+
+PEERS_VENV = Path(__file__).resolve().parent / ".venv-peers"
+
+
+def peer_python() -> Path:
+    """The peers' interpreter (bench/.venv-peers, made by `make peers` from peers/requirements.txt):
+    they need numpy 2, which the project's own environment pins below."""
+    python = PEERS_VENV / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{PEERS_VENV} is missing: run `make peers` (make bench does)")
+    return python
+
+
+def run_peer(script: str, *args: object, stdin: str = "") -> dict:
+    """bench/peers/SCRIPT in the peers' environment; its JSON answer."""
+    import json
+    import subprocess
+
+    done = subprocess.run([str(peer_python()), str(Path(__file__).resolve().parent / "peers" / script),
+                           *map(str, args)], input=stdin, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise SystemExit(f"peer {script} failed: {last}")
+    return json.loads(done.stdout)
