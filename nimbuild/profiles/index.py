@@ -60,7 +60,7 @@ def read_index(manifest: Path, text: str) -> Any | None:
 
 def _loads(raw: bytes) -> Any:
     try:
-        import orjson  # twice as fast as json here; in the serve extra, so not always installed
+        import orjson  # the faster reader, in the serve extra, so not always installed
     except ImportError:
         return json.loads(raw)
     return orjson.loads(raw)
