@@ -109,10 +109,12 @@ image: install system-deps
 # The tools a user would pick instead (bench/bench_peer_*.py), in their own environment: they need
 # numpy 2, which the project's pins exclude (see NUMPY_1)
 PEERS := bench/.venv-peers
-peers:
+peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
-	$(PEERS)/bin/python -c "import fastembed, ctranslate2"
+	$(PEERS)/bin/python -c "import fastembed, ctranslate2, sentencepiece"
+	@# CTranslate2's converter runs in the project's environment (transformers, torch), ctranslate2 alone on its path
+	$(PY) -m pip install -q --no-deps --upgrade --target $(PEERS)/converter $$(grep '^ctranslate2==' bench/peers/requirements.txt) $(PIP_QUIET)
 
 bench: install system-deps peers
 	$(PY) bench/run.py

@@ -92,6 +92,9 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
 
 
 PEERS_VENV = Path(__file__).resolve().parent / ".venv-peers"
+# ctranslate2 alone (no dependencies), which the project's own environment puts on its path to run
+# CTranslate2's converter: the converter reads checkpoints with transformers and torch, which live there
+CT2_CONVERTER = PEERS_VENV / "converter"
 
 
 def peer_python() -> Path:
