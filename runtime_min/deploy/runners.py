@@ -33,13 +33,29 @@ def open_runner(kind: str, path: Path, device_id: int = 0):
     raise ValueError(f"unknown core runner {kind!r}")
 
 
+def session_options(threads: int | None = None):
+    """onnxruntime's options for every session runtime_min opens inside Triton: `threads` intra-op
+    threads, else NIMBUILD_ORT_THREADS (0, the default: one per core), and no spin-waiting unless
+    NIMBUILD_ORT_SPIN=1. A spinning thread keeps its core busy between operators for a while after
+    the work ends; here the same cores run Triton, the API's gRPC and HTTP front ends and often the
+    clients, which it starves. Measured with `python bench/run.py peer_nmt` (two runs each, 2
+    cores): TranslateText from 8 clients 378 and 426 translations/s spinning, 732 and 776 not."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("NIMBUILD_ORT_THREADS", "0")) if threads is None else threads
+    options.log_severity_level = 3
+    spin = "1" if os.environ.get("NIMBUILD_ORT_SPIN") == "1" else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
 class OnnxRunner:
     def __init__(self, path: Path):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("NIMBUILD_ORT_THREADS", "0"))
-        options.log_severity_level = 3
+        options = session_options()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
 

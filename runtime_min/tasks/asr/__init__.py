@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runtime_min.deploy.config import (Model, Tensor, dynamic_batching, ensemble, instances, new_config,
                                        parameters)
+from runtime_min.deploy.core import RUNNERS
 from runtime_min.tasks import NIMBUILD, serving, tensor_dims
 
 MODEL = Path(__file__).with_name("model.py")
@@ -56,7 +57,8 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     files = {"model.py": MODEL, "buffered.py": MODEL.with_name("buffered.py"),
              "nimbuild/__init__.py": AUDIO.with_name("__init__.py"), "nimbuild/audio.py": AUDIO,
              "nimbuild/transducer.py": AUDIO.with_name("transducer.py"),
-             "model_info.json": workspace / "model_info.json", "asr": workspace / "asr"}
+             "model_info.json": workspace / "model_info.json", "asr": workspace / "asr",
+             "runners.py": RUNNERS}  # every stage's onnxruntime sessions take its session_options
     length = Tensor("length", "int64", [1])
     text = Tensor("text", "string", [1])
     words = Tensor("words", "string", [1])  # JSON [[word, start ms, end ms], ...] from the best path

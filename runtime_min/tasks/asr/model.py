@@ -235,9 +235,10 @@ def _open_search(spec: dict, workspace: Path):
 
     from nimbuild.transducer import TransducerDecoder
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    from runners import session_options
+
+    options = session_options(threads=1)
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(workspace / spec["graph"]), options, providers=["CPUExecutionProvider"])
     return TransducerDecoder(session, int(spec["blank"]), spec.get("durations") or None, spec.get("max_symbols"),
                              [tuple(shape) for shape in spec["states"]])

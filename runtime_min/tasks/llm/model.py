@@ -15,7 +15,6 @@ mean number of sequences per graph call, nimbuild_llm_step_rows_max the largest 
 """
 
 import json
-import os
 import queue
 import sys
 import threading
@@ -33,6 +32,7 @@ from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequenc
 class TritonPythonModel:
     def initialize(self, args):
         import onnxruntime as ort
+        from runners import session_options
         from tokenizers import Tokenizer
 
         config = json.loads(args["model_config"])
@@ -40,10 +40,8 @@ class TritonPythonModel:
         workspace = HERE
         info = json.loads((workspace / "model_info.json").read_text())
         runtime = info.get("runtime") or {}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("NIMBUILD_ORT_THREADS", "0"))
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(workspace / info["graph"]), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(workspace / info["graph"]), session_options(),
+                                       providers=["CPUExecutionProvider"])
         tokenizer = Tokenizer.from_file(str(workspace / "tokenizer" / "tokenizer.json"))
         self.generator = Generator(
             DecoderGraph(session), max_batch=int(config.get("max_batch_size") or 1),
