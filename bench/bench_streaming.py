@@ -110,7 +110,7 @@ def _measure(address: str, streams: list[np.ndarray], long: np.ndarray):
     return rows, sustained, [_stream(address, pcm) for pcm in (streams[0], long)]
 
 
-def main() -> str:
+def main() -> tuple[str, dict]:
     from demo_embed import running
     from servers import free_port
 
@@ -126,7 +126,7 @@ def main() -> str:
         try:
             with running(str(out / "profiles.yaml"), free_port()) as url:
                 if url is None:
-                    return "runtime_min did not start; no figures"
+                    raise RuntimeError("runtime_min did not start")
                 rows, sustained, per_chunk = _measure(f"127.0.0.1:{grpc_port}", streams, long)
         finally:
             os.environ.clear()
@@ -143,9 +143,10 @@ def main() -> str:
                       statistics.median(last) * 1000, max(ms for _, ms in chunks) * 1000, r["final_ms"]])
     flat = table("per-chunk latency, one paced stream (ms): interim result after the message completing its chunk",
                  ["stream", "chunks", "median, first 5 s", "median, last 5 s", "max", "final"], lines)
-    return f"{load}\nlargest N with p99 under 1 s: {sustained}\n\n{flat}"
+    levels = [dict(zip(["streams", "p50", "p90", "p95", "p99", "rtfx"], row)) for row in rows]
+    return f"{load}\nlargest N with p99 under 1 s: {sustained}\n\n{flat}", {"levels": levels, "sustained": sustained}
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
-    print(main())
+    print(main()[0])

@@ -1,8 +1,10 @@
 """`make bench`: run every bench/bench_*.py, each in a fresh process (so no benchmark's environment,
 imports or threads leak into the next), print its tables, and save them under bench/results/:
 latest.txt (the tables of a full run) and latest.json (per benchmark: ok, when, seconds, its
-tables, and the figures of those that return them; a run of some benchmarks updates just theirs). A benchmark that fails says why in one line and the run goes on; the
-exit status is then 1.
+tables, and the figures of those that return them; a run of some benchmarks updates just theirs),
+then the charts of latest.json as PNGs in bench/charts/ (bench/plots.py). A benchmark that fails
+says why in one line and the run goes on; the exit status is then 1, as it is when no chart could
+be written.
 
     python bench/run.py [NAME ...]          names match by substring (e.g. `runtime asr`)
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+CHARTS = HERE / "charts"  # committed: the README shows them
 
 
 def run_one(name: str, out: Path) -> None:
@@ -66,9 +69,30 @@ def main(selected: list[str]) -> int:
         (RESULTS / "latest.txt").write_text("\n".join(report) + "\n")
     (RESULTS / "latest.json").write_text(json.dumps({"machine": header, "when": stamp, "benchmarks": results},
                                                     indent=1) + "\n")
+    charted = _charts()
+    print(f"\n{charted}", flush=True)
+    if not charted.startswith("charts:"):
+        failed.append("charts")
     if failed:
         print(f"\n{len(failed)} benchmark(s) failed: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
+
+
+def _charts() -> str:
+    """bench/plots.py on latest.json, in the peers' environment (matplotlib lives there), writing
+    bench/charts/*.png; one line saying which it wrote, or why none."""
+    sys.path.insert(0, str(HERE))
+    from common import PEERS_VENV
+
+    python = PEERS_VENV / "bin" / "python"
+    if not python.exists():
+        return f"charts not written: {PEERS_VENV} is missing (make peers)"
+    done = subprocess.run([str(python), str(HERE / "plots.py"), str(RESULTS / "latest.json"), str(CHARTS)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"charts not written: {_last_line(done.stderr) or f'exit status {done.returncode}'}"
+    written = json.loads(done.stdout)["written"]
+    return f"charts: {', '.join(written) or 'none had figures in this run'} in {CHARTS}"
 
 
 def _earlier_results() -> dict:

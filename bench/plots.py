@@ -1,0 +1,128 @@
+"""Charts of a `make bench` run (bench/results/latest.json) as PNGs, with matplotlib, which lives in
+the bench's peers environment (bench/.venv-peers) rather than the project's.
+
+    python plots.py LATEST_JSON OUT_DIR
+
+One chart per question the README answers with it; a chart whose benchmark has no figures in the
+run (it failed, or was not run) is left as it was, and the names of those written are printed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and none wanted
+    benchmarks = json.loads(Path(sys.argv[1]).read_text())["benchmarks"]
+    out = Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {name: entry.get("data") for name, entry in benchmarks.items() if entry.get("ok") and entry.get("data")}
+    written = [name for name, chart in CHARTS.items() if chart(figures, out / f"{name}.png")]
+    print(json.dumps({"written": written}))
+
+
+def peer_ratios(figures: dict, path: Path) -> bool:
+    """runtime_min's rate over each peer's, side by side in one run (1.0: even)."""
+    bars = []
+    if "bench_peer_embeddings" in figures:
+        for row in figures["bench_peer_embeddings"]["rows"]:
+            bars.append((f"embeddings vs fastembed\nN={row['concurrency']}", row["ratio"]))
+    if "bench_peer_nmt" in figures:
+        for n, ratio in figures["bench_peer_nmt"]["ratio_served_vs_ctranslate2"].items():
+            bars.append((f"translation vs CTranslate2\nN={n}", ratio))
+    if not bars:
+        return False
+    figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)")
+    axes.bar([b[0] for b in bars], [b[1] for b in bars], color="#76b900")
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_ylabel("runtime_min rate / peer rate")
+    for i, (_, value) in enumerate(bars):
+        axes.annotate(f"{value:.2f}x", (i, value), ha="center", va="bottom")
+    return _save(figure, path)
+
+
+def translation_sides(figures: dict, path: Path) -> bool:
+    """Where the translation gap lies: the served path, Triton directly, the loop, CTranslate2."""
+    data = figures.get("bench_peer_nmt")
+    if not data:
+        return False
+    sides = list(data["per_s"])
+    sizes = list(data["per_s"][sides[0]])
+    figure, axes = _axes("nmt-en-de translations/s by path (greedy, 2 threads)")
+    width = 0.8 / len(sides)
+    for k, side in enumerate(sides):
+        axes.bar([i + k * width for i in range(len(sizes))], [data["per_s"][side][n] for n in sizes], width,
+                 label=side)
+    axes.set_xticks([i + width * (len(sides) - 1) / 2 for i in range(len(sizes))],
+                    [f"{n} client(s) / batch {n}" for n in sizes])
+    axes.set_yscale("log")
+    axes.set_ylabel("translations/s (log)")
+    axes.legend()
+    return _save(figure, path)
+
+
+def embedding_latency(figures: dict, path: Path) -> bool:
+    """Served embeddings: throughput and latency against concurrency."""
+    data = figures.get("bench_runtime")
+    if not data or not data.get("embeddings"):
+        return False
+    rows = data["embeddings"]
+    figure, axes = _axes("MiniLM embeddings through runtime_min: latency against concurrency")
+    x = [r["concurrency"] for r in rows]
+    axes.plot(x, [r["p50_ms"] for r in rows], marker="o", label="p50 ms")
+    axes.plot(x, [r["p99_ms"] for r in rows], marker="o", label="p99 ms")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("concurrent clients")
+    axes.set_ylabel("ms per request")
+    rate = axes.twinx()
+    rate.plot(x, [r["served_per_s"] for r in rows], marker="s", color="#76b900", label="embeddings/s")
+    rate.set_ylabel("embeddings/s")
+    axes.legend(loc="upper left")
+    rate.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def streaming_p99(figures: dict, path: Path) -> bool:
+    """ASR streams paced in real time: p99 final latency against the number of streams."""
+    data = figures.get("bench_streaming")
+    if not data or not data.get("levels"):
+        return False
+    levels = data["levels"]
+    figure, axes = _axes(f"asr-digits Riva streaming: largest N with p99 under 1 s = {data['sustained']}")
+    axes.plot([r["streams"] for r in levels], [r["p99"] for r in levels], marker="o", label="p99")
+    axes.plot([r["streams"] for r in levels], [r["p50"] for r in levels], marker="o", label="p50")
+    axes.axhline(1000, color="red", linewidth=0.8, linestyle="--", label="1 s")
+    axes.set_xlabel("concurrent 10 s streams")
+    axes.set_ylabel("final transcript after the last message (ms)")
+    axes.legend()
+    return _save(figure, path)
+
+
+def _axes(title: str):
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    return figure, axes
+
+
+def _save(figure, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+CHARTS = {"peer_ratios": peer_ratios, "translation_sides": translation_sides,
+          "embedding_latency": embedding_latency, "streaming_p99": streaming_p99}
+
+
+if __name__ == "__main__":
+    main()
