@@ -72,9 +72,7 @@ def embedding_latency(figures: dict, path: Path) -> bool:
         return False
     rows = data["embeddings"]
     figure, axes = _axes("MiniLM embeddings through runtime_min: latency against concurrency")
-    x = [r["concurrency"] for r in rows]
-    axes.plot(x, [r["p50_ms"] for r in rows], marker="o", label="p50 ms")
-    axes.plot(x, [r["p99_ms"] for r in rows], marker="o", label="p99 ms")
+    x = _lines(axes, rows, "concurrency", {"p50_ms": "p50 ms", "p99_ms": "p99 ms"})
     axes.set_xscale("log", base=2)
     axes.set_xlabel("concurrent clients")
     axes.set_ylabel("ms per request")
@@ -93,13 +91,20 @@ def streaming_p99(figures: dict, path: Path) -> bool:
         return False
     levels = data["levels"]
     figure, axes = _axes(f"asr-digits Riva streaming: largest N with p99 under 1 s = {data['sustained']}")
-    axes.plot([r["streams"] for r in levels], [r["p99"] for r in levels], marker="o", label="p99")
-    axes.plot([r["streams"] for r in levels], [r["p50"] for r in levels], marker="o", label="p50")
+    _lines(axes, levels, "streams", {"p99": "p99", "p50": "p50"})
     axes.axhline(1000, color="red", linewidth=0.8, linestyle="--", label="1 s")
     axes.set_xlabel("concurrent 10 s streams")
     axes.set_ylabel("final transcript after the last message (ms)")
     axes.legend()
     return _save(figure, path)
+
+
+def _lines(axes, rows: list[dict], x: str, series: dict[str, str]) -> list:
+    """One line per key of `series` (labelled by its value) over the rows' `x`; the x values."""
+    xs = [r[x] for r in rows]
+    for key, label in series.items():
+        axes.plot(xs, [r[key] for r in rows], marker="o", label=label)
+    return xs
 
 
 def _axes(title: str):
