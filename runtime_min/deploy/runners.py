@@ -38,8 +38,8 @@ def session_options(threads: int | None = None):
     threads, else NIMBUILD_ORT_THREADS (0, the default: one per core), and no spin-waiting unless
     NIMBUILD_ORT_SPIN=1. A spinning thread keeps its core busy between operators for a while after
     the work ends; here the same cores run Triton, the API's gRPC and HTTP front ends and often the
-    clients, which it starves. Measured with `python bench/run.py peer_nmt` (two runs each, 2
-    cores): TranslateText from 8 clients 378 and 426 translations/s spinning, 732 and 776 not."""
+    clients, which it starves. Measured with `python bench/run.py peer_nmt` (2 cores, runs each
+    way side by side): TranslateText from 8 clients 378-426 translations/s spinning, 696-776 not."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
