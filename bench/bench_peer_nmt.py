@@ -34,6 +34,14 @@ MAX_TOKENS = 48  # the profile's longest translation (the recipe's decoder seque
 SIZES = (1, 8)
 
 
+def _budget(ids: list[int], runtime: dict) -> int:
+    """The token budget runtime_min's TranslateText gives a text when max_len_variation is unset
+    (Translator.budget's default over its source's tokens, within the profile's longest output)."""
+    from runtime_min.tasks.translation.translate import DEFAULT_LENGTH_VARIATION
+
+    return min(len(ids) + DEFAULT_LENGTH_VARIATION, int(runtime["max_output_tokens"]))
+
+
 class _OwnLoop:
     """runtime_min's greedy decoding as its Triton model runs it (the profile's two graphs on
     onnxruntime, MarianText's pieces, Riva's default length budget), in this process."""
@@ -43,11 +51,10 @@ class _OwnLoop:
         from nimbuild.translation_text import MarianText
         from runtime_min.deploy.runners import OnnxRunner
 
-        info = json.loads((workspace / "model_info.json").read_text())
-        runtime = info["runtime"]
+        self.runtime = json.loads((workspace / "model_info.json").read_text())["runtime"]
         self.graphs = TranslationGraphs(OnnxRunner(workspace / "model.onnx").session,
-                                        OnnxRunner(workspace / runtime["decoder"]).session)
-        self.settings, self.most = greedy_settings(runtime), int(runtime["max_output_tokens"])
+                                        OnnxRunner(workspace / self.runtime["decoder"]).session)
+        self.settings = greedy_settings(self.runtime)
         self.text = MarianText(workspace / "tokenizer")
 
     def run(self, texts: list[str], size: int) -> tuple[float, list[str]]:
@@ -56,7 +63,7 @@ class _OwnLoop:
         start, got = time.perf_counter(), []
         for i in range(0, len(texts), size):
             rows = [self.text.encode(t) for t in texts[i:i + size]]
-            budgets = [min(len(r) + 20, self.most) for r in rows]
+            budgets = [_budget(r, self.runtime) for r in rows]
             got += [self.text.decode(out) for out in greedy(self.graphs, rows, budgets, **self.settings)]
         return len(texts) / (time.perf_counter() - start), got
 
@@ -76,6 +83,7 @@ class _TritonDirect:
         assert len(names) == 1, f"one model expected in the repository, found {names}"
         self.model = names[0]
         self.text = MarianText(profile_workspace / "tokenizer")
+        self.runtime = json.loads((profile_workspace / "model_info.json").read_text())["runtime"]
 
     def run(self, texts: list[str], clients: int) -> tuple[float, list[str]]:
         import concurrent.futures
@@ -90,7 +98,7 @@ class _TritonDirect:
             source = triton_grpc.InferInput("input_ids", [1, len(ids)], "INT64")
             source.set_data_from_numpy(np.asarray(ids, np.int64).reshape(1, -1))
             limit = triton_grpc.InferInput("max_tokens", [1, 1], "INT32")
-            limit.set_data_from_numpy(np.array([[len(ids) + 20]], np.int32))
+            limit.set_data_from_numpy(np.array([[_budget(ids, self.runtime)]], np.int32))
             result = connections[k % clients].infer(self.model, [source, limit])
             return self.text.decode(result.as_numpy("output_ids").reshape(-1).tolist())
 

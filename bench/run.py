@@ -82,11 +82,12 @@ def _charts() -> str:
     """bench/plots.py on latest.json, in the peers' environment (matplotlib lives there), writing
     bench/charts/*.png; one line saying which it wrote, or why none."""
     sys.path.insert(0, str(HERE))
-    from common import PEERS_VENV
+    from common import peer_python
 
-    python = PEERS_VENV / "bin" / "python"
-    if not python.exists():
-        return f"charts not written: {PEERS_VENV} is missing (make peers)"
+    try:
+        python = peer_python()
+    except SystemExit as missing:  # the one place that knows where the peers' environment is
+        return f"charts not written: {missing}"
     done = subprocess.run([str(python), str(HERE / "plots.py"), str(RESULTS / "latest.json"), str(CHARTS)],
                           capture_output=True, text=True)
     if done.returncode != 0:
