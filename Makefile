@@ -112,9 +112,11 @@ PEERS := bench/.venv-peers
 peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
-	$(PEERS)/bin/python -c "import fastembed, ctranslate2, sentencepiece, matplotlib"
-	@# CTranslate2's converter runs in the project's environment (transformers, torch), ctranslate2 alone on its path
+	$(PEERS)/bin/python -c "import fastembed, ctranslate2, onnxruntime_genai, sentencepiece, matplotlib"
+	@# CTranslate2's converter and onnxruntime-genai's model builder run in the project's environment
+	@# (they read checkpoints with transformers and torch), each package alone on its path
 	$(PY) -m pip install -q --no-deps --upgrade --target $(PEERS)/converter $$(grep '^ctranslate2==' bench/peers/requirements.txt) $(PIP_QUIET)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(PEERS)/ortgenai-builder $$(grep '^onnxruntime-genai==' bench/peers/requirements.txt) $(PIP_QUIET)
 
 bench: install system-deps peers
 	$(PY) bench/run.py

@@ -37,23 +37,24 @@ LARGE = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
          "num_key_value_heads": 4}
 
 
-def _stream(url: str, model: str) -> tuple[float, float, int, int]:
-    """(time to first token, total time, prompt tokens, generated tokens) of one streamed completion."""
+def _stream(url: str, model: str) -> tuple[float, float, int, int, str]:
+    """(time to first token, total time, prompt tokens, generated tokens, text) of one streamed completion."""
     body = {"model": model, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "min_tokens": NEW_TOKENS, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     start = time.perf_counter()
-    first, usage = None, {}
+    first, usage, text = None, {}, []
     with http_client().stream("POST", f"{url}/v1/completions", json=body) as reply:
         for line in reply.iter_lines():
             if line.startswith("data: {"):
                 chunk = json.loads(line[6:])
                 first = first or time.perf_counter()
                 usage = chunk.get("usage") or usage
-    return first - start, time.perf_counter() - start, usage["prompt_tokens"], usage["completion_tokens"]
+                text += [c.get("text") or "" for c in chunk.get("choices") or []]
+    return first - start, time.perf_counter() - start, usage["prompt_tokens"], usage["completion_tokens"], "".join(text)
 
 
 def _served(url: str, model: str, concurrency: int) -> dict:
-    ttft, prefill, decode, generated = [], [], [], []
+    ttft, prefill, decode, generated, texts = [], [], [], [], set()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         for _ in range(ROUNDS):
             start = time.perf_counter()
@@ -61,10 +62,12 @@ def _served(url: str, model: str, concurrency: int) -> dict:
             wall = time.perf_counter() - start
             ttft += [r[0] for r in results]
             generated += [r[3] for r in results]
+            texts |= {r[4] for r in results}
             prefill.append(sum(r[2] for r in results) / max(r[0] for r in results))
             decode.append(sum(r[3] - 1 for r in results) / (wall - max(r[0] for r in results)))
     return {"ttft": statistics.median(ttft), "prefill": statistics.median(prefill), "decode": statistics.median(decode),
-            "tokens": min(generated)}
+            "tokens": min(generated), "prompt_tokens": results[0][2],
+            "text": texts.pop() if len(texts) == 1 else None}  # None: clients got different texts
 
 
 class _Transformers:

@@ -95,6 +95,9 @@ PEERS_VENV = Path(__file__).resolve().parent / ".venv-peers"
 # ctranslate2 alone (no dependencies), which the project's own environment puts on its path to run
 # CTranslate2's converter: the converter reads checkpoints with transformers and torch, which live there
 CT2_CONVERTER = PEERS_VENV / "converter"
+# onnxruntime-genai alone, which the project's environment puts on its path to run the genai model
+# builder: like CTranslate2's converter, it reads the checkpoint with transformers and torch
+ORTGENAI_BUILDER = PEERS_VENV / "ortgenai-builder"
 
 
 def peer_python() -> Path:

@@ -1,0 +1,182 @@
+"""Text generation against onnxruntime-genai, the engine a user would pick instead to run a Hugging
+Face decoder on onnxruntime, side by side in one run on the same checkpoints as bench_llm.py
+(tiny-llama, and the 76M-parameter Llama made from a config): runtime_min serving the profile
+(streamed /v1/completions from 1 and 8 clients) against onnxruntime-genai in process on the graph
+its own model builder made from the same checkpoint (batch 1 and 8). Between them, to say where
+the difference lies, runtime_min's generator (nimbuild.generation, the loop its Triton model
+runs) on the profile's graph in this process.
+
+The same work is checked, not assumed: the same prompt ids on every side (the profile tokenizer's,
+which the served side reports back as its prompt_tokens), greedy, the same number of new tokens
+(end-of-sequence ignored), the same intra-op thread count (read back from genai_config.json), and
+every side's tokens compared with runtime_min's loop; a difference is counted and reported (fp32
+rounding differs between the two graphs' fused operators, and a random-weight model's near-ties
+can then pick another token)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _make_large, _recipe, _served
+from common import ORTGENAI_BUILDER, run_peer, table
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = (1, 8)
+
+
+class _OwnLoop:
+    """runtime_min's Generator (continuous batching, greedy, end-of-sequence ignored) on the
+    profile's KV-cache graph with the runtime's session options, in this process."""
+
+    def __init__(self, workspace: Path):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from nimbuild.generation import DecoderGraph
+        from runtime_min.deploy.runners import session_options
+
+        info = json.loads((workspace / "model_info.json").read_text())
+        self.context = int(info["runtime"]["max_sequence_length"])
+        self.graph = DecoderGraph(ort.InferenceSession(str(workspace / info["graph"]), session_options(THREADS),
+                                                       providers=["CPUExecutionProvider"]))
+        self.tokenizer = Tokenizer.from_file(str(workspace / "tokenizer" / "tokenizer.json"))
+
+    def prompt(self) -> list[int]:
+        return self.tokenizer.encode(PROMPT).ids  # as /v1/completions tokenises a prompt
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate(self, batch: int) -> tuple[float, float, list[int]]:
+        from nimbuild.generation import Generator, SamplingParams, Sequence
+
+        generator = Generator(self.graph, max_batch=batch, max_context=self.context)
+        sequences = [Sequence(self.prompt(), SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))
+                     for _ in range(batch)]
+        for sequence in sequences:
+            generator.add(sequence)
+        start = time.perf_counter()
+        generator.step()
+        first = time.perf_counter()
+        while generator.busy:
+            generator.step()
+        return first - start, time.perf_counter() - first, sequences[0].tokens
+
+    def rows(self, batch: int) -> dict:
+        self.generate(batch)  # warm-up
+        runs = [self.generate(batch) for _ in range(ROUNDS)]
+        return {"ttft": statistics.median(r[0] for r in runs),
+                "decode": statistics.median(batch * (NEW_TOKENS - 1) / r[1] for r in runs), "tokens": runs[0][2]}
+
+
+def _built(source: Path, out: Path) -> Path:
+    """The checkpoint through onnxruntime-genai's model builder (fp32, CPU; in this environment,
+    which has the transformers and torch it reads the checkpoint with), its sessions given THREADS
+    intra-op threads."""
+    env = {**os.environ, "PYTHONPATH": str(ORTGENAI_BUILDER)}
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-o", str(out),
+                           "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "genai-cache")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"onnxruntime-genai's model builder failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    config_path = out / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["decoder"]["session_options"].update(intra_op_num_threads=THREADS, inter_op_num_threads=1)
+    config_path.write_text(json.dumps(config, indent=2))
+    return out
+
+
+def _workspace(out: Path) -> Path:
+    from nimbuild.profiles.manifest import load_manifest
+
+    return out / "profiles" / load_manifest(out / "profiles.yaml").profiles[0].description
+
+
+def _bench(name: str, source: Path, work: Path) -> dict:
+    from demo_embed import running
+    from servers import free_port
+
+    manifest = _compile(_recipe(name, source), work)
+    own = _OwnLoop(_workspace(manifest.parent))
+    with running(str(manifest), free_port()) as url:
+        if url is None:
+            raise RuntimeError(f"runtime_min did not start on {name}")
+        _served(url, name, 1)  # warm-up
+        served = {c: _served(url, name, c) for c in SIZES}
+    loop = {n: own.rows(n) for n in SIZES}
+    peer = run_peer("ortgenai_generate.py", _built(source, work / "genai"), NEW_TOKENS, ROUNDS, *SIZES,
+                    stdin=json.dumps(own.prompt()))
+    genai = {n: peer["sizes"][str(n)] for n in SIZES}
+    same = _same_work(own, served, loop, genai, peer)
+    return {"served": served, "own loop": loop, "onnxruntime-genai": genai, "same_work": same,
+            "ratio_served_vs_genai": {str(n): served[n]["decode"] / genai[n]["decode"] for n in SIZES},
+            "ratio_loop_vs_genai": {str(n): loop[n]["decode"] / genai[n]["decode"] for n in SIZES}}
+
+
+def _same_work(own: _OwnLoop, served: dict, loop: dict, genai: dict, peer: dict) -> dict:
+    prompt = own.prompt()
+    assert peer["threads"] == THREADS, f"onnxruntime-genai ran {peer['threads']} threads, not {THREADS}"
+    for n in SIZES:
+        assert served[n]["prompt_tokens"] == len(prompt), "the served side tokenised the prompt otherwise"
+        assert served[n]["tokens"] == NEW_TOKENS and len(loop[n]["tokens"]) == NEW_TOKENS, "a side stopped early"
+        assert len(genai[n]["tokens"]) == NEW_TOKENS, "onnxruntime-genai stopped early"
+    reference = loop[1]["tokens"]
+    differ = {f"own loop, batch {n}": _first_difference(reference, loop[n]["tokens"]) for n in SIZES}
+    differ |= {f"onnxruntime-genai, batch {n}": _first_difference(reference, genai[n]["tokens"]) for n in SIZES}
+    served_same = all(served[n]["text"] == own.decode(reference) for n in SIZES)
+    assert served_same, "the served text is not the text of runtime_min's own loop"
+    return {"prompt": f"{len(prompt)} ids, the profile tokenizer's, on every side",
+            "new tokens": f"{NEW_TOKENS}, greedy, end-of-sequence ignored",
+            "threads": f"{THREADS} intra-op on every side (genai_config.json read back)",
+            "served text": "equal to the own loop's at 1 and 8 clients",
+            "tokens against the own loop (first differing position, or equal)":
+                ", ".join(f"{k}: {v}" for k, v in differ.items()),
+            "onnxruntime-genai": peer["version"]}
+
+
+def _first_difference(a: list[int], b: list[int]) -> str:
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return "equal" if at is None and len(a) == len(b) else f"differs from token {at}"
+
+
+def main() -> tuple[str, dict]:
+    os.environ["NIMBUILD_ORT_THREADS"] = str(THREADS)
+    results, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["NIM_CACHE_PATH"] = str(tmp / "cache")
+        large = tmp / "llama-76m-model"
+        _make_large(large)
+        for name, source in (("tiny-llama", REPO / "recipes" / "models" / "tiny-llama"), ("llama-76m", large)):
+            (tmp / name).mkdir()
+            results[name] = _bench(name, source, tmp / name)
+    for name, result in results.items():
+        for n in SIZES:
+            peer = result["onnxruntime-genai"][n]
+            for side, label in (("served", f"runtime_min, {n} streamed client(s)"),
+                                ("own loop", f"runtime_min's generator in process, batch {n}"),
+                                ("onnxruntime-genai", f"onnxruntime-genai in process, batch {n}")):
+                got = result[side][n]
+                rows.append([f"{name}: {label}", got["ttft"] * 1e3, got["decode"], f"{got['decode'] / peer['decode']:.3f}x"])
+    checks = [[f"{name}: {k}", v] for name, r in results.items() for k, v in r["same_work"].items()]
+    text = "\n\n".join([
+        table(f"Generation against onnxruntime-genai (fp32, greedy, {NEW_TOKENS} new tokens, {THREADS} threads, "
+              f"medians of {ROUNDS}; decode tokens/s summed over the batch or the clients)",
+              ["path", "TTFT ms", "decode tok/s", "vs onnxruntime-genai"], rows),
+        table("Same work, checked", ["check", "value"], checks),
+    ])
+    return text, {name: {k: v for k, v in r.items() if k != "same_work"} | {"same_work": r["same_work"]}
+                  for name, r in results.items()}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "scripts"))
+    print(main()[0])
