@@ -62,6 +62,26 @@ def test_decoders_export_with_kv_cache_and_generate_what_transformers_generates(
     assert summary["greedy_tokens_compared"] >= 30 and summary["prompts"] == 3
     assert ref.parity.outputs["logits"].max_abs < 1e-4
     assert ref.runtime_info["max_sequence_length"] == 64 and ref.runtime_info["kv_cache"]["layers"] == 2
+    copies = _ops_between_cache_and_attention(graph.graph) & {"Expand", "Tile"}
+    assert not copies, f"the graph copies the key/value cache per query head ({copies}) before attending"
+
+
+def _ops_between_cache_and_attention(graph) -> set[str]:
+    """The operators the past key/value inputs' data passes through before the first MatMul that
+    reads it (a Shape reads no data: what is computed from it is the mask's, not the cache's)."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen, ops, frontier = set(), set(), [i.name for i in graph.input if i.name.startswith("past_key_values.")]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if id(node) in seen or node.op_type in ("MatMul", "Shape"):
+                continue
+            seen.add(id(node))
+            ops.add(node.op_type)
+            frontier += list(node.output)
+    return ops
 
 
 def test_a_perturbed_decoder_graph_is_refused(write_recipe, tmp_path, tiny_llama_dir):
