@@ -29,6 +29,10 @@ from common import ORTGENAI_BUILDER, run_peer, table
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (1, 8)
+# the serving processes whose CPU a served token costs, by how each is started
+PROCESSES = {"API front end": lambda args: args[1:3] == ["-m", "runtime_min"],
+             "tritonserver": lambda args: Path(args[0]).name == "tritonserver",
+             "model (Python backend)": lambda args: Path(args[0]).name == "triton_python_backend_stub"}
 
 
 class _OwnLoop:
@@ -71,15 +75,25 @@ class _OwnLoop:
 
     def rows(self, batch: int) -> dict:
         self.generate(batch)  # warm-up
+        before = os.times()
         runs = [self.generate(batch) for _ in range(ROUNDS)]
+        after = os.times()
+        cpu = after.user + after.system - before.user - before.system
         return {"ttft": statistics.median(r[0] for r in runs),
-                "decode": statistics.median(batch * (NEW_TOKENS - 1) / r[1] for r in runs), "tokens": runs[0][2]}
+                "decode": statistics.median(batch * (NEW_TOKENS - 1) / r[1] for r in runs), "tokens": runs[0][2],
+                "cpu_ms_per_token": cpu * 1e3 / (ROUNDS * batch * NEW_TOKENS)}
+
+
+def _spin() -> str:
+    """Whether onnxruntime's threads spin-wait, as runtime_min's session_options decides it."""
+    return "1" if os.environ.get("NIMBUILD_ORT_SPIN") == "1" else "0"
 
 
 def _built(source: Path, out: Path) -> Path:
     """The checkpoint through onnxruntime-genai's model builder (fp32, CPU; in this environment,
     which has the transformers and torch it reads the checkpoint with), its sessions given THREADS
-    intra-op threads."""
+    intra-op threads and runtime_min's spin-waiting setting. genai spins by default; it honours the
+    entries: tiny-llama at batch 1 used 1.99 CPUs with them unset or "1" and 1.29 with "0"."""
     env = {**os.environ, "PYTHONPATH": str(ORTGENAI_BUILDER)}
     done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-o", str(out),
                            "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "genai-cache")],
@@ -88,9 +102,39 @@ def _built(source: Path, out: Path) -> Path:
         raise SystemExit(f"onnxruntime-genai's model builder failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     config_path = out / "genai_config.json"
     config = json.loads(config_path.read_text())
-    config["model"]["decoder"]["session_options"].update(intra_op_num_threads=THREADS, inter_op_num_threads=1)
+    config["model"]["decoder"]["session_options"].update({
+        "intra_op_num_threads": THREADS, "inter_op_num_threads": 1,
+        "session.intra_op.allow_spinning": _spin(), "session.inter_op.allow_spinning": _spin()})
     config_path.write_text(json.dumps(config, indent=2))
     return out
+
+
+def _served_with_cpu(url: str, name: str, clients: int) -> dict:
+    """bench_llm's streamed run, with the CPU each serving process spent per generated token."""
+    before, mine = _cpu_seconds(), os.times()
+    result = _served(url, name, clients)
+    after, mine_after = _cpu_seconds(), os.times()
+    tokens = ROUNDS * clients * NEW_TOKENS
+    clients_cpu = mine_after.user + mine_after.system - mine.user - mine.system
+    return result | {"cpu_ms_per_token": {k: (after[k] - before[k]) * 1e3 / tokens for k in PROCESSES},
+                     "client_cpu_ms_per_token": clients_cpu * 1e3 / tokens}
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds of the serving processes, by PROCESSES' names."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = dict.fromkeys(PROCESSES, 0.0)
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        for label, started_so in PROCESSES.items():
+            if started_so(args):
+                total[label] += (int(fields[11]) + int(fields[12])) / ticks
+                break
+    return total
 
 
 def _workspace(out: Path) -> Path:
@@ -109,7 +153,7 @@ def _bench(name: str, source: Path, work: Path) -> dict:
         if url is None:
             raise RuntimeError(f"runtime_min did not start on {name}")
         _served(url, name, 1)  # warm-up
-        served = {c: _served(url, name, c) for c in SIZES}
+        served = {c: _served_with_cpu(url, name, c) for c in SIZES}
     loop = {n: own.rows(n) for n in SIZES}
     peer = run_peer("ortgenai_generate.py", _built(source, work / "genai"), NEW_TOKENS, ROUNDS, *SIZES,
                     stdin=json.dumps(own.prompt()))
@@ -123,6 +167,7 @@ def _bench(name: str, source: Path, work: Path) -> dict:
 def _same_work(own: _OwnLoop, served: dict, loop: dict, genai: dict, peer: dict) -> dict:
     prompt = own.prompt()
     assert peer["threads"] == THREADS, f"onnxruntime-genai ran {peer['threads']} threads, not {THREADS}"
+    assert peer["spin"] == _spin(), f"onnxruntime-genai's spin-waiting is {peer['spin']!r}, runtime_min's {_spin()!r}"
     for n in SIZES:
         assert served[n]["prompt_tokens"] == len(prompt), "the served side tokenised the prompt otherwise"
         assert served[n]["tokens"] == NEW_TOKENS and len(loop[n]["tokens"]) == NEW_TOKENS, "a side stopped early"
@@ -134,7 +179,8 @@ def _same_work(own: _OwnLoop, served: dict, loop: dict, genai: dict, peer: dict)
     assert served_same, "the served text is not the text of runtime_min's own loop"
     return {"prompt": f"{len(prompt)} ids, the profile tokenizer's, on every side",
             "new tokens": f"{NEW_TOKENS}, greedy, end-of-sequence ignored",
-            "threads": f"{THREADS} intra-op on every side (genai_config.json read back)",
+            "threads": f"{THREADS} intra-op on every side, spin-waiting {'on' if _spin() == '1' else 'off'} "
+                       "(genai_config.json read back)",
             "served text": "equal to the own loop's at 1 and 8 clients",
             "tokens against the own loop (first differing position, or equal)":
                 ", ".join(f"{k}: {v}" for k, v in differ.items()),
@@ -166,10 +212,15 @@ def main() -> tuple[str, dict]:
                 got = result[side][n]
                 rows.append([f"{name}: {label}", got["ttft"] * 1e3, got["decode"], f"{got['decode'] / peer['decode']:.3f}x"])
     checks = [[f"{name}: {k}", v] for name, r in results.items() for k, v in r["same_work"].items()]
+    cpu = [[f"{name}: {n} client(s) / batch {n}", *(r["served"][n]["cpu_ms_per_token"][k] for k in PROCESSES),
+            r["served"][n]["client_cpu_ms_per_token"], r["own loop"][n]["cpu_ms_per_token"]]
+           for name, r in results.items() for n in SIZES]
     text = "\n\n".join([
         table(f"Generation against onnxruntime-genai (fp32, greedy, {NEW_TOKENS} new tokens, {THREADS} threads, "
               f"medians of {ROUNDS}; decode tokens/s summed over the batch or the clients)",
               ["path", "TTFT ms", "decode tok/s", "vs onnxruntime-genai"], rows),
+        table("Where a served token's CPU goes (ms of CPU per generated token, user + system, from /proc)",
+              ["served", *PROCESSES, "the bench's clients", "own loop in process"], cpu),
         table("Same work, checked", ["check", "value"], checks),
     ])
     return text, {name: {k: v for k, v in r.items() if k != "same_work"} | {"same_work": r["same_work"]}

@@ -5,8 +5,8 @@ with time to first token and decode tokens/s, as JSON on stdout.
 
     python ortgenai_generate.py MODEL_DIR NEW_TOKENS ROUNDS SIZE [SIZE ...] < prompt_ids.json
 
-The thread count is the one the builder's genai_config.json was given (the bench writes it), and
-is reported back from that file so the bench can check it."""
+The thread count and spin-waiting are the ones the builder's genai_config.json was given (the bench
+writes them), and are reported back from that file so the bench can check them."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def main() -> None:
                         "decode": statistics.median(size * (new_tokens - 1) / r[1] for r in runs),
                         "tokens": runs[0][2]}
     options = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
-    print(json.dumps({"sizes": result, "threads": options.get("intra_op_num_threads"), "version": og.__version__}))
+    print(json.dumps({"sizes": result, "threads": options.get("intra_op_num_threads"),
+                      "spin": options.get("session.intra_op.allow_spinning"), "version": og.__version__}))
 
 
 if __name__ == "__main__":
