@@ -30,10 +30,13 @@ def peer_ratios(figures: dict, path: Path) -> bool:
     bars = []
     if "bench_peer_embeddings" in figures:
         for row in figures["bench_peer_embeddings"]["rows"]:
-            bars.append((f"embeddings vs fastembed\nN={row['concurrency']}", row["ratio"]))
+            bars.append((f"embeddings\nfastembed\nN={row['concurrency']}", row["ratio"]))
     if "bench_peer_nmt" in figures:
         for n, ratio in figures["bench_peer_nmt"]["ratio_served_vs_ctranslate2"].items():
-            bars.append((f"translation vs CTranslate2\nN={n}", ratio))
+            bars.append((f"translation\nCTranslate2\nN={n}", ratio))
+    if "bench_peer_llm" in figures:
+        for n, ratio in figures["bench_peer_llm"]["llama-76m"]["ratio_served_vs_genai"].items():
+            bars.append((f"76M Llama\nort-genai\nN={n}", ratio))
     if not bars:
         return False
     figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)")
@@ -50,17 +53,30 @@ def translation_sides(figures: dict, path: Path) -> bool:
     data = figures.get("bench_peer_nmt")
     if not data:
         return False
-    sides = list(data["per_s"])
-    sizes = list(data["per_s"][sides[0]])
-    figure, axes = _axes("nmt-en-de translations/s by path (greedy, 2 threads)")
+    return _sides(data["per_s"], "nmt-en-de translations/s by path (greedy, 2 threads)", "translations/s", path)
+
+
+def generation_sides(figures: dict, path: Path) -> bool:
+    """Where the generation gap lies on the 76M Llama: served, the loop in process, onnxruntime-genai."""
+    data = (figures.get("bench_peer_llm") or {}).get("llama-76m")
+    if not data:
+        return False
+    rates = {side: {n: row["decode"] for n, row in data[side].items()} for side in ("served", "own loop", "onnxruntime-genai")}
+    return _sides(rates, "76M Llama decode tokens/s by path (fp32, greedy, 2 threads)", "decode tokens/s", path)
+
+
+def _sides(rates: dict[str, dict], title: str, unit: str, path: Path) -> bool:
+    """Grouped bars: one group per size, one bar per side (`rates[side][size]`)."""
+    sides = list(rates)
+    sizes = list(rates[sides[0]])
+    figure, axes = _axes(title)
     width = 0.8 / len(sides)
     for k, side in enumerate(sides):
-        axes.bar([i + k * width for i in range(len(sizes))], [data["per_s"][side][n] for n in sizes], width,
-                 label=side)
+        axes.bar([i + k * width for i in range(len(sizes))], [rates[side][n] for n in sizes], width, label=side)
     axes.set_xticks([i + width * (len(sides) - 1) / 2 for i in range(len(sizes))],
                     [f"{n} client(s) / batch {n}" for n in sizes])
     axes.set_yscale("log")
-    axes.set_ylabel("translations/s (log)")
+    axes.set_ylabel(f"{unit} (log)")
     axes.legend()
     return _save(figure, path)
 
@@ -125,7 +141,7 @@ def _save(figure, path: Path) -> bool:
     return True
 
 
-CHARTS = {"peer_ratios": peer_ratios, "translation_sides": translation_sides,
+CHARTS = {"peer_ratios": peer_ratios, "translation_sides": translation_sides, "generation_sides": generation_sides,
           "embedding_latency": embedding_latency, "streaming_p99": streaming_p99}
 
 
