@@ -184,12 +184,14 @@ def attention_for_export(model):
     before = model.config._attn_implementation
     try:
         model.set_attn_implementation(GROUPED_ATTENTION)
-    except (ValueError, KeyError, AttributeError):
+    except (ValueError, KeyError, AttributeError):  # an architecture outside the attention interface
         pass
+    switched = model.config._attn_implementation == GROUPED_ATTENTION
     try:
         yield
     finally:
-        model.set_attn_implementation(before)
+        if switched:
+            model.set_attn_implementation(before)
 
 
 def export_decoder(adapter: DecoderAdapter, batch: DimRange, context: DimRange, path: Path, opset: int,
