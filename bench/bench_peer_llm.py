@@ -20,11 +20,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _make_large, _recipe, _served
+from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _recipe, _served, for_each_model
 from common import ORTGENAI_BUILDER, run_peer, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,16 +192,7 @@ def _first_difference(a: list[int], b: list[int]) -> str:
 
 
 def main() -> tuple[str, dict]:
-    os.environ["NIMBUILD_ORT_THREADS"] = str(THREADS)
-    results, rows = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        os.environ["NIM_CACHE_PATH"] = str(tmp / "cache")
-        large = tmp / "llama-76m-model"
-        _make_large(large)
-        for name, source in (("tiny-llama", REPO / "recipes" / "models" / "tiny-llama"), ("llama-76m", large)):
-            (tmp / name).mkdir()
-            results[name] = _bench(name, source, tmp / name)
+    results, rows = for_each_model(_bench), []
     for name, result in results.items():
         for n in SIZES:
             peer = result["onnxruntime-genai"][n]
