@@ -112,7 +112,8 @@ PEERS := bench/.venv-peers
 peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
-	$(PEERS)/bin/python -c "import fastembed, ctranslate2, onnxruntime_genai, sentencepiece, matplotlib"
+	$(PEERS)/bin/python -c "import fastembed, ctranslate2, onnxruntime_genai, sentencepiece, matplotlib, sherpa_onnx, websockets, soundfile"
+	test -x $(PEERS)/bin/sherpa-onnx-offline-websocket-server
 	@# CTranslate2's converter and onnxruntime-genai's model builder run in the project's environment
 	@# (they read checkpoints with transformers and torch), each package alone on its path
 	$(PY) -m pip install -q --no-deps --upgrade --target $(PEERS)/converter $$(grep '^ctranslate2==' bench/peers/requirements.txt) $(PIP_QUIET)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from common import compile_recipe, http_client, p, table
 
@@ -31,7 +32,14 @@ ROUNDS = 3
 PASSES = 4  # the clips sent this many times per measurement
 
 
-def _clips(root: Path) -> list[tuple[Path, float]]:
+class Clip(NamedTuple):
+    path: Path
+    seconds: float
+    text: str  # what espeak-ng was asked to say
+
+
+def _clips(root: Path) -> list[Clip]:
+    """CLIPS held-out utterances (voices, variants and speeds the model was not trained on)."""
     import soundfile
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -42,9 +50,11 @@ def _clips(root: Path) -> list[tuple[Path, float]]:
     for i in range(CLIPS):
         path = root / f"{i}.wav"
         voice = rng.choice(trainer.HELD_OUT_VOICES) + rng.choice(trainer.HELD_OUT_VARIANTS)
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rng.choice(trainer.HELD_OUT_SPEEDS)), "-w", str(path),
-                        trainer.sentence(rng)], check=True, capture_output=True)
-        out.append((path, soundfile.info(str(path)).duration))
+        speed = rng.choice(trainer.HELD_OUT_SPEEDS)
+        text = trainer.sentence(rng)
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True,
+                       capture_output=True)
+        out.append(Clip(path, soundfile.info(str(path)).duration, text))
     return out
 
 
@@ -75,9 +85,9 @@ def _load(fn, url: str, clips, concurrency: int) -> dict:
     work = list(clips) * PASSES  # long enough that the ramp-up and the last stragglers do not dominate
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         start = time.perf_counter()
-        latencies = list(pool.map(lambda c: fn(url, c[0]), work))
+        latencies = list(pool.map(lambda c: fn(url, c.path), work))
         wall = time.perf_counter() - start
-    audio = sum(d for _, d in work)
+    audio = sum(c.seconds for c in work)
     return {"rtfx": audio / wall, "latencies": latencies}
 
 
@@ -110,7 +120,7 @@ class _Nemo:
 
     def __init__(self, clips):
         args = [str(REPO), str(THREADS), str(REPO / "recipes" / "models" / "asr-digits.nemo"),
-                str(sum(d for _, d in clips)), str(PASSES), *[str(c[0]) for c in clips]]
+                str(sum(c.seconds for c in clips)), str(PASSES), *[str(c.path) for c in clips]]
         self.child = subprocess.Popen([sys.executable, "-c", NEMO_CHILD, *args], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
         if self.child.stdout.readline().strip() != "ready":
@@ -163,7 +173,7 @@ def main() -> tuple[str, dict]:
         rows.append([f"NeMo transcribe() in-process, batch {batch}", str(batch), f"{nemo_rtfx:.1f}", "-", "-", "-"])
         rows.append(["  ratio runtime offline / NeMo (median of rounds)", str(batch), f"{ratio:.2f}x", "", "", ""])
         data["nemo_rtfx"][batch], data["ratio_offline_over_nemo"][batch] = nemo_rtfx, ratio
-    seconds = sum(d for _, d in clips)
+    seconds = sum(c.seconds for c in clips)
     text = table("asr-digits transcription (RTFX = audio seconds per wall second)",
                  ["path", "concurrency", "RTFX", "p50 ms", "p90 ms", "p99 ms"], rows) + \
         f"\n({CLIPS} espeak-ng clips, {seconds:.0f} s of audio, {ROUNDS} rounds of {PASSES} passes, served and NeMo " \

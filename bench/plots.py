@@ -37,6 +37,9 @@ def peer_ratios(figures: dict, path: Path) -> bool:
     if "bench_peer_llm" in figures:
         for n, ratio in figures["bench_peer_llm"]["llama-76m"]["ratio_served_vs_genai"].items():
             bars.append((f"76M Llama\nort-genai\nN={n}", ratio))
+    if "bench_peer_asr" in figures:
+        for n, ratio in figures["bench_peer_asr"]["ratio_served_vs_sherpa_served"].items():
+            bars.append((f"speech CTC\nsherpa-onnx\nN={n}", ratio))
     if not bars:
         return False
     figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)")
@@ -63,6 +66,14 @@ def generation_sides(figures: dict, path: Path) -> bool:
         return False
     rates = {side: {n: row["decode"] for n, row in data[side].items()} for side in ("served", "own loop", "onnxruntime-genai")}
     return _sides(rates, "76M Llama decode tokens/s by path (fp32, greedy, 2 threads)", "decode tokens/s", path)
+
+
+def speech_sides(figures: dict, path: Path) -> bool:
+    """Where the speech gap lies: both servers, then both engines in process."""
+    data = figures.get("bench_peer_asr")
+    if not data:
+        return False
+    return _sides(data["rtfx"], "asr-digits RTFX by path (CTC greedy, 2 threads)", "RTFX", path)
 
 
 def _sides(rates: dict[str, dict], title: str, unit: str, path: Path) -> bool:
@@ -142,6 +153,7 @@ def _save(figure, path: Path) -> bool:
 
 
 CHARTS = {"peer_ratios": peer_ratios, "translation_sides": translation_sides, "generation_sides": generation_sides,
+          "speech_sides": speech_sides,
           "embedding_latency": embedding_latency, "streaming_p99": streaming_p99}
 
 

@@ -1,0 +1,317 @@
+"""Speech recognition against sherpa-onnx, the engine a user would pick instead to serve NeMo CTC
+models on a CPU, side by side in one run on the asr-digits profile's own graph: runtime_min's
+POST /v1/audio/transcriptions (one file per request, 1 and 16 clients) against sherpa-onnx's C++
+offline websocket server (sherpa-onnx-bin, one file per message, 1 and 16 clients), and the two
+in process: sherpa-onnx's Python API (decode_streams over 1 and 16 files) and runtime_min's own
+path without Triton (nimbuild.audio's front end, the profile's graph on onnxruntime, CTC's best
+path), which says what Triton and the API add above the model.
+
+The same work is checked, not assumed: sherpa-onnx loads the profile's model.onnx with only the
+metadata it reads added (the graph is compared), every side hears the same 16 kHz float32 samples
+from the same WAV files (so neither resamples), decoding is CTC greedy on both, each server runs
+one decoding thread pool of 2 onnxruntime threads with batches of at most 16 (runtime_min's profile:
+max_batch_size 16), and every side's transcripts are compared with the spoken sentences and with
+each other. The front ends differ by design: sherpa-onnx computes NeMo's features with
+kaldi-native-fbank in its librosa mode, runtime_min with its numpy port of NeMo's preprocessor
+that the build checks against NeMo; the bench counts the transcripts where that changes a word.
+
+Not measured: sherpa-onnx's streaming server. Its online recognizer takes only NeMo's cache-aware
+streaming exports (cache tensors and their metadata); this example's Conformer is full-context,
+which runtime_min streams by re-running a bounded window, so there is no same model to stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_asr import Clip, _clips
+from common import PEERS_VENV, multipart, p, post, run_peer, table
+
+REPO = Path(__file__).resolve().parents[1]
+THREADS = 2
+SIZES = (1, 16)
+ROUNDS = 3
+PASSES = 4  # each clip sent this many times per served measurement
+PROFILE = "onnxruntime-fp32-throughput-ofl"
+
+
+def sherpa_model(workspace: Path, out: Path) -> tuple[Path, Path]:
+    """The profile's CTC graph with the metadata sherpa-onnx's NeMo CTC reader needs, and its
+    tokens.txt (the vocabulary, then <blk>); the graph itself is left as it is, and checked."""
+    import onnx
+
+    info = json.loads((workspace / "model_info.json").read_text())["runtime"]
+    vocabulary = json.loads((workspace / info["vocabulary"]).read_text())
+    tokens = vocabulary["tokens"]
+    assert vocabulary["blank"] == len(tokens), "sherpa-onnx takes the blank as the last token"
+    factor = 1
+    for layer in info["subsampling"]:
+        factor *= int(layer["stride"])
+    model = onnx.load(str(workspace / "model.onnx"))
+    graph = model.graph.SerializeToString()
+    for key, value in {"vocab_size": len(tokens) + 1, "subsampling_factor": factor,
+                       "normalize_type": info["features"]["normalize"], "model_type": info["model_class"]}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    assert model.graph.SerializeToString() == graph
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out / "model.onnx"))
+    # one "token id" a line; a line of only an id is the space token, as sherpa-onnx reads it
+    (out / "tokens.txt").write_text("".join(f"{t} {i}\n" if t != " " else f"{i}\n" for i, t in enumerate(tokens))
+                                    + f"<blk> {len(tokens)}\n")
+    return out / "model.onnx", out / "tokens.txt"
+
+
+def _at_model_rate(clips: list[Clip], root: Path) -> list[Clip]:
+    """The clips resampled once to the model's 16 kHz, as the trainer feeds it, written as float
+    WAV: both sides then read the same float32 samples and neither resamples."""
+    import soundfile
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_asr_digits as trainer
+
+    out = []
+    for clip in clips:
+        path = root / f"16k-{clip.path.name}"
+        audio = trainer.load_16k(clip.path)
+        soundfile.write(str(path), audio, trainer.SAMPLE_RATE, subtype="FLOAT")
+        out.append(Clip(path, len(audio) / trainer.SAMPLE_RATE, clip.text))
+    return out
+
+
+class _Served:
+    """runtime_min's offline route, each client on a kept HTTP/1.1 connection (http.client), the
+    multipart bodies made before the clock starts."""
+
+    def __init__(self, port: int, clips: list[Clip]):
+        self.port, self.clips = port, clips
+        self.bodies = [multipart({"model": "asr-digits"}, "file", c.path.name, c.path.read_bytes(), "audio/wav")
+                       for c in clips]
+
+    def one(self, k: int) -> tuple[float, str]:
+        body, kind = self.bodies[k]
+        start = time.perf_counter()
+        text = json.loads(post("127.0.0.1", self.port, "/v1/audio/transcriptions", body, kind))["text"]
+        return time.perf_counter() - start, text
+
+    def run(self, clients: int) -> dict:
+        import concurrent.futures
+
+        work = list(range(len(self.clips))) * PASSES
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(self.one, range(clients)))  # each thread's connection, opened untimed
+            start = time.perf_counter()
+            results = list(pool.map(self.one, work))
+            wall = time.perf_counter() - start
+        return {"rtfx": sum(self.clips[k].seconds for k in work) / wall, "latencies": [t for t, _ in results],
+                "texts": [text for _, text in results[:len(self.clips)]]}
+
+
+class _OwnPath:
+    """runtime_min's offline arithmetic without Triton or the API, in this process: nimbuild.audio's
+    front end per file, the batch padded and run through the profile's graph on onnxruntime (the
+    session options Triton's model uses), then CTC's best path with its word timings, as the
+    served decoder answers them."""
+
+    def __init__(self, workspace: Path, clips: list[Clip]):
+        import soundfile
+
+        from nimbuild.audio import FrontEnd, Vocabulary
+        from runtime_min.deploy.runners import OnnxRunner
+
+        self.runtime = json.loads((workspace / "model_info.json").read_text())["runtime"]
+        self.front = FrontEnd.load(self.runtime["features"], workspace)
+        self.vocabulary = Vocabulary.load(workspace / self.runtime["vocabulary"])
+        self.session = OnnxRunner(workspace / "model.onnx").session
+        self.clips = clips
+        self.audio = [soundfile.read(str(c.path), dtype="float32")[0] for c in clips]
+
+    def decode(self, batch: list) -> list[str]:
+        import numpy as np
+
+        from nimbuild.audio import ctc_greedy, ctc_greedy_words, encoded_lengths
+
+        feats = [self.front(a) for a in batch]
+        lengths = np.array([self.front.frames(len(a)) for a in batch], dtype=np.int64)
+        signal = np.zeros((len(feats), feats[0].shape[0], max(f.shape[-1] for f in feats)), dtype=np.float32)
+        for i, f in enumerate(feats):
+            signal[i, :, :f.shape[-1]] = f
+        (logprobs,) = self.session.run(["logprobs"], {"audio_signal": signal, "length": lengths})
+        encoded = encoded_lengths(lengths, self.runtime["subsampling"])
+        texts = []
+        for row, frames in zip(logprobs, encoded):
+            ctc_greedy_words(row, int(frames), self.vocabulary)
+            texts.append(ctc_greedy(row, int(frames), self.vocabulary))
+        return texts
+
+    def run(self, size: int) -> dict:
+        start, texts = time.perf_counter(), []
+        for i in range(0, len(self.audio), size):
+            texts += self.decode(self.audio[i:i + size])
+        return {"rtfx": sum(c.seconds for c in self.clips) / (time.perf_counter() - start), "texts": texts}
+
+
+class _SherpaServer:
+    """sherpa-onnx's C++ offline websocket server on the same graph: one work thread (the pool that
+    decodes) of THREADS onnxruntime threads, batches of at most 16, as runtime_min's profile."""
+
+    def __init__(self, model: Path, tokens: Path, features: int, log: Path):
+        from servers import free_port
+
+        binary = PEERS_VENV / "bin" / "sherpa-onnx-offline-websocket-server"
+        if not binary.exists():
+            raise SystemExit(f"{binary} is missing: run `make peers` (make bench does)")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [str(binary), f"--port={self.port}", "--num-io-threads=1", "--num-work-threads=1",
+             f"--num-threads={THREADS}", f"--max-batch-size={max(SIZES)}", f"--tokens={tokens}",
+             f"--nemo-ctc-model={model}", "--model-type=nemo_ctc", f"--feat-dim={features}",
+             "--decoding-method=greedy_search", f"--log-file={log}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not _listening(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sherpa-onnx's server did not start (exit {self.process.poll()}); see {log}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main() -> tuple[str, dict]:
+    """Each round: runtime_min served, sherpa-onnx served, runtime_min's path in process and
+    sherpa-onnx in process (a fresh process, its load untimed), each at 1 and 16, so the machine's
+    swings hit every side alike; medians over the rounds."""
+    from demo_embed import running
+    from servers import free_port
+
+    from common import compile_recipe
+
+    sides = ("runtime_min served", "sherpa-onnx served", "runtime_min in process", "sherpa-onnx in process")
+    rtfx = {side: {n: [] for n in SIZES} for side in sides}
+    latencies = {side: {n: [] for n in SIZES} for side in sides[:2]}
+    texts: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        out = root / "out"
+        compile_recipe(REPO / "recipes" / "asr-digits.yaml", out, "--target", "0")
+        workspace = out / "profiles" / PROFILE
+        clips = _at_model_rate(_clips(root), root)
+        described = json.dumps([{"path": str(c.path), "seconds": c.seconds} for c in clips])
+        model, tokens = sherpa_model(workspace, root / "sherpa")
+        features = json.loads((workspace / "model_info.json").read_text())["runtime"]["features"]["features"]
+        os.environ.update(NIM_CACHE_PATH=str(root / "cache"), NIMBUILD_ORT_THREADS=str(THREADS),
+                          NIM_TAGS_SELECTOR="mode=ofl")
+        own, sherpa = _OwnPath(workspace, clips), _SherpaServer(model, tokens, features, root / "sherpa.log")
+        try:
+            port = free_port()
+            with running(str(out / "profiles.yaml"), port) as url:
+                if url is None:
+                    raise RuntimeError("runtime_min did not start")
+                served = _Served(port, clips)
+                served.run(1), own.run(4)  # warm-up
+                for _ in range(ROUNDS):
+                    peer_served = run_peer("sherpa_onnx_asr.py", "clients", sherpa.port, PASSES, *SIZES,
+                                           stdin=described)
+                    peer_local = run_peer("sherpa_onnx_asr.py", "inprocess", model, tokens, THREADS, features,
+                                          *SIZES, stdin=described)
+                    for n in SIZES:
+                        measured = {"runtime_min served": served.run(n),
+                                    "sherpa-onnx served": _peer_side(peer_served, n),
+                                    "runtime_min in process": own.run(n),
+                                    "sherpa-onnx in process": _peer_side(peer_local, n)}
+                        for side, result in measured.items():
+                            rtfx[side][n].append(result["rtfx"])
+                            if side in latencies:
+                                latencies[side][n] += result["latencies"]
+                            texts[f"{side}, {n}"] = result["texts"]
+        finally:
+            sherpa.close()
+        same = _same_work(texts, [c.text for c in clips], peer_local, model, workspace)
+    return _report(rtfx, latencies, same, sum(c.seconds for c in clips))
+
+
+def _peer_side(answer: dict, size: int) -> dict:
+    side = {"rtfx": answer["rtfx"][str(size)], "texts": answer["texts"][str(size)]}
+    if "latencies" in answer:
+        side["latencies"] = answer["latencies"][str(size)]
+    return side
+
+
+def _same_work(texts: dict[str, list[str]], spoken: list[str], peer: dict, model: Path, workspace: Path) -> dict:
+    """Every side's transcripts against the spoken sentences (word error rate) and against the
+    served ones; the graph sherpa-onnx ran is the profile's. A side that mishears more than the
+    served path by over a point of WER fails the bench: a faster wrong transcript is not a result."""
+    import onnx
+
+    assert onnx.load(str(model)).graph == onnx.load(str(workspace / "model.onnx")).graph, "not the profile's graph"
+    assert peer["threads"] == THREADS
+    wer = {name: _wer(spoken, got) for name, got in texts.items()}
+    reference = texts[f"runtime_min served, {SIZES[0]}"]
+    differ = {name: sum(a != b for a, b in zip(reference, got)) for name, got in texts.items()}
+    same_engine = [name for name in texts if name.split(",")[0].split()[0] == "runtime_min"]
+    assert not any(differ[name] for name in same_engine), f"runtime_min's transcripts differ between paths: {differ}"
+    worst = max(wer.values())
+    assert worst <= wer[f"runtime_min served, {SIZES[0]}"] + 0.01, f"a side mishears more: {wer}"
+    peer_name = f"sherpa-onnx in process, {SIZES[0]}"
+    return {"graph": "the profile's model.onnx, sherpa-onnx's metadata added (graph compared)",
+            "audio": f"{len(spoken)} held-out espeak-ng clips, 16 kHz float32 WAV read by both sides",
+            "decoding": "CTC greedy both sides", "threads": f"{THREADS} onnxruntime threads each side; "
+            "sherpa-onnx's server 1 work thread, runtime_min's model 1 instance",
+            "WER vs the spoken text": ", ".join(f"{n.split(',')[0]} {wer[n]:.3f}" for n in texts if n.endswith(", 1")),
+            "transcripts unlike runtime_min's": f"sherpa-onnx {differ[peer_name]} of {len(reference)} "
+                                                "(its kaldi-native-fbank front end against runtime_min's)",
+            "sherpa-onnx": peer["version"]}
+
+
+def _wer(spoken: list[str], heard: list[str]) -> float:
+    """Word errors (Levenshtein over words) per spoken word."""
+    errors = words = 0
+    for ref, hyp in zip(spoken, heard):
+        a, b = ref.split(), hyp.split()
+        row = list(range(len(b) + 1))
+        for i, word in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, other in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
+        errors, words = errors + row[-1], words + len(a)
+    return errors / max(words, 1)
+
+
+def _report(rtfx: dict, latencies: dict, same: dict, seconds: float) -> tuple[str, dict]:
+    median = {side: {n: statistics.median(v) for n, v in by.items()} for side, by in rtfx.items()}
+    ratio = {n: statistics.median(a / b for a, b in zip(rtfx["runtime_min served"][n], rtfx["sherpa-onnx served"][n]))
+             for n in SIZES}
+    rows = []
+    for n in SIZES:
+        for side in rtfx:
+            lat = latencies.get(side, {}).get(n)
+            rows.append([f"{side}, {'clients' if 'served' in side else 'batch'} {n}", median[side][n],
+                         f"{median[side][n] / median['sherpa-onnx served'][n]:.3f}x",
+                         f"{p(lat, 0.5):.1f}" if lat else "-", f"{p(lat, 0.99):.1f}" if lat else "-"])
+    text = "\n\n".join([
+        table(f"asr-digits against sherpa-onnx (RTFX = audio seconds per wall second; {seconds:.0f} s of "
+              f"audio a round, served sides {PASSES} passes; {ROUNDS} rounds, medians)",
+              ["path", "RTFX", "vs sherpa-onnx served", "p50 ms", "p99 ms"], rows),
+        table("Same work, checked", ["check", "value"], [[k, v] for k, v in same.items()]),
+    ])
+    return text, {"rtfx": {side: {str(n): v for n, v in by.items()} for side, by in median.items()},
+                  "ratio_served_vs_sherpa_served": {str(n): r for n, r in ratio.items()}, "same_work": same}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))
+    print(main()[0])
