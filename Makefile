@@ -109,6 +109,7 @@ image: install system-deps
 # The tools a user would pick instead (bench/bench_peer_*.py), in their own environment: they need
 # numpy 2, which the project's pins exclude (see NUMPY_1)
 PEERS := bench/.venv-peers
+AIPERF := bench/.venv-aiperf
 peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
@@ -118,6 +119,10 @@ peers: install
 	@# (they read checkpoints with transformers and torch), each package alone on its path
 	$(PY) -m pip install -q --no-deps --upgrade --target $(PEERS)/converter $$(grep '^ctranslate2==' bench/peers/requirements.txt) $(PIP_QUIET)
 	$(PY) -m pip install -q --no-deps --upgrade --target $(PEERS)/ortgenai-builder $$(grep '^onnxruntime-genai==' bench/peers/requirements.txt) $(PIP_QUIET)
+	@# aiperf, NVIDIA's load generator, in its own environment (transformers 5, pandas, plotly)
+	test -x $(AIPERF)/bin/python || $(PYTHON) -m venv $(AIPERF)
+	$(AIPERF)/bin/python -m pip install -q -r bench/peers/aiperf-requirements.txt $(PIP_QUIET)
+	$(AIPERF)/bin/aiperf --version
 
 bench: install system-deps peers
 	$(PY) bench/run.py

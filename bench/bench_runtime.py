@@ -43,14 +43,15 @@ STAGES = [("interpreter, imports, manifest", "Manifest: "), ("select, verify, wr
           ("tritonserver to ready", "Triton ready on "), ("the API's first ready answer", None)]
 
 
-def _start_runtime(manifest: Path, cache: Path, port: int, log: Path | None = None) -> tuple[subprocess.Popen, float]:
+def _start_runtime(manifest: Path, cache: Path, port: int, log: Path | None = None,
+                   profile: str = "onnxruntime-fp32-throughput") -> tuple[subprocess.Popen, float]:
     start = time.perf_counter()
     stderr = log.open("w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest),
                              "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=stderr,
                             # the fp32 profile: the in-process baseline runs the same (fp32) graph
                             env={**os.environ, "NIM_CACHE_PATH": str(cache),
-                                 "NIM_MODEL_PROFILE": "onnxruntime-fp32-throughput"})
+                                 "NIM_MODEL_PROFILE": profile})
     if log:
         stderr.close()  # the child has its own copy
     while True:

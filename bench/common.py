@@ -116,6 +116,9 @@ CT2_CONVERTER = PEERS_VENV / "converter"
 # onnxruntime-genai alone, which the project's environment puts on its path to run the genai model
 # builder: like CTranslate2's converter, it reads the checkpoint with transformers and torch
 ORTGENAI_BUILDER = PEERS_VENV / "ortgenai-builder"
+# NVIDIA's load generator, in an environment of its own: it brings transformers 5 and pandas, which
+# the peers' pins do not want beside them
+AIPERF_VENV = Path(__file__).resolve().parent / ".venv-aiperf"
 
 
 def peer_python() -> Path:

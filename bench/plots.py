@@ -76,6 +76,28 @@ def speech_sides(figures: dict, path: Path) -> bool:
     return _sides(data["rtfx"], "asr-digits RTFX by path (CTC greedy, 2 threads)", "RTFX", path)
 
 
+def load_generators(figures: dict, path: Path) -> bool:
+    """The same server and requests, measured by aiperf and by the standard-library client: what a
+    heavier load generator takes from the two cores it shares with the server."""
+    data = figures.get("bench_aiperf")
+    if not data:
+        return False
+    rates = {client: {case: data[case][client]["request_throughput"] for case in data} for client in ("aiperf", "http.client")}
+    cpu = {client: [data[case][client]["client_cpu_ms"] for case in data] for client in rates}
+    figure, axes = _axes("runtime_min measured by two load generators (same payloads, same server)")
+    width = 0.4
+    for k, client in enumerate(rates):
+        xs = [i + k * width for i in range(len(data))]
+        axes.bar(xs, list(rates[client].values()), width, label=f"{client} (label: its CPU ms per request)")
+        for x, value, spent in zip(xs, rates[client].values(), cpu[client]):
+            axes.annotate(f"{spent:.0f}" if spent >= 1 else f"{spent:.1f}", (x, value), ha="center", va="bottom", fontsize=8)
+    axes.set_xticks([i + width / 2 for i in range(len(data))], [case.replace(" c=", "\nc=") for case in data])
+    axes.set_yscale("log")
+    axes.set_ylabel("requests/s (log)")
+    axes.legend()
+    return _save(figure, path)
+
+
 def _sides(rates: dict[str, dict], title: str, unit: str, path: Path) -> bool:
     """Grouped bars: one group per size, one bar per side (`rates[side][size]`)."""
     sides = list(rates)
@@ -153,7 +175,7 @@ def _save(figure, path: Path) -> bool:
 
 
 CHARTS = {"peer_ratios": peer_ratios, "translation_sides": translation_sides, "generation_sides": generation_sides,
-          "speech_sides": speech_sides,
+          "speech_sides": speech_sides, "load_generators": load_generators,
           "embedding_latency": embedding_latency, "streaming_p99": streaming_p99}
 
 
