@@ -9,7 +9,7 @@ DEMO_GRPC_PORT ?= 50051
 # pip's noise about optional local indexes is not ours to show
 PIP_QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install system-deps tools test fuzz demo bench peers profiles image clean
+.PHONY: install system-deps tools test fuzz demo bench bench-scale peers profiles image clean
 
 # The CPU build of torch 2.13.0 is pinned first so that the `hf` extra's `torch>=2.6` is already
 # met and pip does not pull a multi-GB CUDA build. NeMo (the `nemo` extra) would otherwise pull
@@ -126,6 +126,12 @@ peers: install
 
 bench: install system-deps peers
 	$(PY) bench/run.py
+
+# Real-size checkpoints (Qwen2.5-0.5B, BERT-large, a 110M FastConformer; random weights made here by
+# scripts/make_scale_models.py): compile time and peak memory, served rates. Longer than make bench;
+# NIMBUILD_SCALE_LARGEST=1 also compiles Qwen2.5-1.5B's shapes, the largest this 24 GB machine takes
+bench-scale: install system-deps peers
+	$(PY) bench/run.py scale
 
 # Regenerate the committed top-level manifest from the example recipes (reproducible: same bytes).
 profiles: install

@@ -259,7 +259,10 @@ def _same_work(texts: dict[str, list[str]], spoken: list[str], peer: dict, model
 
     assert onnx.load(str(model)).graph == onnx.load(str(workspace / "model.onnx")).graph, "not the profile's graph"
     assert peer["threads"] == THREADS
-    wer = {name: _wer(spoken, got) for name, got in texts.items()}
+    sys.path.insert(0, str(REPO / "scripts"))
+    from make_asr_digits import word_error_rate
+
+    wer = {name: word_error_rate(spoken, got) for name, got in texts.items()}
     reference = texts[f"runtime_min served, {SIZES[0]}"]
     differ = {name: sum(a != b for a, b in zip(reference, got)) for name, got in texts.items()}
     same_engine = [name for name in texts if name.split(",")[0].split()[0] == "runtime_min"]
@@ -275,20 +278,6 @@ def _same_work(texts: dict[str, list[str]], spoken: list[str], peer: dict, model
             "transcripts unlike runtime_min's": f"sherpa-onnx {differ[peer_name]} of {len(reference)} "
                                                 "(its kaldi-native-fbank front end against runtime_min's)",
             "sherpa-onnx": peer["version"]}
-
-
-def _wer(spoken: list[str], heard: list[str]) -> float:
-    """Word errors (Levenshtein over words) per spoken word."""
-    errors = words = 0
-    for ref, hyp in zip(spoken, heard):
-        a, b = ref.split(), hyp.split()
-        row = list(range(len(b) + 1))
-        for i, word in enumerate(a, 1):
-            prev, row[0] = row[0], i
-            for j, other in enumerate(b, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
-        errors, words = errors + row[-1], words + len(a)
-    return errors / max(words, 1)
 
 
 def _report(rtfx: dict, latencies: dict, same: dict, seconds: float) -> tuple[str, dict]:

@@ -6,7 +6,8 @@ then the charts of latest.json as PNGs in bench/charts/ (bench/plots.py). A benc
 says why in one line and the run goes on; the exit status is then 1, as it is when no chart could
 be written.
 
-    python bench/run.py [NAME ...]          names match by substring (e.g. `runtime asr`)
+    python bench/run.py [NAME ...]          names match by substring (e.g. `runtime asr`); bench_scale
+                                            runs only when named (`make bench-scale`)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CHARTS = HERE / "charts"  # committed: the README shows them
+# run only when named (`make bench-scale`): they take longer than the rest together
+ON_REQUEST = {"bench_scale"}
 
 
 def run_one(name: str, out: Path) -> None:
@@ -38,7 +41,8 @@ def run_one(name: str, out: Path) -> None:
 
 def main(selected: list[str]) -> int:
     names = sorted(p.stem for p in HERE.glob("bench_*.py"))
-    names = [n for n in names if not selected or any(s in n for s in selected)]
+    names = [n for n in names if any(s in n for s in selected)] if selected else \
+        [n for n in names if n not in ON_REQUEST]
     header = f"nimbuild benchmarks: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     report, results, failed = [header, stamp], {}, []

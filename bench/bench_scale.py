@@ -1,0 +1,251 @@
+"""Real sizes (`make bench-scale`; too slow for every `make bench`): random-weight checkpoints with
+real models' shapes, made here by scripts/make_scale_models.py, compiled and served as a user's
+would be. Per model: the checkpoint's size, the compile's wall time and peak memory (its process's
+maximum resident set, from wait4) against that size, the profile's size, and what the served
+profile does (decode tokens/s, embeddings/s or RTFX), with the runtime's peak memory.
+
+- qwen2.5-0.5b: Qwen2.5-0.5B's configuration (494M parameters, 2 GB fp32 in 4 safetensors shards),
+  text generation, streamed /v1/completions, 64 tokens at 1 and 4 concurrent requests.
+- bert-large: BERT-large's shapes (335M parameters, 1.3 GB), embeddings, 1 and 8 concurrent.
+- fastconformer-110m: Parakeet's 110M FastConformer encoder shapes as a NeMo CTC model, offline
+  transcription of the asr benches' clips, 1 and 8 concurrent.
+- qwen2.5-1.5b (only when NIMBUILD_SCALE_LARGEST=1): Qwen2.5-1.5B's configuration
+  (1.54B parameters, 6.2 GB fp32), compiled only: the largest size this 24 GB machine is asked to
+  take, and whether it does.
+
+Every compile runs `nimbuild compile` in a process of its own with the generic fp32 target only,
+so its peak memory is the export's, the parity check's and the profile's writing, nothing else.
+NIMBUILD_SCALE_MODELS=a,b runs only those."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import table
+
+REPO = Path(__file__).resolve().parents[1]
+THREADS = 2
+NEW_TOKENS = 64
+MODELS = ("qwen2.5-0.5b", "bert-large", "fastconformer-110m")
+LARGEST = "qwen2.5-1.5b"
+
+
+def _recipe(kind: str, source: Path) -> str:
+    """The example recipe of the model's task with this source and only its generic fp32 target."""
+    example, key = {"qwen": ("tiny-llama", "hf"), "bert": ("minilm-embed", "hf"),
+                    "fast": ("asr-digits", "nemo")}[kind[:4]]
+    lines = (REPO / "recipes" / f"{example}.yaml").read_text().splitlines()
+    out = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("name:"):
+            line = f"name: {kind}"
+        elif stripped.startswith(f"{key}:") and line.startswith("  "):
+            line = f"  {key}: {source}"
+        elif stripped.startswith("- {type:"):
+            if "generic" not in stripped:
+                continue
+            line = "  - {type: generic, backend: onnxruntime, precisions: [fp32]}"
+        elif stripped.startswith("audio:"):  # the digits' speech checks the front end; any speech does
+            line = line.replace("data/", f"{REPO / 'recipes' / 'data'}/")
+        elif stripped.startswith("calibration") or stripped.startswith("fp8:") or stripped.startswith("int8:") \
+                or stripped.startswith("fp16:"):
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _compile(recipe: Path, out: Path) -> dict:
+    """`nimbuild compile` in its own process: wall seconds, peak RSS (wait4's ru_maxrss), the exit,
+    and where the memory went: the resident set sampled every 0.2 s, its peak attributed to the
+    stage the compile's progress lines ("... STAGE") had reached."""
+    import threading
+
+    start = time.perf_counter()
+    child = subprocess.Popen([str(Path(sys.executable).parent / "nimbuild"), "compile", str(recipe), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stage, lines = ["start"], []
+
+    def read() -> None:
+        for line in child.stderr:
+            lines.append(line)
+            if line.startswith("... "):
+                stage.append(line[4:].strip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peaks: dict[str, float] = {}
+    while True:  # reaped here, not by Popen, so that wait4 gives the child's own peak
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        rss = _rss_gib(child.pid)
+        if rss is not None:
+            peaks[stage[-1]] = max(peaks.get(stage[-1], 0.0), rss)
+        time.sleep(0.2)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    reader.join()
+    return {"seconds": time.perf_counter() - start, "exit": child.returncode, "peak_rss_gib": usage.ru_maxrss / 2**20,
+            "peak_rss_gib_by_stage": peaks, "error": (lines[-1].strip() if lines else "")}
+
+
+def _rss_gib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _make(kind: str, dest: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_scale_models.py"), kind, str(dest)], check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def _served(kind: str, manifest: Path, work: Path) -> dict:
+    """Start runtime_min on the profile and measure it; the runtime tree's peak RSS at the end."""
+    from bench_runtime import _peak_rss_mib, _start_runtime, _stop
+    from servers import free_port
+
+    port = free_port()
+    runtime, ready = _start_runtime(manifest, work / "cache", port, profile=_profile_name(kind))
+    try:
+        figures = {"qwen": _generation, "bert": _embeddings, "fast": _speech}[kind[:4]](kind, port, work)
+        figures["start_s"] = ready
+        figures["runtime_peak_rss_gib"] = _peak_rss_mib(runtime.pid) / 1024
+    finally:
+        _stop(runtime)
+    return figures
+
+
+def _profile_name(kind: str) -> str:
+    return "onnxruntime-fp32-throughput-ofl" if kind.startswith("fast") else "onnxruntime-fp32-throughput"
+
+
+def _generation(kind: str, port: int, work: Path) -> dict:
+    from common import post
+
+    body = json.dumps({"model": kind, "prompt": "A man is playing a guitar in the park while the rain falls",
+                       "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+
+    def one(_) -> tuple[float, float, int]:
+        start = time.perf_counter()
+        events = post("127.0.0.1", port, "/v1/completions", body, "application/json").split(b"\n\n")
+        usage = [json.loads(e[6:]) for e in events if e.startswith(b"data: {")][-1]["usage"]
+        return start, time.perf_counter(), usage["completion_tokens"]
+
+    figures = {}
+    for concurrency in (1, 4):
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(concurrency)))  # warm
+            start = time.perf_counter()
+            results = list(pool.map(one, range(3 * concurrency)))
+            wall = time.perf_counter() - start
+        assert {n for _, _, n in results} == {NEW_TOKENS}, "the runtime stopped early"
+        figures[f"tokens/s, {concurrency} concurrent"] = sum(n for _, _, n in results) / wall
+        figures[f"request s p50, {concurrency} concurrent"] = statistics.median(b - a for a, b, _ in results)
+    return figures
+
+
+def _embeddings(kind: str, port: int, work: Path) -> dict:
+    from bench_runtime import SENTENCES, _drive
+    from common import post_json
+
+    embed = lambda text: post_json("127.0.0.1", port, "/v1/embeddings", {"model": kind, "input": text})
+    dimensions = len(embed(SENTENCES[0])["data"][0]["embedding"])
+    assert dimensions == 1024, f"{dimensions}-dimensional embeddings from a BERT-large shape"
+    return {f"embeddings/s, {c} concurrent": _drive(embed, c, 5.0)[0] for c in (1, 8)}
+
+
+def _speech(kind: str, port: int, work: Path) -> dict:
+    from bench_asr import _clips
+    from common import multipart, post
+
+    (work / "clips").mkdir(exist_ok=True)
+    clips = _clips(work / "clips")
+    bodies = [multipart({"model": kind}, "file", c.path.name, c.path.read_bytes(), "audio/wav") for c in clips]
+    transcribe = lambda body: post("127.0.0.1", port, "/v1/audio/transcriptions", *body)
+    figures, seconds = {}, sum(c.seconds for c in clips)
+    for concurrency in (1, 8):
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(transcribe, bodies[:concurrency]))  # warm
+            start = time.perf_counter()
+            list(pool.map(transcribe, bodies))
+            figures[f"RTFX, {concurrency} concurrent"] = seconds / (time.perf_counter() - start)
+    return figures
+
+
+def _one(kind: str, work: Path, serve: bool = True) -> dict:
+    source = work / (f"{kind}.nemo" if kind.startswith("fast") else kind)
+    made = _make(kind, source)
+    recipe = work / f"{kind}.yaml"
+    recipe.write_text(_recipe(kind, source))
+    out = work / f"{kind}-out"
+    compiled = _compile(recipe, out)
+    result = {"checkpoint_gib": _size(source) / 2**30, "made_s": made, "compile": compiled}
+    if compiled["exit"] == 0:
+        result["profile_gib"] = _size(out / "profiles" / _profile_name(kind)) / 2**30
+        if serve:
+            result["served"] = _served(kind, out / "profiles.yaml", work)
+    return result
+
+
+def main() -> tuple[str, dict]:
+    (work := Path(tempfile.mkdtemp(prefix="nimbuild-bench-scale-"))).mkdir(exist_ok=True)
+    os.environ.update(NIMBUILD_ORT_THREADS=str(THREADS), NIM_CACHE_PATH=str(work / "cache"))
+    sys.path.insert(0, str(REPO / "scripts"))
+    models = list(MODELS) + ([LARGEST] if os.environ.get("NIMBUILD_SCALE_LARGEST") == "1" else [])
+    if os.environ.get("NIMBUILD_SCALE_MODELS"):  # a subset, by name
+        models = os.environ["NIMBUILD_SCALE_MODELS"].split(",")
+    results = {}
+    try:
+        for kind in models:
+            results[kind] = _one(kind, work, serve=kind != LARGEST)
+            _clean(work, kind)
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    rows, served, stages = [], [], []
+    for kind, r in results.items():
+        stages += [[kind, stage, f"{gib:.1f}"] for stage, gib in r["compile"]["peak_rss_gib_by_stage"].items()]
+        c = r["compile"]
+        rows.append([kind, f"{r['checkpoint_gib']:.2f}", f"{c['seconds']:.0f}", f"{c['peak_rss_gib']:.1f}",
+                     f"{c['peak_rss_gib'] / r['checkpoint_gib']:.1f}x",
+                     f"{r['profile_gib']:.2f}" if "profile_gib" in r else f"failed: {c['error']}"])
+        for name, value in (r.get("served") or {}).items():
+            served.append([kind, name, f"{value:.3g}"])
+    text = "\n\n".join([
+        table(f"Compiling real-size checkpoints (generic fp32 profile; {os.cpu_count()} CPUs)",
+              ["model", "checkpoint GiB", "compile s", "peak RSS GiB", "peak / checkpoint", "profile GiB"], rows),
+        table("Where the compile's memory goes (peak resident GiB while each stage ran, sampled every 0.2 s)",
+              ["model", "stage", "peak GiB"], stages),
+        table(f"Serving them (runtime_min, {THREADS} ORT threads)", ["model", "figure", "value"], served),
+    ])
+    return text, results
+
+
+def _clean(work: Path, kind: str) -> None:
+    """A model's files go once it is measured: the next one's peak must not share the disk cache."""
+    for path in work.glob(f"{kind}*"):
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))
+    print(main()[0])
