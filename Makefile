@@ -110,6 +110,7 @@ image: install system-deps
 # numpy 2, which the project's pins exclude (see NUMPY_1)
 PEERS := bench/.venv-peers
 AIPERF := bench/.venv-aiperf
+INFINITY := bench/.venv-infinity
 peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
@@ -123,6 +124,12 @@ peers: install
 	test -x $(AIPERF)/bin/python || $(PYTHON) -m venv $(AIPERF)
 	$(AIPERF)/bin/python -m pip install -q -r bench/peers/aiperf-requirements.txt $(PIP_QUIET)
 	$(AIPERF)/bin/aiperf --version
+	@# infinity-emb's server in its own environment too (numpy 1, its own transformers; torch pinned
+	@# to the CPU build first, as for the project, so that pip does not pull a CUDA one)
+	test -x $(INFINITY)/bin/python || $(PYTHON) -m venv $(INFINITY)
+	$(INFINITY)/bin/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(INFINITY)/bin/python -m pip install -q -r bench/peers/infinity-requirements.txt $(PIP_QUIET)
+	$(INFINITY)/bin/python -c "import infinity_emb, optimum.onnxruntime"
 
 bench: install system-deps peers
 	$(PY) bench/run.py

@@ -31,6 +31,8 @@ def peer_ratios(figures: dict, path: Path) -> bool:
     if "bench_peer_embeddings" in figures:
         for row in figures["bench_peer_embeddings"]["rows"]:
             bars.append((f"embeddings\nfastembed\nN={row['concurrency']}", row["ratio"]))
+            if "ratio_infinity" in row:
+                bars.append((f"embeddings\ninfinity-emb\nN={row['concurrency']}", row["ratio_infinity"]))
     if "bench_peer_nmt" in figures:
         for n, ratio in figures["bench_peer_nmt"]["ratio_served_vs_ctranslate2"].items():
             bars.append((f"translation\nCTranslate2\nN={n}", ratio))
@@ -42,7 +44,7 @@ def peer_ratios(figures: dict, path: Path) -> bool:
             bars.append((f"speech CTC\nsherpa-onnx\nN={n}", ratio))
     if not bars:
         return False
-    figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)")
+    figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)", width=max(8, len(bars)))
     axes.bar([b[0] for b in bars], [b[1] for b in bars], color="#76b900")
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_ylabel("runtime_min rate / peer rate")
@@ -156,10 +158,10 @@ def _lines(axes, rows: list[dict], x: str, series: dict[str, str]) -> list:
     return xs
 
 
-def _axes(title: str):
+def _axes(title: str, width: float = 8):
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    figure, axes = plt.subplots(figsize=(width, 4.5), dpi=100)
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
     return figure, axes
