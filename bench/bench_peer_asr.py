@@ -1,13 +1,17 @@
-"""Speech recognition against sherpa-onnx, the engine a user would pick instead to serve NeMo CTC
-models on a CPU, side by side in one run on the asr-digits profile's own graph: runtime_min's
-POST /v1/audio/transcriptions (one file per request, 1 and 16 clients) against sherpa-onnx's C++
-offline websocket server (sherpa-onnx-bin, one file per message, 1 and 16 clients), and the two
-in process: sherpa-onnx's Python API (decode_streams over 1 and 16 files) and runtime_min's own
-path without Triton (nimbuild.audio's front end, the profile's graph on onnxruntime, CTC's best
-path), which says what Triton and the API add above the model.
+"""Speech recognition against sherpa-onnx, the engine a user would pick instead to serve NeMo models
+on a CPU, side by side in one run on the profiles' own graphs, for both speech examples: the CTC
+model (asr-digits) and the transducer (asr-digits-rnnt). runtime_min's POST
+/v1/audio/transcriptions (one file per request, 1 and 16 clients) against sherpa-onnx's C++ offline
+websocket server (sherpa-onnx-bin, one file per message, 1 and 16 clients), and sherpa-onnx's
+Python API in process (decode_streams over 1 and 16 files); for the CTC model also runtime_min's
+own path without Triton (nimbuild.audio's front end, the profile's graph on onnxruntime, CTC's
+best path), which says what Triton and the API add above the model.
 
-The same work is checked, not assumed: sherpa-onnx loads the profile's model.onnx with only the
-metadata it reads added (the graph is compared), every side hears the same 16 kHz float32 samples
+The same work is checked, not assumed: sherpa-onnx loads the profile's model.onnx (the CTC graph,
+or the transducer's encoder) with only the metadata it reads added (the graph is compared); the
+transducer's prediction and joint networks are NeMo's own exports of the same checkpoint, the
+graphs sherpa-onnx's NeMo scripts make, where runtime_min runs NeMo's fused decoder-joint export
+(both searches greedy, at most 10 symbols a frame, as the checkpoint's decoding config); every side hears the same 16 kHz float32 samples
 from the same WAV files (so neither resamples), decoding is CTC greedy on both, each server runs
 one decoding thread pool of 2 onnxruntime threads with batches of at most 16 (runtime_min's profile:
 max_batch_size 16), and every side's transcripts are compared with the spoken sentences and with
@@ -40,11 +44,14 @@ SIZES = (1, 16)
 ROUNDS = 3
 PASSES = 4  # each clip sent this many times per served measurement
 PROFILE = "onnxruntime-fp32-throughput-ofl"
+MODELS = {"ctc": "asr-digits", "transducer": "asr-digits-rnnt"}
 
 
-def sherpa_model(workspace: Path, out: Path) -> tuple[Path, Path]:
-    """The profile's CTC graph with the metadata sherpa-onnx's NeMo CTC reader needs, and its
-    tokens.txt (the vocabulary, then <blk>); the graph itself is left as it is, and checked."""
+def sherpa_model(kind: str, workspace: Path, nemo: Path, out: Path) -> dict:
+    """What sherpa-onnx loads for the profile, as its own NeMo export scripts lay it out: the
+    profile's graph (CTC, or the transducer's encoder) with the metadata its NeMo readers need,
+    tokens.txt (the vocabulary, then <blk>), and for a transducer NeMo's exports of the same
+    checkpoint's prediction and joint networks. The profile's graph itself is left as it is."""
     import onnx
 
     info = json.loads((workspace / "model_info.json").read_text())["runtime"]
@@ -54,19 +61,53 @@ def sherpa_model(workspace: Path, out: Path) -> tuple[Path, Path]:
     factor = 1
     for layer in info["subsampling"]:
         factor *= int(layer["stride"])
+    features = int(info["features"]["features"])
+    meta = {"subsampling_factor": factor, "normalize_type": info["features"]["normalize"],
+            "model_type": info["model_class"], "feat_dim": features}
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"kind": kind, "threads": THREADS, "features": features, "tokens": str(out / "tokens.txt")}
+    if kind == "ctc":
+        meta["vocab_size"] = len(tokens) + 1  # sherpa-onnx's CTC reader counts the blank
+    else:
+        meta.update(vocab_size=len(tokens), **_nemo_prediction_and_joint(nemo, out))  # its transducer reader does not
+        spec.update(decoder=str(out / "decoder.onnx"), joiner=str(out / "joiner.onnx"))
     model = onnx.load(str(workspace / "model.onnx"))
     graph = model.graph.SerializeToString()
-    for key, value in {"vocab_size": len(tokens) + 1, "subsampling_factor": factor,
-                       "normalize_type": info["features"]["normalize"], "model_type": info["model_class"]}.items():
+    for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     assert model.graph.SerializeToString() == graph
-    out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out / "model.onnx"))
+    spec["model" if kind == "ctc" else "encoder"] = str(out / "model.onnx")
     # one "token id" a line; a line of only an id is the space token, as sherpa-onnx reads it
     (out / "tokens.txt").write_text("".join(f"{t} {i}\n" if t != " " else f"{i}\n" for i, t in enumerate(tokens))
                                     + f"<blk> {len(tokens)}\n")
-    return out / "model.onnx", out / "tokens.txt"
+    return spec
+
+
+NEMO_EXPORT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from nimbuild.export.asr import quiet, restore
+from nimbuild.sources.nemo import resolve_nemo
+out = Path(sys.argv[3])
+with quiet():
+    model = restore(resolve_nemo(sys.argv[2], out), "asr-rnnt")
+    model.decoder.export(str(out / "decoder.onnx"))
+    model.joint.export(str(out / "joiner.onnx"))
+print(json.dumps({"pred_rnn_layers": model.decoder.pred_rnn_layers, "pred_hidden": model.decoder.pred_hidden}))
+"""
+
+
+def _nemo_prediction_and_joint(nemo: Path, out: Path) -> dict:
+    """NeMo's own exports of a transducer's prediction and joint networks (what sherpa-onnx's NeMo
+    scripts run), in a process of its own; the prediction network's shape for the metadata."""
+    done = subprocess.run([sys.executable, "-c", NEMO_EXPORT, str(REPO), str(nemo), str(out)], capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"NeMo's export failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _at_model_rate(clips: list[Clip], root: Path) -> list[Clip]:
@@ -90,9 +131,9 @@ class _Served:
     """runtime_min's offline route, each client on a kept HTTP/1.1 connection (http.client), the
     multipart bodies made before the clock starts."""
 
-    def __init__(self, port: int, clips: list[Clip]):
+    def __init__(self, port: int, clips: list[Clip], model: str):
         self.port, self.clips = port, clips
-        self.bodies = [multipart({"model": "asr-digits"}, "file", c.path.name, c.path.read_bytes(), "audio/wav")
+        self.bodies = [multipart({"model": model}, "file", c.path.name, c.path.read_bytes(), "audio/wav")
                        for c in clips]
 
     def one(self, k: int) -> tuple[float, str]:
@@ -159,21 +200,23 @@ class _OwnPath:
 
 
 class _SherpaServer:
-    """sherpa-onnx's C++ offline websocket server on the same graph: one work thread (the pool that
+    """sherpa-onnx's C++ offline websocket server on the same graphs: one work thread (the pool that
     decodes) of THREADS onnxruntime threads, batches of at most 16, as runtime_min's profile."""
 
-    def __init__(self, model: Path, tokens: Path, features: int, log: Path):
+    def __init__(self, model: dict, log: Path):
         from servers import free_port
 
         binary = PEERS_VENV / "bin" / "sherpa-onnx-offline-websocket-server"
         if not binary.exists():
             raise SystemExit(f"{binary} is missing: run `make peers` (make bench does)")
         self.port = free_port()
+        graphs = [f"--nemo-ctc-model={model['model']}", "--model-type=nemo_ctc"] if model["kind"] == "ctc" else \
+            [f"--encoder={model['encoder']}", f"--decoder={model['decoder']}", f"--joiner={model['joiner']}",
+             "--model-type=nemo_transducer"]
         self.process = subprocess.Popen(
             [str(binary), f"--port={self.port}", "--num-io-threads=1", "--num-work-threads=1",
-             f"--num-threads={THREADS}", f"--max-batch-size={max(SIZES)}", f"--tokens={tokens}",
-             f"--nemo-ctc-model={model}", "--model-type=nemo_ctc", f"--feat-dim={features}",
-             "--decoding-method=greedy_search", f"--log-file={log}"],
+             f"--num-threads={model['threads']}", f"--max-batch-size={max(SIZES)}", f"--tokens={model['tokens']}",
+             *graphs, f"--feat-dim={model['features']}", "--decoding-method=greedy_search", f"--log-file={log}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not _listening(self.port):
@@ -192,56 +235,68 @@ def _listening(port: int) -> bool:
 
 
 def main() -> tuple[str, dict]:
-    """Each round: runtime_min served, sherpa-onnx served, runtime_min's path in process and
-    sherpa-onnx in process (a fresh process, its load untimed), each at 1 and 16, so the machine's
-    swings hit every side alike; medians over the rounds."""
+    """Both speech examples on the same clips, one after the other; see _compare."""
+    texts, data = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        clips = _at_model_rate(_clips(root), root)
+        os.environ.update(NIMBUILD_ORT_THREADS=str(THREADS), NIM_TAGS_SELECTOR="mode=ofl")
+        for kind, example in MODELS.items():
+            text, data[kind] = _compare(kind, example, clips, root / kind)
+            texts.append(text)
+    return "\n\n".join(texts), data
+
+
+def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[str, dict]:
+    """Each round: runtime_min served, sherpa-onnx served, sherpa-onnx in process (a fresh process,
+    its load untimed) and, for CTC, runtime_min's path in process, each at 1 and 16, so the
+    machine's swings hit every side alike; medians over the rounds."""
     from demo_embed import running
     from servers import free_port
 
     from common import compile_recipe
 
-    sides = ("runtime_min served", "sherpa-onnx served", "runtime_min in process", "sherpa-onnx in process")
+    sides = ["runtime_min served", "sherpa-onnx served", "runtime_min in process", "sherpa-onnx in process"]
+    if kind != "ctc":
+        sides.remove("runtime_min in process")
     rtfx = {side: {n: [] for n in SIZES} for side in sides}
     latencies = {side: {n: [] for n in SIZES} for side in sides[:2]}
     texts: dict[str, list[str]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        out = root / "out"
-        compile_recipe(REPO / "recipes" / "asr-digits.yaml", out, "--target", "0")
-        workspace = out / "profiles" / PROFILE
-        clips = _at_model_rate(_clips(root), root)
-        described = json.dumps([{"path": str(c.path), "seconds": c.seconds} for c in clips])
-        model, tokens = sherpa_model(workspace, root / "sherpa")
-        features = json.loads((workspace / "model_info.json").read_text())["runtime"]["features"]["features"]
-        os.environ.update(NIM_CACHE_PATH=str(root / "cache"), NIMBUILD_ORT_THREADS=str(THREADS),
-                          NIM_TAGS_SELECTOR="mode=ofl")
-        own, sherpa = _OwnPath(workspace, clips), _SherpaServer(model, tokens, features, root / "sherpa.log")
-        try:
-            port = free_port()
-            with running(str(out / "profiles.yaml"), port) as url:
-                if url is None:
-                    raise RuntimeError("runtime_min did not start")
-                served = _Served(port, clips)
-                served.run(1), own.run(4)  # warm-up
-                for _ in range(ROUNDS):
-                    peer_served = run_peer("sherpa_onnx_asr.py", "clients", sherpa.port, PASSES, *SIZES,
-                                           stdin=described)
-                    peer_local = run_peer("sherpa_onnx_asr.py", "inprocess", model, tokens, THREADS, features,
-                                          *SIZES, stdin=described)
-                    for n in SIZES:
-                        measured = {"runtime_min served": served.run(n),
-                                    "sherpa-onnx served": _peer_side(peer_served, n),
-                                    "runtime_min in process": own.run(n),
-                                    "sherpa-onnx in process": _peer_side(peer_local, n)}
-                        for side, result in measured.items():
-                            rtfx[side][n].append(result["rtfx"])
-                            if side in latencies:
-                                latencies[side][n] += result["latencies"]
-                            texts[f"{side}, {n}"] = result["texts"]
-        finally:
-            sherpa.close()
-        same = _same_work(texts, [c.text for c in clips], peer_local, model, workspace)
-    return _report(rtfx, latencies, same, sum(c.seconds for c in clips))
+    out = root / "out"
+    recipe = REPO / "recipes" / f"{example}.yaml"
+    compile_recipe(recipe, out, "--target", "0")
+    workspace = out / "profiles" / PROFILE
+    described = json.dumps([{"path": str(c.path), "seconds": c.seconds} for c in clips])
+    model = sherpa_model(kind, workspace, REPO / "recipes" / "models" / f"{example}.nemo", root / "sherpa")
+    os.environ["NIM_CACHE_PATH"] = str(root / "cache")
+    own = _OwnPath(workspace, clips) if "runtime_min in process" in sides else None
+    sherpa = _SherpaServer(model, root / "sherpa.log")
+    try:
+        port = free_port()
+        with running(str(out / "profiles.yaml"), port) as url:
+            if url is None:
+                raise RuntimeError("runtime_min did not start")
+            served = _Served(port, clips, example)
+            served.run(1)  # warm-up
+            if own:
+                own.run(4)
+            for _ in range(ROUNDS):
+                peer_served = run_peer("sherpa_onnx_asr.py", "clients", sherpa.port, PASSES, *SIZES, stdin=described)
+                peer_local = run_peer("sherpa_onnx_asr.py", "inprocess", json.dumps(model), *SIZES, stdin=described)
+                for n in SIZES:
+                    measured = {"runtime_min served": served.run(n), "sherpa-onnx served": _peer_side(peer_served, n),
+                                "sherpa-onnx in process": _peer_side(peer_local, n)}
+                    if own:
+                        measured["runtime_min in process"] = own.run(n)
+                    for side, result in measured.items():
+                        rtfx[side][n].append(result["rtfx"])
+                        if side in latencies:
+                            latencies[side][n] += result["latencies"]
+                        texts[f"{side}, {n}"] = result["texts"]
+    finally:
+        sherpa.close()
+    same = _same_work(kind, texts, [c.text for c in clips], peer_local, model, workspace)
+    return _report(example, rtfx, latencies, same, sum(c.seconds for c in clips))
 
 
 def _peer_side(answer: dict, size: int) -> dict:
@@ -251,13 +306,15 @@ def _peer_side(answer: dict, size: int) -> dict:
     return side
 
 
-def _same_work(texts: dict[str, list[str]], spoken: list[str], peer: dict, model: Path, workspace: Path) -> dict:
+def _same_work(kind: str, texts: dict[str, list[str]], spoken: list[str], peer: dict, model: dict,
+               workspace: Path) -> dict:
     """Every side's transcripts against the spoken sentences (word error rate) and against the
     served ones; the graph sherpa-onnx ran is the profile's. A side that mishears more than the
     served path by over a point of WER fails the bench: a faster wrong transcript is not a result."""
     import onnx
 
-    assert onnx.load(str(model)).graph == onnx.load(str(workspace / "model.onnx")).graph, "not the profile's graph"
+    ours = model["model" if kind == "ctc" else "encoder"]
+    assert onnx.load(ours).graph == onnx.load(str(workspace / "model.onnx")).graph, "not the profile's graph"
     assert peer["threads"] == THREADS
     sys.path.insert(0, str(REPO / "scripts"))
     from make_asr_digits import word_error_rate
@@ -270,9 +327,11 @@ def _same_work(texts: dict[str, list[str]], spoken: list[str], peer: dict, model
     worst = max(wer.values())
     assert worst <= wer[f"runtime_min served, {SIZES[0]}"] + 0.01, f"a side mishears more: {wer}"
     peer_name = f"sherpa-onnx in process, {SIZES[0]}"
-    return {"graph": "the profile's model.onnx, sherpa-onnx's metadata added (graph compared)",
-            "audio": f"{len(spoken)} held-out espeak-ng clips, 16 kHz float32 WAV read by both sides",
-            "decoding": "CTC greedy both sides", "threads": f"{THREADS} onnxruntime threads each side; "
+    graphs = "the profile's model.onnx, sherpa-onnx's metadata added (graph compared)" if kind == "ctc" else \
+        "the profile's encoder (metadata added, graph compared); NeMo's prediction and joint exports for sherpa-onnx"
+    return {"graph": graphs, "audio": f"{len(spoken)} held-out espeak-ng clips, 16 kHz float32 WAV read by both sides",
+            "decoding": "CTC greedy both sides" if kind == "ctc" else "transducer greedy, 10 symbols a frame at most",
+            "threads": f"{THREADS} onnxruntime threads each side; "
             "sherpa-onnx's server 1 work thread, runtime_min's model 1 instance",
             "WER vs the spoken text": ", ".join(f"{n.split(',')[0]} {wer[n]:.3f}" for n in texts if n.endswith(", 1")),
             "transcripts unlike runtime_min's": f"sherpa-onnx {differ[peer_name]} of {len(reference)} "
@@ -280,7 +339,7 @@ def _same_work(texts: dict[str, list[str]], spoken: list[str], peer: dict, model
             "sherpa-onnx": peer["version"]}
 
 
-def _report(rtfx: dict, latencies: dict, same: dict, seconds: float) -> tuple[str, dict]:
+def _report(example: str, rtfx: dict, latencies: dict, same: dict, seconds: float) -> tuple[str, dict]:
     median = {side: {n: statistics.median(v) for n, v in by.items()} for side, by in rtfx.items()}
     ratio = {n: statistics.median(a / b for a, b in zip(rtfx["runtime_min served"][n], rtfx["sherpa-onnx served"][n]))
              for n in SIZES}
@@ -292,7 +351,7 @@ def _report(rtfx: dict, latencies: dict, same: dict, seconds: float) -> tuple[st
                          f"{median[side][n] / median['sherpa-onnx served'][n]:.3f}x",
                          f"{p(lat, 0.5):.1f}" if lat else "-", f"{p(lat, 0.99):.1f}" if lat else "-"])
     text = "\n\n".join([
-        table(f"asr-digits against sherpa-onnx (RTFX = audio seconds per wall second; {seconds:.0f} s of "
+        table(f"{example} against sherpa-onnx (RTFX = audio seconds per wall second; {seconds:.0f} s of "
               f"audio a round, served sides {PASSES} passes; {ROUNDS} rounds, medians)",
               ["path", "RTFX", "vs sherpa-onnx served", "p50 ms", "p99 ms"], rows),
         table("Same work, checked", ["check", "value"], [[k, v] for k, v in same.items()]),

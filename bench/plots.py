@@ -39,9 +39,10 @@ def peer_ratios(figures: dict, path: Path) -> bool:
     if "bench_peer_llm" in figures:
         for n, ratio in figures["bench_peer_llm"]["llama-76m"]["ratio_served_vs_genai"].items():
             bars.append((f"76M Llama\nort-genai\nN={n}", ratio))
-    if "bench_peer_asr" in figures:
-        for n, ratio in figures["bench_peer_asr"]["ratio_served_vs_sherpa_served"].items():
-            bars.append((f"speech CTC\nsherpa-onnx\nN={n}", ratio))
+    speech = figures.get("bench_peer_asr") or {}
+    for kind, label in (("ctc", "speech CTC"), ("transducer", "speech RNNT")):
+        for n, ratio in speech.get(kind, {}).get("ratio_served_vs_sherpa_served", {}).items():
+            bars.append((f"{label}\nsherpa-onnx\nN={n}", ratio))
     if not bars:
         return False
     figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)", width=max(8, len(bars)))
@@ -71,8 +72,8 @@ def generation_sides(figures: dict, path: Path) -> bool:
 
 
 def speech_sides(figures: dict, path: Path) -> bool:
-    """Where the speech gap lies: both servers, then both engines in process."""
-    data = figures.get("bench_peer_asr")
+    """Where the speech gap lies on the CTC model: both servers, then both engines in process."""
+    data = (figures.get("bench_peer_asr") or {}).get("ctc")
     if not data:
         return False
     return _sides(data["rtfx"], "asr-digits RTFX by path (CTC greedy, 2 threads)", "RTFX", path)

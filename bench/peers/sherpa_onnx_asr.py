@@ -1,15 +1,18 @@
-"""sherpa-onnx (a peer, run in bench/.venv-peers) on the CTC graph a nimbuild profile serves, in
+"""sherpa-onnx (a peer, run in bench/.venv-peers) on the graphs a nimbuild speech profile serves, in
 two roles; the answer is JSON on stdout.
 
-    python sherpa_onnx_asr.py inprocess MODEL TOKENS THREADS FEATURES SIZE [SIZE ...] < clips.json
+    python sherpa_onnx_asr.py inprocess MODEL_JSON SIZE [SIZE ...] < clips.json
         its Python API in this process: RTFX decoding SIZE clips per decode_streams call
     python sherpa_onnx_asr.py clients PORT PASSES SIZE [SIZE ...] < clips.json
         SIZE client threads against its C++ offline websocket server (sherpa-onnx-bin), each on
         a kept connection, every clip sent PASSES times: RTFX and each request's latency
 
+MODEL_JSON names the model as bench_peer_asr made it: {"kind": "ctc", "model", "tokens"} (the
+profile's CTC graph with sherpa-onnx's metadata added) or {"kind": "transducer", "encoder",
+"decoder", "joiner", "tokens"} (the profile's encoder with that metadata, and NeMo's own exports
+of the same checkpoint's prediction and joint networks), with "threads" and "features".
 clips.json is a list of {"path", "seconds"}: WAV files at the model's rate, read here as float32
-(the samples runtime_min reads from the same files). MODEL is the profile's model.onnx with the
-metadata sherpa-onnx reads added (bench_peer_asr.sherpa_model); nothing else in it differs."""
+(the samples runtime_min reads from the same files)."""
 
 from __future__ import annotations
 
@@ -31,21 +34,28 @@ def _read(clips: list[dict]) -> list:
     return audio
 
 
-def inprocess(model: str, tokens: str, threads: int, features: int, sizes: list[int], clips: list[dict]) -> dict:
+def recognizer(model: dict):
     import sherpa_onnx
 
-    recognizer = sherpa_onnx.OfflineRecognizer.from_nemo_ctc(model=model, tokens=tokens, num_threads=threads,
-                                                             sample_rate=16000, feature_dim=features,
-                                                             decoding_method="greedy_search")
+    common = dict(tokens=model["tokens"], num_threads=model["threads"], sample_rate=16000,
+                  feature_dim=model["features"], decoding_method="greedy_search")
+    if model["kind"] == "ctc":
+        return sherpa_onnx.OfflineRecognizer.from_nemo_ctc(model=model["model"], **common)
+    return sherpa_onnx.OfflineRecognizer.from_transducer(encoder=model["encoder"], decoder=model["decoder"],
+                                                         joiner=model["joiner"], model_type="nemo_transducer", **common)
+
+
+def inprocess(model: dict, sizes: list[int], clips: list[dict]) -> dict:
+    engine = recognizer(model)
     audio = _read(clips)
 
     def decode(batch: list) -> list[str]:
         streams = []
         for rate, samples in batch:
-            stream = recognizer.create_stream()
+            stream = engine.create_stream()
             stream.accept_waveform(rate, samples)
             streams.append(stream)
-        recognizer.decode_streams(streams)
+        engine.decode_streams(streams)
         return [stream.result.text for stream in streams]
 
     decode(audio[:4])  # warm
@@ -57,7 +67,7 @@ def inprocess(model: str, tokens: str, threads: int, features: int, sizes: list[
             got += decode(audio[i:i + size])
         rtfx[size] = seconds / (time.perf_counter() - start)
         texts[size] = got
-    return {"rtfx": rtfx, "texts": texts, "threads": threads, "features": features}
+    return {"rtfx": rtfx, "texts": texts, "threads": model["threads"], "features": model["features"]}
 
 
 def clients(port: int, passes: int, sizes: list[int], clips: list[dict]) -> dict:
@@ -100,8 +110,7 @@ def main() -> None:
 
     role, args, clips = sys.argv[1], sys.argv[2:], json.load(sys.stdin)
     if role == "inprocess":
-        model, tokens, threads, features = args[0], args[1], int(args[2]), int(args[3])
-        answer = inprocess(model, tokens, threads, features, [int(s) for s in args[4:]], clips)
+        answer = inprocess(json.loads(args[0]), [int(s) for s in args[1:]], clips)
     elif role == "clients":
         answer = clients(int(args[0]), int(args[1]), [int(s) for s in args[2:]], clips)
     else:
