@@ -47,6 +47,7 @@ def peer_ratios(figures: dict, path: Path) -> bool:
         return False
     figure, axes = _axes(f"runtime_min / peer, same model and work ({len(bars)} ratios)", width=max(8, len(bars)))
     axes.bar([b[0] for b in bars], [b[1] for b in bars], color="#76b900")
+    axes.tick_params(axis="x", labelsize=8)
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_ylabel("runtime_min rate / peer rate")
     for i, (_, value) in enumerate(bars):
