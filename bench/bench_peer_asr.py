@@ -3,9 +3,11 @@ on a CPU, side by side in one run on the profiles' own graphs, for both speech e
 model (asr-digits) and the transducer (asr-digits-rnnt). runtime_min's POST
 /v1/audio/transcriptions (one file per request, 1 and 16 clients) against sherpa-onnx's C++ offline
 websocket server (sherpa-onnx-bin, one file per message, 1 and 16 clients), and sherpa-onnx's
-Python API in process (decode_streams over 1 and 16 files); for the CTC model also runtime_min's
-own path without Triton (nimbuild.audio's front end, the profile's graph on onnxruntime, CTC's
-best path), which says what Triton and the API add above the model.
+Python API in process (decode_streams over 1 and 16 files). Between them, to say where runtime_min's
+time goes: Triton's own gRPC called directly on the ensemble runtime_min deployed (what the API
+front end adds above Triton) and, for the CTC model, runtime_min's own path without Triton
+(nimbuild.audio's front end, the profile's graph on onnxruntime, CTC's best path: what Triton
+adds above the model).
 
 The same work is checked, not assumed: sherpa-onnx loads the profile's model.onnx (the CTC graph,
 or the transducer's encoder) with only the metadata it reads added (the graph is compared); the
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 
 from bench_asr import Clip, _clips
-from common import PEERS_VENV, multipart, p, post, run_peer, table
+from common import PEERS_VENV, multipart, p, post, run_peer, table, triton_grpc_address
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -155,6 +157,45 @@ class _Served:
                 "texts": [text for _, text in results[:len(self.clips)]]}
 
 
+class _TritonDirect:
+    """tritonclient's gRPC client on the Triton that runtime_min started, calling the offline
+    ensemble as runtime_min's route does (the audio as FP32 samples; text and words back): what
+    the API front end adds above Triton, measured rather than inferred."""
+
+    def __init__(self, workspace_root: Path, model: str, clips: list[Clip]):
+        import soundfile
+
+        self.address, self.model, self.clips = triton_grpc_address(workspace_root), model, clips
+        self.audio = [soundfile.read(str(c.path), dtype="float32")[0] for c in clips]
+
+    def run(self, clients: int) -> dict:
+        import concurrent.futures
+        import threading
+
+        import tritonclient.grpc as triton_grpc
+
+        local = threading.local()
+
+        def one(k: int) -> tuple[float, str]:
+            client = getattr(local, "client", None) or triton_grpc.InferenceServerClient(self.address)
+            local.client = client
+            audio = triton_grpc.InferInput("audio", [1, len(self.audio[k])], "FP32")
+            audio.set_data_from_numpy(self.audio[k].reshape(1, -1))
+            outputs = [triton_grpc.InferRequestedOutput(name) for name in ("text", "words")]
+            start = time.perf_counter()
+            result = client.infer(self.model, [audio], outputs=outputs)
+            return time.perf_counter() - start, result.as_numpy("text").reshape(-1)[0].decode()
+
+        work = list(range(len(self.clips))) * PASSES
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(one, range(clients)))  # each thread's client, made untimed
+            start = time.perf_counter()
+            results = list(pool.map(one, work))
+            wall = time.perf_counter() - start
+        return {"rtfx": sum(self.clips[k].seconds for k in work) / wall, "latencies": [t for t, _ in results],
+                "texts": [text for _, text in results[:len(self.clips)]]}
+
+
 class _OwnPath:
     """runtime_min's offline arithmetic without Triton or the API, in this process: nimbuild.audio's
     front end per file, the batch padded and run through the profile's graph on onnxruntime (the
@@ -256,11 +297,12 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
 
     from common import compile_recipe
 
-    sides = ["runtime_min served", "sherpa-onnx served", "runtime_min in process", "sherpa-onnx in process"]
+    sides = ["runtime_min served", "Triton directly", "sherpa-onnx served", "runtime_min in process",
+             "sherpa-onnx in process"]
     if kind != "ctc":
         sides.remove("runtime_min in process")
     rtfx = {side: {n: [] for n in SIZES} for side in sides}
-    latencies = {side: {n: [] for n in SIZES} for side in sides[:2]}
+    latencies = {side: {n: [] for n in SIZES} for side in sides[:3]}
     texts: dict[str, list[str]] = {}
     out = root / "out"
     recipe = REPO / "recipes" / f"{example}.yaml"
@@ -268,7 +310,7 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
     workspace = out / "profiles" / PROFILE
     described = json.dumps([{"path": str(c.path), "seconds": c.seconds} for c in clips])
     model = sherpa_model(kind, workspace, REPO / "recipes" / "models" / f"{example}.nemo", root / "sherpa")
-    os.environ["NIM_CACHE_PATH"] = str(root / "cache")
+    os.environ.update(NIM_CACHE_PATH=str(root / "cache"), NIM_WORKSPACE=str(root / "runtime"))
     own = _OwnPath(workspace, clips) if "runtime_min in process" in sides else None
     sherpa = _SherpaServer(model, root / "sherpa.log")
     try:
@@ -276,7 +318,7 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
         with running(str(out / "profiles.yaml"), port) as url:
             if url is None:
                 raise RuntimeError("runtime_min did not start")
-            served = _Served(port, clips, example)
+            served, triton = _Served(port, clips, example), _TritonDirect(root / "runtime", example, clips)
             served.run(1)  # warm-up
             if own:
                 own.run(4)
@@ -284,7 +326,8 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
                 peer_served = run_peer("sherpa_onnx_asr.py", "clients", sherpa.port, PASSES, *SIZES, stdin=described)
                 peer_local = run_peer("sherpa_onnx_asr.py", "inprocess", json.dumps(model), *SIZES, stdin=described)
                 for n in SIZES:
-                    measured = {"runtime_min served": served.run(n), "sherpa-onnx served": _peer_side(peer_served, n),
+                    measured = {"runtime_min served": served.run(n), "Triton directly": triton.run(n),
+                                "sherpa-onnx served": _peer_side(peer_served, n),
                                 "sherpa-onnx in process": _peer_side(peer_local, n)}
                     if own:
                         measured["runtime_min in process"] = own.run(n)
@@ -322,7 +365,7 @@ def _same_work(kind: str, texts: dict[str, list[str]], spoken: list[str], peer: 
     wer = {name: word_error_rate(spoken, got) for name, got in texts.items()}
     reference = texts[f"runtime_min served, {SIZES[0]}"]
     differ = {name: sum(a != b for a, b in zip(reference, got)) for name, got in texts.items()}
-    same_engine = [name for name in texts if name.split(",")[0].split()[0] == "runtime_min"]
+    same_engine = [name for name in texts if not name.startswith("sherpa-onnx")]
     assert not any(differ[name] for name in same_engine), f"runtime_min's transcripts differ between paths: {differ}"
     worst = max(wer.values())
     assert worst <= wer[f"runtime_min served, {SIZES[0]}"] + 0.01, f"a side mishears more: {wer}"
@@ -347,7 +390,7 @@ def _report(example: str, rtfx: dict, latencies: dict, same: dict, seconds: floa
     for n in SIZES:
         for side in rtfx:
             lat = latencies.get(side, {}).get(n)
-            rows.append([f"{side}, {'clients' if 'served' in side else 'batch'} {n}", median[side][n],
+            rows.append([f"{side}, {'batch' if 'in process' in side else 'clients'} {n}", median[side][n],
                          f"{median[side][n] / median['sherpa-onnx served'][n]:.3f}x",
                          f"{p(lat, 0.5):.1f}" if lat else "-", f"{p(lat, 0.99):.1f}" if lat else "-"])
     text = "\n\n".join([

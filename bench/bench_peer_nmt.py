@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench_nmt import ROUNDS, TEXTS, THREADS, _served
-from common import CT2_CONVERTER, compile_recipe, run_peer, table
+from common import CT2_CONVERTER, compile_recipe, run_peer, table, triton_grpc_address
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "recipes" / "models" / "nmt-en-de"
@@ -77,7 +77,7 @@ class _TritonDirect:
 
         from nimbuild.translation_text import MarianText
 
-        self.address = _triton_grpc_address(workspace_root)
+        self.address = triton_grpc_address(workspace_root)
         self.client = triton_grpc.InferenceServerClient(self.address)
         names = [m.name for m in self.client.get_model_repository_index().models]
         assert len(names) == 1, f"one model expected in the repository, found {names}"
@@ -106,19 +106,6 @@ class _TritonDirect:
             start = time.perf_counter()
             got = list(pool.map(one, range(len(texts))))
             return len(texts) / (time.perf_counter() - start), got
-
-
-def _triton_grpc_address(workspace_root: Path) -> str:
-    """The --grpc-port of the tritonserver whose repository lies under `workspace_root`."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any(a.startswith(f"--model-repository={workspace_root}") for a in args):
-            port = next(a.split("=", 1)[1] for a in args if a.startswith("--grpc-port="))
-            return f"127.0.0.1:{port}"
-    raise RuntimeError(f"no tritonserver serves a repository under {workspace_root}")
 
 
 def _converted(tmp: Path) -> Path:

@@ -78,6 +78,21 @@ def multipart(fields: dict[str, str], name: str, filename: str, data: bytes, con
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def triton_grpc_address(workspace_root: Path) -> str:
+    """The --grpc-port of the tritonserver whose repository lies under `workspace_root` (a
+    runtime's NIM_WORKSPACE): benches call Triton directly beside runtime_min's own API to say
+    what the API adds above it."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a.startswith(f"--model-repository={workspace_root}") for a in args):
+            port = next(a.split("=", 1)[1] for a in args if a.startswith("--grpc-port="))
+            return f"127.0.0.1:{port}"
+    raise RuntimeError(f"no tritonserver serves a repository under {workspace_root}")
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
     """Run each function in turn, round after round; return seconds per call for each."""
     for _ in range(warmup):
