@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import AIPERF_VENV, compile_recipe, table
+from common import AIPERF_VENV, compile_recipe, cpu_seconds, process_tree, table
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -56,24 +56,6 @@ def aiperf_binary() -> Path:
     return binary
 
 
-def _tree(root: int) -> list[int]:
-    """`root` and its descendants, from the parent pids in /proc (no pgrep: forking this large
-    process every sample held the interpreter long enough to throttle the client threads)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(pid)
-    tree, frontier = [root], [root]
-    while frontier:
-        children = parents.get(frontier.pop(), [])
-        tree += children
-        frontier += children
-    return tree
-
-
 class _TreeCPU:
     """CPU seconds of a process and its descendants, from /proc: `now()` on demand, or sampled
     every 100 ms while `sampling()` (a window's share is then read afterwards with `between`).
@@ -81,17 +63,14 @@ class _TreeCPU:
 
     def __init__(self, pid: int):
         self.pid, self.samples, self.seen, self.pids, self.found = pid, [], {}, [], 0.0
-        self.ticks = os.sysconf("SC_CLK_TCK")
 
     def now(self) -> float:
         if time.monotonic() - self.found > 1.0:  # new processes (aiperf's services start late)
-            self.pids, self.found = _tree(self.pid), time.monotonic()
+            self.pids, self.found = process_tree(self.pid), time.monotonic()
         for pid in self.pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                self.seen[pid] = (int(fields[11]) + int(fields[12])) / self.ticks
-            except (OSError, IndexError):
-                pass
+            spent = cpu_seconds(pid)
+            if spent is not None:
+                self.seen[pid] = spent
         return sum(self.seen.values())
 
     @contextlib.contextmanager

@@ -145,16 +145,23 @@ class _Served:
         return time.perf_counter() - start, text
 
     def run(self, clients: int) -> dict:
-        import concurrent.futures
+        return _clients(self.one, clients, self.clips)
 
-        work = list(range(len(self.clips))) * PASSES
-        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(self.one, range(clients)))  # each thread's connection, opened untimed
-            start = time.perf_counter()
-            results = list(pool.map(self.one, work))
-            wall = time.perf_counter() - start
-        return {"rtfx": sum(self.clips[k].seconds for k in work) / wall, "latencies": [t for t, _ in results],
-                "texts": [text for _, text in results[:len(self.clips)]]}
+
+def _clients(one, clients: int, clips: list[Clip]) -> dict:
+    """`clients` threads sending every clip PASSES times through `one(k) -> (seconds, text)`, each
+    thread's connection opened before the clock starts: RTFX, each request's latency, and the
+    transcripts of the first pass."""
+    import concurrent.futures
+
+    work = list(range(len(clips))) * PASSES
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(clients)))  # each thread's connection, opened untimed
+        start = time.perf_counter()
+        results = list(pool.map(one, work))
+        wall = time.perf_counter() - start
+    return {"rtfx": sum(clips[k].seconds for k in work) / wall, "latencies": [t for t, _ in results],
+            "texts": [text for _, text in results[:len(clips)]]}
 
 
 class _TritonDirect:
@@ -169,7 +176,6 @@ class _TritonDirect:
         self.audio = [soundfile.read(str(c.path), dtype="float32")[0] for c in clips]
 
     def run(self, clients: int) -> dict:
-        import concurrent.futures
         import threading
 
         import tritonclient.grpc as triton_grpc
@@ -186,14 +192,7 @@ class _TritonDirect:
             result = client.infer(self.model, [audio], outputs=outputs)
             return time.perf_counter() - start, result.as_numpy("text").reshape(-1)[0].decode()
 
-        work = list(range(len(self.clips))) * PASSES
-        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(one, range(clients)))  # each thread's client, made untimed
-            start = time.perf_counter()
-            results = list(pool.map(one, work))
-            wall = time.perf_counter() - start
-        return {"rtfx": sum(self.clips[k].seconds for k in work) / wall, "latencies": [t for t, _ in results],
-                "texts": [text for _, text in results[:len(self.clips)]]}
+        return _clients(one, clients, self.clips)
 
 
 class _OwnPath:

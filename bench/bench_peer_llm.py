@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _recipe, _served, for_each_model
-from common import ORTGENAI_BUILDER, run_peer, table
+from common import ORTGENAI_BUILDER, cpu_seconds, run_peer, table
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (1, 8)
@@ -121,18 +121,15 @@ def _served_with_cpu(url: str, name: str, clients: int) -> dict:
 
 def _cpu_seconds() -> dict[str, float]:
     """User + system CPU seconds of the serving processes, by PROCESSES' names."""
-    ticks = os.sysconf("SC_CLK_TCK")
     total = dict.fromkeys(PROCESSES, 0.0)
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for label, started_so in PROCESSES.items():
-            if started_so(args):
-                total[label] += (int(fields[11]) + int(fields[12])) / ticks
-                break
+        label = next((label for label, started_so in PROCESSES.items() if started_so(args)), None)
+        if label:
+            total[label] += cpu_seconds(int(proc.name)) or 0.0
     return total
 
 

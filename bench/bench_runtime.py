@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from common import post_json, table
+from common import cpu_seconds, post_json, process_tree, table
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW_S = 5.0  # each rate is measured over this many seconds of steady load
@@ -151,15 +151,6 @@ def _in_process(workspace: Path):
     return (lambda text: embed_batch([text])), embed_batch
 
 
-def _descendants(pid: int) -> list[int]:
-    pids, frontier = [pid], [pid]
-    while frontier:
-        out = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True).stdout.split()
-        pids += [int(p) for p in out]
-        frontier += [int(p) for p in out]
-    return pids
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -175,7 +166,7 @@ class _Where:
         import re
 
         self.groups: dict[str, list[int]] = {"API (runtime_min)": [runtime_pid], "tritonserver": [], "model stub": []}
-        for pid in _descendants(runtime_pid)[1:]:
+        for pid in process_tree(runtime_pid)[1:]:
             command = _cmdline(pid)
             if "triton_python_backend_stub" in command:
                 self.groups["model stub"].append(pid)
@@ -185,17 +176,7 @@ class _Where:
                 self.triton = f"http://127.0.0.1:{port}"
 
     def _sample(self) -> tuple[dict, float, dict]:
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = {}
-        for name, pids in self.groups.items():
-            total = 0
-            for pid in pids:
-                try:
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    total += int(fields[11]) + int(fields[12])
-                except OSError:
-                    pass
-            cpu[name] = total / ticks
+        cpu = {name: sum(cpu_seconds(pid) or 0.0 for pid in pids) for name, pids in self.groups.items()}
         stats = httpx.get(f"{self.triton}/v2/models/minilm-embed/stats").json()["model_stats"][0]
         return cpu, time.process_time(), stats
 
@@ -219,7 +200,7 @@ class _Where:
 def _peak_rss_mib(pid: int) -> float:
     """Sum of VmHWM (peak RSS) over the runtime and its descendants (tritonserver, backend stub)."""
     total = 0
-    for p in _descendants(pid):
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

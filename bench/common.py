@@ -93,6 +93,35 @@ def triton_grpc_address(workspace_root: Path) -> str:
     raise RuntimeError(f"no tritonserver serves a repository under {workspace_root}")
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from the parent pids in /proc (no pgrep: forking a bench's large
+    process for every sample held its interpreter long enough to throttle its client threads)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(pid)
+    tree, frontier = [root], [root]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        tree += children
+        frontier += children
+    return tree
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has spent, from /proc; None once it is gone."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
     """Run each function in turn, round after round; return seconds per call for each."""
     for _ in range(warmup):
