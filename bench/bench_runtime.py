@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from common import cpu_seconds, post_json, process_tree, table
+from common import cpu_seconds, memory_kib, post_json, process_tree, table
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW_S = 5.0  # each rate is measured over this many seconds of steady load
@@ -199,15 +199,7 @@ class _Where:
 
 def _peak_rss_mib(pid: int) -> float:
     """Sum of VmHWM (peak RSS) over the runtime and its descendants (tritonserver, backend stub)."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+    return sum(memory_kib(p, "VmHWM") or 0 for p in process_tree(pid)) / 1024
 
 
 def main() -> str:

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import table
+from common import memory_kib, table
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -56,8 +56,7 @@ def _recipe(kind: str, source: Path) -> str:
             line = "  - {type: generic, backend: onnxruntime, precisions: [fp32]}"
         elif stripped.startswith("audio:"):  # the digits' speech checks the front end; any speech does
             line = line.replace("data/", f"{REPO / 'recipes' / 'data'}/")
-        elif stripped.startswith("calibration") or stripped.startswith("fp8:") or stripped.startswith("int8:") \
-                or stripped.startswith("fp16:"):
+        elif stripped.startswith(("calibration", "fp8:", "int8:", "fp16:")):  # variants need gates and data
             continue
         out.append(line)
     return "\n".join(out) + "\n"
@@ -87,24 +86,14 @@ def _compile(recipe: Path, out: Path) -> dict:
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         if pid:
             break
-        rss = _rss_gib(child.pid)
+        rss = memory_kib(child.pid)
         if rss is not None:
-            peaks[stage[-1]] = max(peaks.get(stage[-1], 0.0), rss)
+            peaks[stage[-1]] = max(peaks.get(stage[-1], 0.0), rss / 2**20)
         time.sleep(0.2)
     child.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
     return {"seconds": time.perf_counter() - start, "exit": child.returncode, "peak_rss_gib": usage.ru_maxrss / 2**20,
             "peak_rss_gib_by_stage": peaks, "error": (lines[-1].strip() if lines else "")}
-
-
-def _rss_gib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        return None
-    return None
 
 
 def _size(path: Path) -> int:

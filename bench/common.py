@@ -122,6 +122,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def memory_kib(pid: int, field: str = "VmRSS") -> int | None:
+    """A process's resident memory from /proc/PID/status (VmRSS now, VmHWM its peak), in KiB;
+    None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
     """Run each function in turn, round after round; return seconds per call for each."""
     for _ in range(warmup):
