@@ -70,8 +70,9 @@ def generation_sides(figures: dict, path: Path) -> bool:
     data = (figures.get("bench_peer_llm") or {}).get("llama-76m")
     if not data:
         return False
-    sides = [side for side in ("served", "vLLM served", "own loop", "onnxruntime-genai") if side in data]
-    rates = {side: {n: row["decode"] for n, row in data[side].items()} for side in sides}
+    names = {"served": "runtime_min served", "vLLM served": "vLLM served", "own loop": "runtime_min's loop in process",
+             "onnxruntime-genai": "onnxruntime-genai in process"}
+    rates = {label: {n: row["decode"] for n, row in data[side].items()} for side, label in names.items() if side in data}
     return _sides(rates, "76M Llama decode tokens/s by path (fp32, greedy, 2 threads)", "decode tokens/s", path)
 
 
@@ -80,7 +81,7 @@ def speech_sides(figures: dict, path: Path) -> bool:
     data = (figures.get("bench_peer_asr") or {}).get("ctc")
     if not data:
         return False
-    return _sides(data["rtfx"], "asr-digits RTFX by path (CTC greedy, 2 threads)", "RTFX", path)
+    return _sides(data["rtfx"], "asr-digits RTFX by path (CTC greedy, 2 threads)", "RTFX", path, log=False)
 
 
 def load_generators(figures: dict, path: Path) -> bool:
@@ -105,8 +106,9 @@ def load_generators(figures: dict, path: Path) -> bool:
     return _save(figure, path)
 
 
-def _sides(rates: dict[str, dict], title: str, unit: str, path: Path) -> bool:
-    """Grouped bars: one group per size, one bar per side (`rates[side][size]`)."""
+def _sides(rates: dict[str, dict], title: str, unit: str, path: Path, log: bool = True) -> bool:
+    """Grouped bars: one group per size, one bar per side (`rates[side][size]`); a log scale where
+    the sides differ by orders of magnitude, linear (from zero) where they do not."""
     sides = list(rates)
     sizes = list(rates[sides[0]])
     figure, axes = _axes(title)
@@ -115,9 +117,10 @@ def _sides(rates: dict[str, dict], title: str, unit: str, path: Path) -> bool:
         axes.bar([i + k * width for i in range(len(sizes))], [rates[side][n] for n in sizes], width, label=side)
     axes.set_xticks([i + width * (len(sides) - 1) / 2 for i in range(len(sizes))],
                     [f"{n} client(s) / batch {n}" for n in sizes])
-    axes.set_yscale("log")
-    axes.set_ylabel(f"{unit} (log)")
-    axes.legend()
+    if log:
+        axes.set_yscale("log")
+    axes.set_ylabel(f"{unit} (log)" if log else unit)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(sides), 3), fontsize=8)
     return _save(figure, path)
 
 
