@@ -57,15 +57,14 @@ def sherpa_model(kind: str, workspace: Path, nemo: Path, out: Path) -> dict:
     checkpoint's prediction and joint networks. The profile's graph itself is left as it is."""
     import onnx
 
+    from nimbuild.audio import subsampling_factor
+
     info = json.loads((workspace / "model_info.json").read_text())["runtime"]
     vocabulary = json.loads((workspace / info["vocabulary"]).read_text())
     tokens = vocabulary["tokens"]
     assert vocabulary["blank"] == len(tokens), "sherpa-onnx takes the blank as the last token"
-    factor = 1
-    for layer in info["subsampling"]:
-        factor *= int(layer["stride"])
     features = int(info["features"]["features"])
-    meta = {"subsampling_factor": factor, "normalize_type": info["features"]["normalize"],
+    meta = {"subsampling_factor": subsampling_factor(info), "normalize_type": info["features"]["normalize"],
             "model_type": info["model_class"], "feat_dim": features}
     out.mkdir(parents=True, exist_ok=True)
     spec = {"kind": kind, "threads": THREADS, "features": features, "tokens": str(out / "tokens.txt")}

@@ -281,9 +281,11 @@ def words_of(spans: list[tuple[int, int, int]], vocabulary: Vocabulary) -> list[
     return words
 
 
+def subsampling_factor(runtime: dict[str, Any]) -> int:
+    """Feature frames per encoder frame: the product of the subsampling layers' strides."""
+    return math.prod(int(layer["stride"]) for layer in runtime["subsampling"])
+
+
 def frame_seconds(runtime: dict[str, Any]) -> float:
     """Seconds per encoder frame: the feature hop times the subsampling strides."""
-    stride = 1
-    for layer in runtime["subsampling"]:
-        stride *= int(layer["stride"])
-    return int(runtime["features"]["hop_length"]) * stride / int(runtime["sample_rate"])
+    return int(runtime["features"]["hop_length"]) * subsampling_factor(runtime) / int(runtime["sample_rate"])
