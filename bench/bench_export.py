@@ -19,7 +19,7 @@ def main() -> str:
 
     from nimbuild.export import export_reference
     from nimbuild.export.tasks import load_task
-    from nimbuild.progress import Reporter
+    from nimbuild.util.progress import Reporter
     from nimbuild.recipe import load_recipe
     from nimbuild.sources import resolve_source
 

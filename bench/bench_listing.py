@@ -112,7 +112,7 @@ def _stages(path: Path, system) -> dict[str, float]:
     from nimbuild.profiles.index import read_index
     from nimbuild.profiles.nim import parse_profiles, read_profiles
     from nimbuild.profiles.select import select_profile
-    from nimbuild.yamlutil import _Composer, load_yaml
+    from nimbuild.util.yamlsafe import _Composer, load_yaml
 
     text = path.read_text()
 

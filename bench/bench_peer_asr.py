@@ -6,7 +6,7 @@ websocket server (sherpa-onnx-bin, one file per message, 1 and 16 clients), and 
 Python API in process (decode_streams over 1 and 16 files). Between them, to say where runtime_min's
 time goes: Triton's own gRPC called directly on the ensemble runtime_min deployed (what the API
 front end adds above Triton) and, for the CTC model, runtime_min's own path without Triton
-(nimbuild.audio's front end, the profile's graph on onnxruntime, CTC's best path: what Triton
+(nimbuild.serving.audio's front end, the profile's graph on onnxruntime, CTC's best path: what Triton
 adds above the model).
 
 The same work is checked, not assumed: sherpa-onnx loads the profile's model.onnx (the CTC graph,
@@ -57,7 +57,7 @@ def sherpa_model(kind: str, workspace: Path, nemo: Path, out: Path) -> dict:
     checkpoint's prediction and joint networks. The profile's graph itself is left as it is."""
     import onnx
 
-    from nimbuild.audio import subsampling_factor
+    from nimbuild.serving.audio import subsampling_factor
 
     info = json.loads((workspace / "model_info.json").read_text())["runtime"]
     vocabulary = json.loads((workspace / info["vocabulary"]).read_text())
@@ -196,7 +196,7 @@ class _TritonDirect:
 
 
 class _OwnPath:
-    """runtime_min's offline arithmetic without Triton or the API, in this process: nimbuild.audio's
+    """runtime_min's offline arithmetic without Triton or the API, in this process: nimbuild.serving.audio's
     front end per file, the batch padded and run through the profile's graph on onnxruntime (the
     session options Triton's model uses), then CTC's best path with its word timings, as the
     served decoder answers them."""
@@ -204,7 +204,7 @@ class _OwnPath:
     def __init__(self, workspace: Path, clips: list[Clip]):
         import soundfile
 
-        from nimbuild.audio import FrontEnd, Vocabulary
+        from nimbuild.serving.audio import FrontEnd, Vocabulary
         from runtime_min.deploy.runners import OnnxRunner
 
         self.runtime = json.loads((workspace / "model_info.json").read_text())["runtime"]
@@ -217,7 +217,7 @@ class _OwnPath:
     def decode(self, batch: list) -> list[str]:
         import numpy as np
 
-        from nimbuild.audio import ctc_greedy, ctc_greedy_words, encoded_lengths
+        from nimbuild.serving.audio import ctc_greedy, ctc_greedy_words, encoded_lengths
 
         feats = [self.front(a) for a in batch]
         lengths = np.array([self.front.frames(len(a)) for a in batch], dtype=np.int64)

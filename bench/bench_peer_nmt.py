@@ -4,7 +4,7 @@ per request from 1 and 8 clients) against CTranslate2 in process (one text per c
 of 8), and, to say where the difference lies, two sides between them: Triton's own gRPC API called
 directly with tritonclient on the model runtime_min deployed (source tokens in, as runtime_min
 sends them: what runtime_min's API front end adds above Triton), and runtime_min's greedy loop
-(nimbuild.seq2seq) on the profile's graphs in this process (what Triton and its Python backend add
+(nimbuild.serving.seq2seq) on the profile's graphs in this process (what Triton and its Python backend add
 above the loop). perf_analyzer, which would be the standard client for the Triton side, does not
 run here (its binary needs glibc 2.38; Debian 12 has 2.36).
 
@@ -47,8 +47,8 @@ class _OwnLoop:
     onnxruntime, MarianText's pieces, Riva's default length budget), in this process."""
 
     def __init__(self, workspace: Path):
-        from nimbuild.seq2seq import TranslationGraphs, greedy_settings
-        from nimbuild.translation_text import MarianText
+        from nimbuild.serving.seq2seq import TranslationGraphs, greedy_settings
+        from nimbuild.serving.translation_text import MarianText
         from runtime_min.deploy.runners import OnnxRunner
 
         self.runtime = json.loads((workspace / "model_info.json").read_text())["runtime"]
@@ -58,7 +58,7 @@ class _OwnLoop:
         self.text = MarianText(workspace / "tokenizer")
 
     def run(self, texts: list[str], size: int) -> tuple[float, list[str]]:
-        from nimbuild.seq2seq import greedy
+        from nimbuild.serving.seq2seq import greedy
 
         start, got = time.perf_counter(), []
         for i in range(0, len(texts), size):
@@ -75,7 +75,7 @@ class _TritonDirect:
     def __init__(self, workspace_root: Path, profile_workspace: Path):
         import tritonclient.grpc as triton_grpc
 
-        from nimbuild.translation_text import MarianText
+        from nimbuild.serving.translation_text import MarianText
 
         self.address = triton_grpc_address(workspace_root)
         self.client = triton_grpc.InferenceServerClient(self.address)

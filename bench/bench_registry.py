@@ -24,7 +24,7 @@ SMALL = 48 << 20  # whole 4 MiB blocks
 CHILD = """
 import sys, time
 from pathlib import Path
-from nimbuild.progress import Reporter
+from nimbuild.util.progress import Reporter
 from nimbuild.registry import publish, pull
 from nimbuild.registry.cache import BlobCache
 start = time.perf_counter()
@@ -88,7 +88,7 @@ def _curl_pull(host: str, repo: str, digest: str, dest: Path) -> float:
 def main() -> tuple[str, dict]:
     from servers import Registry
 
-    from nimbuild.fsutil import sha256_file
+    from nimbuild.util.files import sha256_file
 
     tmp = Path(tempfile.mkdtemp(prefix="nimbuild-bench-", dir=os.environ.get("TMPDIR")))
     server = None

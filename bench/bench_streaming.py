@@ -39,7 +39,7 @@ def _speech(root: Path, seconds: float, seed: int) -> np.ndarray:
     sys.path.insert(0, str(REPO / "scripts"))
     import make_asr_digits as trainer
 
-    from nimbuild.audio import read_audio
+    from nimbuild.serving.audio import read_audio
 
     rng, parts, total = random.Random(seed), [], 0
     while total < seconds * RATE:

@@ -1,7 +1,7 @@
 """Text to speech on the tts-digits example: real-time factor (seconds of audio made per second of
 wall time) and time to the first audio chunk of Riva's SynthesizeOnline (nvidia-riva-client, gRPC),
 for 1 and 8 concurrent streams, against the same work in-process: NeMo's generate_spectrogram on the
-same checkpoint, sentence by sentence, and the same Griffin-Lim (nimbuild/griffin_lim.py), on the
+same checkpoint, sentence by sentence, and the same Griffin-Lim (nimbuild/serving/griffin_lim.py), on the
 same thread count.
 
 Each request is two held-out sentences (none in the voice's training text); audio is at the voice's
@@ -63,9 +63,9 @@ import sys, time
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 from nimbuild.export.asr import quiet, restore
-from nimbuild.griffin_lim import GriffinLim
+from nimbuild.serving.griffin_lim import GriffinLim
 from nimbuild.sources.nemo import resolve_nemo
-from nimbuild.tts_text import sentences
+from nimbuild.serving.tts_text import sentences
 torch.set_num_threads(int(sys.argv[2]))
 model = restore(resolve_nemo(sys.argv[3], sys.argv[1]), "tts")
 f = model.preprocessor.featurizer

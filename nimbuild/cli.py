@@ -6,54 +6,15 @@ so `nimbuild --help` never loads torch, transformers, onnx, NeMo or TensorRT.
 
 from __future__ import annotations
 
-import json
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from nimbuild import __version__
+from nimbuild.commands import (EXPLAIN_OPTION, FORMAT_OPTION, Command, Group, emit_json, list_profiles,
+                               manifest_option, select_from)
 from nimbuild.errors import NimbuildError
-
-FORMAT_OPTION = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="json prints machine-readable output on stdout.",
-)
-
-
-class _UserErrors:
-    """Turns user errors into one line on stderr and a non-zero exit; never a traceback for them."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)  # type: ignore[misc]
-        except NimbuildError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
-        except BrokenPipeError:  # `nimbuild ... | head`: the reader left; not an error worth a message
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            ctx.exit(141)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except Exception as e:  # a bug, not a user error: say so plainly, details on -v
-            if ctx.find_root().params.get("verbose") or "-v" in sys.argv or "--verbose" in sys.argv:
-                traceback.print_exc()
-            click.echo(f"internal error: {type(e).__name__}: {e} (rerun with -v for the traceback)", err=True)
-            ctx.exit(1)
-
-
-class _Group(_UserErrors, click.Group):
-    pass
-
-
-class _Command(_UserErrors, click.Command):
-    pass
 
 
 def _verbosity(command):
@@ -63,7 +24,7 @@ def _verbosity(command):
 
 
 def _reporter(ctx: click.Context):
-    from nimbuild.progress import Reporter
+    from nimbuild.util.progress import Reporter
 
     root = ctx.find_root().params
     return Reporter(
@@ -72,17 +33,7 @@ def _reporter(ctx: click.Context):
     )
 
 
-def _emit_json(data) -> None:
-    try:  # orjson (the runtime's extra) writes a 10,000-profile listing 10x faster than json
-        import orjson
-
-        text = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
-    except (ImportError, TypeError):  # not installed, or a value it cannot write (an int past 64 bits)
-        text = json.dumps(data, indent=2, sort_keys=False, default=str)
-    click.echo(text)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nimbuild")
 @click.option("-v", "--verbose", is_flag=True, help="More detail, and tracebacks for internal errors.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
@@ -92,7 +43,7 @@ def main(verbose: bool, quiet: bool) -> None:
 
 # --- recipes ------------------------------------------------------------------------------------
 
-@main.group(cls=_Group)
+@main.group(cls=Group)
 def recipe() -> None:
     """Work with recipes."""
 
@@ -102,13 +53,13 @@ def recipe() -> None:
 @FORMAT_OPTION
 def recipe_check(file: Path, fmt: str) -> None:
     """Validate a recipe; exit 2 naming the line and field of each problem."""
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
     from nimbuild.recipe import load_recipe
 
     loaded = load_recipe(file)
     variants = plan_variants(loaded)
     if fmt == "json":
-        _emit_json({"recipe": str(file), "valid": True, "name": loaded.name, "release": loaded.release,
+        emit_json({"recipe": str(file), "valid": True, "name": loaded.name, "release": loaded.release,
                     "variants": [v.description for v in variants]})
     else:
         click.echo(f"{file}: ok ({loaded.name} {loaded.release}, {loaded.task}, {len(variants)} profile(s): "
@@ -124,7 +75,7 @@ def inspect_cmd(file: Path, fmt: str) -> None:
 
     summary = resolve_nemo(str(file), Path.cwd()).summary()
     if fmt == "json":
-        _emit_json(summary)
+        emit_json(summary)
         return
     for key, value in summary.items():
         if isinstance(value, dict):
@@ -149,7 +100,7 @@ def inspect_cmd(file: Path, fmt: str) -> None:
 def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, targets: tuple[int, ...],
                 precisions: tuple[str, ...], cell: str | None, fmt: str, **_: bool) -> None:
     """Build a recipe's profiles into OUT, verified against the source model."""
-    from nimbuild.targets import compile_recipe
+    from nimbuild.compile import compile_recipe
     from nimbuild.profiles.manifest import MANIFEST_NAME
     from nimbuild.recipe import load_recipe
 
@@ -157,7 +108,7 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, t
     reporter = _reporter(ctx)
     result = compile_recipe(loaded, out, reporter, force=force, targets=targets, precisions=precisions, cell=cell)
     if fmt == "json":
-        _emit_json({
+        emit_json({
             "manifest": str(out / MANIFEST_NAME), "built": result.built, "unchanged": result.reused,
             "skipped": [{"profile": d, "reason": r} for d, r in result.skipped],
             "profiles": [p.to_dict() for p in result.manifest.profiles],
@@ -180,7 +131,7 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, t
 
 # --- profiles -----------------------------------------------------------------------------------
 
-@main.group(cls=_Group)
+@main.group(cls=Group)
 def profiles() -> None:
     """Inspect, select and merge profile manifests."""
 
@@ -193,7 +144,7 @@ def profiles() -> None:
 def profiles_merge(inputs: tuple[Path, ...], out: Path, allow_missing: bool) -> None:
     """Combine manifests (files, or directories holding profiles.yaml); refuse conflicts and, for
     matrix cells, name the cells that are missing or built nothing."""
-    from nimbuild import matrix
+    from nimbuild.matrix import cells as matrix
     from nimbuild.errors import NimbuildError
     from nimbuild.profiles.manifest import MANIFEST_NAME, load_manifest, merge_manifests
 
@@ -210,7 +161,7 @@ def profiles_merge(inputs: tuple[Path, ...], out: Path, allow_missing: bool) -> 
 
 # --- matrix -------------------------------------------------------------------------------------
 
-class _MatrixGroup(_Group):
+class _MatrixGroup(Group):
     """`nimbuild matrix RECIPE` shows the matrix; `nimbuild matrix run RECIPE --local` runs it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -230,8 +181,8 @@ def matrix() -> None:
               help="github: what strategy.matrix takes via fromJSON; gitlab: parallel:matrix; k8s: one Job per cell.")
 def matrix_show(recipe_file: Path, fmt: str) -> None:
     """Print the recipe's matrix cells, each with its runner labels, node selector and command."""
-    from nimbuild import matrix as m
-    from nimbuild.targets import plan_variants
+    from nimbuild.matrix import cells as m
+    from nimbuild.compile import plan_variants
     from nimbuild.recipe import load_recipe
 
     click.echo(m.render(m.expand(plan_variants(load_recipe(recipe_file))), str(recipe_file), fmt), nl=False)
@@ -248,7 +199,7 @@ def matrix_show(recipe_file: Path, fmt: str) -> None:
 def matrix_run(ctx: click.Context, recipe_file: Path, local: bool, out: Path, jobs: int, **_: bool) -> None:
     """Run every cell this machine can build, in parallel processes, then merge into OUT: the same
     bytes as a single `nimbuild compile RECIPE --out OUT`."""
-    from nimbuild.matrix_local import run_local
+    from nimbuild.matrix.local import run_local
 
     result = run_local(recipe_file, out, _reporter(ctx), jobs=jobs)
     for cell, reason in result.skipped:
@@ -258,7 +209,7 @@ def matrix_run(ctx: click.Context, recipe_file: Path, local: bool, out: Path, jo
 
 # --- rmir ---------------------------------------------------------------------------------------
 
-@main.group(cls=_Group)
+@main.group(cls=Group)
 def rmir() -> None:
     """Work with RMIR archives (models turned into engines on the target)."""
 
@@ -279,7 +230,7 @@ def rmir_deploy(archive: Path, target: str | None, cache_dir: Path | None, fmt: 
         raise NimbuildError(f"{archive}: RMIR archive not found")
     engine, hit = deploy(archive, cache_dir or default_cache_root(), target)
     if fmt == "json":
-        _emit_json({"engine": str(engine), "cache_hit": hit})
+        emit_json({"engine": str(engine), "cache_hit": hit})
     else:
         click.echo(f"{'cache hit' if hit else 'built'}: {engine}")
 
@@ -314,7 +265,7 @@ def publish_cmd(ctx: click.Context, source: Path, registry_uri: str, force: bool
 
     report = publish(source, registry_uri, _reporter(ctx), force=force, images=images)
     if fmt == "json":
-        _emit_json({"registry": registry_uri, "releases": report.releases, "unchanged": report.unchanged,
+        emit_json({"registry": registry_uri, "releases": report.releases, "unchanged": report.unchanged,
                     "images": report.images, "blobs_sent": report.blobs_sent, "bytes_sent": report.bytes_sent,
                     "blobs_already_present": report.blobs_present})
         return
@@ -347,7 +298,7 @@ def pull_cmd(ctx: click.Context, ref: str, registry_uri: str, profile: str | Non
         raise NimbuildError("--profile and --select choose in different ways; give one")
     report = pull(ref, registry_uri, _reporter(ctx), dest=dest, profile=profile, select=select)
     if fmt == "json":
-        _emit_json({"release": ref, "dest": str(report.dest), "profiles": [p.id for p in report.profiles],
+        emit_json({"release": ref, "dest": str(report.dest), "profiles": [p.id for p in report.profiles],
                     "blobs_fetched": report.blobs_sent, "bytes_fetched": report.bytes_sent,
                     "blobs_from_cache": report.blobs_present})
         return
@@ -358,7 +309,7 @@ def pull_cmd(ctx: click.Context, ref: str, registry_uri: str, profile: str | Non
     click.echo(f"manifest: {report.dest / 'profiles.yaml'}")
 
 
-@main.group(cls=_Group)
+@main.group(cls=Group)
 def registry() -> None:
     """Inspect registries."""
 
@@ -372,7 +323,7 @@ def registry_ls(uri: str, fmt: str) -> None:
 
     listing = list_registry(uri)
     if fmt == "json":
-        _emit_json(listing)
+        emit_json(listing)
         return
     if not listing:
         click.echo(f"{uri}: no models")
@@ -382,7 +333,7 @@ def registry_ls(uri: str, fmt: str) -> None:
                    f"({len(tags['profile_tags'])} profile tag(s), {len(tags['modelpack_tags'])} ModelPack{images})")
 
 
-@main.command("k8s", cls=_Command)
+@main.command("k8s", cls=Command)
 @click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--image", required=True, help="The runtime_min image (make image), e.g. registry.example/runtime_min:0.1.0.")
 @click.option("--profile", "-p", default=None,
@@ -415,7 +366,7 @@ def k8s_cmd(source: Path, image: str, profile: str | None, system_file: Path | N
             out: Path | None, **settings) -> None:
     """Kubernetes manifests that deploy one profile of a manifest (or a recipe's plan) with the image."""
     from nimbuild import k8s
-    from nimbuild.fsutil import atomic_write_text
+    from nimbuild.util.files import atomic_write_text
 
     chosen = k8s.choose_profile(source, profile, system_file)
     options = k8s.Options(image=image, name=name or chosen.model, **settings)
@@ -461,81 +412,30 @@ def create_model_store_cmd(profile: str, store: str, manifest: Path | None, regi
     click.echo(run_create_model_store(profile, store, manifest, registry, backends))
 
 
-def _manifest_option(command):
-    return click.option(
-        "-m", "--manifest", type=click.Path(path_type=Path, dir_okay=False), default=None,
-        help="Manifest to read (nimbuild's profiles.yaml or NIM's model_manifest.yaml). "
-             "Default: $NIM_MANIFEST_PATH, else ./profiles.yaml.",
-    )(command)
-
-
-def _select(manifest: Path | None):
-    """Read the manifest and the system, and run the one selection function."""
-    import os
-
-    from nimbuild.profiles.nim import manifest_path, read_profiles
-    from nimbuild.profiles.select import select_profile
-    from nimbuild.profiles.system import detect_system
-
-    path = manifest_path(manifest)
-    read = read_profiles(path)
-    system = detect_system()
-    selection = select_profile(read.profiles, system, os.environ)
-    if selection.warning:
-        click.echo(f"warning: {selection.warning}", err=True)
-    return system, selection, read, path
-
-
-def _list_profiles(manifest: Path | None, fmt: str, explain: bool) -> None:
-    from nimbuild.profiles import listing
-
-    system, selection, read, path = _select(manifest)
-    if fmt == "json":
-        source = {"path": str(path), "format": read.format, "read_as": read.describe(), **read.details}
-        _emit_json(listing.as_json(system, selection, source))
-    else:
-        click.echo(f"read {path} as a {read.describe()}", err=True)  # stdout stays as NIM prints it
-        click.echo(listing.as_text(system, selection, explain))
-
-
-EXPLAIN_OPTION = click.option("--explain", is_flag=True,
-                              help="Also mark the selected profile, say why each other one is not runnable, and "
-                                   "show compute capabilities, memory and runtimes (NIM prints none of these).")
-
-
 @profiles.command("list")
-@_manifest_option
+@manifest_option
 @FORMAT_OPTION
 @EXPLAIN_OPTION
 def profiles_list(manifest: Path | None, fmt: str, explain: bool) -> None:
     """List profiles, grouped by whether this system can run them (same as nim_list_model_profiles)."""
-    _list_profiles(manifest, fmt, explain)
-
-
-@click.command("nim_list_model_profiles", cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
-@_manifest_option
-@FORMAT_OPTION
-@EXPLAIN_OPTION
-def list_model_profiles_main(manifest: Path | None, fmt: str, explain: bool) -> None:
-    """List model profiles in NIM's groups: runnable (LoRA apart), low memory, compilable, incompatible."""
-    _list_profiles(manifest, fmt, explain)
+    list_profiles(manifest, fmt, explain)
 
 
 @profiles.command("select")
-@_manifest_option
+@manifest_option
 @FORMAT_OPTION
 def profiles_select(manifest: Path | None, fmt: str) -> None:
     """Print the id of the profile this system would run; exit 1 with the reasons if none fits."""
-    selection = _select(manifest)[1]
+    selection = select_from(manifest)[1]
     chosen = selection.require()
     if fmt == "json":
-        _emit_json({"selected": chosen.id, "description": chosen.description, "tags": chosen.tags})
+        emit_json({"selected": chosen.id, "description": chosen.description, "tags": chosen.tags})
     else:
         click.echo(chosen.id)
 
 
 @profiles.command("export")
-@_manifest_option
+@manifest_option
 @click.option("--format", "fmt", type=click.Choice(["nim-v2"]), default="nim-v2", show_default=True,
               help="The manifest shape to write.")
 @click.option("--release", "releases", multiple=True, metavar="MODEL:RELEASE",
@@ -548,7 +448,7 @@ def profiles_export(manifest: Path | None, fmt: str, releases: tuple[str, ...], 
                     out: Path | None) -> None:
     """Write the manifest as a NIM v2 model_manifest.yaml (per-file uri and checksum) that NIM's readers
     and the NIM Operator take; warn, naming them, of profiles the operator could never match."""
-    from nimbuild.fsutil import atomic_write_text
+    from nimbuild.util.files import atomic_write_text
     from nimbuild.profiles.nim import go_regexp_refusals, manifest_path, nim_v2_text, read_profiles
 
     if bool(releases) != bool(registry):
@@ -573,7 +473,7 @@ def profiles_export(manifest: Path | None, fmt: str, releases: tuple[str, ...], 
 
 @profiles.command("show")
 @click.argument("profile")
-@_manifest_option
+@manifest_option
 @FORMAT_OPTION
 def profiles_show(profile: str, manifest: Path | None, fmt: str) -> None:
     """Show one profile (by id, unique id prefix, or description) with its status on this system."""
@@ -581,12 +481,12 @@ def profiles_show(profile: str, manifest: Path | None, fmt: str) -> None:
 
     from nimbuild.profiles.select import find_candidate
 
-    selection = _select(manifest)[1]
+    selection = select_from(manifest)[1]
     candidate = find_candidate(profile, selection.candidates)
     data = {**candidate.profile.to_dict(), "status": candidate.status, "reasons": candidate.reasons,
             "selected": selection.selected is not None and selection.selected.id == candidate.profile.id}
     if fmt == "json":
-        _emit_json(data)
+        emit_json(data)
     else:
         click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096), nl=False)
 
@@ -600,7 +500,7 @@ def system_cmd(fmt: str) -> None:
 
     system = detect_system()
     if fmt == "json":
-        _emit_json(system.to_dict())
+        emit_json(system.to_dict())
     else:
         click.echo("\n".join(listing.system_lines(system, explain=True)))
 

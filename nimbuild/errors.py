@@ -53,6 +53,12 @@ class ParityError(ExportError):
     """The exported graph does not reproduce the source model within tolerance."""
 
 
+class GateError(NimbuildError):
+    """A precision variant that does not keep close enough to the reference."""
+
+    multiline = True  # ends with the table of figures
+
+
 class ManifestError(NimbuildError):
     pass
 

@@ -25,13 +25,14 @@ from pydantic import (
 )
 
 from nimbuild.errors import RecipeError, shown
-from nimbuild.fsutil import read_user_text
-from nimbuild.yamlutil import YamlProblem, load_with_lines
+from nimbuild.shapes import MAX_BATCH, DimRange, Dims
+from nimbuild.tasks import BY_ID, TASK_IDS, TASKS, tasks_owning
+from nimbuild.util.files import read_user_text
+from nimbuild.util.yamlsafe import YamlProblem, load_with_lines
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-SPEECH_TASKS = ("asr-ctc", "asr-rnnt")  # CTC, and transducers (RNNT and TDT), from NeMo checkpoints
-NEMO_TASKS = (*SPEECH_TASKS, "tts")  # tts: a FastPitch spectrogram generator and its vocoder
-TASKS = ("embedding", "text-generation", *NEMO_TASKS, "translation")
+# Recipe fields that only some tasks take (the task table's `owns`)
+OWNED_FIELDS = tuple(dict.fromkeys(f for t in TASKS for f in t.owns))
 # Compute capabilities TensorRT-RTX can build for ahead of time (PLATFORM.md).
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -71,36 +72,6 @@ class Source(_Strict):
         if (self.hf is None) == (self.nemo is None):
             raise ValueError("give exactly one of 'hf' (directory or hf://org/name@revision) or 'nemo'")
         return self
-
-
-class DimRange(_Strict):
-    """[min, opt, max] for one dynamic dimension; they size ONNX axes and engine profiles."""
-
-    min: int
-    opt: int
-    max: int
-
-
-# Bounds far past any real model (a million-token context is 2**20) that still refuse at `recipe
-# check` what the exporter would only fail on much later (a dimension of 1e26, a batch of 2**40).
-MAX_DIM = 1 << 24
-MAX_BATCH = 1 << 16  # Triton's max_batch_size is an int32, and no batch comes near this
-
-
-def _dim_range(value: Any) -> Any:
-    if isinstance(value, list):
-        if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ValueError("expected [min, opt, max] as three integers")
-        lo, opt, hi = value
-        if not 1 <= lo <= opt <= hi:
-            raise ValueError(f"expected 1 <= min <= opt <= max, got {value}")
-        if hi > MAX_DIM:
-            raise ValueError(f"max {hi} is over {MAX_DIM}, beyond any model's dimension")
-        return {"min": lo, "opt": opt, "max": hi}
-    return value
-
-
-Dims = dict[str, Annotated[DimRange, BeforeValidator(_dim_range)]]
 
 
 class Parity(_Strict):
@@ -238,17 +209,15 @@ class Serving(_Strict):
     def spec_for(self, task: str) -> dict:
         """What a profile records of its serving; the speech settings only for speech profiles, so
         other profiles' bytes (and ids) do not carry fields that mean nothing to them."""
-        own = {"tts": {"voice"}, "translation": {"languages"}}.get(task, set())
-        if task in SPEECH_TASKS:
-            own = {"modes", "streaming"}
-        return self.model_dump(mode="json", exclude={"modes", "streaming", "voice", "languages"} - own)
+        others = {f.split(".")[1] for f in OWNED_FIELDS if f.startswith("serving.") and f not in BY_ID[task].owns}
+        return self.model_dump(mode="json", exclude=others)
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     release: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
     source: Source
-    task: Literal["embedding", "text-generation", "asr-ctc", "asr-rnnt", "tts", "translation"]
+    task: Literal[TASK_IDS]  # a row of the task table (nimbuild.tasks)
     export: Export
     precisions: dict[Precision, PrecisionSpec | None] = Field(min_length=1)
     targets: list[Target] = Field(min_length=1)
@@ -278,42 +247,35 @@ class Recipe(_Strict):
         return targets
 
     @model_validator(mode="after")
-    def _speech_only_fields(self) -> "Recipe":
-        if (self.task in NEMO_TASKS) != (self.source.nemo is not None):
-            raise ValueError("tasks asr-ctc, asr-rnnt and tts build NeMo checkpoints (source.nemo), and NeMo checkpoints "
+    def _task_fields(self) -> "Recipe":
+        """The task table's rules: the source kind a task builds, the fields only some tasks take,
+        and those a task cannot do without."""
+        row = BY_ID[self.task]
+        if (row.source == "nemo") != (self.source.nemo is not None):
+            nemo = _and([t.id for t in TASKS if t.source == "nemo"])
+            raise ValueError(f"tasks {nemo} build NeMo checkpoints (source.nemo), and NeMo checkpoints "
                              f"are built as one of them; this recipe has task {self.task} and source "
                              f"{'nemo' if self.source.nemo else 'hf'}")
-        if self.task not in SPEECH_TASKS:
-            speech = [f for f, given in (("serving.modes", "modes" in self.serving.model_fields_set),
-                                         ("serving.streaming", "streaming" in self.serving.model_fields_set),
-                                         ("export.audio", bool(self.export.audio))) if given]
-            if speech:
-                raise ValueError(f"{', '.join(speech)} apply to speech recognition recipes (task: asr-ctc or asr-rnnt), "
-                                 f"not {self.task}")
-        synthesis = [f for f, given in (("source.vocoder", self.source.vocoder is not None),
-                                        ("serving.voice", self.serving.voice is not None),
-                                        ("export.texts", bool(self.export.texts) and self.task != "translation"))
-                     if given]
-        if self.task != "tts" and synthesis:
-            raise ValueError(f"{', '.join(synthesis)} apply to text-to-speech recipes (task: tts), not {self.task}")
-        if self.task == "tts":
-            missing = [f for f, given in (("source.vocoder", self.source.vocoder is not None),
-                                          ("serving.voice", self.serving.voice is not None),
-                                          ("export.texts", bool(self.export.texts))) if not given]
-            if missing:
-                raise ValueError(f"a tts recipe needs {', '.join(missing)} (the vocoder stage, the voice it speaks "
-                                 "with, the sentences it is checked on against NeMo)")
-        if self.task != "translation" and self.serving.languages is not None:
-            raise ValueError(f"serving.languages applies to translation recipes (task: translation), not {self.task}")
-        if self.task == "translation":
-            missing = [f for f, given in (("serving.languages", self.serving.languages is not None),
-                                          ("export.texts", bool(self.export.texts))) if not given]
-            if missing:
-                raise ValueError(f"a translation recipe needs {', '.join(missing)} (the language pair it serves, the "
-                                 "sources its greedy translations are checked on against transformers)")
+        stray: dict[tuple, list[str]] = {}
+        for field in OWNED_FIELDS:
+            if field not in row.owns and self._given(field):
+                stray.setdefault(tasks_owning(field), []).append(field)
+        if stray:
+            raise ValueError("; ".join(
+                f"{', '.join(fields)} apply to {' or '.join(dict.fromkeys(t.title for t in owners))} recipes "
+                f"(task: {' or '.join(t.id for t in owners)}), not {self.task}" for owners, fields in stray.items()))
+        missing = [field for field in row.needs if not self._given(field)]
+        if missing:
+            raise ValueError(f"a {self.task} recipe needs {', '.join(missing)} ({row.needs_why})")
         if len(set(self.serving.modes)) != len(self.serving.modes):
             raise ValueError("serving.modes lists a mode twice")
         return self
+
+    def _given(self, field: str) -> bool:
+        """Whether the recipe sets a field (`serving.voice`) to something: written, and not empty."""
+        section, name = field.split(".")
+        part = getattr(self, section)
+        return name in part.model_fields_set and getattr(part, name) not in (None, [])
 
     def precision_spec(self, precision: str) -> PrecisionSpec:
         return self.precisions.get(precision) or PrecisionSpec()
@@ -321,6 +283,10 @@ class Recipe(_Strict):
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def load_recipe(path: str | Path) -> Recipe:

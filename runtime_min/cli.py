@@ -189,7 +189,7 @@ def download_to_cache_cmd(manifest, registry, profiles, everything) -> None:
 @click.pass_context
 def list_model_profiles_cmd(ctx) -> None:
     """NIM's listing (the same as nim_list_model_profiles; --help shows its options)."""
-    from nimbuild.cli import list_model_profiles_main
+    from nimbuild.commands import list_model_profiles_main
 
     list_model_profiles_main.main(args=ctx.args, prog_name="list-model-profiles")
 
@@ -204,5 +204,5 @@ def command_main(name: str):
 
 download_to_cache_main = command_main("download-to-cache")
 create_model_store_main = command_main("create-model-store")
-# list-model-profiles, the executable, is nimbuild.cli's own command (pyproject): the one above
+# list-model-profiles, the executable, is nimbuild.commands' own command (pyproject): the one above
 # only forwards to it

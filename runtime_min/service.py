@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles.manifest import Profile
 from nimbuild.profiles.system import System
-from nimbuild.progress import Reporter
+from nimbuild.tasks import BY_ID
+from nimbuild.util.progress import Reporter
 
 if TYPE_CHECKING:  # the deploy stack is imported when a profile is deployed, not at start
     from runtime_min.deploy import Deployment
@@ -220,7 +221,7 @@ def deploy_into(profile: Profile, workspace: Path, system: System, servers: list
 
         built = record_built(profile, served, cc, cache_root)
         log.info("Built profile %s (%s) recorded in %s", built.id, built.description, local_manifest(cache_root))
-    if info.get("task") in ("asr-ctc", "asr-rnnt"):  # Speech NIM's mode: served offline (ofl) or streaming too (str)
+    if (row := BY_ID.get(info.get("task"))) and row.streaming:  # Speech NIM's mode: offline (ofl) or streaming too (str)
         info["mode"] = profile.tags.get("mode") or "ofl"
     server, core = plan(kind, served, info, servers, gpu=bool(system.gpus))
     models = write_store(profile.model, info, core, served, store, portable)

@@ -3,7 +3,7 @@ the asr-digits example hears, trained on CPU in minutes on speech synthesised wi
 is the text-to-speech example (recipes/tts-digits.yaml) and a test fixture; nothing is downloaded.
 
 FastPitch predicts a mel spectrogram from characters; the example's vocoder is Griffin-Lim
-(nimbuild/griffin_lim.py), not a neural one: a HiFiGAN does not train to intelligibility on two
+(nimbuild/serving/griffin_lim.py), not a neural one: a HiFiGAN does not train to intelligibility on two
 cores in minutes. The profile names the vocoder it carries.
 
 Durations come from how the training audio is made, not from an aligner: every word is spoken on
@@ -193,7 +193,7 @@ def synthesise(model, texts: list[str]):
     import torch
     from scipy.signal import resample_poly
 
-    from nimbuild.griffin_lim import GriffinLim
+    from nimbuild.serving.griffin_lim import GriffinLim
 
     vocoder = GriffinLim(model.preprocessor.featurizer.fb[0].numpy(), n_fft=WINDOW, hop=HOP, guard=1.0e-5)
     out = []

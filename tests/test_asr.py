@@ -20,7 +20,7 @@ import riva.client  # the official Speech NIM client (nvidia-riva-client), for t
 
 from conftest import REPO, asr_trainer as _trainer, modules_loaded_by, serving
 from nimbuild.errors import NimbuildError, ParityError, SourceError
-from nimbuild.progress import Reporter
+from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
 DIGITS_RECIPE = REPO / "recipes" / "asr-digits.yaml"
@@ -274,21 +274,21 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
 
         pieces = sentencepiece.SentencePieceProcessor(model_file=str(next(Path(tiny_nemo["bpe"]).parent.parent.glob("spm*/tokenizer.model"))))
         assert vocabulary["kind"] == "sentencepiece" and vocabulary["tokens"] == [pieces.id_to_piece(i) for i in range(48)]
-        from nimbuild.audio import Vocabulary
+        from nimbuild.serving.audio import Vocabulary
 
         ids = pieces.encode("call five nine")
         assert Vocabulary(vocabulary["tokens"], "sentencepiece").text(ids) == "call five nine"
     else:
         assert vocabulary == {"kind": "characters", "tokens": LABELS, "blank": 28}
     factor = 2 if kind == "convasr" else 8
-    from nimbuild.audio import encoded_lengths
+    from nimbuild.serving.audio import encoded_lengths
 
     assert encoded_lengths(np.array([800]), ref.runtime_info["subsampling"])[0] == 800 // factor
 
 
 @pytest.mark.parametrize("kind", ["conformer", "convasr", "bpe"])
 def test_tiny_nemo_models_compile_to_generic_trt_rtx_and_rmir_profiles(tiny_nemo, write_recipe, tmp_path, kind):
-    from nimbuild.targets import compile_recipe
+    from nimbuild.compile import compile_recipe
     from nimbuild.recipe import load_recipe
 
     targets = ('[{type: generic, backend: onnxruntime, precisions: [fp32]}, '
@@ -327,7 +327,7 @@ def test_front_end_matches_nemo_on_stereo_audio_at_other_rates(tiny_nemo):
     import soundfile
     import torch
 
-    from nimbuild.audio import FrontEnd, feature_config, read_audio
+    from nimbuild.serving.audio import FrontEnd, feature_config, read_audio
     from nimbuild.export.asr import restore
     from nimbuild.sources.nemo import resolve_nemo
 
@@ -347,7 +347,7 @@ def test_front_end_matches_nemo_on_stereo_audio_at_other_rates(tiny_nemo):
 
 
 def test_streamed_resampling_equals_resampling_the_whole_recording():
-    from nimbuild.audio import StreamResampler, resample
+    from nimbuild.serving.audio import StreamResampler, resample
 
     signal = np.random.default_rng(0).standard_normal(41_707).astype(np.float32)
     resampler = StreamResampler(22_050, 16_000)
@@ -360,14 +360,14 @@ def test_streamed_resampling_equals_resampling_the_whole_recording():
 
 @pytest.mark.parametrize("data, message", [(b"RIFF....WAVEjunk", "cannot read the audio file"), (b"", "cannot read")])
 def test_unreadable_audio_is_an_audio_error(data, message):
-    from nimbuild.audio import AudioError, read_audio
+    from nimbuild.serving.audio import AudioError, read_audio
 
     with pytest.raises(AudioError, match=message):
         read_audio(data, 16000)
 
 
 def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
     from nimbuild.recipe import load_recipe, parse_recipe
 
     recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo["conformer"], modes="[ofl, str]")))

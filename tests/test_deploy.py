@@ -167,7 +167,7 @@ def test_every_minilm_profile_becomes_a_repository(minilm_compiled, tmp_path):
 def test_a_tensorrt_engine_for_an_h100_is_an_ensemble_around_tritons_tensorrt_backend(minilm_compiled, tmp_path):
     """A fixture engine profile (TensorRT cannot build here): the TRT-RTX sm89 fp16 workspace with
     a placeholder engine, tagged as a datacenter TensorRT engine for compute capability 9.0."""
-    from nimbuild.fsutil import sha256_file
+    from nimbuild.util.files import sha256_file
     from nimbuild.profiles.manifest import Manifest, Profile, WorkspaceFile
 
     out, _ = minilm_compiled

@@ -92,8 +92,8 @@ def test_an_op_the_builder_rejects_is_named(tmp_path):
 
     from nimbuild.targets.tensorrt_rtx import build_engine
     from nimbuild.errors import ExportError
-    from nimbuild.export import InputSpec
-    from nimbuild.recipe import DimRange
+    from nimbuild.shapes import InputSpec
+    from nimbuild.shapes import DimRange
 
     node = helper.make_node("Frobnicate", ["x"], ["y"], name="my_custom_op", domain="com.example")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
@@ -201,7 +201,7 @@ def test_an_engine_variant_out_of_reach_is_refused_with_the_figures(tmp_path, ti
 
 def test_a_variant_that_cannot_be_evaluated_is_refused_unless_the_recipe_opts_out(tmp_path, tiny_bert_dir,
                                                                                  monkeypatch):
-    from nimbuild import precision
+    from nimbuild.precision import variants as precision
 
     # Run the raw bf16 graph instead of its emulation: onnxruntime really has no CPU bf16 kernels.
     monkeypatch.setattr(precision, "_bf16_emulation", lambda variant, tmp: variant)
@@ -332,7 +332,7 @@ def test_a_decompression_bomb_is_refused_at_its_header_in_well_under_a_second(tm
     import gzip
     import tarfile
 
-    from nimbuild.archive import SMALL_ARCHIVE_BYTES
+    from nimbuild.util.archive import SMALL_ARCHIVE_BYTES
     from nimbuild.targets.rmir import RmirError, unpack
 
     zeros = 4 * SMALL_ARCHIVE_BYTES  # 256 MiB of zeros: a quarter of a megabyte of gzip
@@ -494,7 +494,7 @@ def test_a_weight_shared_by_two_layers_is_quantised_once(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from nimbuild import quantize
+    from nimbuild.precision import quantize
 
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "W")
     graph = helper.make_graph(

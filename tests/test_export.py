@@ -7,8 +7,10 @@ import pytest
 
 from conftest import recipe_text
 from nimbuild.errors import ExportError, ParityError
-from nimbuild.export import check_parity, export_reference, input_specs, parity_shapes
-from nimbuild.progress import Reporter
+from nimbuild.export import export_reference
+from nimbuild.export.encoder import check_parity
+from nimbuild.export.reference import input_specs, parity_shapes
+from nimbuild.util.progress import Reporter
 from nimbuild.recipe import load_recipe
 from nimbuild.sources import resolve_source
 
@@ -89,7 +91,7 @@ def test_sequence_longer_than_the_model_allows_is_refused(write_recipe, tmp_path
 
 
 def test_inputs_the_model_does_not_take_are_refused():
-    from nimbuild.recipe import DimRange
+    from nimbuild.shapes import DimRange
 
     dims = {"batch": DimRange(min=1, opt=2, max=4), "sequence": DimRange(min=1, opt=8, max=16)}
     with pytest.raises(ExportError, match="names pixel_values, but the model takes input_ids, attention_mask"):

@@ -165,7 +165,7 @@ def test_recipes_that_cannot_work_fail_recipe_check(tmp_path, old, new, fragment
 def test_no_command_reads_a_file_outside_the_manifests_directory(tmp_path):
     """Issue 31: a file uri that climbed out (or was absolute) was listed, selected, fetched into the
     cache and published, with its digest right: any file on the machine could be read that way."""
-    from nimbuild.fsutil import sha256_file
+    from nimbuild.util.files import sha256_file
 
     secret = tmp_path / "home" / "secret.onnx"
     secret.parent.mkdir()

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, compiled, recipe_text
 from nimbuild.errors import NimbuildError, ParityError
-from nimbuild.progress import Reporter
+from nimbuild.util.progress import Reporter
 from nimbuild.recipe import load_recipe
 from nimbuild.sources import resolve_source
 
@@ -116,8 +116,9 @@ def test_a_context_too_short_or_longer_than_the_model_is_refused(write_recipe, t
 
 @pytest.fixture(scope="module")
 def llama_graph(tmp_path_factory):
-    from nimbuild.export import export_reference, open_session
-    from nimbuild.generation import DecoderGraph
+    from nimbuild.export import export_reference
+    from nimbuild.export.reference import open_session
+    from nimbuild.serving.generation import DecoderGraph
 
     recipe = load_recipe(REPO / "recipes" / "tiny-llama.yaml")
     ref = export_reference(resolve_source(recipe), recipe, tmp_path_factory.mktemp("tiny-llama-ref"), QUIET)
@@ -125,7 +126,7 @@ def llama_graph(tmp_path_factory):
 
 
 def test_batched_generation_with_staggered_arrivals_equals_one_at_a_time(llama_graph):
-    from nimbuild.generation import Generator, SamplingParams, Sequence, greedy
+    from nimbuild.serving.generation import Generator, SamplingParams, Sequence, greedy
 
     graph, ref = llama_graph
     eos = ref.runtime_info["eos_token_ids"]
@@ -149,7 +150,7 @@ def test_batched_generation_with_staggered_arrivals_equals_one_at_a_time(llama_g
 
 
 def test_a_sequence_whose_client_hangs_up_while_it_is_cancelled_is_returned_not_lost(llama_graph):
-    from nimbuild.generation import Generator, SamplingParams, Sequence
+    from nimbuild.serving.generation import Generator, SamplingParams, Sequence
 
     graph, _ = llama_graph
     generator = Generator(graph, max_batch=2, max_context=256)
@@ -170,7 +171,7 @@ def test_a_sequence_whose_client_hangs_up_while_it_is_cancelled_is_returned_not_
 
 
 def test_ignore_eos_generates_through_end_of_sequence_to_max_tokens(llama_graph):
-    from nimbuild.generation import Generator, SamplingParams, Sequence, greedy
+    from nimbuild.serving.generation import Generator, SamplingParams, Sequence, greedy
 
     graph, _ = llama_graph
     prompt = [5, 6, 7]
@@ -187,7 +188,7 @@ def test_ignore_eos_generates_through_end_of_sequence_to_max_tokens(llama_graph)
 
 
 def test_seeded_sampling_is_reproducible_whatever_runs_beside_it(llama_graph):
-    from nimbuild.generation import Generator, SamplingParams, Sequence
+    from nimbuild.serving.generation import Generator, SamplingParams, Sequence
 
     graph, ref = llama_graph
 
@@ -217,7 +218,7 @@ def test_seeded_sampling_is_reproducible_whatever_runs_beside_it(llama_graph):
 
 
 def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
-    from nimbuild.generation import TextStream
+    from nimbuild.serving.generation import TextStream
 
     pieces = {1: "Hel", 2: "lo", 3: " wor", 4: "ld", 5: "\ufffd", 6: "!"}
     decode = lambda ids: "".join(pieces[i] for i in ids).replace("\ufffd!", "é")  # 5+6: one two-byte character
@@ -237,7 +238,7 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
 # --- planning: what is built where ------------------------------------------------------------------
 
 def test_planning_text_generation_targets(write_recipe):
-    from nimbuild.targets import plan_variants, split_buildable
+    from nimbuild.compile import plan_variants, split_buildable
 
     llm = [
         "{type: generic, backend: onnxruntime, precisions: [fp32]}",
@@ -250,7 +251,7 @@ def test_planning_text_generation_targets(write_recipe):
     assert engine == {"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": "fp8", "compute_capability": "9.0",
                       "trt_version": engine["trt_version"], "profile": "latency", "tp": "2", "pp": "1", "feat_lora": "true"}
     assert variants[1].description == "tensorrt_llm-sm90-fp8-tp2-latency-lora"
-    from nimbuild.matrix import cell_of
+    from nimbuild.matrix.cells import cell_of
 
     assert [cell_of(v) for v in variants] == ["cpu", "gpu-sm90"], "TensorRT-LLM builds on a GPU runner"
     buildable, skipped = split_buildable(variants)
@@ -267,7 +268,7 @@ def test_planning_text_generation_targets(write_recipe):
 
 
 def test_tensorrt_llm_options_belong_to_tensorrt_llm_and_to_decoders(write_recipe, tiny_bert_dir):
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
     from nimbuild.errors import RecipeError
 
     bad = recipe_text(str(tiny_bert_dir), precisions={"fp32": "{}", "fp16": "{}"},
@@ -283,7 +284,7 @@ def test_tensorrt_llm_options_belong_to_tensorrt_llm_and_to_decoders(write_recip
 @pytest.mark.gpu
 def test_tensorrt_llm_engine_builds_on_a_gpu(write_recipe, tmp_path):
     """Real where a GPU of compute capability 9.0 and tensorrt_llm exist; skipped cleanly elsewhere."""
-    from nimbuild.targets import compile_recipe, plan_variants, split_buildable
+    from nimbuild.compile import compile_recipe, plan_variants, split_buildable
 
     targets = ("{type: prebuilt, backend: tensorrt_llm, compute_capabilities: ['9.0'], precisions: [fp16]}",)
     recipe = load_recipe(write_recipe(recipe_text(str(TINY_LLAMA), "text-generation", targets=targets,

@@ -166,7 +166,7 @@ def _saved(tmp_path, *profiles):
 def test_the_json_twin_holds_what_the_yaml_does_and_is_read_instead(tmp_path):
     from nimbuild.profiles.index import index_path
     from nimbuild.profiles.nim import read_profiles
-    from nimbuild.yamlutil import load_yaml
+    from nimbuild.util.yamlsafe import load_yaml
 
     path = _saved(tmp_path, _profile(), _profile(precision="int8"))
     twin = json.loads(index_path(path).read_text())

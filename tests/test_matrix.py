@@ -97,7 +97,7 @@ def test_engines_built_in_ngcs_triton_container_record_the_container_they_need(r
     built in carries: built there (NVIDIA_TRITON_SERVER_VERSION set, as NGC's images set it) the
     profile names that image; elsewhere it records trt_version alone."""
     from nimbuild.recipe import load_recipe
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
 
     def engine_tags() -> list[dict]:
         return [dict(v.tags) for v in plan_variants(load_recipe(recipe)) if dict(v.tags)["backend"] == "tensorrt"]

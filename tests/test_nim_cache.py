@@ -14,7 +14,7 @@ import pytest
 
 from nimbuild.profiles.manifest import load_manifest
 from nimbuild.profiles.nim import parse_profiles
-from nimbuild.progress import Reporter
+from nimbuild.util.progress import Reporter
 
 FP32 = "onnxruntime-fp32-throughput"
 
@@ -87,7 +87,7 @@ def test_pods_sharing_one_cache_download_each_blob_once_and_all_succeed(minilm_c
     """The RWX PVC case: several download-to-cache at once into one cache, the registry named only by
     the manifest's URIs. Each blob crosses the network once (the registry's access log), every process
     succeeds with the same workspaces, and nothing partial is left."""
-    from nimbuild.fsutil import file_matches
+    from nimbuild.util.files import file_matches
     from nimbuild.profiles.nim import nim_v2_text
     from nimbuild.registry import publish, published_profiles
     from servers import Registry

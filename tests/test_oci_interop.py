@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, VENV_BIN
 from nimbuild.errors import RegistryError
-from nimbuild.fsutil import sha256_file
+from nimbuild.util.files import sha256_file
 from nimbuild.registry import modelpack, publish, pull
 from nimbuild.registry.artifacts import MODELPACK_OF, canonical, digest_of
 from nimbuild.registry.cache import BlobCache

@@ -98,7 +98,7 @@ def image(as_pod_user, minilm_compiled, digits_compiled):
 
     from nimbuild.cli import main
     from nimbuild.profiles.nim import read_profiles
-    from nimbuild.progress import Reporter
+    from nimbuild.util.progress import Reporter
     from nimbuild.registry import publish
     from servers import Registry
 
@@ -185,7 +185,7 @@ def test_the_operators_profile_matching_on_the_baked_manifest(image):
 
 
 def test_the_caching_job_fills_a_fresh_pvc_as_uid_1000_with_verified_files_only(image, pvc):
-    from nimbuild.fsutil import file_matches
+    from nimbuild.util.files import file_matches
     from nimbuild.profiles.manifest import parse_manifest
 
     _, env, server, profiles = image

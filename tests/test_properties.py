@@ -145,7 +145,7 @@ def _the_twin_holds_what_the_yaml_does(manifest) -> None:
     """The JSON twin save writes is the YAML's own value (any build record or tag it holds), so a
     reader that takes the twin sees what one parsing the YAML would."""
     from nimbuild.profiles.index import index_path
-    from nimbuild.yamlutil import load_yaml
+    from nimbuild.util.yamlsafe import load_yaml
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "profiles.yaml"

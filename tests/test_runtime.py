@@ -67,7 +67,7 @@ class Runtime:
 
 @pytest.fixture(scope="module")
 def published(minilm_compiled, tmp_path_factory):
-    from nimbuild.progress import Reporter
+    from nimbuild.util.progress import Reporter
     from nimbuild.registry import publish
 
     out, _ = minilm_compiled

@@ -16,8 +16,8 @@ import riva.client
 from conftest import REPO, asr_trainer, compiled, script_module, serving
 from test_asr import _riva, _transcribe as transcribe_as  # the CTC tests' clients
 from nimbuild.errors import NimbuildError, ParityError
-from nimbuild.yamlutil import load_yaml
-from nimbuild.progress import Reporter
+from nimbuild.util.yamlsafe import load_yaml
+from nimbuild.util.progress import Reporter
 
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
 QUIET = Reporter(quiet=True)
@@ -90,7 +90,7 @@ def test_a_search_split_into_chunks_equals_the_search_in_one_go(durations):
     """A stream searches its frames chunk after chunk, carrying the hypothesis: the tokens, frames
     and durations equal one search over all frames, wherever the cuts fall (a TDT jump may land
     past a chunk's end and must be taken up in the next)."""
-    from nimbuild.transducer import TransducerDecoder
+    from nimbuild.serving.transducer import TransducerDecoder
 
     search = TransducerDecoder(_Joint(6, len(durations or [])), blank=6, durations=durations, max_symbols=3,
                                state_shapes=[(1, 2), (1, 2)])
@@ -114,7 +114,7 @@ def test_a_search_split_into_chunks_equals_the_search_in_one_go(durations):
 
 
 def test_max_symbols_bounds_the_labels_on_one_frame():
-    from nimbuild.transducer import TransducerDecoder
+    from nimbuild.serving.transducer import TransducerDecoder
 
     joint = _Joint(6, 0)
     joint.table[..., :6] += 100.0  # never blank: only max_symbols moves the search on
@@ -157,7 +157,7 @@ def test_a_search_that_differs_from_nemo_is_refused(tiny_transducers, write_reci
     """max_symbols read wrong (5, where NeMo's decoder allows 10): the random model emits the
     most it may on every frame, so the transcripts differ and the build is refused, naming where."""
     from nimbuild.export import asr
-    from nimbuild.targets import compile_recipe
+    from nimbuild.compile import compile_recipe
     from nimbuild.recipe import load_recipe
 
     real = asr.transducer_info
@@ -317,7 +317,7 @@ def test_a_tdt_model_is_served_as_nemo_transcribes_it(tiny_transducers, write_re
     import torch
     from click.testing import CliRunner
 
-    from nimbuild.audio import Vocabulary, read_audio
+    from nimbuild.serving.audio import Vocabulary, read_audio
     from nimbuild.cli import main
     from nimbuild.export.asr import quiet, restore
     from nimbuild.sources.nemo import resolve_nemo

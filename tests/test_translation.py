@@ -19,7 +19,7 @@ import riva.client  # the official Speech NIM client (nvidia-riva-client)
 
 from conftest import REPO, compiled, script_module, serving
 from nimbuild.errors import NimbuildError, ParityError, RecipeError
-from nimbuild.translation_text import TranslationTextError, parse_dnt_phrases, protect, restore
+from nimbuild.serving.translation_text import TranslationTextError, parse_dnt_phrases, protect, restore
 from runtime_min.tasks import language_matches
 
 RECIPE = REPO / "recipes" / "nmt-en-de.yaml"
@@ -70,7 +70,7 @@ def _recipe(text: str):
 
 
 def test_a_translation_recipe_needs_its_language_pair_and_parity_texts_and_plans_tagged_fp32_profiles():
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
 
     text = RECIPE.read_text()
     with pytest.raises(RecipeError, match="needs serving.languages"):
@@ -126,7 +126,7 @@ def test_a_decoder_that_goes_astray_is_refused_naming_the_text_and_the_first_dif
 
     from nimbuild.export import translation
     from nimbuild.export import export_reference
-    from nimbuild.progress import Reporter
+    from nimbuild.util.progress import Reporter
     from nimbuild.sources.hf import resolve_hf
 
     original = translation.decoder_module

@@ -17,8 +17,8 @@ import riva.client  # the official Speech NIM client (nvidia-riva-client)
 
 from conftest import REPO, asr_trainer, compiled, script_module, serving
 from nimbuild.errors import NimbuildError, ParityError, RecipeError
-from nimbuild.progress import Reporter
-from nimbuild.tts_text import TextError, normalise, sentences, split_finished, tokens
+from nimbuild.util.progress import Reporter
+from nimbuild.serving.tts_text import TextError, normalise, sentences, split_finished, tokens
 
 QUIET = Reporter(quiet=True)
 RECIPE = REPO / "recipes" / "tts-digits.yaml"
@@ -84,7 +84,7 @@ def test_a_tts_recipe_needs_its_vocoder_voice_and_parity_texts():
 
 
 def test_fp16_tts_profiles_are_refused_at_planning_until_a_gate_on_the_audio_exists():
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
 
     with pytest.raises(NimbuildError, match="precision fp16 is not built for tts profiles yet: it needs a gate on the "
                                             "served audio"):

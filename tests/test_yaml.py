@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, VENV_BIN
 from nimbuild.errors import ManifestError
-from nimbuild.yamlutil import MAX_DEPTH, YamlProblem, load_or_raise, load_yaml
+from nimbuild.util.yamlsafe import MAX_DEPTH, YamlProblem, load_or_raise, load_yaml
 
 
 def alias_bomb(levels: int = 9) -> str:

@@ -1,8 +1,8 @@
 """Speech models from .nemo checkpoints (CTC, and RNNT/TDT transducers): restore with nemo_toolkit,
 export with NeMo's own exporter, and refuse the graphs unless they match NeMo, as nimbuild measures it.
 
-The served pipeline is front end (numpy, nimbuild.audio) -> the acoustic graph -> greedy decoding
-(CTC over its log-probs; for a transducer, nimbuild.transducer over NeMo's decoder-joint graph), so
+The served pipeline is front end (numpy, nimbuild.serving.audio) -> the acoustic graph -> greedy decoding
+(CTC over its log-probs; for a transducer, nimbuild.serving.transducer over NeMo's decoder-joint graph), so
 these things are checked, each against NeMo itself:
 - the front end's features against NeMo's preprocessor, on real speech (the recipe's `export.audio`
   files) or, without them, seeded synthetic sound;
@@ -34,8 +34,11 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError, first_line
 from nimbuild.export.parity import Comparison
-from nimbuild.recipe import DimRange
+from nimbuild.export.reference import ReferenceExport, check_graph, graph_metadata, reference
+from nimbuild.recipe import Recipe
+from nimbuild.shapes import DimRange
 from nimbuild.sources.nemo import MODEL_CLASSES, VOCODER_CLASSES, NemoCheckpoint
+from nimbuild.util.progress import Reporter
 
 PARITY_SEED = 20240611
 AUDIO_INPUT, LENGTH_INPUT, OUTPUT = "audio_signal", "length", "logprobs"
@@ -108,7 +111,7 @@ def restore(checkpoint: NemoCheckpoint, task: str = "asr-ctc") -> Any:
 def input_specs(recipe_inputs: dict, runtime: dict):
     """audio_signal [batch, features, frames] and, for graphs that take padding, length [batch],
     from the recipe's batch/frames ranges."""
-    from nimbuild.export import InputSpec
+    from nimbuild.export.reference import InputSpec
 
     if list(recipe_inputs) != [AUDIO_INPUT]:
         raise ExportError(f"export.inputs: a speech model takes one input, {AUDIO_INPUT} (with batch and frames "
@@ -123,7 +126,7 @@ def input_specs(recipe_inputs: dict, runtime: dict):
 
 
 def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAdapter:
-    from nimbuild.audio import feature_config
+    from nimbuild.serving.audio import feature_config
 
     model = restore(checkpoint, recipe.task)
     transducer = recipe.task == "asr-rnnt"
@@ -290,8 +293,8 @@ def parity_lengths(spec, rng: np.random.Generator, padded: bool = True) -> list[
 def check_graph_parity(adapter: AsrAdapter, onnx_path: Path, specs, tolerance, audio: list[np.ndarray]) -> Comparison:
     import torch
 
-    from nimbuild.audio import FrontEnd, encoded_lengths
-    from nimbuild.export import open_session
+    from nimbuild.serving.audio import FrontEnd, encoded_lengths
+    from nimbuild.export.reference import open_session
 
     model, runtime = adapter.model, adapter.runtime_info
     out = adapter.output_names[0]
@@ -342,7 +345,7 @@ def _speech_batch(model, front, session, audio: list[np.ndarray], runtime: dict)
     end and the exported encoder, as each pipeline serves it."""
     import torch
 
-    from nimbuild.audio import encoded_lengths
+    from nimbuild.serving.audio import encoded_lengths
 
     signal = np.zeros((len(audio), max(len(a) for a in audio)), dtype=np.float32)
     for row, clip in enumerate(audio):
@@ -363,13 +366,13 @@ def _speech_batch(model, front, session, audio: list[np.ndarray], runtime: dict)
 
 
 def check_search_parity(model, runtime: dict, decoder_joint: Path, searches) -> int:
-    """nimbuild.transducer over the exported graphs must emit NeMo's tokens on NeMo's frames, row for
+    """nimbuild.serving.transducer over the exported graphs must emit NeMo's tokens on NeMo's frames, row for
     row of every padded batch; the first difference refuses the build. Returns the rows checked."""
     import torch
 
-    from nimbuild.audio import Vocabulary
-    from nimbuild.export import open_session
-    from nimbuild.transducer import TransducerDecoder
+    from nimbuild.serving.audio import Vocabulary
+    from nimbuild.export.reference import open_session
+    from nimbuild.serving.transducer import TransducerDecoder
 
     spec = runtime["decoder"]
     search = TransducerDecoder(open_session(decoder_joint), spec["blank"], spec["durations"], spec["max_symbols"],
@@ -406,7 +409,7 @@ def _as_list(value) -> list:
 def parity_audio(recipe, sample_rate: int) -> list[np.ndarray]:
     """The recipe's `export.audio` files (real speech), else seeded synthetic sound: voiced harmonics
     with a moving pitch, noise bursts and silence, so every part of the spectrum is exercised."""
-    from nimbuild.audio import AudioError, read_audio
+    from nimbuild.serving.audio import AudioError, read_audio
 
     clips = []
     for name in recipe.export.audio:
@@ -431,3 +434,24 @@ def builder_versions() -> dict[str, str]:
 
     return {"exporter": "nemo_toolkit (torch.onnx)",
             **{name: version(name) for name in ("nemo_toolkit", "torch", "onnx", "onnxruntime")}}
+
+
+def export(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A CTC speech model from a .nemo checkpoint (nimbuild.export.asr)."""
+    if not isinstance(checkpoint, NemoCheckpoint):
+        raise ExportError(f"task {recipe.task} builds NeMo checkpoints (source.nemo)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
+        adapter = load_adapter(checkpoint, recipe, dest / "asr")
+    onnx_path = dest / "model.onnx"
+    with reporter.step(f"export reference ONNX with NeMo (opset {recipe.export.opset})"):
+        export_graph(adapter, onnx_path, recipe.export.opset, graph_metadata(recipe, checkpoint, adapter), reporter)
+        check_graph(onnx_path, recipe.export.opset)
+    specs = input_specs(recipe.export.inputs, adapter.runtime_info)
+    audio = parity_audio(recipe, adapter.runtime_info["sample_rate"])
+    with reporter.step("check front end and graph against NeMo"):
+        comparison = check_graph_parity(adapter, onnx_path, specs, recipe.export.parity, audio)
+    reporter.debug(comparison.describe())
+    result = reference(onnx_path, specs, adapter, comparison)
+    result.builder, result.assets = builder_versions(), adapter.assets
+    return result

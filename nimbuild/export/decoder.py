@@ -2,7 +2,7 @@
 against `transformers`' own generation.
 
 One graph serves both phases: the prefill runs with a past of length 0, each decode step with the
-cache the previous call returned (nimbuild.generation documents the layout). The wrapper builds a
+cache the previous call returned (nimbuild.serving.generation documents the layout). The wrapper builds a
 `DynamicCache` from flat past tensors and flattens the present one, so the graph's inputs and
 outputs are plain tensors any runtime can feed. Only the last position's logits leave the graph:
 generation needs no others, and a [batch, prompt, vocab] output would dominate prefill memory.
@@ -33,9 +33,13 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.parity import Comparison
-from nimbuild.generation import cache_names
-from nimbuild.recipe import DimRange
+from nimbuild.export.reference import (InputSpec, ReferenceExport, check_graph, check_sequence_limit, graph_metadata,
+                                       reference, run_exporter)
+from nimbuild.serving.generation import cache_names
+from nimbuild.recipe import Recipe
+from nimbuild.shapes import DimRange
 from nimbuild.sources.hf import HFCheckpoint
+from nimbuild.util.progress import Reporter
 
 PROMPT_SEED = 20240611
 GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -231,8 +235,8 @@ def parity_prompts(vocab_size: int, context: int) -> list[list[int]]:
 
 def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: int, batch_max: int, tolerance) -> Comparison:
     """Greedy tokens and per-step logits through the graph against transformers.generate; refuse on mismatch."""
-    from nimbuild.export import open_session
-    from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequence, greedy
+    from nimbuild.export.reference import open_session
+    from nimbuild.serving.generation import DecoderGraph, Generator, SamplingParams, Sequence, greedy
 
     graph = DecoderGraph(open_session(onnx_path))
     comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
@@ -287,3 +291,27 @@ def first_difference(what: str, expected: list[int], got: list[int]) -> str:
     at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
     return (f"  {what}: greedy tokens differ at step {at}: transformers {expected[at:at + 4]}..., "
             f"graph {got[at:at + 4]}... ({len(expected)} vs {len(got)} tokens)")
+
+
+def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A decoder-only LM with its KV cache (nimbuild.export.decoder)."""
+    batch, context = context_limits(recipe.export.inputs)
+    specs = [InputSpec("input_ids", dict(recipe.export.inputs["input_ids"]))]
+    check_sequence_limit(specs, checkpoint)
+    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
+        adapter = load_decoder(checkpoint)
+    adapter.runtime_info = {
+        "max_sequence_length": context.max, "max_batch": batch.max, "eos_token_ids": adapter.eos_ids,
+        "kv_cache": {"layers": adapter.layers, "heads": adapter.kv_heads, "head_dim": adapter.head_dim},
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx_path = dest / "model.onnx"
+    opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
+    with reporter.step(f"export reference ONNX with KV cache (opset {opset})"):
+        export_decoder(adapter, batch, context, onnx_path, opset,
+                       lambda *args: run_exporter(*args, onnx_path, opset, metadata, reporter))
+        check_graph(onnx_path, opset)
+    with reporter.step("check greedy generation against transformers"):
+        comparison = check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
+    reporter.debug(comparison.describe())
+    return reference(onnx_path, specs, adapter, comparison)

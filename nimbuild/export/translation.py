@@ -11,11 +11,11 @@ against `transformers.generate`.
 The wrappers hand transformers' own modules an `EncoderDecoderCache` built from the flat tensors
 (the cross half marked as already computed), so the graph runs Marian's code, not a rewrite.
 
-Parity is judged on what serving does (nimbuild.seq2seq runs both): on the recipe's texts, the
+Parity is judged on what serving does (nimbuild.serving.seq2seq runs both): on the recipe's texts, the
 greedy output through the graphs must equal `generate`'s token for token (a difference names the
 text and the first differing step), every step's logits must be within tolerance, and the texts
 translated together as one padded batch must give the same tokens again. The runtime's own
-tokenisation (nimbuild.translation_text) must equal MarianTokenizer's on the texts and on the
+tokenisation (nimbuild.serving.translation_text) must equal MarianTokenizer's on the texts and on the
 translations' decoding.
 """
 
@@ -30,8 +30,12 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.decoder import CacheNames, filled_cache, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
-from nimbuild.generation import cache_names
+from nimbuild.export.reference import (InputSpec, ReferenceExport, check_graph, graph_metadata, reference,
+                                       run_exporter)
+from nimbuild.recipe import Recipe
+from nimbuild.serving.generation import cache_names
 from nimbuild.sources.hf import HFCheckpoint
+from nimbuild.util.progress import Reporter
 
 DECODER_GRAPH = "translation/decoder.onnx"
 ENCODER_INPUTS = ["input_ids", "attention_mask"]
@@ -112,7 +116,7 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> TranslationAdapter:
         model=model, tokenizer=tokenizer, layers=layers, heads=heads, head_dim=int(config.d_model) // heads,
         start=int(config.decoder_start_token_id), eos=int(config.eos_token_id), pad=int(config.pad_token_id),
     )
-    from nimbuild.translation_text import MarianText
+    from nimbuild.serving.translation_text import MarianText
 
     text = MarianText(checkpoint.path)
     adapter.runtime_info = {
@@ -225,9 +229,9 @@ def export_graphs(adapter: TranslationAdapter, recipe, path: Path, run_exporter)
 
 def check_parity(adapter: TranslationAdapter, encoder_path: Path, tolerance, texts: list[str]) -> Comparison:
     """Tokens, greedy translations and per-step logits against MarianTokenizer and generate (module doc)."""
-    from nimbuild.export import open_session
-    from nimbuild.seq2seq import TranslationGraphs, greedy, greedy_settings
-    from nimbuild.translation_text import MarianText
+    from nimbuild.export.reference import open_session
+    from nimbuild.serving.seq2seq import TranslationGraphs, greedy, greedy_settings
+    from nimbuild.serving.translation_text import MarianText
 
     runtime = adapter.runtime_info
     text = MarianText(Path(adapter.tokenizer.name_or_path))
@@ -290,3 +294,25 @@ def _generate(adapter: TranslationAdapter, row: list[int], budget: int) -> tuple
     tokens = out.sequences[0, 1:].tolist()  # after the decoder start token
     return tokens, [step[0].float().numpy() for step in out.logits]
 
+
+def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A MarianMT-class encoder-decoder: the encoder graph, and the decoder's with its KV cache
+    (nimbuild.export.translation)."""
+    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
+        adapter = load_adapter(checkpoint, recipe)
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx_path = dest / "model.onnx"
+    opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
+    with reporter.step(f"export encoder and KV-cache decoder ONNX (opset {opset})"):
+        export_graphs(adapter, recipe, onnx_path, lambda module, example, names, outputs, dynamic, path:
+                                  run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
+        check_graph(onnx_path, opset)
+        check_graph(adapter.assets[DECODER_GRAPH], opset)
+    with reporter.step("check greedy translations against transformers"):
+        comparison = check_parity(adapter, onnx_path, recipe.export.parity, recipe.export.texts)
+    reporter.debug(comparison.describe())
+    batch, source, _ = limits(recipe.export.inputs)
+    specs = [InputSpec(name, {"batch": batch, "sequence": source}) for name in ENCODER_INPUTS]
+    result = reference(onnx_path, specs, adapter, comparison)
+    result.assets = adapter.assets
+    return result

@@ -1,9 +1,9 @@
 """Text-to-speech models from .nemo checkpoints: a FastPitch spectrogram generator, restored with
 nemo_toolkit, exported with NeMo's own exporter, and refused unless the graph matches NeMo.
 
-The served pipeline is text -> sentences, normalised and tokenised (nimbuild.tts_text) -> the
+The served pipeline is text -> sentences, normalised and tokenised (nimbuild.serving.tts_text) -> the
 FastPitch graph (mel spectrogram, durations) -> the vocoder (the recipe's `source.vocoder`:
-Griffin-Lim, nimbuild.griffin_lim, over the model's own mel filterbank; or a NeMo HiFiGAN
+Griffin-Lim, nimbuild.serving.griffin_lim, over the model's own mel filterbank; or a NeMo HiFiGAN
 checkpoint, exported with NeMo's exporter and carried as tts/vocoder.onnx) -> audio. So these are
 checked, each against NeMo itself, on the recipe's `export.texts`:
 - the runtime's tokens against NeMo's character parser (`model.parser`), text by text: equal;
@@ -31,9 +31,12 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError, first_line
-from nimbuild.export.asr import load_checked, nemo_export, restore
+from nimbuild.export.asr import builder_versions, load_checked, nemo_export, restore
 from nimbuild.export.parity import Comparison
+from nimbuild.export.reference import ReferenceExport, check_graph, graph_metadata, reference
+from nimbuild.recipe import Recipe
 from nimbuild.sources.nemo import NemoCheckpoint
+from nimbuild.util.progress import Reporter
 
 INPUTS = ["text", "pitch", "pace"]  # NeMo's FastPitch export: tokens, a pitch shift and a pace per token
 OUTPUTS = ["spect", "num_frames", "durs_predicted", "log_durs_predicted", "pitch_predicted"]
@@ -53,7 +56,7 @@ class TtsAdapter:
 
 def input_specs(recipe_inputs: dict):
     """text, pitch and pace, each [batch, characters], from the recipe's ranges for `text`."""
-    from nimbuild.export import InputSpec
+    from nimbuild.export.reference import InputSpec
 
     if list(recipe_inputs) != ["text"]:
         raise ExportError(f"export.inputs: a spectrogram generator takes one input, text (with batch and characters "
@@ -65,7 +68,7 @@ def input_specs(recipe_inputs: dict):
 
 
 def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> TtsAdapter:
-    from nimbuild.tts_text import NORMALISATION
+    from nimbuild.serving.tts_text import NORMALISATION
 
     model = restore(checkpoint, "tts")
     cfg = model.cfg
@@ -146,7 +149,7 @@ def export_graph(adapter: TtsAdapter, path: Path, opset: int, metadata: dict[str
 def check_parity(adapter: TtsAdapter, onnx_path: Path, specs, tolerance, texts: list[str]) -> Comparison:
     """Tokens, durations and mel spectrograms against NeMo on the recipe's texts (module doc):
     each text alone, and the first text as a full batch of equal rows (the batches the runtime runs)."""
-    from nimbuild.export import open_session
+    from nimbuild.export.reference import open_session
 
     runtime = adapter.runtime_info
     rows = [parity_tokens(adapter.model, text, runtime) for text in texts]
@@ -188,7 +191,7 @@ def _check_vocoder(adapter: TtsAdapter, mels: list[np.ndarray], comparison: Comp
     spectrograms of the recipe's texts (what the served vocoder hears)."""
     import torch
 
-    from nimbuild.export import open_session
+    from nimbuild.export.reference import open_session
 
     session = open_session(adapter.assets[VOCODER_GRAPH])
     for mel in mels:
@@ -217,7 +220,7 @@ def token_frames(durations: np.ndarray) -> np.ndarray:
 
 def parity_tokens(model, text: str, runtime: dict) -> list[int]:
     """The runtime's tokens for `text`, refused unless NeMo's own parser gives the same."""
-    from nimbuild.tts_text import normalise, spell, tokens
+    from nimbuild.serving.tts_text import normalise, spell, tokens
 
     ours = tokens(normalise(text, set(runtime["labels"])), runtime["labels"])
     theirs = model.parser(text)
@@ -234,3 +237,23 @@ def run_graph(session, rows: list[list[int]]):
     feeds = {"text": text, "pitch": np.zeros(text.shape, np.float32), "pace": np.ones(text.shape, np.float32)}
     spect, frames, durations = session.run(["spect", "num_frames", "durs_predicted"], feeds)
     return spect, frames.reshape(-1), durations
+
+
+def export(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
+    """A FastPitch spectrogram generator from a .nemo checkpoint (nimbuild.export.tts)."""
+    if not isinstance(checkpoint, NemoCheckpoint):
+        raise ExportError(f"task {recipe.task} builds NeMo checkpoints (source.nemo)")
+    dest.mkdir(parents=True, exist_ok=True)
+    specs = input_specs(recipe.export.inputs)
+    with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
+        adapter = load_adapter(checkpoint, recipe, dest / "tts")
+    onnx_path = dest / "model.onnx"
+    with reporter.step(f"export reference ONNX with NeMo (opset {recipe.export.opset})"):
+        export_graph(adapter, onnx_path, recipe.export.opset, graph_metadata(recipe, checkpoint, adapter), reporter)
+        check_graph(onnx_path, recipe.export.opset)
+    with reporter.step("check tokens, durations and mel spectrograms against NeMo"):
+        comparison = check_parity(adapter, onnx_path, specs, recipe.export.parity, recipe.export.texts)
+    reporter.debug(comparison.describe())
+    result = reference(onnx_path, specs, adapter, comparison)
+    result.builder, result.assets = builder_versions(), adapter.assets
+    return result

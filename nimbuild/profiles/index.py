@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nimbuild.fsutil import atomic_write_bytes
+from nimbuild.util.files import atomic_write_bytes
 
 FORMAT = "nimbuild-manifest-index/1"
 

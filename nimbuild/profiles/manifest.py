@@ -16,9 +16,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from nimbuild.errors import ManifestError
-from nimbuild.fsutil import atomic_write_text, is_sha256_digest, read_user_text, sha256_bytes
+from nimbuild.util.files import atomic_write_text, is_sha256_digest, read_user_text, sha256_bytes
 from nimbuild.profiles.tags import describe, normalise_tags
-from nimbuild.yamlutil import load_or_raise, without_collection
+from nimbuild.util.yamlsafe import load_or_raise, without_collection
 
 try:
     import orjson as _orjson  # the serve extra's; a build without it takes json (profile_id)

@@ -12,17 +12,17 @@ Pulling verifies every byte into the cache before a file appears under its final
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest, parse_manifest
-from nimbuild.progress import Reporter, TransferProgress
+from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, load_manifest, parse_manifest
+from nimbuild.util.progress import Reporter, TransferProgress
 from nimbuild.registry import artifacts as art
 from nimbuild.registry import modelpack
 from nimbuild.registry.cache import BlobCache
+from nimbuild.registry.local import choose, materialise, with_uris
 
 WORKERS = 4
 
@@ -133,7 +133,7 @@ def _publish_release(store, model: str, release: str, profiles: list[Profile], b
                      reporter: Reporter, force: bool, report: TransferReport) -> None:
     repo = store.repo(model)
     blobs = _local_blobs(profiles, base)
-    registry_manifest = Manifest([_with_uris(p, lambda rel, f: f"{store.uri}/{model}@{f.digest}") for p in profiles])
+    registry_manifest = Manifest([with_uris(p, lambda rel, f: f"{store.uri}/{model}@{f.digest}") for p in profiles])
     yaml_bytes = registry_manifest.dumps().encode()
     bodies = [(p, art.profile_manifest(p)) for p in profiles]
     existing = store.get_manifest(repo, release)
@@ -241,12 +241,6 @@ def _send_blobs(store, repo: str, blobs: dict[str, tuple[int, Path]], reporter: 
     report.bytes_sent += sum(blobs[d][0] for d in missing)
 
 
-def _with_uris(profile: Profile, uri_for) -> Profile:
-    files = {rel: WorkspaceFile(uri_for(rel, f), f.digest, f.size) for rel, f in profile.files.items()}
-    return Profile(profile.id, profile.model, profile.release, profile.description, profile.tags, files,
-                   profile.requires, profile.build)
-
-
 # --- pull -------------------------------------------------------------------------------------------
 
 def pull(ref: str, uri: str, reporter: Reporter, dest: Path | None = None, profile: str | None = None,
@@ -266,7 +260,7 @@ def pull(ref: str, uri: str, reporter: Reporter, dest: Path | None = None, profi
                 _check_profile_layers(store, repo, p, entries)
         _fetch_all(store, repo, chosen, cache, reporter, report)
         dest = dest or cache.root / "profiles" / model / release
-        _materialise(chosen, cache, dest)
+        materialise(chosen, cache, dest)
         report.profiles, report.dest = chosen, dest
         return report
     finally:
@@ -343,19 +337,6 @@ def _registry_profiles(store, repo: str, ref: str, entries: list, cache: BlobCac
     return parse_manifest(path.read_text(encoding="utf-8"), f"{ref}:profiles.yaml").profiles
 
 
-def choose(profiles: list[Profile], profile: str | None, select: bool) -> list[Profile]:
-    """All profiles, the one named, or the one this machine would run (NIM's download-to-cache)."""
-    from nimbuild.profiles.select import Candidate, find_candidate, select_profile
-
-    if profile:
-        return [find_candidate(profile, [Candidate(p) for p in profiles]).profile]
-    if select:
-        from nimbuild.profiles.system import detect_system
-
-        return [select_profile(profiles, detect_system(), os.environ).require()]
-    return profiles
-
-
 def _manifest(store, repo: str, digest: str) -> bytes:
     body = store.get_manifest(repo, digest)
     if body is None:
@@ -397,16 +378,6 @@ def _fetch_all(store, repo: str, profiles: list[Profile], cache: BlobCache, repo
             list(pool.map(fetch, blobs))
     finally:
         progress.close()
-
-
-def _materialise(profiles: list[Profile], cache: BlobCache, dest: Path) -> None:
-    """Workspaces under dest/profiles/<description>/, then dest/profiles.yaml pointing at them."""
-    local = []
-    for p in profiles:
-        for rel, f in p.files.items():
-            cache.place(f.digest, dest / "profiles" / p.description / rel)
-        local.append(_with_uris(p, lambda rel, f, p=p: f"profiles/{p.description}/{rel}"))
-    Manifest(local).save(dest / MANIFEST_NAME)
 
 
 # --- listing ----------------------------------------------------------------------------------------

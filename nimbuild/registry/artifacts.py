@@ -54,7 +54,7 @@ class Descriptor:
         """A descriptor as a registry serves it, checked: anything else is a RegistryError that
         names `what`, since a registry's JSON is as untrusted as any download."""
         from nimbuild.errors import RegistryError
-        from nimbuild.fsutil import is_sha256_digest
+        from nimbuild.util.files import is_sha256_digest
 
         if not isinstance(data, dict):
             raise RegistryError(f"{what} is not a JSON object")

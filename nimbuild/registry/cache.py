@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, NimbuildError, RegistryError
-from nimbuild.fsutil import atomic_write_text, file_in_the_way, file_matches, is_sha256_digest, iter_file, sha256_bytes
+from nimbuild.util.files import atomic_write_text, file_in_the_way, file_matches, is_sha256_digest, iter_file, sha256_bytes
 
 CACHE_ENV = "NIM_CACHE_PATH"
 _WRITE_BUFFER = 8 << 20

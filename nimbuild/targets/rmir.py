@@ -30,10 +30,11 @@ from pathlib import Path
 
 import yaml
 
-from nimbuild.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_extract
+from nimbuild.util.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_extract
 from nimbuild.errors import NimbuildError
-from nimbuild.fsutil import atomic_write_bytes, sha256_file
-from nimbuild.yamlutil import YamlProblem, load_yaml
+from nimbuild.tasks import ASSET_FOLDERS
+from nimbuild.util.files import atomic_write_bytes, sha256_file
+from nimbuild.util.yamlsafe import YamlProblem, load_yaml
 
 FORMAT_VERSION = 1
 
@@ -135,8 +136,7 @@ def _build(archive: Path, tmp: Path, target: str, builder: str) -> tuple[Path, d
     """Unpack, build with `builder`, and stage the engine with what it is served with."""
     from pydantic import TypeAdapter, ValidationError
 
-    from nimbuild.export import InputSpec
-    from nimbuild.recipe import Dims
+    from nimbuild.shapes import Dims, InputSpec
 
     meta = unpack(archive, tmp / "rmir")
     minimum = str(meta.get("min_compute_capability", "0.0"))
@@ -166,7 +166,7 @@ def _build(archive: Path, tmp: Path, target: str, builder: str) -> tuple[Path, d
         from nimbuild.targets.tensorrt_rtx import build_engine as build_rtx
 
         record = build_rtx(tmp / "rmir" / "model.onnx", inputs, target, staged / "model.plan")
-    for assets in ("tokenizer", "asr", "tts", "translation"):  # what the runtime reads beside the engine
+    for assets in ASSET_FOLDERS:  # what the runtime reads beside the engine
         if (tmp / "rmir" / assets).is_dir():
             shutil.copytree(tmp / "rmir" / assets, staged / assets)
     info = json.loads((tmp / "rmir" / "model_info.json").read_text())

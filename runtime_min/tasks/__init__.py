@@ -1,27 +1,60 @@
-"""One folder per task. Each task module says how its profile is laid out in Triton around the
-core network the deploy step hands it (`models`), whether it can use a core (`refuses`), and adds
-its HTTP routes (`add_routes`, importing the web stack only when serving)."""
+"""One folder per task; the task table (nimbuild.tasks) says which folder serves which task. Each
+folder's module implements TaskHooks: how its profile is laid out in Triton around the core network
+the deploy step hands it (`models`), whether it can use a core (`refuses`), its HTTP routes
+(`add_routes`, importing the web stack only when serving) and, for the Riva tasks, its gRPC
+servicers (`add_servicers`)."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import nimbuild
 from nimbuild.errors import NimbuildError
+from nimbuild.tasks import BY_ID, TASK_IDS
 
-# the helpers Python models import (pooling, audio front end, generation loop) are copied from here
-NIMBUILD = Path(nimbuild.__file__).parent
+if TYPE_CHECKING:
+    from runtime_min.deploy.config import Model
 
-TASKS = {"embedding": "embedding", "text-generation": "llm", "asr-ctc": "asr", "asr-rnnt": "asr", "tts": "tts",
-         "translation": "translation"}
+# what Python models import from nimbuild (pooling, the audio front end, the generation loop...)
+SERVING = Path(nimbuild.__file__).parent / "serving"
+
+class TaskHooks(Protocol):
+    """What runtime_min asks of a task's folder (its package's module-level functions)."""
+
+    def refuses(self, core) -> str | None:
+        """Why this task cannot run on the core the deploy step chose (None: it can)."""
+
+    def models(self, name: str, info: dict, core, workspace: Path) -> list[Model]:
+        """The Triton models (configs and files) that serve the profile around its core."""
+
+    def add_routes(self, app, served, triton, state, metrics) -> None:
+        """The task's HTTP API on the FastAPI app (OpenAI-shaped, or Riva's HTTP)."""
 
 
-def task_module(info: dict):
-    task = info.get("task")
-    if task not in TASKS:
-        raise NimbuildError(f"runtime_min serves {', '.join(TASKS)} profiles; this one is {task!r}")
-    return importlib.import_module(f"runtime_min.tasks.{TASKS[task]}")
+class RivaTaskHooks(TaskHooks, Protocol):
+    """Tasks that also answer Riva's gRPC API (the Speech NIMs: ASR, TTS, NMT)."""
+
+    def add_servicers(self, server, served, triton, state) -> None:
+        """Register the task's Riva servicers on the gRPC server."""
+
+
+def task_module(info: dict) -> TaskHooks:
+    """The runtime folder the task table gives the profile's task."""
+    row = BY_ID.get(info.get("task"))
+    if row is None:
+        raise NimbuildError(f"runtime_min serves {', '.join(TASK_IDS)} profiles; this one is {info.get('task')!r}")
+    return importlib.import_module(f"runtime_min.tasks.{row.runtime}")
+
+
+def serving_code() -> dict[str, Path]:
+    """The nimbuild.serving package, whole, as a Python model's files: every model carries the same
+    code, so none can miss a module another one added (the package's contract is in its __init__)."""
+    files = {"nimbuild/__init__.py": SERVING.parent / "__init__.py"}
+    for source in sorted(SERVING.glob("*.py")):
+        files[f"nimbuild/serving/{source.name}"] = source
+    return files
 
 
 def serving(info: dict) -> tuple[int, int]:

@@ -18,10 +18,9 @@ from pathlib import Path
 from runtime_min.deploy.config import (Model, Tensor, dynamic_batching, ensemble, instances, new_config,
                                        parameters)
 from runtime_min.deploy.core import RUNNERS
-from runtime_min.tasks import NIMBUILD, serving, tensor_dims
+from runtime_min.tasks import serving, serving_code, tensor_dims
 
 MODEL = Path(__file__).with_name("model.py")
-AUDIO = NIMBUILD / "audio.py"
 
 
 def stream_model_name(model_name: str) -> str:
@@ -55,8 +54,7 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     core_in, core_out = core_io(info, vocab)
     features = core_in[0].dims[0]
     files = {"model.py": MODEL, "buffered.py": MODEL.with_name("buffered.py"),
-             "nimbuild/__init__.py": AUDIO.with_name("__init__.py"), "nimbuild/audio.py": AUDIO,
-             "nimbuild/transducer.py": AUDIO.with_name("transducer.py"),
+             **serving_code(),
              "model_info.json": workspace / "model_info.json", "asr": workspace / "asr",
              "runners.py": RUNNERS}  # every stage's onnxruntime sessions take its session_options
     length = Tensor("length", "int64", [1])

@@ -8,7 +8,7 @@ Offline (`mode: ofl`), an ensemble of three models, each with its own dynamic ba
               [hidden, frames'] (transducer), cut to each utterance's encoded length (absent when
               the core runs on a native backend as its own ensemble step)
     decoder   those and the feature length -> greedy decoding over the encoded frames -> text: CTC's
-              best path, or the transducer search (nimbuild/transducer.py) over the decoder-joint
+              best path, or the transducer search (nimbuild/serving/transducer.py) over the decoder-joint
               graph, all of a batch's utterances searched together
 Streaming (`mode: str`), one sequence-batched model, as Triton's Kaldi ASR integration does: pieces
 of audio arrive with a correlation id and start/end flags, and every piece is answered with the
@@ -17,7 +17,7 @@ each chunk is committed from a window of bounded left context and one chunk of r
 a chunk's work stays flat however long the stream runs. A transducer stream carries its search
 state from chunk to chunk, so each committed frame is searched once; a partial searches a copy.
 
-The arithmetic is nimbuild.audio's, the same code the build checked against NeMo.
+The arithmetic is nimbuild.serving.audio's, the same code the build checked against NeMo.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LEFT_CONTEXT_MS = 4000  # audio before a chunk that its window sees, as NeMo's b
 RIGHT_CONTEXT_MS = 800  # audio after it: 400 ms left 5 of 40 held-out finals unlike offline, 800 ms 2 (README)
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.audio import (FrontEnd, Vocabulary, ctc_greedy, ctc_greedy_words, encoded_lengths,  # noqa: E402
+from nimbuild.serving.audio import (FrontEnd, Vocabulary, ctc_greedy, ctc_greedy_words, encoded_lengths,  # noqa: E402
                             frame_seconds, words_of)
 
 
@@ -233,7 +233,7 @@ def _open_search(spec: dict, workspace: Path):
     are a few rows each, so the cost is the call, and the encoder keeps the other cores."""
     import onnxruntime as ort
 
-    from nimbuild.transducer import TransducerDecoder
+    from nimbuild.serving.transducer import TransducerDecoder
 
     from runners import session_options
 

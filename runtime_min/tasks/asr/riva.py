@@ -67,7 +67,7 @@ def _servicer(model: ServedModel, triton, state: dict):
             raise SpeechError("sample_rate_hertz and audio_channel_count must not be negative")
 
     def offline_audio(config, data: bytes) -> np.ndarray:
-        from nimbuild.audio import AudioError, read_audio, resample
+        from nimbuild.serving.audio import AudioError, read_audio, resample
 
         if not data:
             raise SpeechError("audio is empty")

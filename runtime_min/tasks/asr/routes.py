@@ -62,7 +62,7 @@ class SpeechMetrics:
 
 
 def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_metrics: Metrics) -> None:
-    from nimbuild.audio import AudioError, read_audio
+    from nimbuild.serving.audio import AudioError, read_audio
 
     metrics = SpeechMetrics(runtime_metrics.registry)
     runtime = model.info["runtime"]

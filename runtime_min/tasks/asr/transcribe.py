@@ -125,7 +125,7 @@ class StreamSession:
     (END flag), so Triton drops its state even when the client goes away: call `close`."""
 
     def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int):
-        from nimbuild.audio import StreamResampler
+        from nimbuild.serving.audio import StreamResampler
 
         self.client, self.model_name = client, model_name
         self.source_rate = source_rate

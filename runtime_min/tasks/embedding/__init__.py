@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, ensemble, instances, new_config, parameters
-from runtime_min.tasks import NIMBUILD, serving, tensor_dims
+from runtime_min.tasks import serving, serving_code, tensor_dims
 
 MODEL = Path(__file__).with_name("model.py")
-POOLING = NIMBUILD / "pooling.py"
 
 
 def refuses(core) -> str | None:
@@ -33,8 +32,7 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     batch = core.batch(batch)
     inputs, outputs = core_io(info)
     embeddings = Tensor("embeddings", "float32", [-1])
-    files = {"model.py": MODEL, "nimbuild/__init__.py": POOLING.with_name("__init__.py"), "nimbuild/pooling.py": POOLING,
-             "model_info.json": workspace / "model_info.json"}
+    files = {"model.py": MODEL, "model_info.json": workspace / "model_info.json", **serving_code()}
     if not core.native:
         config = new_config(name, batch, [Tensor(t.name, t.dtype, t.dims, ragged=True) for t in inputs], [embeddings],
                             backend="python")

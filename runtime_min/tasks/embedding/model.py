@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.pooling import pool  # noqa: E402
+from nimbuild.serving.pooling import pool  # noqa: E402
 
 
 class TritonPythonModel:

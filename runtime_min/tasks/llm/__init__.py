@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
-from runtime_min.tasks import NIMBUILD, serving
+from runtime_min.tasks import serving, serving_code
 
 HERE = Path(__file__).parent
-GENERATION = NIMBUILD / "generation.py"
 
 
 def refuses(core) -> str | None:
@@ -47,8 +46,8 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     if core.runner == "tensorrt_llm":
         files.update({"model.py": HERE / "trtllm_model.py", core.file: workspace / core.file})
     else:
-        files.update({"model.py": HERE / "model.py", "nimbuild/__init__.py": GENERATION.with_name("__init__.py"),
-                      "nimbuild/generation.py": GENERATION, **core.python_files()})
+        files.update({"model.py": HERE / "model.py", **serving_code(),
+                      **core.python_files()})
     return [Model(config, files)]
 
 

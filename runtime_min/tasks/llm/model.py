@@ -1,7 +1,7 @@
 """Triton Python-backend model (decoupled): token-by-token generation over a generic
 text-generation profile's KV-cache graph, with continuous batching across requests.
 
-`execute` only queues: each request becomes a nimbuild.generation.Sequence whose context is the
+`execute` only queues: each request becomes a nimbuild.serving.generation.Sequence whose context is the
 request's response sender. One worker thread owns the onnxruntime session and the Generator; each
 step advances every running sequence by one token in one batched graph call and sends each token
 as its own response (text delta, token id, and on the last one the finish reason, flagged final).
@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.generation import DecoderGraph, Generator, SamplingParams, Sequence  # noqa: E402
+from nimbuild.serving.generation import DecoderGraph, Generator, SamplingParams, Sequence  # noqa: E402
 
 
 class TritonPythonModel:

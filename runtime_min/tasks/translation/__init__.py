@@ -2,10 +2,10 @@
 text's source tokens and answers its translation's tokens: the encoder (the core: onnxruntime, a
 TensorRT-RTX engine on a GPU, or `<model>-core` on a native backend through BLS) over the batch's
 sources together, then greedy decoding with the KV-cache decoder graph on onnxruntime
-(nimbuild/seq2seq.py, the loop the build checked against transformers.generate).
+(nimbuild/serving/seq2seq.py, the loop the build checked against transformers.generate).
 
 The front end (riva.py, Riva's RivaTranslation) tokenises, puts placeholders in for phrases kept
-untranslated, and decodes (nimbuild/translation_text.py) outside Triton, so bad text is an
+untranslated, and decodes (nimbuild/serving/translation_text.py) outside Triton, so bad text is an
 INVALID_ARGUMENT before anything is queued, and each text is one Triton request: the texts of one
 call and of concurrent calls share batches.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
-from runtime_min.tasks import NIMBUILD, batch_within_export, tensor_dims
+from runtime_min.tasks import batch_within_export, serving_code, tensor_dims
 
 HERE = Path(__file__).parent
 
@@ -32,9 +32,8 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     instances(config, gpu=core.gpu and not core.native)
     parameters(config, runner=core.python_runner(name), core=core.file)
     files = {"model.py": HERE / "model.py", "model_info.json": workspace / "model_info.json",
-             "translation": workspace / "translation", "nimbuild/__init__.py": NIMBUILD / "__init__.py",
-             "nimbuild/seq2seq.py": NIMBUILD / "seq2seq.py",
-             "nimbuild/generation.py": NIMBUILD / "generation.py", **core.python_files()}
+             "translation": workspace / "translation", **serving_code(),
+             **core.python_files()}
     out = [Model(config, files)]
     if core.native:
         core_in = [Tensor(i["name"], "int64", [-1]) for i in info["inputs"]]

@@ -1,13 +1,13 @@
 """Triton Python model for translation profiles: one text's source tokens in, its translation's
 tokens out.
 
-    input_ids   int64 [tokens]   the source, ending with end-of-sequence (nimbuild/translation_text.py)
+    input_ids   int64 [tokens]   the source, ending with end-of-sequence (nimbuild/serving/translation_text.py)
     max_tokens  int32 [1]        the most tokens the translation may have (0: the profile's limit)
     output_ids  int64 [tokens]   the translation, its end-of-sequence token included when reached
 
 The requests of one execute are the texts the dynamic batcher gathered: their sources are encoded
 as one right-padded batch, and greedy decoding runs them together, each leaving the batch when it
-ends (nimbuild/seq2seq.py).
+ends (nimbuild/serving/seq2seq.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.seq2seq import TranslationGraphs, greedy, greedy_settings  # noqa: E402
+from nimbuild.serving.seq2seq import TranslationGraphs, greedy, greedy_settings  # noqa: E402
 
 
 class TritonPythonModel:

@@ -15,7 +15,7 @@ UNAVAILABLE.
 
 from __future__ import annotations
 
-from nimbuild.translation_text import parse_dnt_phrases
+from nimbuild.serving.translation_text import parse_dnt_phrases
 from runtime_min.grpc import abort_on_errors
 from runtime_min.http import ServedModel, require_ready
 from runtime_min.tasks.translation.translate import TranslationError, Translator

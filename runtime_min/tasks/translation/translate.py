@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nimbuild.translation_text import MarianText, Protected, TranslationTextError, protect, restore
+from nimbuild.serving.translation_text import MarianText, Protected, TranslationTextError, protect, restore
 from runtime_min.grpc import NotFound
 from runtime_min.http import triton_infer
 from runtime_min.tasks import language_matches

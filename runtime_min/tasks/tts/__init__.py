@@ -2,10 +2,10 @@
 one normalised sentence's tokens and answers its audio: the spectrogram generator (the core, run
 by its runner: onnxruntime, or a TensorRT-RTX engine on a GPU) over the batch's sentences of equal
 length together, then the vocoder per sentence (Griffin-Lim over the model's own mel filterbank,
-nimbuild/griffin_lim.py, or a HiFiGAN graph on onnxruntime), resampled to the rate asked for.
+nimbuild/serving/griffin_lim.py, or a HiFiGAN graph on onnxruntime), resampled to the rate asked for.
 
 The front ends (routes.py for TTS NIM's HTTP API, riva.py for Riva's RivaSpeechSynthesis) split
-text into sentences and normalise it (nimbuild/tts_text.py, the code the build checked against
+text into sentences and normalise it (nimbuild/serving/tts_text.py, the code the build checked against
 NeMo's parser) before anything is queued, so text that cannot be spoken is a 400 or
 INVALID_ARGUMENT, and each sentence is one Triton request: concurrent requests' sentences share
 a batch, and a stream's first sentence is not held back by its last.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
-from runtime_min.tasks import NIMBUILD, batch_within_export
+from runtime_min.tasks import batch_within_export, serving_code
 
 HERE = Path(__file__).parent
 
@@ -35,9 +35,7 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     instances(config, gpu=core.gpu)
     parameters(config, runner=core.runner, core=core.file)
     files = {"model.py": HERE / "model.py", "model_info.json": workspace / "model_info.json", "tts": workspace / "tts",
-             "nimbuild/__init__.py": NIMBUILD / "__init__.py", "nimbuild/audio.py": NIMBUILD / "audio.py",
-             "nimbuild/griffin_lim.py": NIMBUILD / "griffin_lim.py",
-             **core.python_files()}
+             **serving_code(), **core.python_files()}
     return [Model(config, files)]
 
 

@@ -1,7 +1,7 @@
 """Triton Python model for text-to-speech profiles: one normalised sentence's tokens in, its audio
 out, at the sample rate asked for.
 
-    tokens       int64 [characters]  the sentence's character ids (nimbuild/tts_text.py)
+    tokens       int64 [characters]  the sentence's character ids (nimbuild/serving/tts_text.py)
     sample_rate  int32 [1]           the rate the audio is wanted at (0: the model's own)
     audio        float32 [samples]   in [-1, 1]
 
@@ -22,8 +22,8 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.audio import resample  # noqa: E402
-from nimbuild.griffin_lim import GriffinLim  # noqa: E402
+from nimbuild.serving.audio import resample  # noqa: E402
+from nimbuild.serving.griffin_lim import GriffinLim  # noqa: E402
 
 PEAK = 0.95  # Griffin-Lim's audio is scaled so its loudest sample is here: its level follows no target
 

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from nimbuild.tts_text import TextError, sentences, tokens
+from nimbuild.serving.tts_text import TextError, sentences, tokens
 from runtime_min.http import triton_infer
 from runtime_min.streams import BoundPassed
 from runtime_min.tasks import language_matches

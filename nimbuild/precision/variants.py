@@ -11,7 +11,7 @@ So each variant is a graph of its own, made by the tool that does it well:
   bf16 kernels (fp32 accumulation, bf16 results) compute.
 - int8 for generic profiles: onnxruntime's dynamic quantisation, int8 weights per channel and
   activations quantised at run time: the standard CPU int8 path (1.9x faster than fp32 on MiniLM).
-- int8 and fp8 for engines: explicit Q/DQ on the linear layers with calibration (nimbuild.quantize),
+- int8 and fp8 for engines: explicit Q/DQ on the linear layers with calibration (nimbuild.precision.quantize),
   the form TensorRT and TensorRT-RTX take.
 
 The gate runs the variant and the reference with onnxruntime on a fixed, seeded evaluation set and
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.errors import NimbuildError, first_line
+from nimbuild.errors import GateError, NimbuildError, first_line
 from nimbuild.export.parity import Comparison
 
 GATE_SEED = 7
@@ -42,12 +42,6 @@ DEFAULT_COSINE = {"fp16": 0.999, "bf16": 0.995, "int8": 0.98, "fp8": 0.98}
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf", "Range", "CumSum"]
 # How each variant's graph is made; int8 takes two forms (see the module docstring).
 FORMS = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8-qdq"}
-
-
-class GateError(NimbuildError):
-    """A variant that does not keep close enough to the reference."""
-
-    multiline = True  # ends with the table of figures
 
 
 def form_for(precision: str, backend: str) -> str:
@@ -66,7 +60,7 @@ def make_gated(reference, form: str, spec, dest: Path, calibration: list[dict]) 
     evaluate = gate_spec is None or gate_spec.evaluate
     with _quiet():
         if form in ("int8-qdq", "fp8-qdq") and evaluate:
-            from nimbuild.quantize import quantize_gated
+            from nimbuild.precision.quantize import quantize_gated
 
             graph, comparison, kept = quantize_gated(
                 reference.files[0], out, precision, calibration,
@@ -119,7 +113,7 @@ def _convert(reference: Path, form: str, out: Path, calibration: list[dict]) -> 
         # earlier manifests were built on); with 7 bits: 0.9827 on the EPYC
         quantize_dynamic(str(reference), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
     elif form in ("int8-qdq", "fp8-qdq"):  # built ungated, as the recipe asked: no fallback to steer
-        from nimbuild.quantize import calibrated_layers, quantize
+        from nimbuild.precision.quantize import calibrated_layers, quantize
 
         fmt = form.split("-")[0]
         quantize(reference, out, fmt, *calibrated_layers(reference, calibration, fmt))
@@ -202,7 +196,7 @@ EVALUATED_AS = {
 
 def gate(reference, variant: Path, form: str, spec) -> Comparison:
     """Compare the variant with the reference on the evaluation set; refuse it when it misses."""
-    from nimbuild.export import open_session, parity_shapes
+    from nimbuild.export.reference import open_session, parity_shapes
 
     precision = form.split("-")[0]
     cosine_min = spec.cosine_min if spec and spec.cosine_min is not None else DEFAULT_COSINE[precision]
@@ -229,7 +223,7 @@ def _evaluation_session(graph: Path, precision: str, fused: bool):
     """onnxruntime on the variant (unfused: Q/DQ and rounding exactly as written, not as a CPU kernel
     would fuse them); a variant it cannot load is refused unless the recipe opts out."""
     from nimbuild.errors import ExportError
-    from nimbuild.export import open_session
+    from nimbuild.export.reference import open_session
 
     try:
         return open_session(graph, fused=fused)
@@ -296,7 +290,7 @@ def calibration_batches(reference, checkpoint, spec, data: Path | None) -> list[
 
 
 def _calibration_texts(path: Path) -> list[str]:
-    from nimbuild.fsutil import read_user_text
+    from nimbuild.util.files import read_user_text
 
     texts = [line.strip() for line in read_user_text(path, "calibration data", NimbuildError).splitlines() if line.strip()]
     if not texts:
@@ -320,7 +314,7 @@ def _tokenized(checkpoint, adapter, texts: list[str], spec) -> list[dict]:
 
 def _served(output: np.ndarray, feeds: dict, pooling: str | None, info: dict) -> np.ndarray:
     """What a client receives: for an embedding model, the pooled (and normalised) vector."""
-    from nimbuild.pooling import pool
+    from nimbuild.serving.pooling import pool
 
     output = output.astype(np.float64)
     if pooling is None:

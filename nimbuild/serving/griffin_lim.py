@@ -12,7 +12,7 @@ FFT call per frame, and that was 1.3 s of the vocoder for 2 s of audio (32 itera
 profiled). Frames are centred (zero padding), as NeMo's preprocessor lays them out, and the inverse
 is the least-squares overlap-add (divided by the window's summed square).
 
-numpy and scipy only: it runs inside Triton's Python backend, as nimbuild/audio.py does.
+numpy and scipy only: it runs inside Triton's Python backend, as nimbuild/serving/audio.py does.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimbuild.errors import NimbuildError, first_line
-from nimbuild.fsutil import atomic_write_text, sha256_bytes
+from nimbuild.util.files import atomic_write_text, sha256_bytes
 
 CELL_FILE = "cell.json"
 

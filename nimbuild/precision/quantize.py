@@ -25,6 +25,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from nimbuild.errors import GateError
+
 # format -> (ONNX element type name, largest magnitude, lowest opset whose QuantizeLinear takes it)
 FORMATS = {"int8": ("INT8", 127.0, 13), "fp8": ("FLOAT8E4M3FN", 448.0, 19)}
 
@@ -56,7 +58,7 @@ def calibrate(reference: Path, layers: list[Linear], batches: Iterable[dict]) ->
     """Each layer's activation samples over the calibration batches, flattened to rows of features."""
     import onnx
 
-    from nimbuild.export import open_session
+    from nimbuild.export.reference import open_session
 
     model = onnx.load(str(reference))
     wanted = sorted({layer.activation for layer in layers})
@@ -142,7 +144,6 @@ def quantize_gated(reference: Path, out: Path, fmt: str, batches: list[dict],
                    passes: Callable[[Path], object]) -> tuple[Path, object, list[str]]:
     """Quantise; while the gate misses, keep the 1, 2, 4, ... most sensitive layers in fp32.
     Returns (graph, the passing comparison, layers kept in fp32); raises the last gate error."""
-    from nimbuild.precision import GateError
 
     layers, activations = calibrated_layers(reference, batches, fmt)
     ranked = _ranked(reference, layers, activations, fmt)
@@ -163,7 +164,6 @@ def calibrated_layers(reference: Path, batches: list[dict], fmt: str) -> tuple[l
     """The graph's linear layers and their activations on the calibration batches."""
     import onnx
 
-    from nimbuild.precision import GateError
 
     layers = linear_layers(onnx.load(str(reference), load_external_data=False))
     if not layers:

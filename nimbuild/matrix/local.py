@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nimbuild import matrix
+from nimbuild.matrix import cells as matrix
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, load_manifest, merge_manifests
-from nimbuild.progress import Reporter
+from nimbuild.util.progress import Reporter
 
 
 @dataclass
@@ -29,7 +29,7 @@ class LocalRun:
 
 
 def run_local(recipe_path: Path, out: Path, reporter: Reporter, jobs: int = 0) -> LocalRun:
-    from nimbuild.targets import plan_variants
+    from nimbuild.compile import plan_variants
     from nimbuild.targets.tensorrt import why_not_buildable
     from nimbuild.recipe import load_recipe
 

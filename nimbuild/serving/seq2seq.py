@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from nimbuild.generation import CacheLayout, layer_order
+from nimbuild.serving.generation import CacheLayout, layer_order
 
 
 class TranslationGraphs:

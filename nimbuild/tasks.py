@@ -1,0 +1,105 @@
+"""The task table: every task nimbuild builds and runtime_min serves, one row each.
+
+Everything that differs by task and is not the task's own code is a field here, and the stages
+read it instead of listing tasks again: the recipe schema (which source, which sections a recipe of
+the task must or must not have), `recipe init` (which checkpoints it takes, and the shapes it
+starts from), export (its exporter module), targets (how its targets expand into profiles), RMIR
+(the asset folders that travel with an engine), the registry's ModelPack config (what goes in and
+comes out) and runtime_min (its folder of `runtime_min/tasks/`).
+
+Adding a task is a row here plus its own modules: an exporter in `nimbuild/export/`, a runtime
+folder in `runtime_min/tasks/` (implementing `runtime_min.tasks.TaskHooks`), any serving code in
+`nimbuild/serving/`, and an example under `examples/`. docs/development.md has the checklist.
+
+This module is read on target machines too (runtime_min finds a profile's task here), so it
+imports nothing beyond the standard library and nimbuild.errors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nimbuild.errors import NimbuildError
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str  # as recipes, profiles (model_info.json) and manifests write it
+    title: str  # what it is, in messages: "speech recognition"
+    source: str  # the checkpoint kind: "hf" (a transformers directory) or "nemo" (a .nemo archive)
+    # what `recipe init` recognises: regular expressions over config.json's `architectures` (hf), or
+    # the NeMo model classes a .nemo's config names as its target (nemo)
+    takes: tuple[str, ...]
+    exporter: str  # the module of nimbuild.export whose export() makes the reference graph(s)
+    targets: str  # how a target expands into profiles (nimbuild.targets: graph, decoder, speech, tts, translation)
+    runtime: str  # its folder of runtime_min/tasks
+    modality: tuple[tuple[str, ...], tuple[str, ...]]  # (inputs, outputs) in ModelPack's vocabulary
+    transformer: bool = False  # ModelPack's config.architecture
+    assets: tuple[str, ...] = ()  # folders beside the graph the runtime reads (an RMIR archive carries them)
+    # recipe fields that mean something only for this task (and tasks that share them), and those it
+    # cannot do without
+    owns: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    needs_why: str = ""  # what the needed fields are for, in the message that asks for them
+    streaming: bool = False  # served offline and streaming (a Speech NIM's `mode` tag: ofl, str)
+    riva: bool = False  # also answers Riva's gRPC API, as the Speech NIMs (ASR, TTS, NMT) do
+    native_backends: tuple[str, ...] = ()  # engine backends only this task takes (tensorrt_llm)
+
+
+TASKS: tuple[Task, ...] = (
+    Task("embedding", "sentence embedding", "hf",
+         takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|MPNet|Electra|DebertaV2|ModernBert|NomicBert)Model$",),
+         exporter="encoder", targets="graph", runtime="embedding", modality=(("text",), ("embedding",)),
+         transformer=True, assets=("tokenizer",)),
+    Task("text-generation", "text generation", "hf", takes=(r"ForCausalLM$",),
+         exporter="decoder", targets="decoder", runtime="llm", modality=(("text",), ("text",)),
+         transformer=True, assets=("tokenizer",), native_backends=("tensorrt_llm",)),
+    Task("asr-ctc", "speech recognition", "nemo", takes=("EncDecCTCModel", "EncDecCTCModelBPE"),
+         exporter="asr", targets="speech", runtime="asr", modality=(("audio",), ("text",)), assets=("asr",),
+         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
+    # RNNT and TDT alike: TDT is a loss and a decoding setting of the same classes
+    Task("asr-rnnt", "speech recognition", "nemo", takes=("EncDecRNNTModel", "EncDecRNNTBPEModel"),
+         exporter="asr", targets="speech", runtime="asr", modality=(("audio",), ("text",)), assets=("asr",),
+         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
+    Task("tts", "text-to-speech", "nemo", takes=("FastPitchModel",),
+         exporter="tts", targets="tts", runtime="tts", modality=(("text",), ("audio",)), assets=("tts",),
+         owns=("source.vocoder", "serving.voice", "export.texts"),
+         needs=("source.vocoder", "serving.voice", "export.texts"),
+         needs_why="the vocoder stage, the voice it speaks with, the sentences it is checked on against NeMo", riva=True),
+    Task("translation", "translation", "hf", takes=(r"^MarianMTModel$",),
+         exporter="translation", targets="translation", runtime="translation", modality=(("text",), ("text",)),
+         transformer=True, assets=("tokenizer", "translation"), owns=("serving.languages", "export.texts"),
+         needs=("serving.languages", "export.texts"),
+         needs_why="the language pair it serves, the sources its greedy translations are checked on against transformers",
+         riva=True),
+)
+TASK_IDS: tuple[str, ...] = tuple(t.id for t in TASKS)
+BY_ID = {t.id: t for t in TASKS}
+# Every folder an engine's workspace may carry for its runtime, whatever the task
+ASSET_FOLDERS: tuple[str, ...] = tuple(dict.fromkeys(a for t in TASKS for a in t.assets))
+
+
+def task(task_id: str) -> Task:
+    """The row of a task id, or one clear error naming the ones there are."""
+    row = BY_ID.get(task_id)
+    if row is None:
+        raise NimbuildError(f"unknown task {task_id!r}; nimbuild knows {', '.join(TASK_IDS)}")
+    return row
+
+
+def tasks_owning(field: str) -> tuple[Task, ...]:
+    return tuple(t for t in TASKS if field in t.owns)
+
+
+def task_for_architectures(architectures: list[str]) -> Task | None:
+    """The hf task whose patterns match one of config.json's architectures (the first that does)."""
+    for name in architectures:
+        for row in TASKS:
+            if row.source == "hf" and any(re.search(pattern, name) for pattern in row.takes):
+                return row
+    return None
+
+
+def task_for_nemo_class(model_class: str) -> Task | None:
+    return next((t for t in TASKS if t.source == "nemo" and model_class in t.takes), None)
