@@ -66,6 +66,27 @@ def recipe_check(file: Path, fmt: str) -> None:
                    f"{', '.join(v.description for v in variants)})")
 
 
+@recipe.command("init")
+@click.argument("checkpoint")
+@click.option("--task", "task_id", default=None,
+              help="The task to build (default: read from config.json's architectures or the NeMo class).")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=Path("recipe.yaml"),
+              show_default=True, help="Where to write the recipe.")
+@click.option("--name", default=None, help="The recipe's name (default: the checkpoint's).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def recipe_init(checkpoint: str, task_id: str | None, out: Path, name: str | None, force: bool) -> None:
+    """Write a first recipe for CHECKPOINT (a Hugging Face directory, hf://org/name, pkg://package/path,
+    or a .nemo file), read from the checkpoint itself and checked as `recipe check` checks it."""
+    from nimbuild.recipe_init import init_recipe
+    from nimbuild.util.files import atomic_write_text
+
+    if out.exists() and not force:
+        raise NimbuildError(f"{out} exists; pass --force to replace it, or --out another file")
+    text, row = init_recipe(checkpoint, out, task_id, name)
+    atomic_write_text(out, text)
+    click.echo(f"wrote {out} (task {row.id}); next: nimbuild compile {out} --out build/{out.stem}")
+
+
 @main.command("inspect")
 @click.argument("file", type=click.Path(path_type=Path))
 @FORMAT_OPTION

@@ -34,7 +34,7 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError, first_line
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import ReferenceExport, check_graph, graph_metadata, reference
+from nimbuild.export.reference import ReferenceExport, Starter, check_graph, graph_metadata, reference
 from nimbuild.recipe import Recipe
 from nimbuild.shapes import DimRange
 from nimbuild.sources.nemo import MODEL_CLASSES, VOCODER_CLASSES, NemoCheckpoint
@@ -455,3 +455,17 @@ def export(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> Refere
     result = reference(onnx_path, specs, adapter, comparison)
     result.builder, result.assets = builder_versions(), adapter.assets
     return result
+
+
+def starter(checkpoint: NemoCheckpoint) -> Starter:
+    """Utterances of up to 20 s, in feature hops of the checkpoint's own window stride; served
+    offline and streaming, as a Speech NIM is. Parity runs on seeded synthetic sound until the
+    recipe lists real recordings (export.audio)."""
+    stride = float((checkpoint.config.get("preprocessor") or {}).get("window_stride") or 0.01)
+    frames = round(20 / stride)
+    return Starter(inputs={AUDIO_INPUT: {"batch": [1, 4, 16], "frames": [1, min(300, frames), frames]}},
+                   inputs_note=f"frames are feature hops ({stride * 1000:g} ms, the checkpoint's window stride): "
+                               f"up to 20 s of audio per utterance",
+                   serving={"modes": ["ofl", "str"], "streaming": {"chunk_ms": 400}},
+                   notes={"export.audio": "add recordings (relative to this file) to check the front end on real "
+                                          "speech; without them parity runs on seeded synthetic sound"})

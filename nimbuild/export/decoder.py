@@ -33,8 +33,8 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import (InputSpec, ReferenceExport, check_graph, check_sequence_limit, graph_metadata,
-                                       reference, run_exporter)
+from nimbuild.export.reference import (InputSpec, ReferenceExport, Starter, check_graph, check_sequence_limit,
+                                       graph_metadata, positions, reference, run_exporter)
 from nimbuild.serving.generation import cache_names
 from nimbuild.recipe import Recipe
 from nimbuild.shapes import DimRange
@@ -315,3 +315,12 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
         comparison = check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
     reporter.debug(comparison.describe())
     return reference(onnx_path, specs, adapter, comparison)
+
+
+def starter(checkpoint: HFCheckpoint) -> Starter:
+    """A context of up to 2,048 tokens (or the model's position limit, if smaller): a start that
+    compiles in minutes (parity prompts reach a third of it); raise it to what the profile serves."""
+    context = min(positions(checkpoint, 2048), 2048)
+    return Starter(inputs={"input_ids": {"batch": [1, 4, 8], "sequence": [1, min(128, context), context]}},
+                   inputs_note=f"sequence max is the context served, prompt plus generated tokens: {context} here; "
+                               f"the model has {positions(checkpoint, 0) or 'no stated'} positions")

@@ -8,9 +8,9 @@ from typing import Any
 
 from nimbuild.errors import ParityError
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import (PARITY_SEED, InputSpec, ReferenceExport, check_graph, check_sequence_limit,
-                                       graph_metadata, input_specs, open_session, parity_shapes, reference,
-                                       run_exporter)
+from nimbuild.export.reference import (PARITY_SEED, InputSpec, ReferenceExport, Starter, check_graph,
+                                       check_sequence_limit, graph_metadata, input_specs, open_session, parity_shapes,
+                                       positions, reference, run_exporter)
 from nimbuild.recipe import Recipe
 from nimbuild.sources.hf import HFCheckpoint
 from nimbuild.util.progress import Reporter
@@ -82,3 +82,10 @@ def check_parity(adapter, onnx_path: Path, specs: list[InputSpec], tolerance) ->
     return comparison
 
 
+def starter(checkpoint: HFCheckpoint) -> Starter:
+    """Sentences of up to 512 tokens (or the model's position limit), batches of up to 64."""
+    longest = min(positions(checkpoint, 512), 512)
+    return Starter(inputs={"input_ids": {"batch": [1, 8, 64], "sequence": [1, min(128, longest), longest]}},
+                   inputs_note=f"tokens per sentence: up to {longest} (the model has "
+                               f"{positions(checkpoint, 0) or 'no stated'} positions); the other token inputs "
+                               "(attention_mask, token_type_ids) take the same ranges")

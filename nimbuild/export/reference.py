@@ -175,3 +175,25 @@ def builder_versions() -> dict[str, str]:
         "exporter": "torch.onnx (dynamo)",
         **{name: version(name) for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")},
     }
+
+
+@dataclass
+class Starter:
+    """What an exporter proposes for a new recipe of its checkpoint (`nimbuild recipe init`): the
+    input ranges, read from the checkpoint where it says (positions, sample rate), and the sections
+    its task needs. Each comment says where a value came from, for the YAML that is written."""
+
+    inputs: dict[str, dict[str, list[int]]]
+    inputs_note: str
+    export: dict[str, Any] = field(default_factory=dict)  # export.texts / export.audio
+    source: dict[str, Any] = field(default_factory=dict)  # source.vocoder
+    serving: dict[str, Any] = field(default_factory=dict)  # serving.voice / languages / modes
+    notes: dict[str, str] = field(default_factory=dict)  # a comment per section or key ("export.texts")
+    parity: dict[str, float] = field(default_factory=lambda: {"atol": 1.0e-4, "rtol": 1.0e-3, "cosine_min": 0.9999})
+
+
+def positions(checkpoint: HFCheckpoint, default: int) -> int:
+    """The longest sequence the checkpoint's position embeddings allow (or `default` if it names none)."""
+    config = checkpoint.config
+    value = config.get("max_position_embeddings") or config.get("n_positions") or config.get("max_length")
+    return int(value) if isinstance(value, int) and value > 0 else default

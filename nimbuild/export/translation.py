@@ -30,8 +30,8 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.decoder import CacheNames, filled_cache, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import (InputSpec, ReferenceExport, check_graph, graph_metadata, reference,
-                                       run_exporter)
+from nimbuild.export.reference import (InputSpec, ReferenceExport, Starter, check_graph, graph_metadata, positions,
+                                       reference, run_exporter)
 from nimbuild.recipe import Recipe
 from nimbuild.serving.generation import cache_names
 from nimbuild.sources.hf import HFCheckpoint
@@ -316,3 +316,34 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     result = reference(onnx_path, specs, adapter, comparison)
     result.assets = adapter.assets
     return result
+
+
+# Parity sources for a new recipe, by source language; others start from the English ones (parity
+# needs the graphs to agree with transformers on some text, not good translations of it)
+STARTER_TEXTS = {
+    "en": ("call three four five", "nine thousand, nine hundred and ninety-nine", "stop",
+           "the weather is nice today.", "where is the train station?"),
+    "de": ("rufe drei vier fünf an", "neuntausend neunhundertneunundneunzig", "stopp",
+           "das wetter ist heute schön.", "wo ist der bahnhof?"),
+}
+
+
+def starter(checkpoint: HFCheckpoint) -> Starter:
+    """The tokenizer's language pair; sources of up to 128 tokens and translations of up to 256 (or
+    the model's position limit)."""
+    config = checkpoint.read_json("tokenizer_config.json") or {}
+    source, target = config.get("source_lang"), config.get("target_lang")
+    if not (source and target):
+        raise ExportError(f"{checkpoint.path}/tokenizer_config.json names no source_lang and target_lang, so the "
+                          "language pair cannot be read from the checkpoint; write serving.languages by hand")
+    limit = positions(checkpoint, 256)
+    longest, translation = min(limit, 128), min(limit, 256)
+    return Starter(inputs={"input_ids": {"batch": [1, 4, 8], "sequence": [1, min(16, longest), longest]},
+                           "decoder_input_ids": {"batch": [1, 4, 8], "sequence": [1, min(16, translation), translation]}},
+                   inputs_note="input_ids: the source in tokens (with its end token); decoder_input_ids: the "
+                               "translation's length, at most",
+                   export={"texts": list(STARTER_TEXTS.get(str(source).split("-")[0].lower(), STARTER_TEXTS["en"]))},
+                   serving={"languages": {"source": str(source), "target": str(target)}},
+                   notes={"export.texts": "greedy translations through the graphs, token for token against "
+                                          "transformers.generate; use sentences like those it will serve",
+                          "serving.languages": "from the tokenizer's source_lang and target_lang"})

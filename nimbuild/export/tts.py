@@ -33,7 +33,7 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError, first_line
 from nimbuild.export.asr import builder_versions, load_checked, nemo_export, restore
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import ReferenceExport, check_graph, graph_metadata, reference
+from nimbuild.export.reference import ReferenceExport, Starter, check_graph, graph_metadata, reference
 from nimbuild.recipe import Recipe
 from nimbuild.sources.nemo import NemoCheckpoint
 from nimbuild.util.progress import Reporter
@@ -257,3 +257,24 @@ def export(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> Refere
     result = reference(onnx_path, specs, adapter, comparison)
     result.builder, result.assets = builder_versions(), adapter.assets
     return result
+
+
+# Parity sentences for a new recipe: spoken text of everyday kinds (numbers, commands, punctuation)
+STARTER_TEXTS = ("call five five one two", "stop", "dial nine oh one four four seven", "yes no up down left right",
+                 "cancel, repeat!", "the quick brown fox jumps over the lazy dog.")
+
+
+def starter(checkpoint: NemoCheckpoint) -> Starter:
+    """Sentences of up to 256 characters; Griffin-Lim as the vocoder (no second checkpoint needed);
+    parity sentences made only of characters the voice's alphabet has."""
+    alphabet = {str(c).lower() for c in checkpoint.config.get("labels") or []}
+    texts = [t for t in STARTER_TEXTS if not alphabet or set(t) <= alphabet] or [STARTER_TEXTS[1]]
+    return Starter(inputs={"text": {"batch": [1, 4, 8], "characters": [1, 64, 256]}},
+                   inputs_note="characters of one normalised sentence; the runtime splits longer text",
+                   export={"texts": texts}, source={"vocoder": "griffin-lim"},
+                   # mel spectrograms are log magnitudes: the examples' voices match NeMo to 1e-3
+                   parity={"atol": 1.0e-3, "rtol": 1.0e-3, "cosine_min": 0.9999},
+                   serving={"voice": {"name": "English-US", "subvoice": "Default", "language_code": "en-US"}},
+                   notes={"export.texts": "checked against NeMo: tokens, durations and mel spectrograms",
+                          "source.vocoder": "griffin-lim needs no weights; {nemo: vocoder.nemo} names a HiFiGAN",
+                          "serving.voice": "the name and language Riva's clients ask for; set them to the voice's own"})
