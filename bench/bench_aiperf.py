@@ -219,6 +219,7 @@ def _serve(manifest: Path, work: Path, port: int):
 
 def main() -> tuple[str, dict]:
     from bench_runtime import _stop
+
     from servers import free_port
 
     os.environ["NIMBUILD_ORT_THREADS"] = str(THREADS)

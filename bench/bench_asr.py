@@ -140,6 +140,7 @@ def main() -> tuple[str, dict]:
     """Each round runs the served path and NeMo one after the other, so the machine's swings
     (2x between minutes here) hit both sides of a ratio alike; medians over the rounds."""
     from demo_embed import running
+
     from servers import free_port
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,9 +19,9 @@ def main() -> str:
 
     from nimbuild.export import export_reference
     from nimbuild.export.tasks import load_task
-    from nimbuild.util.progress import Reporter
     from nimbuild.recipe import load_recipe
     from nimbuild.sources import resolve_source
+    from nimbuild.util.progress import Reporter
 
     recipe = load_recipe(REPO / "recipes" / "minilm-embed.yaml")
     checkpoint = resolve_source(recipe)

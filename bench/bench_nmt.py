@@ -96,6 +96,7 @@ def main() -> tuple[str, dict]:
     one after the other, so the machine's swings hit both sides alike; medians over the rounds."""
     from demo_embed import running
     from nmt_phrases import held_out_numbers
+
     from servers import free_port
 
     texts = [en for en, _ in held_out_numbers(TEXTS, seed=11)]

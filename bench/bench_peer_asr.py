@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench_asr import Clip, _clips
+
 from common import PEERS_VENV, multipart, p, peer_server, post, run_peer, table, triton_grpc_address
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,9 +280,9 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
     its load untimed) and, for CTC, runtime_min's path in process, each at 1 and 16, so the
     machine's swings hit every side alike; medians over the rounds."""
     from demo_embed import running
-    from servers import free_port
 
     from common import compile_recipe
+    from servers import free_port
 
     sides = ["runtime_min served", "Triton directly", "sherpa-onnx served", "runtime_min in process",
              "sherpa-onnx in process"]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
 from bench_runtime import SENTENCES, WINDOW_S, _compiled, _drive, _start_runtime, _stop
+
 from common import INFINITY_VENV, peer_server, post_json, run_peer, table
 
 PROFILE = "onnxruntime-fp32-throughput"
@@ -27,8 +27,8 @@ CONCURRENCY = (1, 32)
 
 
 def main() -> tuple[str, dict]:
-    from nimbuild.util.files import sha256_file
     from nimbuild.profiles.manifest import load_manifest
+    from nimbuild.util.files import sha256_file
     from servers import free_port
 
     threads = os.cpu_count() or 1

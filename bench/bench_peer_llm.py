@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench_llm import NEW_TOKENS, PROMPT, ROUNDS, THREADS, _compile, _recipe, _served, for_each_model
+
 from common import ORTGENAI_BUILDER, VLLM_VENV, cpu_seconds, peer_server, run_peer, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,6 +168,7 @@ def _vllm(name: str, source: Path, log: Path) -> Iterator[str]:
 
 def _bench(name: str, source: Path, work: Path) -> dict:
     from demo_embed import running
+
     from servers import free_port
 
     manifest = _compile(_recipe(name, source), work)

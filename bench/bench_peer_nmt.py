@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench_nmt import ROUNDS, TEXTS, THREADS, _served
+
 from common import CT2_CONVERTER, compile_recipe, run_peer, table, triton_grpc_address
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +133,7 @@ def main() -> tuple[str, dict]:
     (a fresh process, its load not timed), so the machine's swings hit every side alike."""
     from demo_embed import running
     from nmt_phrases import held_out_numbers
+
     from servers import free_port
 
     texts = [en for en, _ in held_out_numbers(TEXTS, seed=11)]

@@ -254,7 +254,8 @@ def main() -> str:
     finally:
         _stop(proc)
     text = "\n\n".join([
-        table("Start to ready, profile cached (median of 3, seconds), and the runtime's stages (from its log)", ["what", "seconds", "x bare Triton"], start_rows),
+        table("Start to ready, profile cached (median of 3, seconds), and the runtime's stages (from its log)",
+              ["what", "seconds", "x bare Triton"], start_rows),
         table(f"Embeddings/s, one sentence per request, {os.cpu_count()} CPUs (runtime peak RSS {peak:.0f} MiB "
               "incl. Triton and its model stub); in-process: the same graph and tokenisation, one text per call "
               "from as many threads, or batches of the concurrency's size",

@@ -110,6 +110,7 @@ def _make(kind: str, dest: Path) -> float:
 def _served(kind: str, manifest: Path, work: Path) -> dict:
     """Start runtime_min on the profile and measure it; the runtime tree's peak RSS at the end."""
     from bench_runtime import _peak_rss_mib, _start_runtime, _stop
+
     from servers import free_port
 
     port = free_port()
@@ -155,6 +156,7 @@ def _generation(kind: str, port: int, work: Path) -> dict:
 
 def _embeddings(kind: str, port: int, work: Path) -> dict:
     from bench_runtime import SENTENCES, _drive
+
     from common import post_json
 
     embed = lambda text: post_json("127.0.0.1", port, "/v1/embeddings", {"model": kind, "input": text})
@@ -165,6 +167,7 @@ def _embeddings(kind: str, port: int, work: Path) -> dict:
 
 def _speech(kind: str, port: int, work: Path) -> dict:
     from bench_asr import _clips
+
     from common import multipart, post
 
     (work / "clips").mkdir(exist_ok=True)

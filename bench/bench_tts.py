@@ -117,6 +117,7 @@ def main() -> tuple[str, dict]:
     """Each round runs the served path at 1 and 8 streams and the in-process path one after the
     other, so the machine's swings hit both sides alike; medians over the rounds."""
     from demo_embed import running
+
     from servers import free_port
 
     texts = _texts()

@@ -12,8 +12,16 @@ from pathlib import Path
 import click
 
 from nimbuild import __version__
-from nimbuild.commands import (EXPLAIN_OPTION, FORMAT_OPTION, Command, Group, emit_json, list_profiles,
-                               manifest_option, select_from)
+from nimbuild.commands import (
+    EXPLAIN_OPTION,
+    FORMAT_OPTION,
+    Command,
+    Group,
+    emit_json,
+    list_profiles,
+    manifest_option,
+    select_from,
+)
 from nimbuild.errors import NimbuildError
 
 
@@ -165,8 +173,8 @@ def profiles() -> None:
 def profiles_merge(inputs: tuple[Path, ...], out: Path, allow_missing: bool) -> None:
     """Combine manifests (files, or directories holding profiles.yaml); refuse conflicts and, for
     matrix cells, name the cells that are missing or built nothing."""
-    from nimbuild.matrix import cells as matrix
     from nimbuild.errors import NimbuildError
+    from nimbuild.matrix import cells as matrix
     from nimbuild.profiles.manifest import MANIFEST_NAME, load_manifest, merge_manifests
 
     paths = [p / MANIFEST_NAME if p.is_dir() else p for p in inputs]
@@ -202,8 +210,8 @@ def matrix() -> None:
               help="github: what strategy.matrix takes via fromJSON; gitlab: parallel:matrix; k8s: one Job per cell.")
 def matrix_show(recipe_file: Path, fmt: str) -> None:
     """Print the recipe's matrix cells, each with its runner labels, node selector and command."""
-    from nimbuild.matrix import cells as m
     from nimbuild.compile import plan_variants
+    from nimbuild.matrix import cells as m
     from nimbuild.recipe import load_recipe
 
     click.echo(m.render(m.expand(plan_variants(load_recipe(recipe_file))), str(recipe_file), fmt), nl=False)
@@ -243,9 +251,9 @@ def rmir() -> None:
 @FORMAT_OPTION
 def rmir_deploy(archive: Path, target: str | None, cache_dir: Path | None, fmt: str) -> None:
     """Build the engine for this GPU or a named compute capability, cached; a second deploy is a cache hit."""
-    from nimbuild.targets.rmir import deploy
     from nimbuild.errors import NimbuildError
     from nimbuild.registry.cache import default_cache_root
+    from nimbuild.targets.rmir import deploy
 
     if not archive.is_file():
         raise NimbuildError(f"{archive}: RMIR archive not found")
@@ -469,8 +477,8 @@ def profiles_export(manifest: Path | None, fmt: str, releases: tuple[str, ...], 
                     out: Path | None) -> None:
     """Write the manifest as a NIM v2 model_manifest.yaml (per-file uri and checksum) that NIM's readers
     and the NIM Operator take; warn, naming them, of profiles the operator could never match."""
-    from nimbuild.util.files import atomic_write_text
     from nimbuild.profiles.nim import go_regexp_refusals, manifest_path, nim_v2_text, read_profiles
+    from nimbuild.util.files import atomic_write_text
 
     if bool(releases) != bool(registry):
         raise NimbuildError("--release and --registry go together: the releases, and where they are published")

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from nimbuild import __version__
 from nimbuild.errors import ManifestError, NimbuildError
-from nimbuild.util.files import file_matches, sha256_bytes, sha256_file
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, WorkspaceFile, load_manifest
 from nimbuild.profiles.tags import describe, normalise_tags
 from nimbuild.tasks import TASKS, task
+from nimbuild.util.files import file_matches, sha256_bytes, sha256_file
 from nimbuild.util.progress import Reporter
 
 if TYPE_CHECKING:  # the recipe schema (pydantic) loads only where a recipe is read: an RMIR deploy needs none
@@ -376,8 +376,8 @@ def _intact(out: Path, profile: Profile) -> bool:
 def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_digest: str,
            out: Path, reporter: Reporter) -> list[tuple[Profile, Path]]:
     """Build each variant into the staging directory; return (profile, staged workspace) pairs."""
-    from nimbuild.targets.generic import make_engine_workspace, make_generic_workspace, make_rmir_workspace
     from nimbuild.export import export_reference
+    from nimbuild.targets.generic import make_engine_workspace, make_generic_workspace, make_rmir_workspace
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
@@ -459,7 +459,8 @@ def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, so
     tags = dict(variant.tags)
     requires = None
     if tags.get("type") == "prebuilt":
-        requires = {"gpus": int(tags.get("tp", "1")) * int(tags.get("pp", "1"))}  # the compute_capability tag names exactly what the engine runs on
+        # the compute_capability tag names exactly what the engine runs on
+        requires = {"gpus": int(tags.get("tp", "1")) * int(tags.get("pp", "1"))}
     elif tags.get("type") == "rmir":
         requires = {"min_compute_capability": recipe.targets[variant.target_index].min_compute_capability, "gpus": 1}
     return Profile.create(recipe.name, recipe.release, tags, files, requires=requires, build=build)

@@ -275,15 +275,15 @@ def choose_profile(source: Path, requested: str | None, system_file: Path | None
 
 
 def _profiles_of(source: Path) -> list[Profile]:
-    from nimbuild.util.files import read_user_text
     from nimbuild.profiles.nim import parse_profiles
+    from nimbuild.util.files import read_user_text
     from nimbuild.util.yamlsafe import load_or_raise
 
     text = read_user_text(source, "recipe or manifest", NimbuildError)
     data = load_or_raise(text, str(source), NimbuildError)
     if isinstance(data, dict) and "targets" in data and "source" in data:  # a recipe
-        from nimbuild.recipe import load_recipe
         from nimbuild.compile import plan_variants
+        from nimbuild.recipe import load_recipe
 
         recipe = load_recipe(source)
         planned = [Profile.create(recipe.name, recipe.release, dict(v.tags), {}) for v in plan_variants(recipe)]

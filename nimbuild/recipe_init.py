@@ -94,8 +94,9 @@ def _render(row: Task, name: str, source: str, start, why: str) -> str:
     precisions, targets, serving = _defaults(row)
     serving.update(start.serving)
     notes = start.notes
+    title = "" if row.title == row.id else f" ({row.title})"
     lines = _comment(f"A first recipe for {source}, written by `nimbuild recipe init` from the checkpoint itself. "
-                     f"Task {row.id}{'' if row.title == row.id else f' ({row.title})'}: {why}. Edit freely; `nimbuild recipe check` says what is wrong.")
+                     f"Task {row.id}{title}: {why}. Edit freely; `nimbuild recipe check` says what is wrong.")
     lines += [f"name: {name}", "release: 0.1.0", "source:", f"  {row.source}: {_flow(source)}"]
     lines += _entries(start.source, "source", notes, indent=2)
     lines += [f"task: {row.id}", "export:", "  opset: 18", *_comment(start.inputs_note, 2), "  inputs:"]

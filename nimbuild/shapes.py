@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+
 class DimRange(BaseModel):
     """[min, opt, max] for one dynamic dimension; they size ONNX axes and engine profiles."""
 

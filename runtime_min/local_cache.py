@@ -43,9 +43,9 @@ def record_built(source: Profile, slot: Path, compute_capability: str, cache_roo
 
     from filelock import FileLock
 
-    from nimbuild.util.files import atomic_write_text, sha256_file
     from nimbuild.profiles.nim import nim_v2_text
     from nimbuild.registry.cache import Stamps
+    from nimbuild.util.files import atomic_write_text, sha256_file
 
     record = json.loads((slot / "deploy.json").read_text())
     kind, version = record["builder"], record["version"]

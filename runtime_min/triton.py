@@ -147,9 +147,9 @@ def _bundled(work_root: Path | None) -> TritonInstall | None:
 
 def _writable_copy(source: Path, stub: Path, work_root: Path) -> Path:
     """Copy the bundled server into the work root once per pytriton build and Python version."""
-    from filelock import FileLock
-
     from importlib.metadata import version
+
+    from filelock import FileLock
 
     target = work_root / "triton" / f"pytriton-{version('nvidia-pytriton')}-py{sys.version_info.major}{sys.version_info.minor}"
     done = target / ".complete"

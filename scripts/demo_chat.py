@@ -9,7 +9,6 @@ import os
 import sys
 
 import httpx
-
 from demo_embed import running
 
 QUESTION = "What is a guitar?"

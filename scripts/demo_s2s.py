@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from demo_embed import running
 
 SAID = "call five five one two"

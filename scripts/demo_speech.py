@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import httpx
-
 from demo_embed import running
 
 SENTENCE = "call four one five nine"

@@ -17,7 +17,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-
 from demo_embed import running
 from make_asr_digits import word_error_rate
 

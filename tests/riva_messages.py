@@ -5,11 +5,10 @@ too. A servicer may answer OK or refuse with a status the client can act on; UNK
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from hypothesis import strategies as st
-
-import os
 
 ALLOWED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE"}
 EXAMPLES = int(os.environ.get("NIMBUILD_API_EXAMPLES") or 8) * 5  # per RPC; make fuzz runs 500

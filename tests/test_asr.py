@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import riva.client  # the official Speech NIM client (nvidia-riva-client), for the gRPC tests
 
-from conftest import REPO, asr_trainer as _trainer, modules_loaded_by, serving
+from conftest import REPO, modules_loaded_by, serving
+from conftest import asr_trainer as _trainer
 from nimbuild.errors import NimbuildError, ParityError, SourceError
 from nimbuild.util.progress import Reporter
 
@@ -272,7 +273,8 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
     if kind == "bpe":
         import sentencepiece
 
-        pieces = sentencepiece.SentencePieceProcessor(model_file=str(next(Path(tiny_nemo["bpe"]).parent.parent.glob("spm*/tokenizer.model"))))
+        model_file = next(Path(tiny_nemo["bpe"]).parent.parent.glob("spm*/tokenizer.model"))
+        pieces = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
         assert vocabulary["kind"] == "sentencepiece" and vocabulary["tokens"] == [pieces.id_to_piece(i) for i in range(48)]
         from nimbuild.serving.audio import Vocabulary
 
@@ -327,8 +329,8 @@ def test_front_end_matches_nemo_on_stereo_audio_at_other_rates(tiny_nemo):
     import soundfile
     import torch
 
-    from nimbuild.serving.audio import FrontEnd, feature_config, read_audio
     from nimbuild.export.asr import restore
+    from nimbuild.serving.audio import FrontEnd, feature_config, read_audio
     from nimbuild.sources.nemo import resolve_nemo
 
     model = restore(resolve_nemo(str(tiny_nemo["conformer"]), Path.cwd()))
@@ -378,7 +380,8 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
         .replace("precisions: [fp32]", "precisions: [fp16]")
     with pytest.raises(NimbuildError, match="precision fp16 is not supported"):
         plan_variants(load_recipe(write_recipe(fp16)))
-    embedding = "name: x\nrelease: '1'\nsource: {hf: m}\ntask: embedding\nexport: {inputs: {input_ids: {batch: [1,1,1], sequence: [1,1,1]}}}\n" \
+    embedding = "name: x\nrelease: '1'\nsource: {hf: m}\ntask: embedding\n" \
+                "export: {inputs: {input_ids: {batch: [1,1,1], sequence: [1,1,1]}}}\n" \
                 "precisions: {fp32: {}}\ntargets: [{type: generic, precisions: [fp32]}]\nserving: {modes: [str]}\n"
     with pytest.raises(NimbuildError, match="serving.modes apply to speech recognition recipes"):
         parse_recipe(embedding)
@@ -391,8 +394,8 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
 # --- the committed digits model: compile, serve, compare with NeMo ------------------------------
 
 def test_digits_recipe_compiles_to_generic_engine_and_rmir_profiles(digits_compiled):
-    from nimbuild.targets.rmir import unpack
     from nimbuild.profiles.manifest import load_manifest
+    from nimbuild.targets.rmir import unpack
 
     manifest = load_manifest(digits_compiled / "profiles.yaml")
     descriptions = sorted(p.description for p in manifest.profiles)
@@ -413,8 +416,8 @@ def test_digits_recipe_compiles_to_generic_engine_and_rmir_profiles(digits_compi
 
 
 def test_speech_rmir_deploys_with_its_front_end_and_vocabulary(digits_compiled, tmp_path):
-    from nimbuild.targets.rmir import deploy
     from nimbuild.profiles.manifest import load_manifest
+    from nimbuild.targets.rmir import deploy
 
     rmir = next(p for p in load_manifest(digits_compiled / "profiles.yaml").profiles if p.tags["type"] == "rmir")
     engine, hit = deploy(digits_compiled / rmir.files["model.rmir"].uri, tmp_path / "cache", target="8.6")

@@ -167,8 +167,8 @@ def test_every_minilm_profile_becomes_a_repository(minilm_compiled, tmp_path):
 def test_a_tensorrt_engine_for_an_h100_is_an_ensemble_around_tritons_tensorrt_backend(minilm_compiled, tmp_path):
     """A fixture engine profile (TensorRT cannot build here): the TRT-RTX sm89 fp16 workspace with
     a placeholder engine, tagged as a datacenter TensorRT engine for compute capability 9.0."""
-    from nimbuild.util.files import sha256_file
     from nimbuild.profiles.manifest import Manifest, Profile, WorkspaceFile
+    from nimbuild.util.files import sha256_file
 
     out, _ = minilm_compiled
     source = out / "profiles/tensorrt_rtx-sm89-fp16-throughput"
@@ -489,9 +489,9 @@ def _compile_and_call(tmp_path: Path, source: str, recipe: dict, route: str, req
     """Compile a small recipe on this GPU host, serve what selection picks, and call `route` once."""
     import httpx
     from click.testing import CliRunner
-    from conftest import recipe_text
     from test_runtime import Runtime
 
+    from conftest import recipe_text
     from nimbuild.cli import main
 
     (tmp_path / "r.yaml").write_text(recipe_text(source, **recipe))

@@ -90,10 +90,9 @@ def test_an_op_the_builder_rejects_is_named(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from nimbuild.targets.tensorrt_rtx import build_engine
     from nimbuild.errors import ExportError
-    from nimbuild.shapes import InputSpec
-    from nimbuild.shapes import DimRange
+    from nimbuild.shapes import DimRange, InputSpec
+    from nimbuild.targets.tensorrt_rtx import build_engine
 
     node = helper.make_node("Frobnicate", ["x"], ["y"], name="my_custom_op", domain="com.example")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
@@ -332,8 +331,8 @@ def test_a_decompression_bomb_is_refused_at_its_header_in_well_under_a_second(tm
     import gzip
     import tarfile
 
-    from nimbuild.util.archive import SMALL_ARCHIVE_BYTES
     from nimbuild.targets.rmir import RmirError, unpack
+    from nimbuild.util.archive import SMALL_ARCHIVE_BYTES
 
     zeros = 4 * SMALL_ARCHIVE_BYTES  # 256 MiB of zeros: a quarter of a megabyte of gzip
     info = tarfile.TarInfo("rmir.yaml")

@@ -10,9 +10,9 @@ from nimbuild.errors import ExportError, ParityError
 from nimbuild.export import export_reference
 from nimbuild.export.encoder import check_parity
 from nimbuild.export.reference import input_specs, parity_shapes
-from nimbuild.util.progress import Reporter
 from nimbuild.recipe import load_recipe
 from nimbuild.sources import resolve_source
+from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
 

@@ -34,8 +34,8 @@ def _podman(*args, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def built(minilm_compiled):
     """The image, built for the example's release as published to a docker-registry on loopback."""
-    from nimbuild.util.progress import Reporter
     from nimbuild.registry import publish
+    from nimbuild.util.progress import Reporter
     from servers import Registry
 
     for tool in ("buildah", "podman", "mmdebstrap", "runc"):
@@ -127,10 +127,11 @@ def test_a_modelcar_image_runs_kserves_own_commands(tmp_path):
     the init container's check that /models is there and not empty, then the sidecar's
     `ln -sf /proc/$$/root/models /mnt/models && sleep infinity`, read from outside through that link
     as the predictor reads it (a shared process namespace: --pid host here)."""
-    from nimbuild.util.progress import Reporter
-    from nimbuild.registry import publish
-    from servers import Registry
     from test_registry import assert_pulled_exactly, make_release
+
+    from nimbuild.registry import publish
+    from nimbuild.util.progress import Reporter
+    from servers import Registry
 
     require("podman")
     require("runc")

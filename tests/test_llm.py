@@ -16,9 +16,9 @@ import pytest
 
 from conftest import REPO, compiled, recipe_text
 from nimbuild.errors import NimbuildError, ParityError
-from nimbuild.util.progress import Reporter
 from nimbuild.recipe import load_recipe
 from nimbuild.sources import resolve_source
+from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
 TINY_LLAMA = REPO / "recipes" / "models" / "tiny-llama"

@@ -96,8 +96,8 @@ def test_engines_built_in_ngcs_triton_container_record_the_container_they_need(r
     """A datacenter TensorRT engine runs only with its TensorRT, which the NGC Triton release it was
     built in carries: built there (NVIDIA_TRITON_SERVER_VERSION set, as NGC's images set it) the
     profile names that image; elsewhere it records trt_version alone."""
-    from nimbuild.recipe import load_recipe
     from nimbuild.compile import plan_variants
+    from nimbuild.recipe import load_recipe
 
     def engine_tags() -> list[dict]:
         return [dict(v.tags) for v in plan_variants(load_recipe(recipe)) if dict(v.tags)["backend"] == "tensorrt"]

@@ -25,9 +25,10 @@ def _download(manifest, cache, *args):
 
 
 def test_download_to_cache_then_serve_with_the_registry_gone(minilm_compiled, tmp_path):
+    from test_runtime import Runtime
+
     from nimbuild.registry import publish
     from servers import Registry
-    from test_runtime import Runtime
 
     out, _ = minilm_compiled
     server = Registry(tmp_path / "registry")
@@ -87,9 +88,9 @@ def test_pods_sharing_one_cache_download_each_blob_once_and_all_succeed(minilm_c
     """The RWX PVC case: several download-to-cache at once into one cache, the registry named only by
     the manifest's URIs. Each blob crosses the network once (the registry's access log), every process
     succeeds with the same workspaces, and nothing partial is left."""
-    from nimbuild.util.files import file_matches
     from nimbuild.profiles.nim import nim_v2_text
     from nimbuild.registry import publish, published_profiles
+    from nimbuild.util.files import file_matches
     from servers import Registry
 
     out, _ = minilm_compiled

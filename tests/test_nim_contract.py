@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_listing import _cli  # nim_list_model_profiles as a user runs it
+
 from nimbuild.errors import ManifestError, SelectionError
 from nimbuild.profiles.nim import parse_profiles
 from nimbuild.profiles.select import BUILDABLE, INCOMPATIBLE, LOW_MEMORY, RUNNABLE, select_profile

@@ -15,16 +15,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from test_registry import QUIET, assert_pulled_exactly
+from test_runtime import Runtime
 
 from conftest import REPO, VENV_BIN
 from nimbuild.errors import RegistryError
-from nimbuild.util.files import sha256_file
 from nimbuild.registry import modelpack, publish, pull
 from nimbuild.registry.artifacts import MODELPACK_OF, canonical, digest_of
 from nimbuild.registry.cache import BlobCache
+from nimbuild.util.files import sha256_file
 from servers import Registry, S3Server, free_port, require
-from test_registry import QUIET, assert_pulled_exactly
-from test_runtime import Runtime
 
 SCHEMA = REPO / "tests" / "schemas" / "modelpack" / "config-schema.json"
 # docs/spec.md of modelpack/model-spec: the layer media types implementations SHOULD support
@@ -264,6 +264,7 @@ def test_kserve_fetches_a_model_image_and_runtime_min_serves_it_from_mnt_models_
     import tempfile
 
     import test_operator as pod
+
     from nimbuild.profiles.manifest import load_manifest
 
     if (why := pod.pod_user_refusal()) is not None:
@@ -334,8 +335,9 @@ def _base_env() -> dict:
 
 
 def test_a_model_store_uploaded_to_s3_is_served_by_tritonserver_from_s3(minilm_compiled, s3, tmp_path):
-    from runtime_min.triton import locate_triton
     from test_deploy import embed_from_repository
+
+    from runtime_min.triton import locate_triton
 
     out, _ = minilm_compiled
     uri = f"s3://{s3.endpoint}/models/minilm"

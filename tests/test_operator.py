@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_runtime import Runtime
 
 import nim_operator as op
 from conftest import REPO, VENV_BIN
-from test_runtime import Runtime
 
 EMBED = "onnxruntime-fp32-throughput"
 SPEECH = "onnxruntime-fp32-throughput-str"
@@ -98,8 +98,8 @@ def image(as_pod_user, minilm_compiled, digits_compiled):
 
     from nimbuild.cli import main
     from nimbuild.profiles.nim import read_profiles
-    from nimbuild.util.progress import Reporter
     from nimbuild.registry import publish
+    from nimbuild.util.progress import Reporter
     from servers import Registry
 
     root = Path(tempfile.mkdtemp(prefix="nimbuild-operator-"))
@@ -185,8 +185,8 @@ def test_the_operators_profile_matching_on_the_baked_manifest(image):
 
 
 def test_the_caching_job_fills_a_fresh_pvc_as_uid_1000_with_verified_files_only(image, pvc):
-    from nimbuild.util.files import file_matches
     from nimbuild.profiles.manifest import parse_manifest
+    from nimbuild.util.files import file_matches
 
     _, env, server, profiles = image
     cache, job, selected = pvc

@@ -13,11 +13,11 @@ import pytest
 
 from conftest import VENV_BIN
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.util.files import sha256_file
 from nimbuild.profiles.manifest import Manifest, Profile, WorkspaceFile, load_manifest
-from nimbuild.util.progress import Reporter
 from nimbuild.registry import list_registry, publish, pull
 from nimbuild.registry.cache import BlobCache
+from nimbuild.util.files import sha256_file
+from nimbuild.util.progress import Reporter
 from servers import CuttingProxy, Registry, require
 
 QUIET = Reporter(quiet=True)

@@ -67,8 +67,8 @@ class Runtime:
 
 @pytest.fixture(scope="module")
 def published(minilm_compiled, tmp_path_factory):
-    from nimbuild.util.progress import Reporter
     from nimbuild.registry import publish
+    from nimbuild.util.progress import Reporter
 
     out, _ = minilm_compiled
     registry = tmp_path_factory.mktemp("runtime-registry") / "layout"

@@ -12,12 +12,13 @@ import httpx
 import numpy as np
 import pytest
 import riva.client
+from test_asr import _riva  # the CTC tests' clients
+from test_asr import _transcribe as transcribe_as
 
 from conftest import REPO, asr_trainer, compiled, script_module, serving
-from test_asr import _riva, _transcribe as transcribe_as  # the CTC tests' clients
 from nimbuild.errors import NimbuildError, ParityError
-from nimbuild.util.yamlsafe import load_yaml
 from nimbuild.util.progress import Reporter
+from nimbuild.util.yamlsafe import load_yaml
 
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
 QUIET = Reporter(quiet=True)
@@ -36,9 +37,9 @@ def tiny_transducers(tmp_path_factory):
     import torch
     from nemo.collections.asr.models import EncDecRNNTBPEModel, EncDecRNNTModel
     from omegaconf import OmegaConf
+    from test_asr import LABELS, _sentencepiece_dir
 
     from nimbuild.export.asr import quiet
-    from test_asr import LABELS, _sentencepiece_dir
 
     trainer = script_module("make_asr_digits_rnnt")  # its config() is the transducer every tiny model here uses
     out = {}
@@ -156,14 +157,15 @@ def test_tiny_transducers_export_with_the_search_equal_to_nemo(tiny_transducers,
 def test_a_search_that_differs_from_nemo_is_refused(tiny_transducers, write_recipe, tmp_path, monkeypatch):
     """max_symbols read wrong (5, where NeMo's decoder allows 10): the random model emits the
     most it may on every frame, so the transcripts differ and the build is refused, naming where."""
-    from nimbuild.export import asr
     from nimbuild.compile import compile_recipe
+    from nimbuild.export import asr
     from nimbuild.recipe import load_recipe
 
     real = asr.transducer_info
     monkeypatch.setattr(asr, "transducer_info", lambda model, vocabulary: {**real(model, vocabulary), "max_symbols": 5})
     recipe = load_recipe(write_recipe(_recipe(tiny_transducers["rnnt"])))
-    with pytest.raises(ParityError, match=r"differs from NeMo's greedy decoding \(features \d+x\d+, row \d+\).*first difference at token \d+"):
+    differs = r"differs from NeMo's greedy decoding \(features \d+x\d+, row \d+\).*first difference at token \d+"
+    with pytest.raises(ParityError, match=differs):
         compile_recipe(recipe, tmp_path / "out", QUIET)
     assert not (tmp_path / "out").exists()
 
@@ -316,12 +318,12 @@ def test_a_tdt_model_is_served_as_nemo_transcribes_it(tiny_transducers, write_re
     resampler, and an untrained model's transcript is not robust to that."""
     import torch
     from click.testing import CliRunner
+    from test_runtime import Runtime
 
-    from nimbuild.serving.audio import Vocabulary, read_audio
     from nimbuild.cli import main
     from nimbuild.export.asr import quiet, restore
+    from nimbuild.serving.audio import Vocabulary, read_audio
     from nimbuild.sources.nemo import resolve_nemo
-    from test_runtime import Runtime
 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["-q", "compile", str(write_recipe(_recipe(tiny_transducers["tdt"]))), "--out", str(out)])

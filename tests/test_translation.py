@@ -77,7 +77,7 @@ def test_a_translation_recipe_needs_its_language_pair_and_parity_texts_and_plans
         _recipe(text.replace("  languages: {source: en, target: de}\n", ""))
     embed = (REPO / "recipes" / "minilm-embed.yaml").read_text().replace(
         "profile: throughput}", "profile: throughput, languages: {source: en, target: de}}")
-    with pytest.raises(RecipeError, match="serving.languages applies to translation recipes"):
+    with pytest.raises(RecipeError, match="serving.languages apply to translation recipes"):
         _recipe(embed)
     tags = [dict(v.tags) for v in plan_variants(_recipe(text))]
     assert [t.get("backend") for t in tags] == ["onnxruntime", "tensorrt_rtx", "rmir"]
@@ -124,10 +124,9 @@ def test_a_decoder_that_goes_astray_is_refused_naming_the_text_and_the_first_dif
     and say where the translations part."""
     import torch
 
-    from nimbuild.export import translation
-    from nimbuild.export import export_reference
-    from nimbuild.util.progress import Reporter
+    from nimbuild.export import export_reference, translation
     from nimbuild.sources.hf import resolve_hf
+    from nimbuild.util.progress import Reporter
 
     original = translation.decoder_module
 

@@ -17,8 +17,8 @@ import riva.client  # the official Speech NIM client (nvidia-riva-client)
 
 from conftest import REPO, asr_trainer, compiled, script_module, serving
 from nimbuild.errors import NimbuildError, ParityError, RecipeError
-from nimbuild.util.progress import Reporter
 from nimbuild.serving.tts_text import TextError, normalise, sentences, split_finished, tokens
+from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
 RECIPE = REPO / "recipes" / "tts-digits.yaml"
@@ -125,8 +125,8 @@ def test_the_voice_compiles_to_generic_engine_and_rmir_profiles_that_record_how_
 
 @pytest.mark.slow
 def test_a_graph_that_differs_from_nemo_is_refused_with_the_figures(tmp_path):
-    from nimbuild.sources import resolve_source
     from nimbuild.export import export_reference
+    from nimbuild.sources import resolve_source
 
     strict = _recipe(RECIPE.read_text().replace("parity: {atol: 1.0e-3, rtol: 1.0e-3, cosine_min: 0.9999}",
                                                 "parity: {atol: 0.0, rtol: 0.0, cosine_min: 1.0}"))

@@ -293,8 +293,8 @@ def parity_lengths(spec, rng: np.random.Generator, padded: bool = True) -> list[
 def check_graph_parity(adapter: AsrAdapter, onnx_path: Path, specs, tolerance, audio: list[np.ndarray]) -> Comparison:
     import torch
 
-    from nimbuild.serving.audio import FrontEnd, encoded_lengths
     from nimbuild.export.reference import open_session
+    from nimbuild.serving.audio import FrontEnd, encoded_lengths
 
     model, runtime = adapter.model, adapter.runtime_info
     out = adapter.output_names[0]
@@ -370,8 +370,8 @@ def check_search_parity(model, runtime: dict, decoder_joint: Path, searches) -> 
     row of every padded batch; the first difference refuses the build. Returns the rows checked."""
     import torch
 
-    from nimbuild.serving.audio import Vocabulary
     from nimbuild.export.reference import open_session
+    from nimbuild.serving.audio import Vocabulary
     from nimbuild.serving.transducer import TransducerDecoder
 
     spec = runtime["decoder"]

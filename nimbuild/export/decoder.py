@@ -33,10 +33,19 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import (InputSpec, ReferenceExport, Starter, check_graph, check_sequence_limit,
-                                       graph_metadata, positions, reference, run_exporter)
-from nimbuild.serving.generation import cache_names
+from nimbuild.export.reference import (
+    InputSpec,
+    ReferenceExport,
+    Starter,
+    check_graph,
+    check_sequence_limit,
+    graph_metadata,
+    positions,
+    reference,
+    run_exporter,
+)
 from nimbuild.recipe import Recipe
+from nimbuild.serving.generation import cache_names
 from nimbuild.shapes import DimRange
 from nimbuild.sources.hf import HFCheckpoint
 from nimbuild.util.progress import Reporter

@@ -8,9 +8,21 @@ from typing import Any
 
 from nimbuild.errors import ParityError
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import (PARITY_SEED, InputSpec, ReferenceExport, Starter, check_graph,
-                                       check_sequence_limit, graph_metadata, input_specs, open_session, parity_shapes,
-                                       positions, reference, run_exporter)
+from nimbuild.export.reference import (
+    PARITY_SEED,
+    InputSpec,
+    ReferenceExport,
+    Starter,
+    check_graph,
+    check_sequence_limit,
+    graph_metadata,
+    input_specs,
+    open_session,
+    parity_shapes,
+    positions,
+    reference,
+    run_exporter,
+)
 from nimbuild.recipe import Recipe
 from nimbuild.sources.hf import HFCheckpoint
 from nimbuild.util.progress import Reporter

@@ -30,8 +30,16 @@ import numpy as np
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.decoder import CacheNames, filled_cache, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import (InputSpec, ReferenceExport, Starter, check_graph, graph_metadata, positions,
-                                       reference, run_exporter)
+from nimbuild.export.reference import (
+    InputSpec,
+    ReferenceExport,
+    Starter,
+    check_graph,
+    graph_metadata,
+    positions,
+    reference,
+    run_exporter,
+)
 from nimbuild.recipe import Recipe
 from nimbuild.serving.generation import cache_names
 from nimbuild.sources.hf import HFCheckpoint

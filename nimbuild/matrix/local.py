@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nimbuild.matrix import cells as matrix
 from nimbuild.errors import NimbuildError
+from nimbuild.matrix import cells as matrix
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, load_manifest, merge_manifests
 from nimbuild.util.progress import Reporter
 
@@ -30,8 +30,8 @@ class LocalRun:
 
 def run_local(recipe_path: Path, out: Path, reporter: Reporter, jobs: int = 0) -> LocalRun:
     from nimbuild.compile import plan_variants
-    from nimbuild.targets.tensorrt import why_not_buildable
     from nimbuild.recipe import load_recipe
+    from nimbuild.targets.tensorrt import why_not_buildable
 
     cells = matrix.expand(plan_variants(load_recipe(recipe_path)))
     result = LocalRun()

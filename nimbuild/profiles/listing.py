@@ -29,8 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nimbuild.profiles.select import (BUILDABLE, INCOMPATIBLE, LOW_MEMORY, RUNNABLE, Candidate, Selection,
-                                      memory_needed_mib)
+from nimbuild.profiles.select import BUILDABLE, INCOMPATIBLE, LOW_MEMORY, RUNNABLE, Candidate, Selection, memory_needed_mib
 from nimbuild.profiles.system import GPU, System
 
 RUNNABLE_TITLE = "Compatible with system and runnable"

@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from nimbuild.errors import ManifestError
-from nimbuild.util.files import atomic_write_text, is_sha256_digest, read_user_text, sha256_bytes
 from nimbuild.profiles.tags import describe, normalise_tags
+from nimbuild.util.files import atomic_write_text, is_sha256_digest, read_user_text, sha256_bytes
 from nimbuild.util.yamlsafe import load_or_raise, without_collection
 
 try:

@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from nimbuild.errors import ManifestError
-from nimbuild.util.files import read_user_text
 from nimbuild.profiles.manifest import Profile, WorkspaceFile, check_profiles, manifest_from_data, mapping_field
 from nimbuild.profiles.tags import describe, normalise_tags
+from nimbuild.util.files import read_user_text
 from nimbuild.util.yamlsafe import load_or_raise, without_collection
 
 FORMATS = {

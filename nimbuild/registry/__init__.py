@@ -18,11 +18,11 @@ from pathlib import Path
 
 from nimbuild.errors import IntegrityError, RegistryError
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, load_manifest, parse_manifest
-from nimbuild.util.progress import Reporter, TransferProgress
 from nimbuild.registry import artifacts as art
 from nimbuild.registry import modelpack
 from nimbuild.registry.cache import BlobCache
 from nimbuild.registry.local import choose, materialise, with_uris
+from nimbuild.util.progress import Reporter, TransferProgress
 
 WORKERS = 4
 

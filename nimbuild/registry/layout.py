@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from nimbuild.errors import IntegrityError, RegistryError
-from nimbuild.util.files import atomic_write_bytes, file_in_the_way, iter_file
 from nimbuild.registry.artifacts import INDEX, canonical, digest_of
 from nimbuild.registry.cache import hex_of
+from nimbuild.util.files import atomic_write_bytes, file_in_the_way, iter_file
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _CHUNK = 1 << 20

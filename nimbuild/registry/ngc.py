@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 from nimbuild.errors import RegistryError
-from nimbuild.util.files import iter_file
 from nimbuild.profiles.manifest import MANIFEST_NAME, Manifest, Profile, parse_manifest
 from nimbuild.registry.artifacts import profile_tag
 from nimbuild.registry.local import choose, materialise, with_uris
+from nimbuild.util.files import iter_file
 
 
 def make_client(org: str, team: str | None):

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nimbuild.util.archive import archive_reason, safe_extract, size_limit, vetted
 from nimbuild.errors import SourceError
 from nimbuild.tasks import TASKS, task_for_nemo_class
+from nimbuild.util.archive import archive_reason, safe_extract, size_limit, vetted
 from nimbuild.util.files import sha256_file, tree_digest
 from nimbuild.util.yamlsafe import load_or_raise
 

@@ -62,8 +62,8 @@ def make_rmir_workspace(recipe: Recipe, checkpoint, reference, graph: Path, prec
     """One model.rmir: the graph, model_info and tokenizer, to become an engine on the target."""
     import tempfile
 
-    from nimbuild.targets import rmir
     from nimbuild.sources.hf import copy_assets
+    from nimbuild.targets import rmir
 
     workspace.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from nimbuild.util.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_extract
 from nimbuild.errors import NimbuildError
 from nimbuild.tasks import ASSET_FOLDERS
+from nimbuild.util.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_extract
 from nimbuild.util.files import atomic_write_bytes, sha256_file
 from nimbuild.util.yamlsafe import YamlProblem, load_yaml
 

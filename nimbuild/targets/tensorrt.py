@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nimbuild.targets.trt_common import add_profile, parse_onnx, write_plan
 
+
 def tensorrt_version() -> str | None:
     from nimbuild.profiles.system import runtime_version
 

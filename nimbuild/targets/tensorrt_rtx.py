@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nimbuild.targets.trt_common import add_profile, parse_onnx, write_plan
 from nimbuild.errors import NimbuildError
+from nimbuild.targets.trt_common import add_profile, parse_onnx, write_plan
+
 
 def rtx_version() -> str | None:
     """The installed TensorRT-RTX version, from package metadata (nothing is imported)."""

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime_min.deploy.config import (Model, Tensor, dynamic_batching, ensemble, instances, new_config,
-                                       parameters)
+from runtime_min.deploy.config import Model, Tensor, dynamic_batching, ensemble, instances, new_config, parameters
 from runtime_min.deploy.core import RUNNERS
 from runtime_min.tasks import serving, serving_code, tensor_dims
 

@@ -34,8 +34,7 @@ LEFT_CONTEXT_MS = 4000  # audio before a chunk that its window sees, as NeMo's b
 RIGHT_CONTEXT_MS = 800  # audio after it: 400 ms left 5 of 40 held-out finals unlike offline, 800 ms 2 (README)
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
-from nimbuild.serving.audio import (FrontEnd, Vocabulary, ctc_greedy, ctc_greedy_words, encoded_lengths,  # noqa: E402
-                            frame_seconds, words_of)
+from nimbuild.serving.audio import FrontEnd, Vocabulary, ctc_greedy, ctc_greedy_words, encoded_lengths, frame_seconds, words_of  # noqa: E402
 
 
 class TritonPythonModel:
@@ -232,10 +231,9 @@ def _open_search(spec: dict, workspace: Path):
     """The transducer search over the decoder-joint graph, on onnxruntime with one thread: its steps
     are a few rows each, so the cost is the call, and the encoder keeps the other cores."""
     import onnxruntime as ort
+    from runners import session_options
 
     from nimbuild.serving.transducer import TransducerDecoder
-
-    from runners import session_options
 
     options = session_options(threads=1)
     options.inter_op_num_threads = 1

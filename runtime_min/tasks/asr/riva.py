@@ -30,8 +30,17 @@ from runtime_min.grpc import NotFound, abort_on_errors, enum_name
 from runtime_min.http import ServedModel, require_ready
 from runtime_min.streams import read_ahead
 from runtime_min.tasks import language_matches
-from runtime_min.tasks.asr.transcribe import SNIFFED, AudioBudget, SpeechError, StreamSession, Transcript, \
-    decode_pcm16, language_of, transcribe, wav_header
+from runtime_min.tasks.asr.transcribe import (
+    SNIFFED,
+    AudioBudget,
+    SpeechError,
+    StreamSession,
+    Transcript,
+    decode_pcm16,
+    language_of,
+    transcribe,
+    wav_header,
+)
 
 INTERIM_STABILITY = 0.5  # a CTC partial can still change as more audio arrives; a final cannot
 

@@ -30,8 +30,7 @@ from starlette.requests import ClientDisconnect
 from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, require_ready
 from runtime_min.streams import read_ahead
 from runtime_min.tasks import language_matches
-from runtime_min.tasks.asr.transcribe import AudioBudget, SpeechError, StreamSession, Transcript, language_of, \
-    transcribe
+from runtime_min.tasks.asr.transcribe import AudioBudget, SpeechError, StreamSession, Transcript, language_of, transcribe
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")

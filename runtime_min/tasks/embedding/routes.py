@@ -17,8 +17,17 @@ from fastapi import FastAPI, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
-from runtime_min.http import NOT_BLANK, ApiError, Metrics, ServedModel, Text, blank, off_the_loop_if_long, \
-    require_ready, triton_infer
+from runtime_min.http import (
+    NOT_BLANK,
+    ApiError,
+    Metrics,
+    ServedModel,
+    Text,
+    blank,
+    off_the_loop_if_long,
+    require_ready,
+    triton_infer,
+)
 from runtime_min.tasks.embedding.coalesce import Coalescer
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request

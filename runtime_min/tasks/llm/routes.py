@@ -19,9 +19,8 @@ from typing import Any, AsyncIterator, Literal, Union
 import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-
 from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtime_min.http import ApiError, Metrics, ServedModel, Text, off_the_loop_if_long, require_ready
 

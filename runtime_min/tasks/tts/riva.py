@@ -17,12 +17,11 @@ NOT_FOUND; Triton being down is UNAVAILABLE.
 
 from __future__ import annotations
 
+from nimbuild.serving.tts_text import spell, split_finished
 from runtime_min.grpc import NotFound, abort_on_errors, enum_name
 from runtime_min.http import ServedModel, require_ready
-from nimbuild.serving.tts_text import spell, split_finished
 from runtime_min.streams import read_ahead
-from runtime_min.tasks.tts.synthesize import MAX_TEXT_CHARACTERS, SynthesisError, TextBudget, Voice, pcm16, stream, \
-    synthesize
+from runtime_min.tasks.tts.synthesize import MAX_TEXT_CHARACTERS, SynthesisError, TextBudget, Voice, pcm16, stream, synthesize
 
 
 def add_servicers(server, model: ServedModel, triton, state: dict) -> None:
