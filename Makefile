@@ -53,7 +53,7 @@ fuzz: install system-deps tools
 # for the tiny-llama text-generation example, answering one streamed /v1/chat/completions request;
 # then speech (ASR, TTS), translation, and speech-to-speech (ASR -> NMT -> TTS) on one spoken sentence.
 demo: install system-deps
-	$(NIMBUILD) compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
+	$(NIMBUILD) compile examples/minilm-embed/recipe.yaml --out build/profiles/minilm-embed
 	@# build/registry is the demo's own scratch registry: it republishes the example each run (--force),
 	@# so a changed recipe does not meet the immutability that protects real registries
 	$(NIMBUILD) publish build/profiles/minilm-embed --registry build/registry --force
@@ -63,41 +63,41 @@ demo: install system-deps
 	@# NIM's create-model-store: the selected profile's Triton repository alone (serve writes the same)
 	NIM_CACHE_PATH=build/cache $(PY) -m runtime_min create-model-store -m build/pulled/profiles.yaml \
 		--profile "$$($(NIMBUILD) profiles select -m build/pulled/profiles.yaml)" --model-store build/model-store
-	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_embed.py build/pulled/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) examples/minilm-embed/demo_embed.py build/pulled/profiles.yaml
 	@# text generation: the tiny Llama example, through the same registry, served with an OpenAI chat API
-	$(NIMBUILD) compile recipes/tiny-llama.yaml --out build/profiles/tiny-llama
+	$(NIMBUILD) compile examples/tiny-llama/recipe.yaml --out build/profiles/tiny-llama
 	$(NIMBUILD) publish build/profiles/tiny-llama --registry build/registry --force
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull tiny-llama:0.1.0 --registry build/registry --select --dest build/pulled-llm
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-llm/profiles.yaml
-	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) scripts/demo_chat.py build/pulled-llm/profiles.yaml
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) examples/tiny-llama/demo_chat.py build/pulled-llm/profiles.yaml
 	@# speech: the digits model trained on espeak-ng speech, served offline and streaming
-	$(NIMBUILD) compile recipes/asr-digits.yaml --out build/profiles/asr-digits
+	$(NIMBUILD) compile examples/asr-digits/recipe.yaml --out build/profiles/asr-digits
 	$(NIMBUILD) publish build/profiles/asr-digits --registry build/registry --force
 	NIM_CACHE_PATH=build/cache NIM_TAGS_SELECTOR=mode=str $(NIMBUILD) pull asr-digits:0.1.0 --registry build/registry --select --dest build/pulled-asr
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-asr/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
-		$(PY) scripts/demo_speech.py build/pulled-asr/profiles.yaml
+		$(PY) examples/asr-digits/demo_speech.py build/pulled-asr/profiles.yaml
 	@# the transducer twin (RNNT): encoder engine or graph, and NeMo's decoder-joint for the greedy search
-	$(NIMBUILD) compile recipes/asr-digits-rnnt.yaml --out build/profiles/asr-digits-rnnt
+	$(NIMBUILD) compile examples/asr-digits-rnnt/recipe.yaml --out build/profiles/asr-digits-rnnt
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
-		$(PY) scripts/demo_speech.py build/profiles/asr-digits-rnnt/profiles.yaml
+		$(PY) examples/asr-digits/demo_speech.py build/profiles/asr-digits-rnnt/profiles.yaml
 	@# text to speech: the tts-digits voice (FastPitch + Griffin-Lim), heard back by the served asr-digits
-	$(NIMBUILD) compile recipes/tts-digits.yaml --out build/profiles/tts-digits
+	$(NIMBUILD) compile examples/tts-digits/recipe.yaml --out build/profiles/tts-digits
 	$(NIMBUILD) publish build/profiles/tts-digits --registry build/registry --force
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull tts-digits:0.1.0 --registry build/registry --select --dest build/pulled-tts
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-tts/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) \
-		$(PY) scripts/demo_tts.py build/pulled-tts/profiles.yaml build/pulled-asr/profiles.yaml
+		$(PY) examples/tts-digits/demo_tts.py build/pulled-tts/profiles.yaml build/pulled-asr/profiles.yaml
 	@# translation: the nmt-en-de example (English -> German), through the same registry, then speech to
 	@# speech as Speech NIM composes it: English audio -> asr-digits -> nmt-en-de -> the German voice,
 	@# three runtime_min instances, the demo passing the data between them
-	$(NIMBUILD) compile recipes/nmt-en-de.yaml --out build/profiles/nmt-en-de
+	$(NIMBUILD) compile examples/nmt-en-de/recipe.yaml --out build/profiles/nmt-en-de
 	$(NIMBUILD) publish build/profiles/nmt-en-de --registry build/registry --force
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull nmt-en-de:0.1.0 --registry build/registry --select --dest build/pulled-nmt
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-nmt/profiles.yaml
-	$(NIMBUILD) compile recipes/tts-digits-de.yaml --out build/profiles/tts-digits-de --target 0
+	$(NIMBUILD) compile examples/tts-digits-de/recipe.yaml --out build/profiles/tts-digits-de --target 0
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) \
-		$(PY) scripts/demo_s2s.py build/pulled-asr/profiles.yaml build/pulled-nmt/profiles.yaml \
+		$(PY) examples/speech-to-speech/demo_s2s.py build/pulled-asr/profiles.yaml build/pulled-nmt/profiles.yaml \
 		build/profiles/tts-digits-de/profiles.yaml
 
 # The runtime_min container image, built with buildah (no Docker daemon; scripts/build-image.sh):
@@ -152,7 +152,7 @@ bench-scale: install system-deps peers
 
 # Regenerate the committed top-level manifest from the example recipes (reproducible: same bytes).
 profiles: install
-	$(NIMBUILD) -q compile recipes/minilm-embed.yaml --out build/profiles/minilm-embed
+	$(NIMBUILD) -q compile examples/minilm-embed/recipe.yaml --out build/profiles/minilm-embed
 	$(NIMBUILD) profiles merge build/profiles/minilm-embed --out profiles.yaml
 
 clean:

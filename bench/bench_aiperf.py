@@ -227,7 +227,7 @@ def main() -> tuple[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for example in ("tiny-llama", "minilm-embed"):
-            compile_recipe(REPO / "recipes" / f"{example}.yaml", work / example)
+            compile_recipe(REPO / "examples" / example / "recipe.yaml", work / example)
             port = free_port()
             runtime = _serve(work / example / "profiles.yaml", work, port)
             server = _TreeCPU(runtime.pid)

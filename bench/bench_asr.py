@@ -25,7 +25,7 @@ from typing import NamedTuple
 from common import compile_recipe, http_client, p, table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
 THREADS = 2
 CLIPS = 32
 ROUNDS = 3
@@ -42,7 +42,7 @@ def _clips(root: Path) -> list[Clip]:
     """CLIPS held-out utterances (voices, variants and speeds the model was not trained on)."""
     import soundfile
 
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     import make_asr_digits as trainer
 
     rng = random.Random(99)
@@ -119,7 +119,7 @@ class _Nemo:
     served rounds."""
 
     def __init__(self, clips):
-        args = [str(REPO), str(THREADS), str(REPO / "recipes" / "models" / "asr-digits.nemo"),
+        args = [str(REPO), str(THREADS), str(REPO / "examples" / "asr-digits" / "asr-digits.nemo"),
                 str(sum(c.seconds for c in clips)), str(PASSES), *[str(c.path) for c in clips]]
         self.child = subprocess.Popen([sys.executable, "-c", NEMO_CHILD, *args], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
@@ -145,7 +145,7 @@ def main() -> tuple[str, dict]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        compile_recipe(REPO / "recipes" / "asr-digits.yaml", out, "--target", "0")
+        compile_recipe(REPO / "examples" / "asr-digits" / "recipe.yaml", out, "--target", "0")
         clips = _clips(Path(tmp))
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS),
                           NIM_TAGS_SELECTOR="mode=str")

@@ -33,7 +33,7 @@ def main() -> str:
     work = Path(tempfile.mkdtemp(prefix="nimbuild-bench-deploy-"))
     out = work / "out"
     # the example's generic fp16 and RMIR targets only (targets 0 and 4): both carry the same fp16 graph
-    subprocess.run([NIMBUILD, "-q", "compile", str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out),
+    subprocess.run([NIMBUILD, "-q", "compile", str(REPO / "examples" / "minilm-embed" / "recipe.yaml"), "--out", str(out),
                     "--target", "0", "--target", "4", "--precision", "fp16"], check=True, capture_output=True)
     system = work / "a10.json"
     system.write_text(json.dumps({"gpus": [{"product": "A10"}]}))

@@ -18,7 +18,7 @@ NIMBUILD = str(Path(sys.executable).parent / "nimbuild")
 
 def _compile(out: Path) -> tuple[float, str]:
     start = time.perf_counter()
-    result = subprocess.run([NIMBUILD, "compile", str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out), "-v"],
+    result = subprocess.run([NIMBUILD, "compile", str(REPO / "examples" / "minilm-embed" / "recipe.yaml"), "--out", str(out), "-v"],
                             capture_output=True, text=True, check=True)
     return time.perf_counter() - start, result.stderr + result.stdout
 
@@ -32,7 +32,7 @@ def main() -> str:
     assert "nothing rebuilt" in log
     rows = steps + [["full compile (wall, incl. interpreter start)", full],
                     ["unchanged recompile (wall)", again], ["recompile / full", again / full]]
-    return table("Compile of recipes/minilm-embed.yaml, seconds", ["step", "seconds"], rows)
+    return table("Compile of examples/minilm-embed/recipe.yaml, seconds", ["step", "seconds"], rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def main() -> str:
     from nimbuild.sources import resolve_source
     from nimbuild.util.progress import Reporter
 
-    recipe = load_recipe(REPO / "recipes" / "minilm-embed.yaml")
+    recipe = load_recipe(REPO / "examples" / "minilm-embed" / "recipe.yaml")
     checkpoint = resolve_source(recipe)
     steps = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import compile_recipe, http_client, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # demo_embed.running
+sys.path[:0] = [str(p) for p in sorted((Path(__file__).resolve().parents[1] / "examples").iterdir())]  # demo_embed.running
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = 2
@@ -105,7 +105,7 @@ def _make_large(dest: Path) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "recipes" / "models" / "tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "examples" / "tiny-llama" / "model")
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, initializer_range=0.05,
@@ -126,7 +126,7 @@ def _compile(recipe_text: str, work: Path) -> Path:
 
 def _recipe(name: str, source: Path) -> str:
     """tiny-llama's recipe with another source and only the generic fp32 profile."""
-    lines = (REPO / "recipes" / "tiny-llama.yaml").read_text().splitlines()
+    lines = (REPO / "examples" / "tiny-llama" / "recipe.yaml").read_text().splitlines()
     kept = [ln for ln in lines if "tensorrt_llm" not in ln and "built on GPU hosts" not in ln]
     text = "\n".join(kept).replace("name: tiny-llama", f"name: {name}").replace("hf: models/tiny-llama", f"hf: {source}")
     return text + "\n"
@@ -174,7 +174,7 @@ def for_each_model(bench) -> dict:
         os.environ["NIM_CACHE_PATH"] = str(tmp / "cache")
         large = tmp / "llama-76m-model"
         _make_large(large)
-        for name, source in (("tiny-llama", REPO / "recipes" / "models" / "tiny-llama"), ("llama-76m", large)):
+        for name, source in (("tiny-llama", REPO / "examples" / "tiny-llama" / "model"), ("llama-76m", large)):
             (tmp / name).mkdir()
             results[name] = bench(name, source, tmp / name)
     return results

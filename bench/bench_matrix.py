@@ -12,7 +12,7 @@ from common import table
 
 REPO = Path(__file__).resolve().parents[1]
 NIMBUILD = str(Path(sys.executable).parent / "nimbuild")
-RECIPE = str(REPO / "recipes" / "minilm-embed.yaml")
+RECIPE = str(REPO / "examples" / "minilm-embed" / "recipe.yaml")
 
 
 def _timed(*args: str) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 from common import compile_recipe, table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
 THREADS = 2
 TEXTS = 96
 ROUNDS = 3
@@ -59,7 +59,7 @@ class _InProcess:
     """transformers in a process of its own, run on request between the served rounds."""
 
     def __init__(self, texts: list[str]):
-        args = [str(THREADS), str(REPO / "recipes" / "models" / "nmt-en-de"), *texts]
+        args = [str(THREADS), str(REPO / "examples" / "nmt-en-de" / "model"), *texts]
         self.child = subprocess.Popen([sys.executable, "-c", LOCAL_CHILD, *args], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
         if self.child.stdout.readline().strip() != "ready":
@@ -102,7 +102,7 @@ def main() -> tuple[str, dict]:
     texts = [en for en, _ in held_out_numbers(TEXTS, seed=11)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        compile_recipe(REPO / "recipes" / "nmt-en-de.yaml", out, "--target", "0")
+        compile_recipe(REPO / "examples" / "nmt-en-de" / "recipe.yaml", out, "--target", "0")
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS))
         grpc_port = free_port()
         local = _InProcess(texts)

@@ -118,7 +118,7 @@ def _at_model_rate(clips: list[Clip], root: Path) -> list[Clip]:
     WAV: both sides then read the same float32 samples and neither resamples."""
     import soundfile
 
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     import make_asr_digits as trainer
 
     out = []
@@ -292,11 +292,11 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
     latencies = {side: {n: [] for n in SIZES} for side in sides[:3]}
     texts: dict[str, list[str]] = {}
     out = root / "out"
-    recipe = REPO / "recipes" / f"{example}.yaml"
+    recipe = REPO / "examples" / example / "recipe.yaml"
     compile_recipe(recipe, out, "--target", "0")
     workspace = out / "profiles" / PROFILE
     described = json.dumps([{"path": str(c.path), "seconds": c.seconds} for c in clips])
-    model = sherpa_model(kind, workspace, REPO / "recipes" / "models" / f"{example}.nemo", root / "sherpa")
+    model = sherpa_model(kind, workspace, REPO / "examples" / example / f"{example}.nemo", root / "sherpa")
     os.environ.update(NIM_CACHE_PATH=str(root / "cache"), NIM_WORKSPACE=str(root / "runtime"))
     own = _OwnPath(workspace, clips) if "runtime_min in process" in sides else None
     port = free_port()
@@ -342,7 +342,7 @@ def _same_work(kind: str, texts: dict[str, list[str]], spoken: list[str], peer: 
     ours = model["model" if kind == "ctc" else "encoder"]
     assert onnx.load(ours).graph == onnx.load(str(workspace / "model.onnx")).graph, "not the profile's graph"
     assert peer["threads"] == THREADS
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     from make_asr_digits import word_error_rate
 
     wer = {name: word_error_rate(spoken, got) for name, got in texts.items()}

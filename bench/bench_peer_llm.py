@@ -263,5 +263,5 @@ def main() -> tuple[str, dict]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     print(main()[0])

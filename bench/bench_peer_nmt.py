@@ -30,7 +30,7 @@ from bench_nmt import ROUNDS, TEXTS, THREADS, _served
 from common import CT2_CONVERTER, compile_recipe, run_peer, table, triton_grpc_address
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = REPO / "recipes" / "models" / "nmt-en-de"
+CHECKPOINT = REPO / "examples" / "nmt-en-de" / "model"
 MAX_TOKENS = 48  # the profile's longest translation (the recipe's decoder sequence)
 SIZES = (1, 8)
 
@@ -141,7 +141,7 @@ def main() -> tuple[str, dict]:
     outputs: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        compile_recipe(REPO / "recipes" / "nmt-en-de.yaml", out, "--target", "0")
+        compile_recipe(REPO / "examples" / "nmt-en-de" / "recipe.yaml", out, "--target", "0")
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIM_WORKSPACE=str(Path(tmp) / "runtime"),
                           NIMBUILD_ORT_THREADS=str(THREADS))
         ct2, workspace = _converted(Path(tmp)), _workspace(out)

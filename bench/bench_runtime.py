@@ -34,7 +34,7 @@ SENTENCES = ["A man is eating food.", "The girl is carrying a baby.", "A man is 
 def _compiled(tmp: Path) -> Path:
     out = tmp / "out"
     subprocess.run([str(Path(sys.executable).parent / "nimbuild"), "-q", "compile",
-                    str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out)], check=True)
+                    str(REPO / "examples" / "minilm-embed" / "recipe.yaml"), "--out", str(out)], check=True)
     return out
 
 

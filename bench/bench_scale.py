@@ -42,7 +42,7 @@ def _recipe(kind: str, source: Path) -> str:
     """The example recipe of the model's task with this source and only its generic fp32 target."""
     example, key = {"qwen": ("tiny-llama", "hf"), "bert": ("minilm-embed", "hf"),
                     "fast": ("asr-digits", "nemo")}[kind[:4]]
-    lines = (REPO / "recipes" / f"{example}.yaml").read_text().splitlines()
+    lines = (REPO / "examples" / example / "recipe.yaml").read_text().splitlines()
     out = []
     for line in lines:
         stripped = line.strip()
@@ -55,7 +55,7 @@ def _recipe(kind: str, source: Path) -> str:
                 continue
             line = "  - {type: generic, backend: onnxruntime, precisions: [fp32]}"
         elif stripped.startswith("audio:"):  # the digits' speech checks the front end; any speech does
-            line = line.replace("data/", f"{REPO / 'recipes' / 'data'}/")
+            line = line.replace("speech/", f"{REPO / 'examples' / 'asr-digits' / 'speech'}/")
         elif stripped.startswith(("calibration", "fp8:", "int8:", "fp16:")):  # variants need gates and data
             continue
         out.append(line)
@@ -202,7 +202,7 @@ def _one(kind: str, work: Path, serve: bool = True) -> dict:
 def main() -> tuple[str, dict]:
     (work := Path(tempfile.mkdtemp(prefix="nimbuild-bench-scale-"))).mkdir(exist_ok=True)
     os.environ.update(NIMBUILD_ORT_THREADS=str(THREADS), NIM_CACHE_PATH=str(work / "cache"))
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     models = list(MODELS) + ([LARGEST] if os.environ.get("NIMBUILD_SCALE_LARGEST") == "1" else [])
     if os.environ.get("NIMBUILD_SCALE_MODELS"):  # a subset, by name
         models = os.environ["NIMBUILD_SCALE_MODELS"].split(",")

@@ -29,14 +29,14 @@ import numpy as np
 from common import compile_recipe, p, table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))  # demo_embed.running: the runtime as make demo starts it
+sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # demo_embed.running: the runtime as make demo starts it
 RATE, PIECE_MS = 16000, 100
 LEVELS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96)
 
 
 def _speech(root: Path, seconds: float, seed: int) -> np.ndarray:
     """espeak-ng sentences at 16 kHz, joined with 300 ms pauses, cut to `seconds`."""
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     import make_asr_digits as trainer
 
     from nimbuild.serving.audio import read_audio
@@ -117,7 +117,7 @@ def main() -> tuple[str, dict]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        compile_recipe(REPO / "recipes" / "asr-digits.yaml", out, "--target", "0")
+        compile_recipe(REPO / "examples" / "asr-digits" / "recipe.yaml", out, "--target", "0")
         streams = [_speech(Path(tmp), 10.0, seed) for seed in range(max(LEVELS))]
         long = _speech(Path(tmp), 60.0, 1000)
         grpc_port = free_port()

@@ -24,7 +24,7 @@ from pathlib import Path
 from common import compile_recipe, p, table
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
 THREADS = 2
 REQUESTS = 24
 ROUNDS = 3
@@ -96,7 +96,7 @@ class _InProcess:
     """NeMo and Griffin-Lim in a process of their own, run on request between the served rounds."""
 
     def __init__(self, texts: list[str]):
-        args = [str(REPO), str(THREADS), str(REPO / "recipes" / "models" / "tts-digits.nemo"), *texts]
+        args = [str(REPO), str(THREADS), str(REPO / "examples" / "tts-digits" / "tts-digits.nemo"), *texts]
         self.child = subprocess.Popen([sys.executable, "-c", LOCAL_CHILD, *args], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True)
         if self.child.stdout.readline().strip() != "ready":
@@ -123,7 +123,7 @@ def main() -> tuple[str, dict]:
     texts = _texts()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        compile_recipe(REPO / "recipes" / "tts-digits.yaml", out, "--target", "0")
+        compile_recipe(REPO / "examples" / "tts-digits" / "recipe.yaml", out, "--target", "0")
         os.environ.update(NIM_CACHE_PATH=str(Path(tmp) / "cache"), NIMBUILD_ORT_THREADS=str(THREADS))
         grpc_port = free_port()
         local = _InProcess(texts)

@@ -34,7 +34,7 @@ def qwen(shapes: dict, dest: Path) -> None:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "recipes" / "models" / "tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "examples" / "tiny-llama" / "model")
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6,
@@ -64,7 +64,7 @@ def fastconformer(dest: Path) -> None:
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
 
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO / "examples" / "asr-digits"))
     import make_asr_digits as digits
 
     config = digits.config(digits.LABELS)

@@ -54,12 +54,15 @@ def no_server_left_behind(tmp_path_factory):
 
 
 def script_module(name: str):
-    """scripts/NAME.py as a module (scripts/ on the path, as when the script runs)."""
+    """An example's script, examples/*/NAME.py, as a module (every example's folder on the path, as
+    the scripts put the ones they use)."""
     import importlib.util
 
-    if str(REPO / "scripts") not in sys.path:
-        sys.path.insert(0, str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    (path,) = (REPO / "examples").glob(f"*/{name}.py")
+    for folder in sorted((REPO / "examples").iterdir()):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # registered first, as an import would: a dataclass looks its module up
     spec.loader.exec_module(module)
@@ -79,7 +82,7 @@ def compiled(tmp_path_factory, recipe: Path, *options: str) -> Path:
 
 
 def asr_trainer():
-    """scripts/make_asr_digits.py: its voice lists and sentence generator define the speech
+    """examples/asr-digits/make_asr_digits.py: its voice lists and sentence generator define the speech
     examples' held-out set, and its word error rate scores them."""
     return script_module("make_asr_digits")
 
@@ -238,13 +241,13 @@ def minilm_compiled(tmp_path_factory):
     from nimbuild.cli import main
 
     out = tmp_path_factory.mktemp("minilm") / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "recipes" / "minilm-embed.yaml"), "--out", str(out)])
+    result = CliRunner().invoke(main, ["-q", "compile", str(REPO / "examples" / "minilm-embed" / "recipe.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result.output
 
 
 @pytest.fixture(scope="session")
 def digits_compiled(tmp_path_factory):
-    """The shipped speech example (recipes/asr-digits.yaml) compiled once: its output directory."""
+    """The shipped speech example (examples/asr-digits/recipe.yaml) compiled once: its output directory."""
     pytest.importorskip("nemo", reason="the nemo extra is not installed")
-    return compiled(tmp_path_factory, REPO / "recipes" / "asr-digits.yaml")
+    return compiled(tmp_path_factory, REPO / "examples" / "asr-digits" / "recipe.yaml")

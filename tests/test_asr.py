@@ -24,8 +24,8 @@ from nimbuild.errors import NimbuildError, ParityError, SourceError
 from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
-DIGITS_RECIPE = REPO / "recipes" / "asr-digits.yaml"
-DIGITS_NEMO = REPO / "recipes" / "models" / "asr-digits.nemo"
+DIGITS_RECIPE = REPO / "examples" / "asr-digits" / "recipe.yaml"
+DIGITS_NEMO = REPO / "examples" / "asr-digits" / "asr-digits.nemo"
 MODEL = "asr-digits"
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -253,7 +253,7 @@ def test_tiny_nemo_models_export_with_parity_on_padded_batches(tiny_nemo, write_
     from nimbuild.recipe import load_recipe
     from nimbuild.sources import resolve_source
 
-    recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo[kind], audio=f"[{REPO}/recipes/data/speech/stop-cancel.wav]")))
+    recipe = load_recipe(write_recipe(_asr_recipe(tiny_nemo[kind], audio=f"[{REPO}/examples/asr-digits/speech/stop-cancel.wav]")))
     ref = export_reference(resolve_source(recipe), recipe, tmp_path / "ref", QUIET)
     graph = onnx.load(str(ref.files[0]))
     # NeMo exports convolutional encoders without their length masks: such graphs run unpadded
@@ -336,7 +336,7 @@ def test_front_end_matches_nemo_on_stereo_audio_at_other_rates(tiny_nemo):
     model = restore(resolve_nemo(str(tiny_nemo["conformer"]), Path.cwd()))
     featurizer = model.preprocessor.featurizer
     front = FrontEnd(feature_config(dict(model.cfg.preprocessor), featurizer), featurizer.fb[0].numpy())
-    mono, rate = soundfile.read(REPO / "recipes" / "data" / "speech" / "call-five-five-one-two.wav", dtype="float32")
+    mono, rate = soundfile.read(REPO / "examples" / "asr-digits" / "speech" / "call-five-five-one-two.wav", dtype="float32")
     stereo = np.stack([mono, 0.5 * mono], axis=1)
     buffer = io.BytesIO()
     soundfile.write(buffer, stereo, rate, format="WAV", subtype="PCM_24")
@@ -581,7 +581,7 @@ def test_an_offline_profile_says_streaming_needs_a_str_profile(digits_compiled, 
         runtime.wait_ready(120)
         r = httpx.post(f"{runtime.url}/v1/audio/transcriptions/stream", content=b"\x00\x00" * 1600)
         assert r.status_code == 404 and "mode=str" in r.json()["error"]["message"]
-        ok = _transcribe(runtime.url, REPO / "recipes" / "data" / "speech" / "stop-cancel.wav")
+        ok = _transcribe(runtime.url, REPO / "examples" / "asr-digits" / "speech" / "stop-cancel.wav")
         assert ok.status_code == 200
         import grpc
 

@@ -60,6 +60,6 @@ def test_templates_run_the_matrix_the_recipe_gives():
     assert '--cell "${{ matrix.cell }}"' in steps and "nimbuild profiles merge" in steps and "nimbuild publish" in steps
     gitlab = yaml.safe_load(GITLAB.read_text())
     cells = [c for job in ("build:cpu", "build:gpu") for c in gitlab[job]["parallel"]["matrix"][0]["CELL"]]
-    expected = yaml.safe_load(CliRunner().invoke(main, ["matrix", str(REPO / "recipes" / "minilm-embed.yaml"),
+    expected = yaml.safe_load(CliRunner().invoke(main, ["matrix", str(REPO / "examples" / "minilm-embed" / "recipe.yaml"),
                                                         "--format", "gitlab"]).stdout)
     assert cells == expected["parallel"]["matrix"][0]["CELL"], "regenerate with nimbuild matrix RECIPE --format gitlab"

@@ -165,14 +165,14 @@ def test_help_and_recipe_check_do_not_import_heavy_libraries():
     snippet = (
         "from click.testing import CliRunner; from nimbuild.cli import main\n"
         "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
-        f"assert CliRunner().invoke(main, ['recipe', 'check', {str(REPO / 'recipes' / 'minilm-embed.yaml')!r}]).exit_code == 0"
+        f"assert CliRunner().invoke(main, ['recipe', 'check', {str(REPO / 'examples' / 'minilm-embed' / 'recipe.yaml')!r}]).exit_code == 0"
     )
     assert modules_loaded_by(snippet, ("torch", "transformers", "onnx", "onnxruntime", "tensorrt", "nemo")) == []
 
 
 def test_version_and_recipe_check_json():
     assert _run("--version").stdout.strip() == "nimbuild, version 0.1.0"
-    result = _run("recipe", "check", str(REPO / "recipes" / "minilm-embed.yaml"), "--format", "json")
+    result = _run("recipe", "check", str(REPO / "examples" / "minilm-embed" / "recipe.yaml"), "--format", "json")
     assert result.returncode == 0
     assert json.loads(result.stdout)["variants"] == [
         "onnxruntime-fp32-throughput", "onnxruntime-fp16-throughput", "onnxruntime-int8-throughput",

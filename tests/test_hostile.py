@@ -143,7 +143,7 @@ def test_a_system_file_number_beyond_any_float_is_refused(tmp_path, manifest_tex
                   env={"NIMBUILD_SYSTEM": system}), "memory_mib must be a whole number")
 
 
-RECIPE = (REPO / "recipes" / "minilm-embed.yaml").read_text()
+RECIPE = (REPO / "examples" / "minilm-embed" / "recipe.yaml").read_text()
 
 
 @pytest.mark.parametrize("old,new,fragment", [

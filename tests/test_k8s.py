@@ -80,7 +80,7 @@ def test_every_format_validates_for_the_examples(fmt, minilm_compiled, digits_co
     extra = ["--storage-uri", "pvc://models/minilm-embed"] if fmt == "kserve" else []
     cases = [(minilm_compiled[0] / "profiles.yaml", []), (minilm_compiled[0] / "profiles.yaml", ["--system", str(l40s)]),
              (digits_compiled / "profiles.yaml", ["--profile", "onnxruntime-fp32-throughput-str"]),
-             (REPO / "recipes" / "minilm-embed.yaml", [])]
+             (REPO / "examples" / "minilm-embed" / "recipe.yaml", [])]
     for source, args in cases:
         documents = rendered(source, "--format", fmt, *args, *extra)
         assert documents

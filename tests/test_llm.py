@@ -21,7 +21,7 @@ from nimbuild.sources import resolve_source
 from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
-TINY_LLAMA = REPO / "recipes" / "models" / "tiny-llama"
+TINY_LLAMA = REPO / "examples" / "tiny-llama" / "model"
 MODEL = "tiny-llama"
 
 
@@ -120,7 +120,7 @@ def llama_graph(tmp_path_factory):
     from nimbuild.export.reference import open_session
     from nimbuild.serving.generation import DecoderGraph
 
-    recipe = load_recipe(REPO / "recipes" / "tiny-llama.yaml")
+    recipe = load_recipe(REPO / "examples" / "tiny-llama" / "recipe.yaml")
     ref = export_reference(resolve_source(recipe), recipe, tmp_path_factory.mktemp("tiny-llama-ref"), QUIET)
     return DecoderGraph(open_session(ref.files[0])), ref
 
@@ -301,7 +301,7 @@ def test_tensorrt_llm_engine_builds_on_a_gpu(write_recipe, tmp_path):
 
 @pytest.fixture(scope="module")
 def llm_compiled(tmp_path_factory) -> Path:
-    return compiled(tmp_path_factory, REPO / "recipes" / "tiny-llama.yaml")
+    return compiled(tmp_path_factory, REPO / "examples" / "tiny-llama" / "recipe.yaml")
 
 
 @pytest.fixture(scope="module")

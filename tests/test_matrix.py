@@ -88,7 +88,7 @@ def test_merge_names_missing_cells_and_cells_that_built_nothing(recipe, tmp_path
 
 
 def test_the_example_recipe_matrix(tmp_path):
-    cells = json.loads(_cli("matrix", REPO / "recipes" / "minilm-embed.yaml").stdout)
+    cells = json.loads(_cli("matrix", REPO / "examples" / "minilm-embed" / "recipe.yaml").stdout)
     assert [c["cell"] for c in cells] == ["cpu", "gpu-sm90"] and len(cells[0]["profiles"]) == 10
 
 

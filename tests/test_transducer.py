@@ -22,10 +22,10 @@ from nimbuild.util.yamlsafe import load_yaml
 
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
 QUIET = Reporter(quiet=True)
-RNNT_RECIPE = REPO / "recipes" / "asr-digits-rnnt.yaml"
-RNNT_NEMO = REPO / "recipes" / "models" / "asr-digits-rnnt.nemo"
+RNNT_RECIPE = REPO / "examples" / "asr-digits-rnnt" / "recipe.yaml"
+RNNT_NEMO = REPO / "examples" / "asr-digits-rnnt" / "asr-digits-rnnt.nemo"
 MODEL = "asr-digits-rnnt"
-SPEECH = [REPO / "recipes" / "data" / "speech" / n for n in ("call-five-five-one-two.wav", "stop-cancel.wav")]
+SPEECH = [REPO / "examples" / "asr-digits" / "speech" / n for n in ("call-five-five-one-two.wav", "stop-cancel.wav")]
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +175,7 @@ def test_a_checkpoint_built_as_the_other_speech_task_is_refused_with_the_task_to
     from nimbuild.recipe import load_recipe
     from nimbuild.sources import resolve_source
 
-    ctc = load_recipe(write_recipe(_recipe(REPO / "recipes" / "models" / "asr-digits.nemo")))
+    ctc = load_recipe(write_recipe(_recipe(REPO / "examples" / "asr-digits" / "asr-digits.nemo")))
     with pytest.raises(NimbuildError, match=r"task asr-rnnt takes EncDecRNNTModel or EncDecRNNTBPEModel .* this one "
                                             r"is EncDecCTCModel \(build it with task: asr-ctc\)"):
         export_reference(resolve_source(ctc), ctc, tmp_path / "a", QUIET)
@@ -251,7 +251,7 @@ def test_word_timestamps_lie_inside_the_audio_and_follow_the_transcript(served_r
     import tritonclient.http as triton_http
 
     config = triton_http.InferenceServerClient(served_rnnt.triton_url).get_model_config(f"{MODEL}-decoder")
-    recipe = load_yaml((REPO / "recipes" / "asr-digits-rnnt.yaml").read_text())[0]
+    recipe = load_yaml((REPO / "examples" / "asr-digits-rnnt" / "recipe.yaml").read_text())[0]
     delay = recipe["serving"]["dynamic_batching"]["max_queue_delay_us"]
     assert int(config["dynamic_batching"].get("max_queue_delay_microseconds", 0)) == delay  # the recipe's, deployed
 

@@ -1,5 +1,5 @@
-"""Translation: the committed MarianMT example (recipes/models/nmt-en-de, trained by
-scripts/make_nmt_en_de.py on num2words' English and German) to an encoder graph and a KV-cache
+"""Translation: the committed MarianMT example (examples/nmt-en-de/model, trained by
+examples/nmt-en-de/make_nmt_en_de.py on num2words' English and German) to an encoder graph and a KV-cache
 decoder graph checked against transformers.generate, as generic, TRT-RTX and RMIR profiles; then
 served through a real tritonserver to the official nvidia-riva-client and Riva's own nmt.py."""
 
@@ -22,8 +22,8 @@ from nimbuild.errors import NimbuildError, ParityError, RecipeError
 from nimbuild.serving.translation_text import TranslationTextError, parse_dnt_phrases, protect, restore
 from runtime_min.tasks import language_matches
 
-RECIPE = REPO / "recipes" / "nmt-en-de.yaml"
-CHECKPOINT = REPO / "recipes" / "models" / "nmt-en-de"
+RECIPE = REPO / "examples" / "nmt-en-de" / "recipe.yaml"
+CHECKPOINT = REPO / "examples" / "nmt-en-de" / "model"
 MODEL = "nmt-en-de"
 PLACEHOLDERS = ["<dnt0>", "<dnt1>", "<dnt2>"]
 # Riva's python-clients checkout (its scripts are not in the pip package): the mirror on this machine
@@ -66,7 +66,7 @@ def test_language_codes_match_on_the_primary_subtag_and_a_region_given_on_both_s
 def _recipe(text: str):
     from nimbuild.recipe import parse_recipe
 
-    return parse_recipe(text, base_dir=REPO / "recipes")
+    return parse_recipe(text, base_dir=REPO / "examples" / "nmt-en-de")
 
 
 def test_a_translation_recipe_needs_its_language_pair_and_parity_texts_and_plans_tagged_fp32_profiles():
@@ -75,7 +75,7 @@ def test_a_translation_recipe_needs_its_language_pair_and_parity_texts_and_plans
     text = RECIPE.read_text()
     with pytest.raises(RecipeError, match="needs serving.languages"):
         _recipe(text.replace("  languages: {source: en, target: de}\n", ""))
-    embed = (REPO / "recipes" / "minilm-embed.yaml").read_text().replace(
+    embed = (REPO / "examples" / "minilm-embed" / "recipe.yaml").read_text().replace(
         "profile: throughput}", "profile: throughput, languages: {source: en, target: de}}")
     with pytest.raises(RecipeError, match="serving.languages apply to translation recipes"):
         _recipe(embed)
@@ -361,7 +361,7 @@ def served_asr(digits_compiled, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served_german_voice(tmp_path_factory):
     pytest.importorskip("nemo", reason="the nemo extra is not installed")
-    out = compiled(tmp_path_factory, REPO / "recipes" / "tts-digits-de.yaml", "--target", "0")
+    out = compiled(tmp_path_factory, REPO / "examples" / "tts-digits-de" / "recipe.yaml", "--target", "0")
     yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("tts-de-cache"))
 
 

@@ -1,5 +1,5 @@
-"""Text to speech: the committed FastPitch voice (recipes/models/tts-digits.nemo, trained on
-espeak-ng speech by scripts/make_tts_digits.py) to checked ONNX, TRT-RTX and RMIR profiles; then
+"""Text to speech: the committed FastPitch voice (examples/tts-digits/tts-digits.nemo, trained on
+espeak-ng speech by examples/tts-digits/make_tts_digits.py) to checked ONNX, TRT-RTX and RMIR profiles; then
 served through a real tritonserver to the official nvidia-riva-client and over TTS NIM's HTTP API,
 and heard back by the served asr-digits model."""
 
@@ -21,7 +21,7 @@ from nimbuild.serving.tts_text import TextError, normalise, sentences, split_fin
 from nimbuild.util.progress import Reporter
 
 QUIET = Reporter(quiet=True)
-RECIPE = REPO / "recipes" / "tts-digits.yaml"
+RECIPE = REPO / "examples" / "tts-digits" / "recipe.yaml"
 MODEL = "tts-digits"
 VOICE = "English-US.Espeak-1"
 ALPHABET = set(" abcdefghijklmnopqrstuvwxyz'")
@@ -58,7 +58,7 @@ def test_text_arriving_in_pieces_is_spoken_up_to_its_last_sentence_end():
 def _recipe(text: str):
     from nimbuild.recipe import parse_recipe
 
-    return parse_recipe(text, base_dir=REPO / "recipes")
+    return parse_recipe(text, base_dir=REPO / "examples" / "tts-digits")
 
 
 def _variant(precisions: str) -> str:
@@ -77,7 +77,7 @@ def test_a_tts_recipe_needs_its_vocoder_voice_and_parity_texts():
         _recipe(RECIPE.read_text().replace("  voice: {name: English-US, subvoice: Espeak-1, language_code: en-US}\n", ""))
     with pytest.raises(RecipeError, match="source.vocoder"):
         _recipe(RECIPE.read_text().replace("  vocoder: griffin-lim\n", "  vocoder: wavenet\n"))
-    embed = (REPO / "recipes" / "minilm-embed.yaml").read_text().replace(
+    embed = (REPO / "examples" / "minilm-embed" / "recipe.yaml").read_text().replace(
         "profile: throughput}", "profile: throughput, voice: {name: X, subvoice: Y}}")
     with pytest.raises(RecipeError, match="serving.voice apply to text-to-speech recipes"):
         _recipe(embed)
@@ -374,7 +374,7 @@ def test_a_hifigan_vocoder_checkpoint_is_exported_checked_against_nemo_and_serve
 
     recipe = tmp_path / "tts-hifigan.yaml"
     recipe.write_text(_with_vocoder(_hifigan(tmp_path / "hifigan.nemo")).replace(
-        "nemo: models/tts-digits.nemo", f"nemo: {REPO / 'recipes/models/tts-digits.nemo'}"))
+        "nemo: models/tts-digits.nemo", f"nemo: {REPO / 'examples/tts-digits/tts-digits.nemo'}"))
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["-q", "compile", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output

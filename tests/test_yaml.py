@@ -123,5 +123,5 @@ def test_nemo_config_goes_through_the_same_reader(tmp_path):
 
 
 def test_the_shipped_files_still_read():
-    for path in [REPO / "profiles.yaml", *sorted((REPO / "recipes").glob("*.yaml"))]:
+    for path in [REPO / "profiles.yaml", *sorted((REPO / "examples").glob("*/recipe.yaml"))]:
         assert load_yaml(path.read_text())[0], path

@@ -8,7 +8,7 @@ servicer class that `nvidia-riva-client` ships, so Riva's own client and `nmt.py
 - `ListSupportedLanguagePairs`: the served model and its language pair.
 - The speech-to-speech streams (`StreamingTranslateSpeechTo*`) need ASR and TTS in the same
   server; runtime_min serves one profile per instance, and the application composes them
-  (scripts/demo_s2s.py), so they answer UNIMPLEMENTED, saying so.
+  (examples/speech-to-speech/demo_s2s.py), so they answer UNIMPLEMENTED, saying so.
 A language pair or model that is not served is INVALID_ARGUMENT or NOT_FOUND; Triton being down is
 UNAVAILABLE.
 """
@@ -63,4 +63,4 @@ def _servicer(model: ServedModel, triton, state: dict):
 
 
 _COMPOSED = ("speech translation streams need ASR and TTS in this server; runtime_min serves one profile per "
-             "instance: call the ASR, translation and TTS services in turn (see scripts/demo_s2s.py)")
+             "instance: call the ASR, translation and TTS services in turn (see examples/speech-to-speech/demo_s2s.py)")

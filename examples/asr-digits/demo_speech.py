@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from demo_embed import running
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "minilm-embed"))  # demo_embed.running, shared by the demos
+from demo_embed import running  # noqa: E402
 
 SENTENCE = "call four one five nine"
 VOICE = "en-us-nyc+f4"  # an accent and a speaker the model never heard in training

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import httpx
-from demo_embed import running
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "minilm-embed"))  # demo_embed.running, shared by the demos
+from demo_embed import running  # noqa: E402
 
 QUESTION = "What is a guitar?"
 

@@ -4,7 +4,7 @@ SynthesizeOnline with the official nvidia-riva-client (printing when each senten
 arrives) and through TTS NIM's POST /v1/audio/synthesize (a WAV, kept in build/); then hear the
 audio back with the served ASR model over Riva's Recognize, and print what it heard.
 
-    python scripts/demo_tts.py TTS_MANIFEST ASR_MANIFEST   (ports: NIM_HTTP_API_PORT, NIM_GRPC_API_PORT
+    python examples/tts-digits/demo_tts.py TTS_MANIFEST ASR_MANIFEST   (ports: NIM_HTTP_API_PORT, NIM_GRPC_API_PORT
                                                             for the voice, the next ones for the ASR)
 """
 
@@ -17,8 +17,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-from demo_embed import running
-from make_asr_digits import word_error_rate
+
+EXAMPLES = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(EXAMPLES / "minilm-embed"), str(EXAMPLES / "asr-digits")]  # demo_embed.running, word_error_rate
+from demo_embed import running  # noqa: E402
+from make_asr_digits import word_error_rate  # noqa: E402
 
 TEXT = "Dial 5551234. Cancel, repeat!"  # digits are read one by one: the voice's text normalisation
 SPOKEN = "dial five five five one two three four cancel repeat"

@@ -1,10 +1,10 @@
-"""Write recipes/models/tiny-llama: a 2-layer Llama with random weights and a real byte-level BPE
+"""Write examples/tiny-llama/model: a 2-layer Llama with random weights and a real byte-level BPE
 tokenizer with a ChatML chat template, saved by transformers. It is the text-generation example
-(recipes/tiny-llama.yaml) and a test fixture; nothing is downloaded.
+(examples/tiny-llama/recipe.yaml) and a test fixture; nothing is downloaded.
 
 The weights are random (seeded), so the text is gibberish; what matters is that every part of the
 path (tokenizer, chat template, KV-cache graph, batching, sampling, streaming) is the real one.
-Run from the repository root: python scripts/make_tiny_llama.py [DEST]
+Run from the repository root: python examples/tiny-llama/make_tiny_llama.py [DEST]
 """
 
 import sys
@@ -36,8 +36,8 @@ def main(dest: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    root = Path(__file__).resolve().parent.parent
-    corpus = (root / "recipes" / "data" / "sentences.txt").read_text().splitlines()
+    root = Path(__file__).resolve().parents[2]
+    corpus = (root / "examples" / "minilm-embed" / "sentences.txt").read_text().splitlines()
     tok = tokenizer(corpus * 4)
     torch.manual_seed(0)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
@@ -54,4 +54,4 @@ def main(dest: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("recipes/models/tiny-llama"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("examples/tiny-llama/model"))

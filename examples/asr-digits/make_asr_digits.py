@@ -1,12 +1,12 @@
-"""Train recipes/models/asr-digits.nemo: a tiny Conformer-CTC that hears spoken digits and a few
+"""Train examples/asr-digits/asr-digits.nemo: a tiny Conformer-CTC that hears spoken digits and a few
 commands, trained on CPU in minutes on speech synthesised with espeak-ng. It is the speech example
-(recipes/asr-digits.yaml) and a test fixture; nothing is downloaded.
+(examples/asr-digits/recipe.yaml) and a test fixture; nothing is downloaded.
 
 The training set uses some espeak-ng voices, variants and speeds; the held-out set uses voices,
 variants and speeds it never heard, and the script reports the held-out word error rate measured
 with NeMo's own transcribe(). Run from the repository root (needs the `nemo` extra and espeak-ng):
 
-    python scripts/make_asr_digits.py [--minutes 12] [DEST.nemo]
+    python examples/asr-digits/make_asr_digits.py [--minutes 12] [DEST.nemo]
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def train(minutes: float, dest: Path, seed: int = 7, new_model=new_ctc_model, lo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", nargs="?", default="recipes/models/asr-digits.nemo", type=Path)
+    parser.add_argument("dest", nargs="?", default="examples/asr-digits/asr-digits.nemo", type=Path)
     parser.add_argument("--minutes", type=float, default=14.0, help="training time budget")
     args = parser.parse_args()
     train(args.minutes, args.dest)

@@ -6,7 +6,7 @@ phrases a client asks to keep untranslated (Riva's dnt_phrases).
 
 Held out: numbers whose seeded hash puts them in the held-out tenth are never trained on, so the
 example's exact-match accuracy on them measures translation of phrases it has not seen. Used by
-scripts/make_nmt_en_de.py (training), the tests and the speech-to-speech demo.
+examples/nmt-en-de/make_nmt_en_de.py (training), the tests and the speech-to-speech demo.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def digits_pair(rng: random.Random, low: int = 1, high: int = 6) -> tuple[str, s
 
 def spoken_pair(rng: random.Random) -> tuple[str, str]:
     """A sentence of the words asr-digits hears: digits, commands, or "call"/"dial" and digits (the
-    speech-to-speech demo's domain; scripts/make_tts_digits.py --language de speaks its German)."""
+    speech-to-speech demo's domain; examples/tts-digits/make_tts_digits.py --language de speaks its German)."""
     kind = rng.random()
     if kind < 0.4:
         return digits_pair(rng)

@@ -8,7 +8,7 @@ was said, and the TTS stage's reading of the German (Riva's processed_text) and 
 level). No German ASR model exists here, so the German speech is not heard back; it is kept in
 build/s2s-demo.wav for a person to hear.
 
-    python scripts/demo_s2s.py ASR_MANIFEST NMT_MANIFEST TTS_MANIFEST   (ports: NIM_HTTP_API_PORT and
+    python examples/speech-to-speech/demo_s2s.py ASR_MANIFEST NMT_MANIFEST TTS_MANIFEST   (ports: NIM_HTTP_API_PORT and
                                                                          NIM_GRPC_API_PORT, and the next two)
 """
 
@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from demo_embed import running
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "minilm-embed"))  # demo_embed.running, shared by the demos
+from demo_embed import running  # noqa: E402
 
 SAID = "call five five one two"
 GERMAN = "rufe fünf fünf eins zwei an"

@@ -1,6 +1,6 @@
-"""Train recipes/models/nmt-en-de: a tiny MarianMT (English -> German) on the synthetic parallel
-text of scripts/nmt_phrases.py, on CPU in minutes. It is the translation example
-(recipes/nmt-en-de.yaml) and a test fixture; nothing is downloaded.
+"""Train examples/nmt-en-de/model: a tiny MarianMT (English -> German) on the synthetic parallel
+text of examples/nmt-en-de/nmt_phrases.py, on CPU in minutes. It is the translation example
+(examples/nmt-en-de/recipe.yaml) and a test fixture; nothing is downloaded.
 
 The checkpoint is what Hugging Face's Marian models ship, written by the real libraries: a
 SentencePiece model (trained here on both sides' text, so source.spm and target.spm are one
@@ -9,7 +9,7 @@ model), MarianTokenizer's vocab.json, and MarianMTModel's config and weights. Th
 untranslated. At the end it reports greedy exact-match accuracy on held-out numbers (never
 trained on) and on fresh sentences of every kind, with transformers' own generate().
 
-    python scripts/make_nmt_en_de.py [--minutes 6] [DEST]
+    python examples/nmt-en-de/make_nmt_en_de.py [--minutes 6] [DEST]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def accuracy(model, tokenizer, pairs: list[tuple[str, str]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", nargs="?", default="recipes/models/nmt-en-de")
+    parser.add_argument("dest", nargs="?", default="examples/nmt-en-de/model")
     parser.add_argument("--minutes", type=float, default=6.0)
     args = parser.parse_args()
     import torch

@@ -1,10 +1,10 @@
-"""Train recipes/models/asr-digits-rnnt.nemo: the transducer twin of asr-digits, a tiny Conformer
+"""Train examples/asr-digits-rnnt/asr-digits-rnnt.nemo: the transducer twin of asr-digits, a tiny Conformer
 encoder with an LSTM prediction network and joint (NeMo EncDecRNNTModel, characters), trained on
-CPU in minutes on the same espeak-ng speech (scripts/make_asr_digits.py: the same sentences,
+CPU in minutes on the same espeak-ng speech (examples/asr-digits/make_asr_digits.py: the same sentences,
 voices, variants and speeds, and the same held-out voices it never hears). It is the transducer
-example (recipes/asr-digits-rnnt.yaml) and a test fixture; nothing is downloaded.
+example (examples/asr-digits-rnnt/recipe.yaml) and a test fixture; nothing is downloaded.
 
-    python scripts/make_asr_digits_rnnt.py [--minutes 16] [DEST.nemo]
+    python examples/asr-digits-rnnt/make_asr_digits_rnnt.py [--minutes 16] [DEST.nemo]
 
 The loss is the RNNT forward algorithm written here in torch, one vectorised step per encoder
 frame (`rnnt_loss`): NeMo's CPU losses (warprnnt_numba's CPU path, and "pytorch") loop over every
@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "asr-digits"))
 import make_asr_digits as data  # noqa: E402  (the CTC example's speech, augmentation and scoring)
 
 PRED_HIDDEN = 64
@@ -111,7 +111,7 @@ def new_rnnt_model():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", nargs="?", default="recipes/models/asr-digits-rnnt.nemo", type=Path)
+    parser.add_argument("dest", nargs="?", default="examples/asr-digits-rnnt/asr-digits-rnnt.nemo", type=Path)
     parser.add_argument("--minutes", type=float, default=16.0, help="training time budget")
     args = parser.parse_args()
     data.train(args.minutes, args.dest, new_model=new_rnnt_model, loss=loss, check=check_loss)

@@ -1,6 +1,6 @@
-"""Train recipes/models/tts-digits.nemo: a tiny NeMo FastPitch that speaks digits and the commands
+"""Train examples/tts-digits/tts-digits.nemo: a tiny NeMo FastPitch that speaks digits and the commands
 the asr-digits example hears, trained on CPU in minutes on speech synthesised with espeak-ng. It
-is the text-to-speech example (recipes/tts-digits.yaml) and a test fixture; nothing is downloaded.
+is the text-to-speech example (examples/tts-digits/recipe.yaml) and a test fixture; nothing is downloaded.
 
 FastPitch predicts a mel spectrogram from characters; the example's vocoder is Griffin-Lim
 (nimbuild/serving/griffin_lim.py), not a neural one: a HiFiGAN does not train to intelligibility on two
@@ -17,10 +17,10 @@ The script ends by measuring intelligibility as the tests do: held-out sentences
 training text) -> FastPitch -> Griffin-Lim -> 16 kHz -> the asr-digits model's transcribe() ->
 word error rate. Run from the repository root (needs the `nemo` extra and espeak-ng):
 
-    python scripts/make_tts_digits.py [--minutes 8] [DEST.nemo]
+    python examples/tts-digits/make_tts_digits.py [--minutes 8] [DEST.nemo]
 
-`--language de` trains the German twin (recipes/models/tts-digits-de.nemo, espeak-ng's `de`
-voice) on the German of those sentences as the translation example makes it (scripts/nmt_phrases.py:
+`--language de` trains the German twin (examples/tts-digits-de/tts-digits-de.nemo, espeak-ng's `de`
+voice) on the German of those sentences as the translation example makes it (examples/nmt-en-de/nmt_phrases.py:
 "rufe fünf fünf eins an"), the last stage of the speech-to-speech demo. Its alphabet is the same
 a-z: NeMo's parser reads "fünf" as "funf", and so does the runtime, while espeak-ng spoke "fünf".
 No German ASR model exists here, so its intelligibility is not measured; the script says so.
@@ -37,9 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "examples" / "asr-digits"))
+sys.path.insert(0, str(ROOT / "examples" / "nmt-en-de"))
 
 import make_asr_digits  # noqa: E402  the words the ASR example hears
 import nmt_phrases  # noqa: E402  their German, as the translation example says them
@@ -221,7 +222,7 @@ def heard(asr_path: Path, audio: list) -> list[str]:
 def evaluate(model) -> float:
     """The held-out word error rate through asr-digits, with a few examples printed."""
     texts = held_out_sentences()
-    got = heard(ROOT / "recipes/models/asr-digits.nemo", synthesise(model, texts))
+    got = heard(ROOT / "examples/asr-digits/asr-digits.nemo", synthesise(model, texts))
     for said, text in list(zip(texts, got))[:6]:
         print(f"  said {said!r:40} heard {text!r}")
     return word_error_rate(texts, got)
@@ -235,7 +236,8 @@ def main() -> None:
     args = parser.parse_args()
     global VOICE, WORDS, sentence
     VOICE, WORDS, sentence = LANGUAGES[args.language]
-    args.dest = args.dest or str(ROOT / f"recipes/models/tts-digits{'' if args.language == 'en' else '-' + args.language}.nemo")
+    suffix = "" if args.language == "en" else f"-{args.language}"
+    args.dest = args.dest or str(ROOT / "examples" / f"tts-digits{suffix}" / f"tts-digits{suffix}.nemo")
 
     import torch
     from nemo.collections.tts.models import FastPitchModel
