@@ -40,12 +40,12 @@ test: install system-deps tools
 	$(PY) -m pytest -q -ra
 
 # The generated suites run longer than `make test` runs them: 5,000 examples of each property-based
-# reader test (tests/test_properties.py), 100 schemathesis examples per API operation, 500
+# reader test (tests/unit/test_properties.py), 100 schemathesis examples per API operation, 500
 # generated requests per Riva method, and 30 rounds of the stop right after hang-ups
 fuzz: install system-deps tools
 	NIMBUILD_FUZZ=1 NIMBUILD_API_EXAMPLES=100 NIMBUILD_STOP_ROUNDS=30 $(PY) -m pytest -q -ra \
-		-k "test_properties or schemathesis or generated_riva or stop_right_after" tests/test_properties.py \
-		tests/test_runtime.py tests/test_llm.py tests/test_asr.py tests/test_tts.py tests/test_translation.py
+		-k "test_properties or schemathesis or generated_riva or stop_right_after" tests/unit/test_properties.py \
+		tests/system/test_runtime.py tests/tasks/test_llm.py tests/tasks/test_asr.py tests/tasks/test_tts.py tests/tasks/test_translation.py
 
 # The main job on the embedded defaults: compile the example, publish it to the local registry
 # (an OCI layout in build/registry), pull back the profile this machine would run (verified),

@@ -220,7 +220,7 @@ def _serve(manifest: Path, work: Path, port: int):
 def main() -> tuple[str, dict]:
     from bench_runtime import _stop
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     os.environ["NIMBUILD_ORT_THREADS"] = str(THREADS)
     rows, data = [], {}

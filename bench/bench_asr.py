@@ -141,7 +141,7 @@ def main() -> tuple[str, dict]:
     (2x between minutes here) hit both sides of a ratio alike; medians over the rounds."""
     from demo_embed import running
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"

@@ -200,7 +200,7 @@ def main() -> tuple[str, dict]:
 
 
 def _free_port() -> int:
-    from servers import free_port
+    from helpers.servers import free_port
 
     return free_port()
 

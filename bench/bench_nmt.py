@@ -97,7 +97,7 @@ def main() -> tuple[str, dict]:
     from demo_embed import running
     from nmt_phrases import held_out_numbers
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     texts = [en for en, _ in held_out_numbers(TEXTS, seed=11)]
     with tempfile.TemporaryDirectory() as tmp:

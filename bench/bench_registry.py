@@ -86,8 +86,8 @@ def _curl_pull(host: str, repo: str, digest: str, dest: Path) -> float:
 
 
 def main() -> tuple[str, dict]:
+    from helpers.servers import Registry
     from nimbuild.util.files import sha256_file
-    from servers import Registry
 
     tmp = Path(tempfile.mkdtemp(prefix="nimbuild-bench-", dir=os.environ.get("TMPDIR")))
     server = None

@@ -203,7 +203,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def main() -> str:
-    from servers import free_port
+    from helpers.servers import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="nimbuild-bench-rt-"))
     cache = tmp / "cache"

@@ -111,7 +111,7 @@ def _served(kind: str, manifest: Path, work: Path) -> dict:
     """Start runtime_min on the profile and measure it; the runtime tree's peak RSS at the end."""
     from bench_runtime import _peak_rss_mib, _start_runtime, _stop
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     port = free_port()
     runtime, ready = _start_runtime(manifest, work / "cache", port, profile=_profile_name(kind))

@@ -113,7 +113,7 @@ def _measure(address: str, streams: list[np.ndarray], long: np.ndarray):
 def main() -> tuple[str, dict]:
     from demo_embed import running
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"

@@ -118,7 +118,7 @@ def main() -> tuple[str, dict]:
     other, so the machine's swings hit both sides alike; medians over the rounds."""
     from demo_embed import running
 
-    from servers import free_port
+    from helpers.servers import free_port
 
     texts = _texts()
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ class NimbuildError(Exception):
 
     Its message is one line (the CLI prints it after `error: `), whatever names from the input it
     quotes: a control or line-break character in them is escaped here, the one place every message
-    passes (found by tests/test_properties.py: a key holding a carriage return split the message).
+    passes (found by tests/unit/test_properties.py: a key holding a carriage return split the message).
     `multiline` classes list several problems or a table of figures, a line each."""
 
     exit_code = 2

@@ -104,7 +104,7 @@ def in_flight_interceptor(gauge):
 
 def enum_name(enum, number: int) -> str:
     """A protobuf enum value's name for a message; a client may send a number the enum does not
-    name (protobuf keeps it), whose Name() raises (found by tests/riva_messages.py)."""
+    name (protobuf keeps it), whose Name() raises (found by tests/helpers/riva_messages.py)."""
     try:
         return enum.Name(number)
     except ValueError:

@@ -312,7 +312,7 @@ def _run(profile: Profile, deployment, task, install, repository: Path, work: Pa
         listener.close()
         # the API has drained and the tasks' work is ended (stop hooks): what Triton has left is
         # unloading, which a model that stays referenced holds up (Triton's own stream handler
-        # once did, found by tests/test_llm.py); a stop must stay prompt, so it is not waited on long
+        # once did, found by tests/tasks/test_llm.py); a stop must stay prompt, so it is not waited on long
         triton.stop(timeout=STOP_TRITON_SECONDS)
         log.info("Triton stopped")
     return exit_code["value"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turn CustomResourceDefinitions into the JSON Schemas `nimbuild k8s`'s output is validated with
-offline (tests/test_k8s.py), as kubeconform's openapi2jsonschema does: each served version's
+offline (tests/unit/test_k8s.py), as kubeconform's openapi2jsonschema does: each served version's
 openAPIV3Schema, with apiVersion and kind pinned and, strict, `additionalProperties: false` on
 every object that lists its properties and does not keep unknown fields (the API server would
 prune a misspelled field silently; strict validation names it). Descriptions are dropped (they are

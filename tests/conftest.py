@@ -6,9 +6,7 @@ the hub cache is a private temporary directory that tests fill by hand.
 
 from __future__ import annotations
 
-import ast
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,8 +17,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = _HUB_CACHE
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+from helpers.examples import asr_trainer  # noqa: E402  (after the hub is made offline)
+from helpers.paths import REPO  # noqa: E402
+from helpers.recipes import compiled  # noqa: E402
 
 
 def _servers_under(root: Path) -> list[tuple[int, str]]:
@@ -53,40 +52,6 @@ def no_server_left_behind(tmp_path_factory):
     assert not left, f"processes left behind: {left}"
 
 
-def script_module(name: str):
-    """An example's script, examples/*/NAME.py, as a module (every example's folder on the path, as
-    the scripts put the ones they use)."""
-    import importlib.util
-
-    (path,) = (REPO / "examples").glob(f"*/{name}.py")
-    for folder in sorted((REPO / "examples").iterdir()):
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # registered first, as an import would: a dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def compiled(tmp_path_factory, recipe: Path, *options: str) -> Path:
-    """`nimbuild compile RECIPE` into a fresh directory through the CLI (in-process); its output directory."""
-    from click.testing import CliRunner
-
-    from nimbuild.cli import main
-
-    out = tmp_path_factory.mktemp(recipe.stem) / "out"
-    result = CliRunner().invoke(main, ["-q", "compile", str(recipe), "--out", str(out), *options])
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def asr_trainer():
-    """examples/asr-digits/make_asr_digits.py: its voice lists and sentence generator define the speech
-    examples' held-out set, and its word error rate scores them."""
-    return script_module("make_asr_digits")
-
-
 @pytest.fixture(scope="session")
 def held_out(tmp_path_factory):
     """40 espeak-ng utterances in voices, speaker variants and speeds training never heard, as
@@ -111,28 +76,6 @@ def held_out(tmp_path_factory):
         soundfile.write(str(at16k), trainer.load_16k(native), 16000, subtype="FLOAT")
         items.append((text, at16k, native))
     return items
-
-
-def serving(manifest: Path, cache: Path, **env: str):
-    """runtime_min serving `manifest` until the generator is closed (a fixture's `yield from`)."""
-    from test_runtime import Runtime
-
-    runtime = Runtime(manifest, cache, env=env)
-    runtime.wait_ready(120)
-    yield runtime
-    assert runtime.stop() == 0
-
-
-def modules_loaded_by(snippet: str, watched: tuple[str, ...]) -> list[str]:
-    """Run `snippet` in a fresh interpreter; the watched modules it loaded. A watched name matches a
-    top-level package ("torch") or a dotted prefix ("nimbuild.targets")."""
-    import subprocess
-
-    probe = (f"{snippet}\nimport sys\n"
-             f"print(sorted({{w for w in {watched!r} for m in sys.modules if m == w or m.startswith(w + '.')}}))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return ast.literal_eval(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
@@ -188,20 +131,6 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=256)
     return _save(GPT2LMHeadModel(config), tmp_path_factory.mktemp("tiny-gpt2"))
-
-
-def recipe_text(source: str, task: str = "embedding", *, batch=(1, 2, 4), sequence=(1, 16, 64),
-                parity: str = "{}", name: str = "tiny", extra: str = "", profile: str = "latency",
-                precisions: dict[str, str] | None = None, targets: tuple[str, ...] | None = None) -> str:
-    """A small recipe; precisions map a name to its YAML spec, targets are YAML flow mappings."""
-    precisions = precisions or {"fp32": "{}"}
-    targets = targets or ("{type: generic, backend: onnxruntime, precisions: [fp32]}",)
-    return "\n".join([
-        f"name: {name}", "release: 0.1.0", "source:", f"  hf: {source}", f"task: {task}",
-        "export:", "  opset: 18", "  inputs:", f"    input_ids: {{batch: {list(batch)}, sequence: {list(sequence)}}}",
-        f"  parity: {parity}", "precisions:", *(f"  {k}: {v}" for k, v in precisions.items()),
-        "targets:", *(f"  - {t}" for t in targets), f"serving: {{max_batch_size: 4, profile: {profile}}}", "",
-    ]) + extra
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ class Profile:
 def profile_id(model: str, release: str, tags: Mapping[str, str], files: Mapping[str, WorkspaceFile]) -> str:
     """sha256 of the canonical JSON of {model, release, tags, files{path: digest}}: sorted keys, no
     spaces, UTF-8 unescaped. orjson writes the same bytes three times faster (19 against 63 ms for
-    the 10,000 ids a large listing recomputes; tests/test_manifest.py holds the two equal); json
+    the 10,000 ids a large listing recomputes; tests/unit/test_manifest.py holds the two equal); json
     writes them where orjson is absent or refuses a value (a lone surrogate, refused by json too)."""
     value = {"model": model, "release": release, "tags": dict(tags), "files": {p: f.digest for p, f in files.items()}}
     if _orjson is not None:

@@ -34,7 +34,7 @@ class StreamOptions(BaseModel):
 
 
 def _documented(schema: dict) -> None:
-    """What the OpenAPI document says of a request (tests/servers.py: schemathesis): the OpenAI
+    """What the OpenAPI document says of a request (tests/helpers/servers.py: schemathesis): the OpenAI
     fields this runtime takes only at their defaults say so, and the counts it holds prompts and
     stop sequences to. The limits that hang on the tokens (a prompt that fills the context,
     max_tokens beyond the room left) no schema can say; they are 400s with the reason."""
