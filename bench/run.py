@@ -2,7 +2,7 @@
 imports or threads leak into the next), print its tables, and save them under bench/results/:
 latest.txt (the tables of a full run) and latest.json (per benchmark: ok, when, seconds, its
 tables, and the figures of those that return them; a run of some benchmarks updates just theirs),
-then the charts of latest.json as PNGs in bench/charts/ (bench/plots.py). A benchmark that fails
+then the charts of latest.json as PNGs in docs/charts/ (bench/plots.py). A benchmark that fails
 says why in one line and the run goes on; the exit status is then 1, as it is when no chart could
 be written.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-CHARTS = HERE / "charts"  # committed: the README shows them
+CHARTS = HERE.parent / "docs" / "charts"  # committed: the benchmarks page shows them
 # run only when named (`make bench-scale`): they take longer than the rest together
 ON_REQUEST = {"bench_scale"}
 
@@ -84,7 +84,7 @@ def main(selected: list[str]) -> int:
 
 def _charts() -> str:
     """bench/plots.py on latest.json, in the peers' environment (matplotlib lives there), writing
-    bench/charts/*.png; one line saying which it wrote, or why none."""
+    docs/charts/*.png; one line saying which it wrote, or why none."""
     sys.path.insert(0, str(HERE))
     from common import peer_python
 

@@ -1,4 +1,4 @@
-"""Kubernetes manifests for a release (DESIGN.md §11): `nimbuild k8s SOURCE --image IMG`.
+"""Kubernetes manifests for a release (docs/design.md §11): `nimbuild k8s SOURCE --image IMG`.
 
     nim-operator  NIMCache (the caching Job fills a PVC with the chosen profile) + NIMService (the
                   image's entrypoint on that PVC, read-only; an HPA on in-flight requests)

@@ -1,4 +1,4 @@
-"""Recipes: what to build and how (DESIGN.md §3). Loaded, validated, never holding results.
+"""Recipes: what to build and how (docs/design.md §3). Loaded, validated, never holding results.
 
 Validation errors name the file, the line and the field, and say what was expected:
 

@@ -1,4 +1,4 @@
-"""What a NIM container does at start, reduced to its essentials (DESIGN.md §8):
+"""What a NIM container does at start, reduced to its essentials (docs/design.md §8):
 
 detect the system -> select a profile (the same function as nim_list_model_profiles) -> check that
 a Triton here can run it (before anything is downloaded) -> fetch it into the cache, verified ->

@@ -1,5 +1,5 @@
 """Every environment variable the runtime reads, under NIM's names, checked once at start: a bad
-value is one line before anything starts (DESIGN.md §11, the container contract).
+value is one line before anything starts (docs/design.md §11, the container contract).
 
     NIM_HTTP_API_PORT / NIM_SERVER_PORT   HTTP port (8000); NIM's Helm chart and the NIM Operator set both
     NIM_HTTP_API_HOST                     HTTP address (0.0.0.0: reachable through a Kubernetes Service)

@@ -1,4 +1,4 @@
-"""CI build matrices (DESIGN.md §9): one recipe fanned out over the kinds of builder host it needs.
+"""CI build matrices (docs/design.md §9): one recipe fanned out over the kinds of builder host it needs.
 
 - `cpu`: generic, TensorRT-RTX and RMIR targets (they build anywhere, no GPU needed);
 - `gpu-smXY`: one cell per datacenter TensorRT compute capability (TensorRT cannot cross-build).

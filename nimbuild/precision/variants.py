@@ -1,4 +1,4 @@
-"""Precision variants of the reference fp32 ONNX, each gated against it (DESIGN.md §4).
+"""Precision variants of the reference fp32 ONNX, each gated against it (docs/design.md §4).
 
 TensorRT 11 and TensorRT-RTX build strongly typed networks: the precision lives in the graph.
 So each variant is a graph of its own, made by the tool that does it well:

@@ -1,4 +1,4 @@
-"""Which builder turns an RMIR into an engine on a target GPU (DESIGN.md §6), decided without
+"""Which builder turns an RMIR into an engine on a target GPU (docs/design.md §6), decided without
 importing any builder, so selection can say before anything is downloaded whether an RMIR can
 become an engine here.
 

@@ -1,4 +1,4 @@
-"""The profiles manifest (`profiles.yaml`, DESIGN.md §5): read, write, identify, merge.
+"""The profiles manifest (`profiles.yaml`, docs/design.md §5): read, write, identify, merge.
 
 Every later stage (compile, registry, selection, runtime) goes through this module, so the
 format has exactly one reader and one writer. Writing is atomic and byte-stable: the same

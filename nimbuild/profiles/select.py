@@ -1,4 +1,4 @@
-"""Profile selection (DESIGN.md §5): one pure function of profiles, system and environment.
+"""Profile selection (docs/design.md §5): one pure function of profiles, system and environment.
 
 The CLI (`nim_list_model_profiles`, `nimbuild profiles select`) and runtime_min call the same
 `select_profile`, so what a listing marks as selected is what the runtime starts.

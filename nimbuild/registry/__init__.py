@@ -1,4 +1,4 @@
-"""Publish and pull profiles: one interface, three stores (DESIGN.md §7).
+"""Publish and pull profiles: one interface, three stores (docs/design.md §7).
 
     ./registry, file:///...   an OCI image layout on disk (the default; no server)
     oci://host[:port]/ns      any OCI distribution registry; a model lives in ns/<model>
@@ -192,7 +192,7 @@ def _publish_images(store, model: str, release: str, profiles: list[Profile], ba
 
 
 def _modelpack_manifests(profiles: list[Profile], base: Path) -> list[tuple[bytes, bytes]]:
-    """(config, manifest) of each profile as a CNCF ModelPack artifact (DESIGN.md §12)."""
+    """(config, manifest) of each profile as a CNCF ModelPack artifact (docs/design.md §12)."""
     out = []
     for p in profiles:
         config = modelpack.config(p, base)

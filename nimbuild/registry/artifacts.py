@@ -1,4 +1,4 @@
-"""How profiles and releases look as OCI artifacts (DESIGN.md §7).
+"""How profiles and releases look as OCI artifacts (docs/design.md §7).
 
 - A profile is an image manifest with `artifactType` application/vnd.nimbuild.profile.v1+json,
   the empty config, one layer per workspace file (titled with its relative path), and its tags

@@ -1,4 +1,4 @@
-"""RMIR: a portable archive that becomes an engine on the target GPU at first start (DESIGN.md §6).
+"""RMIR: a portable archive that becomes an engine on the target GPU at first start (docs/design.md §6).
 
 An `.rmir` file is a plain tar, written deterministically (sorted members, zero times and owners)
 so the same inputs give the same bytes and the same profile id. It holds:

@@ -1,4 +1,4 @@
-"""The deploy step: profile -> Triton model repository (DESIGN.md §8).
+"""The deploy step: profile -> Triton model repository (docs/design.md §8).
 
 The profile kind decides how the core network runs (one module each: onnx, tensorrt, tensorrt_rtx,
 rmir, tensorrt_llm, each offering Cores in order of preference); the task decides the Python pre-

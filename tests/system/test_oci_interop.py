@@ -1,4 +1,4 @@
-"""Profiles as artifacts the rest of the ecosystem reads (DESIGN.md §12), each read back by a client
+"""Profiles as artifacts the rest of the ecosystem reads (docs/design.md §12), each read back by a client
 nimbuild did not write: CNCF ModelPack manifests (skopeo, the oras SDK, ModelPack's own JSON schema),
 KServe's OCI model images (extracted as KServe's storage initializer does, then served as UID 1000
 from /mnt/models), model stores on S3 (moto's server, a stand-in for AWS S3, read by the bundled

@@ -1,4 +1,4 @@
-"""DESIGN.md §2: what runs on target machines (profiles, selection, registry, runtime_min) never
+"""docs/design.md §2: what runs on target machines (profiles, selection, registry, runtime_min) never
 imports build code, heavy ML libraries or the CLI; and no module of either package imports itself
 through others (an import circle), lazy imports inside functions included."""
 
