@@ -18,7 +18,7 @@ def main() -> str:
     import torch
 
     from nimbuild.export import export_reference
-    from nimbuild.export.tasks import load_task
+    from nimbuild.export.adapters import load_task
     from nimbuild.recipe import load_recipe
     from nimbuild.sources import resolve_source
     from nimbuild.util.progress import Reporter

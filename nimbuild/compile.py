@@ -183,7 +183,7 @@ def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
 
 
 # How a target expands into profiles, by the task table's `targets` rule
-_TAG_RULES = {"graph": _graph_target_tags, "decoder": _llm_target_tags, "speech": _speech_target_tags,
+_TAG_RULES = {"graph": _graph_target_tags, "llm": _llm_target_tags, "asr": _speech_target_tags,
               "tts": _tts_target_tags, "translation": _translation_target_tags}
 # Engine backends that build one kind of model only (the task table's `native_backends`)
 NATIVE_BACKENDS = frozenset(b for t in TASKS for b in t.native_backends)

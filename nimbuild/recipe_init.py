@@ -78,7 +78,7 @@ def init_recipe(spec: str, out: Path, task_id: str | None = None, name: str | No
 
     checkpoint = open_checkpoint(spec, Path.cwd())
     row = choose_task(checkpoint, task_id)
-    start = importlib.import_module(f"nimbuild.export.{row.exporter}").starter(checkpoint)
+    start = importlib.import_module(f"nimbuild.export.{row.module}").starter(checkpoint)
     name = name or _name_of(spec)
     if not re.match(NAME_PATTERN, name):
         raise NimbuildError(f"--name {name!r}: a recipe name is lowercase letters, digits, '.', '_' and '-'")
@@ -128,7 +128,7 @@ def _defaults(row: Task) -> tuple[dict, list[tuple[str, dict | None]], dict[str,
         serving = {"max_batch_size": 16 if row.streaming else 8, "dynamic_batching": {"max_queue_delay_us": 0}}
     targets: list[tuple[str, dict | None]] = [
         ("onnxruntime on any machine, GPU or not", {"type": "generic", "backend": "onnxruntime", "precisions": generic})]
-    if row.targets == "decoder":
+    if row.targets == "llm":
         precisions["fp16"] = {}
         serving = {"max_batch_size": 8, "profile": "throughput"}
         targets.append(("TensorRT-LLM engines, built on a GPU host with tensorrt_llm installed (an NGC TensorRT-LLM "

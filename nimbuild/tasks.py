@@ -3,13 +3,14 @@
 Everything that differs by task and is not the task's own code is a field here, and the stages
 read it instead of listing tasks again: the recipe schema (which source, which sections a recipe of
 the task must or must not have), `recipe init` (which checkpoints it takes, and the shapes it
-starts from), export (its exporter module), targets (how its targets expand into profiles), RMIR
+starts from), export (its exporter), targets (how its targets expand into profiles), RMIR
 (the asset folders that travel with an engine), the registry's ModelPack config (what goes in and
 comes out) and runtime_min (its folder of `runtime_min/tasks/`).
 
-Adding a task is a row here plus its own modules: an exporter in `nimbuild/export/`, a runtime
-folder in `runtime_min/tasks/` (implementing `runtime_min.tasks.TaskHooks`), any serving code in
-`nimbuild/serving/`, and an example under `examples/`. docs/development.md has the checklist.
+Adding a task is a row here plus its own modules, named by the row's short `module` name: an
+exporter `nimbuild/export/<module>.py`, a runtime folder `runtime_min/tasks/<module>/` (implementing
+`runtime_min.tasks.TaskHooks`), any serving code in `nimbuild/serving/`, and an example under
+`examples/`. docs/development.md has the checklist.
 
 This module is read on target machines too (runtime_min finds a profile's task here), so it
 imports nothing beyond the standard library and nimbuild.errors.
@@ -31,9 +32,10 @@ class Task:
     # what `recipe init` recognises: regular expressions over config.json's `architectures` (hf), or
     # the NeMo model classes a .nemo's config names as its target (nemo)
     takes: tuple[str, ...]
-    exporter: str  # the module of nimbuild.export whose export() makes the reference graph(s)
-    targets: str  # how a target expands into profiles (nimbuild.targets: graph, decoder, speech, tts, translation)
-    runtime: str  # its folder of runtime_min/tasks
+    # its one short name: its exporter is nimbuild/export/<module>.py (export(), starter()) and its
+    # runtime folder runtime_min/tasks/<module>/ (TaskHooks); tasks that share both share the name
+    module: str
+    targets: str  # how a target expands into profiles (nimbuild.compile: graph, llm, asr, tts, translation)
     modality: tuple[tuple[str, ...], tuple[str, ...]]  # (inputs, outputs) in ModelPack's vocabulary
     transformer: bool = False  # ModelPack's config.architecture
     assets: tuple[str, ...] = ()  # folders beside the graph the runtime reads (an RMIR archive carries them)
@@ -50,25 +52,25 @@ class Task:
 TASKS: tuple[Task, ...] = (
     Task("embedding", "sentence embedding", "hf",
          takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|MPNet|Electra|DebertaV2|ModernBert|NomicBert)Model$",),
-         exporter="encoder", targets="graph", runtime="embedding", modality=(("text",), ("embedding",)),
+         module="embedding", targets="graph", modality=(("text",), ("embedding",)),
          transformer=True, assets=("tokenizer",)),
     Task("text-generation", "text generation", "hf", takes=(r"ForCausalLM$",),
-         exporter="decoder", targets="decoder", runtime="llm", modality=(("text",), ("text",)),
+         module="llm", targets="llm", modality=(("text",), ("text",)),
          transformer=True, assets=("tokenizer",), native_backends=("tensorrt_llm",)),
     Task("asr-ctc", "speech recognition", "nemo", takes=("EncDecCTCModel", "EncDecCTCModelBPE"),
-         exporter="asr", targets="speech", runtime="asr", modality=(("audio",), ("text",)), assets=("asr",),
+         module="asr", targets="asr", modality=(("audio",), ("text",)), assets=("asr",),
          owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
     # RNNT and TDT alike: TDT is a loss and a decoding setting of the same classes
     Task("asr-rnnt", "speech recognition", "nemo", takes=("EncDecRNNTModel", "EncDecRNNTBPEModel"),
-         exporter="asr", targets="speech", runtime="asr", modality=(("audio",), ("text",)), assets=("asr",),
+         module="asr", targets="asr", modality=(("audio",), ("text",)), assets=("asr",),
          owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
     Task("tts", "text-to-speech", "nemo", takes=("FastPitchModel",),
-         exporter="tts", targets="tts", runtime="tts", modality=(("text",), ("audio",)), assets=("tts",),
+         module="tts", targets="tts", modality=(("text",), ("audio",)), assets=("tts",),
          owns=("source.vocoder", "serving.voice", "export.texts"),
          needs=("source.vocoder", "serving.voice", "export.texts"),
          needs_why="the vocoder stage, the voice it speaks with, the sentences it is checked on against NeMo", riva=True),
     Task("translation", "translation", "hf", takes=(r"^MarianMTModel$",),
-         exporter="translation", targets="translation", runtime="translation", modality=(("text",), ("text",)),
+         module="translation", targets="translation", modality=(("text",), ("text",)),
          transformer=True, assets=("tokenizer", "translation"), owns=("serving.languages", "export.texts"),
          needs=("serving.languages", "export.texts"),
          needs_why="the language pair it serves, the sources its greedy translations are checked on against transformers",

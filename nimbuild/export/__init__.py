@@ -21,5 +21,5 @@ if TYPE_CHECKING:
 
 def export_reference(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     """The reference graph(s) of the recipe's checkpoint, checked against the source."""
-    exporter = importlib.import_module(f"nimbuild.export.{task(recipe.task).exporter}")
+    exporter = importlib.import_module(f"nimbuild.export.{task(recipe.task).module}")
     return exporter.export(checkpoint, recipe, dest, reporter)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
-from nimbuild.export.decoder import CacheNames, filled_cache, first_difference, flat_cache
+from nimbuild.export.llm import CacheNames, filled_cache, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.export.reference import (
     InputSpec,
@@ -100,7 +100,7 @@ def check_languages(checkpoint: HFCheckpoint, recipe) -> tuple[str, str]:
 
 
 def load_adapter(checkpoint: HFCheckpoint, recipe) -> TranslationAdapter:
-    from nimbuild.export.tasks import _load
+    from nimbuild.export.adapters import _load
 
     if not (checkpoint.path / "source.spm").is_file():
         raise ExportError(f"{checkpoint.path}: no source.spm; nimbuild serves MarianMT-class checkpoints "

@@ -3,7 +3,7 @@
 The same code runs the export's parity check (greedy, against `transformers.generate`) and the
 runtime's Triton model, so the generation loop that was verified is the one that is served.
 
-The graph (nimbuild.export.decoder) takes `input_ids [B, S]`, `attention_mask [B, past + S]`,
+The graph (nimbuild.export.llm) takes `input_ids [B, S]`, `attention_mask [B, past + S]`,
 `position_ids [B, S]` and `past_key_values.<layer>.key|value [B, heads, past, head_dim]`, and
 returns the last position's `logits [B, 1, vocab]` and `present.<layer>.key|value`. One graph
 handles the prefill (past of length 0) and each decode step.

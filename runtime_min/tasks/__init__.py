@@ -45,7 +45,7 @@ def task_module(info: dict) -> TaskHooks:
     row = BY_ID.get(info.get("task"))
     if row is None:
         raise NimbuildError(f"runtime_min serves {', '.join(TASK_IDS)} profiles; this one is {info.get('task')!r}")
-    return importlib.import_module(f"runtime_min.tasks.{row.runtime}")
+    return importlib.import_module(f"runtime_min.tasks.{row.module}")
 
 
 def serving_code() -> dict[str, Path]:

@@ -89,7 +89,7 @@ def test_a_perturbed_decoder_graph_is_refused(write_recipe, tmp_path, tiny_llama
     import onnx
     from onnx import numpy_helper
 
-    from nimbuild.export.decoder import check_generation_parity, load_decoder
+    from nimbuild.export.llm import check_generation_parity, load_decoder
 
     recipe, ref = _export(write_recipe, tmp_path, tiny_llama_dir)
     model = onnx.load(str(ref.files[0]))

@@ -8,7 +8,7 @@ import pytest
 from helpers.recipes import recipe_text
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export import export_reference
-from nimbuild.export.encoder import check_parity
+from nimbuild.export.embedding import check_parity
 from nimbuild.export.reference import input_specs, parity_shapes
 from nimbuild.recipe import load_recipe
 from nimbuild.sources import resolve_source
@@ -70,7 +70,7 @@ def test_a_perturbed_graph_is_refused(write_recipe, tmp_path, tiny_bert_dir):
     import onnx
     from onnx import numpy_helper
 
-    from nimbuild.export.tasks import load_task
+    from nimbuild.export.adapters import load_task
 
     recipe, ref = _export(write_recipe, tmp_path, tiny_bert_dir)
     model = onnx.load(str(ref.files[0]))

@@ -104,7 +104,7 @@ def test_pickled_code_in_bin_weights_is_never_executed(tmp_path, tiny_bert_dir):
     """A .bin checkpoint is loaded with torch.load(weights_only=True): a payload must not run."""
     import pickle
 
-    from nimbuild.export.tasks import load_task
+    from nimbuild.export.adapters import load_task
     from nimbuild.sources.hf import resolve_hf as resolve
 
     marker = tmp_path / "pwned"

@@ -14,12 +14,12 @@ from runtime_min.tasks import RivaTaskHooks, TaskHooks
 def test_each_row_names_an_exporter_a_target_rule_and_a_runtime_folder_that_exist(row):
     from nimbuild.compile import _TAG_RULES
 
-    exporter = importlib.import_module(f"nimbuild.export.{row.exporter}")
+    exporter = importlib.import_module(f"nimbuild.export.{row.module}")
     assert list(inspect.signature(exporter.export).parameters) == ["checkpoint", "recipe", "dest", "reporter"]
     assert row.targets in _TAG_RULES
-    runtime = importlib.import_module(f"runtime_min.tasks.{row.runtime}")
+    runtime = importlib.import_module(f"runtime_min.tasks.{row.module}")
     for hook in [n for n in dir(TaskHooks) if not n.startswith("_")]:
-        assert callable(getattr(runtime, hook, None)), f"runtime_min.tasks.{row.runtime} lacks {hook}"
+        assert callable(getattr(runtime, hook, None)), f"runtime_min.tasks.{row.module} lacks {hook}"
     riva_hooks = [n for n in dir(RivaTaskHooks) if not n.startswith("_") and not hasattr(TaskHooks, n)]
     assert riva_hooks == ["add_servicers"]
     assert all(callable(getattr(runtime, hook, None)) == row.riva for hook in riva_hooks)

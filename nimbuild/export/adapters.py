@@ -45,7 +45,7 @@ class TaskAdapter:
 
 
 def load_task(task: str, checkpoint: HFCheckpoint) -> TaskAdapter:
-    """Encoder tasks; decoder LMs (text-generation) have their own exporter, nimbuild.export.decoder."""
+    """Encoder tasks; decoder LMs (text-generation) have their own exporter, nimbuild.export.llm."""
     loaders: dict[str, Callable[[HFCheckpoint], TaskAdapter]] = {
         "embedding": _embedding,
     }

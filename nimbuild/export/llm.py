@@ -92,7 +92,7 @@ def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
     import torch
     from transformers import DynamicCache
 
-    from nimbuild.export.tasks import _load
+    from nimbuild.export.adapters import _load
 
     model = _load("AutoModelForCausalLM", checkpoint)
     config = model.config
@@ -303,7 +303,7 @@ def first_difference(what: str, expected: list[int], got: list[int]) -> str:
 
 
 def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
-    """A decoder-only LM with its KV cache (nimbuild.export.decoder)."""
+    """A decoder-only LM with its KV cache (nimbuild.export.llm)."""
     batch, context = context_limits(recipe.export.inputs)
     specs = [InputSpec("input_ids", dict(recipe.export.inputs["input_ids"]))]
     check_sequence_limit(specs, checkpoint)

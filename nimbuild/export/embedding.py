@@ -29,7 +29,7 @@ from nimbuild.util.progress import Reporter
 
 
 def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
-    from nimbuild.export.tasks import load_task
+    from nimbuild.export.adapters import load_task
 
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
         adapter = load_task(recipe.task, checkpoint)
