@@ -128,7 +128,7 @@ def _recipe(name: str, source: Path) -> str:
     """tiny-llama's recipe with another source and only the generic fp32 profile."""
     lines = (REPO / "examples" / "tiny-llama" / "recipe.yaml").read_text().splitlines()
     kept = [ln for ln in lines if "tensorrt_llm" not in ln and "built on GPU hosts" not in ln]
-    text = "\n".join(kept).replace("name: tiny-llama", f"name: {name}").replace("hf: models/tiny-llama", f"hf: {source}")
+    text = "\n".join(kept).replace("name: tiny-llama", f"name: {name}").replace("hf: model\n", f"hf: {source}\n")
     return text + "\n"
 
 

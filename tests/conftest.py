@@ -146,7 +146,7 @@ def write_recipe(tmp_path):
 @pytest.fixture
 def registry(tmp_path):
     """A docker-registry on loopback, for this test alone."""
-    from servers import Registry
+    from helpers.servers import Registry
 
     server = Registry(tmp_path / "registry-server")
     yield server
@@ -156,7 +156,7 @@ def registry(tmp_path):
 @pytest.fixture
 def release(tmp_path):
     """test_registry.make_release's two profiles, written as a compile output: (out dir, manifest)."""
-    from test_registry import make_release
+    from helpers.registry import make_release
 
     out = tmp_path / "compile-out"
     return out, make_release(out)

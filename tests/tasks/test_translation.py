@@ -150,7 +150,7 @@ def test_a_decoder_that_goes_astray_is_refused_naming_the_text_and_the_first_dif
         return Astray()
 
     monkeypatch.setattr(translation, "decoder_module", astray)
-    recipe = _recipe(RECIPE.read_text().replace("models/nmt-en-de", str(CHECKPOINT)))
+    recipe = _recipe(RECIPE.read_text().replace("hf: model\n", f"hf: {CHECKPOINT}\n"))
     with pytest.raises(ParityError, match=r"'call three four five': greedy tokens differ at step 2"):
         export_reference(resolve_hf(str(CHECKPOINT), REPO), recipe, tmp_path, Reporter(quiet=True))
 
@@ -166,7 +166,7 @@ def test_checkpoints_that_are_not_served_marian_models_are_refused_with_one_mess
 
     def compile_from(source: Path) -> str:
         recipe = tmp_path / "r.yaml"
-        recipe.write_text(RECIPE.read_text().replace("models/nmt-en-de", str(source)))
+        recipe.write_text(RECIPE.read_text().replace("hf: model\n", f"hf: {source}\n"))
         result = CliRunner().invoke(main, ["-q", "compile", str(recipe), "--out", str(tmp_path / "out")])
         assert result.exit_code != 0 and "Traceback" not in result.output
         return result.output
@@ -388,7 +388,7 @@ def test_generated_riva_requests_get_ok_or_a_status_the_client_can_act_on(served
     from riva.client.proto import riva_nmt_pb2 as rnmt
     from riva.client.proto import riva_nmt_pb2_grpc
 
-    from riva_messages import answered_as_documented
+    from helpers.riva_messages import answered_as_documented
 
     answered_as_documented(served_nmt.grpc_port, riva_nmt_pb2_grpc.RivaTranslationStub,
                            {"TranslateText": rnmt.TranslateTextRequest,

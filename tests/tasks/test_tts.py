@@ -377,7 +377,7 @@ def test_a_hifigan_vocoder_checkpoint_is_exported_checked_against_nemo_and_serve
 
     recipe = tmp_path / "tts-hifigan.yaml"
     recipe.write_text(_with_vocoder(_hifigan(tmp_path / "hifigan.nemo")).replace(
-        "nemo: models/tts-digits.nemo", f"nemo: {REPO / 'examples/tts-digits/tts-digits.nemo'}"))
+        "nemo: tts-digits.nemo", f"nemo: {REPO / 'examples/tts-digits/tts-digits.nemo'}"))
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["-q", "compile", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -404,7 +404,7 @@ def test_a_hifigan_vocoder_checkpoint_is_exported_checked_against_nemo_and_serve
 def test_schemathesis_finds_tts_apis_as_their_openapi_document_says(served_tts):
     """Issue 31: generated requests against the speech synthesis APIs, from the runtime's own
     OpenAPI document: no 500, every status, content type and body as documented."""
-    from servers import assert_api_as_documented
+    from helpers.servers import assert_api_as_documented
 
     assert_api_as_documented(served_tts.url, {"/v1/audio/synthesize_online", "/v1/audio/synthesize"}, precise=False)
 
@@ -416,7 +416,7 @@ def test_generated_riva_requests_get_ok_or_a_status_the_client_can_act_on(served
     from riva.client.proto import riva_tts_pb2 as rtts
     from riva.client.proto import riva_tts_pb2_grpc
 
-    from riva_messages import answered_as_documented
+    from helpers.riva_messages import answered_as_documented
 
     answered_as_documented(served_tts.grpc_port, riva_tts_pb2_grpc.RivaSpeechSynthesisStub,
                            {"Synthesize": rtts.SynthesizeSpeechRequest,
