@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nimbuild.errors import ExportError
 from nimbuild.tasks import task
 
 if TYPE_CHECKING:
@@ -21,5 +22,11 @@ if TYPE_CHECKING:
 
 def export_reference(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     """The reference graph(s) of the recipe's checkpoint, checked against the source."""
-    exporter = importlib.import_module(f"nimbuild.export.{task(recipe.task).module}")
+    from nimbuild.sources.nemo import NemoCheckpoint
+
+    row = task(recipe.task)
+    if (row.source == "nemo") != isinstance(checkpoint, NemoCheckpoint):  # the recipe schema refuses this first
+        kind = "NeMo checkpoints (source.nemo)" if row.source == "nemo" else "Hugging Face checkpoints (source.hf)"
+        raise ExportError(f"task {recipe.task} builds {kind}")
+    exporter = importlib.import_module(f"nimbuild.export.{row.module}")
     return exporter.export(checkpoint, recipe, dest, reporter)

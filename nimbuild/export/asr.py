@@ -438,8 +438,6 @@ def builder_versions() -> dict[str, str]:
 
 def export(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     """A CTC speech model from a .nemo checkpoint (nimbuild.export.asr)."""
-    if not isinstance(checkpoint, NemoCheckpoint):
-        raise ExportError(f"task {recipe.task} builds NeMo checkpoints (source.nemo)")
     dest.mkdir(parents=True, exist_ok=True)
     with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
         adapter = load_adapter(checkpoint, recipe, dest / "asr")

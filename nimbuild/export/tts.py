@@ -241,8 +241,6 @@ def run_graph(session, rows: list[list[int]]):
 
 def export(checkpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     """A FastPitch spectrogram generator from a .nemo checkpoint (nimbuild.export.tts)."""
-    if not isinstance(checkpoint, NemoCheckpoint):
-        raise ExportError(f"task {recipe.task} builds NeMo checkpoints (source.nemo)")
     dest.mkdir(parents=True, exist_ok=True)
     specs = input_specs(recipe.export.inputs)
     with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
