@@ -85,12 +85,12 @@ def reference(onnx_path: Path, specs: list[InputSpec], adapter, comparison: Comp
 
 
 def check_sequence_limit(specs: list[InputSpec], checkpoint: HFCheckpoint) -> None:
-    limit = checkpoint.config.get("max_position_embeddings") or checkpoint.config.get("n_positions")
+    limit = positions(checkpoint, 0)
     if not limit:
         return
     for spec in specs:
         name, seq = list(spec.dims.items())[1]
-        if seq.max > int(limit):
+        if seq.max > limit:
             raise ExportError(
                 f"export.inputs.{spec.name}.{name}: max {seq.max} exceeds the model's {limit} positions"
             )
@@ -193,7 +193,8 @@ class Starter:
 
 
 def positions(checkpoint: HFCheckpoint, default: int) -> int:
-    """The longest sequence the checkpoint's position embeddings allow (or `default` if it names none)."""
+    """The longest sequence the checkpoint's position embeddings allow (or `default` if it names none).
+    Not `max_length`: that is transformers' generation default (20 in many configs), not a limit."""
     config = checkpoint.config
-    value = config.get("max_position_embeddings") or config.get("n_positions") or config.get("max_length")
+    value = config.get("max_position_embeddings") or config.get("n_positions")
     return int(value) if isinstance(value, int) and value > 0 else default
