@@ -172,13 +172,19 @@ def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
         raise NimbuildError(f"targets[{i}]: text-generation models are built as generic onnxruntime profiles or "
                             f"TensorRT-LLM engines (type: prebuilt, backend: tensorrt_llm), not {target.type} "
                             f"{getattr(target, 'backend', '')}".rstrip())
+    from nimbuild.export.families import why_no_trtllm
+    from nimbuild.sources import resolve_source
     from nimbuild.targets.tensorrt import triton_container
 
+    config = resolve_source(recipe).config  # the family picks TensorRT-LLM's checkpoint converter
+    if why := why_no_trtllm(config):
+        raise NimbuildError(f"targets[{i}]: TensorRT-LLM cannot build this checkpoint: {why}")
     _supported(i, target, LLM_PRECISIONS, target.compute_capabilities)
     extra = {"triton_container": container} if (container := triton_container("trtllm-python-py3")) else {}
     return [{"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": p, "compute_capability": cc,
              "trt_version": tensorrt_llm_version() or "", "profile": profile, "tp": str(target.tp),
-             "pp": str(target.pp), "feat_lora": "true" if target.lora else "false", **extra}
+             "pp": str(target.pp), "feat_lora": "true" if target.lora else "false",
+             "model_type": str(config["model_type"]), **extra}
             for p in target.precisions for cc in target.compute_capabilities]
 
 

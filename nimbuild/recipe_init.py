@@ -67,6 +67,11 @@ def choose_task(checkpoint, task_id: str | None) -> Task:
                 "the encoder beneath it as sentence embeddings") if head else ""
         raise NimbuildError(f"{checkpoint.spec}: config.json's architectures ({', '.join(architectures) or 'none'}) "
                             f"match no task nimbuild builds ({_takes('hf')}){hint}")
+    # a task whose exporter knows which architectures a test has proved (text generation's
+    # families) does not take an unproved one on a class name alone; --task still does
+    unproved = getattr(importlib.import_module(f"nimbuild.export.{row.module}"), "unproved", None)
+    if unproved and (why := unproved(checkpoint)):
+        raise NimbuildError(f"{checkpoint.spec}: {why}")
     return row
 
 
@@ -91,7 +96,7 @@ def init_recipe(spec: str, out: Path, task_id: str | None = None, name: str | No
 # --- the text ---------------------------------------------------------------------------------------
 
 def _render(row: Task, name: str, source: str, start, why: str) -> str:
-    precisions, targets, serving = _defaults(row)
+    precisions, targets, serving = _defaults(row, start.engines_refused)
     serving.update(start.serving)
     notes = start.notes
     title = "" if row.title == row.id else f" ({row.title})"
@@ -113,9 +118,10 @@ def _render(row: Task, name: str, source: str, start, why: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _defaults(row: Task) -> tuple[dict, list[tuple[str, dict | None]], dict[str, Any]]:
+def _defaults(row: Task, engines_refused: str = "") -> tuple[dict, list[tuple[str, dict | None]], dict[str, Any]]:
     """Precisions, targets (with a comment each) and serving a user starts from, by how the task's
-    targets expand (the task table's `targets` rule)."""
+    targets expand (the task table's `targets` rule); engine targets the exporter says cannot build
+    this checkpoint are written commented out with its reason."""
     from nimbuild.targets.tensorrt_rtx import rtx_version
 
     rtx = rtx_version() is not None
@@ -131,10 +137,13 @@ def _defaults(row: Task) -> tuple[dict, list[tuple[str, dict | None]], dict[str,
     if row.targets == "llm":
         precisions["fp16"] = {}
         serving = {"max_batch_size": 8, "profile": "throughput"}
-        targets.append(("TensorRT-LLM engines, built on a GPU host with tensorrt_llm installed (an NGC TensorRT-LLM "
-                        "container); skipped elsewhere with the reason",
-                        {"type": "prebuilt", "backend": "tensorrt_llm", "compute_capabilities": ["9.0"],
-                         "precisions": ["fp16"]}))
+        engine = {"type": "prebuilt", "backend": "tensorrt_llm", "compute_capabilities": ["9.0"], "precisions": ["fp16"]}
+        if engines_refused:
+            why = textwrap.wrap(f"no TensorRT-LLM engine: {engines_refused}", width=96)
+            targets += [(line, None) for line in why] + [(f"- {_flow(engine)}", None)]
+        else:
+            targets.append(("TensorRT-LLM engines, built on a GPU host with tensorrt_llm installed (an NGC TensorRT-LLM "
+                            "container); skipped elsewhere with the reason", engine))
         return precisions, targets, serving
     engines = {"type": "prebuilt", "backend": "tensorrt_rtx", "precisions": engine,
                "compute_capabilities": RTX_CAPABILITIES if row.targets == "graph" else ["8.9"]}

@@ -54,7 +54,8 @@ TASKS: tuple[Task, ...] = (
          takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|MPNet|Electra|DebertaV2|ModernBert|NomicBert)Model$",),
          module="embedding", targets="graph", modality=(("text",), ("embedding",)),
          transformer=True, assets=("tokenizer",)),
-    Task("text-generation", "text generation", "hf", takes=(r"ForCausalLM$",),
+    # GPT-2's class predates the ForCausalLM naming; nimbuild.export.families lists the families proved
+    Task("text-generation", "text generation", "hf", takes=(r"ForCausalLM$", r"^GPT2LMHeadModel$"),
          module="llm", targets="llm", modality=(("text",), ("text",)),
          transformer=True, assets=("tokenizer",), native_backends=("tensorrt_llm",)),
     Task("asr-ctc", "speech recognition", "nemo", takes=("EncDecCTCModel", "EncDecCTCModelBPE"),

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
+from nimbuild.export import families
+from nimbuild.export.families import boundaries, check_exportable, rope_switch
 from nimbuild.export.parity import Comparison
 from nimbuild.export.reference import (
     InputSpec,
@@ -51,8 +53,10 @@ from nimbuild.sources.hf import HFCheckpoint
 from nimbuild.util.progress import Reporter
 
 PROMPT_SEED = 20240611
+PARITY_NEW = 16  # greedy tokens generated per parity prompt
 GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
 GROUPED_ATTENTION = "nimbuild_grouped"
+DENSE_EXPERTS = "nimbuild_dense"
 
 
 class CacheNames:
@@ -94,6 +98,7 @@ def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
 
     from nimbuild.export.adapters import _load
 
+    check_exportable(checkpoint.config)
     model = _load("AutoModelForCausalLM", checkpoint)
     config = model.config
     layers = int(config.num_hidden_layers)
@@ -108,7 +113,9 @@ def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
             self.lm = lm
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = filled_cache(DynamicCache(config=self.lm.config), past)
+            # a cache of full layers, also for sliding-window ones: the graph's present is always
+            # past + new (the flat layout), and the window is applied by the mask (module docstring)
+            cache = filled_cache(DynamicCache(), past)
             extra = {"logits_to_keep": 1} if keeps_last else {}
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           past_key_values=cache, use_cache=True, **extra)
@@ -165,11 +172,13 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
     D]), so both products read the cache as it is and the key's transpose folds into the MatMul.
     Heads are grouped as `repeat_kv` groups them (query head h reads key head h // groups). The mask
     is transformers' additive eager mask, which already holds causality, padding and any sliding
-    window. Options this form does not cover (logit soft-capping, attention sinks) go to SDPA."""
+    window. Logit soft-capping (Gemma 2: `softcap`, tanh(scores / cap) * cap before the mask) is
+    applied here as transformers' eager attention applies it; attention sinks (`s_aux`), which no
+    family of the table has, go to SDPA."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+    if kwargs.get("s_aux") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     batch, heads, length, dim = query.shape
@@ -177,6 +186,8 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
     scale = scaling if scaling is not None else dim ** -0.5
     scores = torch.matmul(query.reshape(batch, kv_heads, -1, dim), key.transpose(2, 3)) * scale
     scores = scores.reshape(batch, heads, length, total)
+    if (softcap := kwargs.get("softcap")) is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, :, :total]
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -184,27 +195,92 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
     return out.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
+def dense_experts(module, hidden_states, top_k_index, top_k_weights):
+    """Mixture-of-experts as a graph can run it: every expert on every token, each output weighted
+    by the token's router weight for that expert (0 where the router did not pick it), summed in
+    expert order. transformers' default (`grouped_mm`) does not export, its eager loop branches on
+    which experts were hit, and `batched_mm` gathers a copy of an expert's weights per token and
+    pick ([tokens * k, out, in]: gigabytes per layer for a real Mixtral prefill); this form reads
+    each expert's weights once per call at E / k times the useful multiply work. Registered with
+    transformers' experts interface, so the model's own router chooses the top-k."""
+    import torch
+
+    experts = module.num_experts
+    chosen = top_k_index[..., None] == torch.arange(experts, device=top_k_index.device)  # [tokens, k, experts]
+    routing = (chosen.to(top_k_weights.dtype) * top_k_weights[..., None]).sum(dim=1)  # [tokens, experts]
+    out = torch.zeros_like(hidden_states)
+    up_weights = module.gate_up_proj if module.has_gate else module.up_proj
+    up_biases = (module.gate_up_proj_bias if module.has_gate else module.up_proj_bias) if module.has_bias else None
+    for e in range(experts):
+        hidden = _expert_linear(hidden_states, up_weights[e], up_biases[e] if up_biases is not None else None,
+                                module.is_transposed)
+        hidden = module._apply_gate(hidden) if module.has_gate else module.act_fn(hidden)
+        hidden = _expert_linear(hidden, module.down_proj[e], module.down_proj_bias[e] if module.has_bias else None,
+                                module.is_transposed)
+        if module.has_post_expert_norm:
+            hidden = module.post_expert_norm(hidden)
+        out = out + hidden * routing[:, e:e + 1]
+    return out.to(hidden_states.dtype)
+
+
+def _expert_linear(x, weight, bias, transposed: bool):
+    import torch
+
+    out = torch.matmul(x, weight) if transposed else torch.nn.functional.linear(x, weight)
+    return out + bias if bias is not None else out
+
+
+def per_row_longrope(rotary, x, position_ids):
+    """`longrope` rotary embeddings with the short or long factors chosen per sequence. transformers
+    picks them from the largest position in the whole batch, so a request's answer would depend on
+    what it is batched with; per row, every row gets what `generate` gives it alone (left padding
+    has position 0, so a row's largest position is its own)."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    switch = rope_switch(rotary.config.to_dict())
+    long_freq, _ = ROPE_INIT_FUNCTIONS["longrope"](rotary.config, x.device, seq_len=switch + 1)
+    longer = (position_ids.max(dim=-1, keepdim=True).values + 1 > switch)[..., None]  # [B, 1, 1]
+    inv_freq = torch.where(longer, long_freq.to(x.device), rotary.original_inv_freq.to(x.device))  # [B, 1, D/2]
+    freqs = position_ids[..., None].float() * inv_freq.float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * rotary.attention_scaling).to(x.dtype), (emb.sin() * rotary.attention_scaling).to(x.dtype)
+
+
 @contextlib.contextmanager
-def attention_for_export(model):
-    """`model` attends through grouped_attention inside the block, and as before after it (parity
-    compares the graph with transformers' own attention). A model that cannot switch is exported
-    with the attention it has."""
+def forms_for_export(model):
+    """Inside the block `model` attends through grouped_attention, runs its experts densely and
+    picks longrope factors per row; after it, it is as before (parity compares the graph with
+    transformers' own forms). A model that cannot switch a form is exported with the one it has."""
+    import types
+
     from transformers import AttentionInterface
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
     AttentionMaskInterface.register(GROUPED_ATTENTION, eager_mask)
+    ALL_EXPERTS_FUNCTIONS.register(DENSE_EXPERTS, dense_experts)
+    restore = []
     before = model.config._attn_implementation
-    try:
+    with contextlib.suppress(ValueError, KeyError, AttributeError):  # an architecture outside the attention interface
         model.set_attn_implementation(GROUPED_ATTENTION)
-    except (ValueError, KeyError, AttributeError):  # an architecture outside the attention interface
-        pass
-    switched = model.config._attn_implementation == GROUPED_ATTENTION
+    if model.config._attn_implementation == GROUPED_ATTENTION:
+        restore.append(lambda: model.set_attn_implementation(before))
+    experts_before = getattr(model.config, "_experts_implementation", None)
+    with contextlib.suppress(ValueError, KeyError, AttributeError):  # a model without experts
+        model.set_experts_implementation(DENSE_EXPERTS)
+    if getattr(model.config, "_experts_implementation", None) == DENSE_EXPERTS:
+        restore.append(lambda: model.set_experts_implementation(experts_before))
+    if rope_switch(model.config.to_dict()):
+        for rotary in (m for m in model.modules() if hasattr(m, "original_inv_freq") and hasattr(m, "attention_scaling")):
+            rotary.forward = types.MethodType(per_row_longrope, rotary)
+            restore.append(lambda rotary=rotary: delattr(rotary, "forward"))
     try:
         yield
     finally:
-        if switched:
-            model.set_attn_implementation(before)
+        for undo in reversed(restore):
+            undo()
 
 
 def export_decoder(adapter: DecoderAdapter, batch: DimRange, context: DimRange, path: Path, opset: int,
@@ -231,15 +307,19 @@ def export_decoder(adapter: DecoderAdapter, batch: DimRange, context: DimRange, 
     )
     dynamic = (axes({0: b, 1: seq}), axes({0: b, 1: total}), axes({0: b, 1: seq}),
                tuple(axes({0: b, 2: past}) for _ in adapter.past_names))
-    with attention_for_export(adapter.model):
+    with forms_for_export(adapter.model):
         export_fn(adapter.module, example, adapter.input_names, adapter.output_names, dynamic)
 
 
-def parity_prompts(vocab_size: int, context: int) -> list[list[int]]:
-    """Seeded prompts: one token, a short one, and one reaching a third of the context."""
+def parity_prompts(vocab_size: int, context: int, crossings: list[int] = ()) -> list[list[int]]:
+    """Seeded prompts: one token, a short one, and one reaching a third of the context; and for each
+    length where what the model attends to changes (a sliding window, a rope switch), one whose
+    generation crosses it and one whose prompt already has."""
     rng = np.random.default_rng(PROMPT_SEED)
-    lengths = sorted({1, min(7, context // 4), max(2, context // 3)})
-    return [rng.integers(0, vocab_size, size=n).tolist() for n in lengths]
+    lengths = {1, min(7, context // 4), max(2, context // 3)}
+    for length in crossings:
+        lengths |= {n for n in (length - PARITY_NEW // 2, length + 4) if 1 <= n <= context - PARITY_NEW}
+    return [rng.integers(0, vocab_size, size=n).tolist() for n in sorted(lengths)]
 
 
 def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: int, batch_max: int, tolerance) -> Comparison:
@@ -249,22 +329,25 @@ def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: i
 
     graph = DecoderGraph(open_session(onnx_path))
     comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
-    prompts = parity_prompts(adapter.vocab_size, context)
-    budget = [min(16, context - len(p)) for p in prompts]
+    config = adapter.model.config.to_dict()
+    recompute_at = adapter.runtime_info.get("recompute_cache_at")
+    prompts = parity_prompts(adapter.vocab_size, context, boundaries(config, context))
+    budget = [min(PARITY_NEW, context - len(p)) for p in prompts]
     problems = []
     expected_all = []
     for prompt, new in zip(prompts, budget):
         expected, expected_logits = _transformers_greedy(adapter, prompt, new)
         expected_all.append(expected)
         got_logits: list[np.ndarray] = []
-        got = greedy(graph, prompt, new, adapter.eos_ids, on_logits=got_logits.append)
+        got = greedy(graph, prompt, new, adapter.eos_ids, on_logits=got_logits.append, recompute_at=recompute_at)
         steps = min(len(got_logits), len(expected_logits))
         comparison.add(f"prompt {len(prompt)}", {"logits": np.stack(expected_logits[:steps])},
                        {"logits": np.stack(got_logits[:steps])})
         if got != expected:
             problems.append(first_difference(f"prompt of {len(prompt)} tokens", expected, got))
     # the runtime batches: the same prompts together, left-padded, must give the same tokens
-    generator = Generator(graph, max_batch=max(1, batch_max), max_context=context, eos_ids=adapter.eos_ids)
+    generator = Generator(graph, max_batch=max(1, batch_max), max_context=context, eos_ids=adapter.eos_ids,
+                          recompute_at=recompute_at)
     sequences = [Sequence(p, SamplingParams(max_tokens=n)) for p, n in zip(prompts, budget)]
     for s in sequences:
         generator.add(s)
@@ -313,6 +396,9 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
         "max_sequence_length": context.max, "max_batch": batch.max, "eos_token_ids": adapter.eos_ids,
         "kv_cache": {"layers": adapter.layers, "heads": adapter.kv_heads, "head_dim": adapter.head_dim},
     }
+    if (switch := rope_switch(checkpoint.config)) and switch < context.max:
+        # longrope: transformers re-encodes a sequence whole when it first grows past the switch
+        adapter.runtime_info["recompute_cache_at"] = switch
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
     opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
@@ -326,10 +412,16 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     return reference(onnx_path, specs, adapter, comparison)
 
 
+def unproved(checkpoint: HFCheckpoint) -> str | None:
+    """Why `recipe init` does not pick text generation for this decoder by itself (no family row)."""
+    return families.unproved(checkpoint.config)
+
+
 def starter(checkpoint: HFCheckpoint) -> Starter:
     """A context of up to 2,048 tokens (or the model's position limit, if smaller): a start that
     compiles in minutes (parity prompts reach a third of it); raise it to what the profile serves."""
     context = min(positions(checkpoint, 2048), 2048)
-    return Starter(inputs={"input_ids": {"batch": [1, 4, 8], "sequence": [1, min(128, context), context]}},
+    return Starter(engines_refused=families.why_no_trtllm(checkpoint.config) or "",
+                   inputs={"input_ids": {"batch": [1, 4, 8], "sequence": [1, min(128, context), context]}},
                    inputs_note=f"sequence max is the context served, prompt plus generated tokens: {context} here; "
                                f"the model has {positions(checkpoint, 0) or 'no stated'} positions")

@@ -8,6 +8,11 @@ The graph (nimbuild.export.llm) takes `input_ids [B, S]`, `attention_mask [B, pa
 returns the last position's `logits [B, 1, vocab]` and `present.<layer>.key|value`. One graph
 handles the prefill (past of length 0) and each decode step.
 
+A checkpoint may ask for a sequence's cache to be computed anew once, when it grows past a length
+(`recompute_at`: Phi-3's `longrope` switches to its long factors there, and transformers then
+re-encodes the whole sequence with them); the sequence is then prefilled again, prompt and
+generated tokens together.
+
 Batching: running sequences share one left-padded cache ([B, heads, T, dim], with a [B, T] mask
 that is 0 over each row's padding). A decode step feeds that batch as it is and gets back the same
 layout one column longer, so nothing is copied while the batch is unchanged. Newcomers are
@@ -98,7 +103,7 @@ def prefill_inputs(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np
 
 
 def greedy(graph: DecoderGraph, prompt: list[int], max_new_tokens: int, eos_ids: Iterable[int] = (),
-           on_logits: Callable[[np.ndarray], None] | None = None) -> list[int]:
+           on_logits: Callable[[np.ndarray], None] | None = None, recompute_at: int | None = None) -> list[int]:
     """Greedy tokens for one prompt, stopping after an end-of-sequence token (which is kept, as
     `transformers.generate` keeps it). `on_logits` sees each step's logits, for parity checks."""
     eos = set(eos_ids)
@@ -113,10 +118,20 @@ def greedy(graph: DecoderGraph, prompt: list[int], max_new_tokens: int, eos_ids:
         tokens.append(token)
         if token in eos:
             break
+        if recomputes(recompute_at, len(prompt) + len(tokens)):
+            ids, mask, positions = prefill_inputs([prompt + tokens])
+            cache = graph.empty_cache(1)
+            continue
         ids = np.array([[token]], np.int64)
         positions = positions[:, -1:] + 1
         mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
     return tokens
+
+
+def recomputes(recompute_at: int | None, length: int) -> bool:
+    """Whether a sequence of `length` tokens, its last not yet fed to the graph, is prefilled anew:
+    the token about to be fed is the first past `recompute_at` (as transformers decides for Phi-3)."""
+    return recompute_at is not None and length == recompute_at + 1
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -202,8 +217,9 @@ class Generator:
     sequence by one token (prefilling newcomers first) and returns what each produced."""
 
     def __init__(self, graph: DecoderGraph, max_batch: int, max_context: int, eos_ids: Iterable[int] = (),
-                 decode: Callable[[list[int]], str] | None = None):
+                 decode: Callable[[list[int]], str] | None = None, recompute_at: int | None = None):
         self.graph, self.max_batch, self.max_context = graph, max_batch, max_context
+        self.recompute_at = recompute_at
         self.eos = set(eos_ids)
         self.decode = decode or (lambda ids: "")
         self.waiting: list[Sequence] = []
@@ -239,6 +255,8 @@ class Generator:
 
     def step(self) -> list[Event]:
         events: list[Event] = []
+        if self.recompute_at is not None:
+            self._requeue_crossing()
         if self.running:
             events += self._decode()
         room = self.max_batch - len(self.running)
@@ -247,8 +265,16 @@ class Generator:
             events += self._prefill(newcomers)
         return events
 
+    def _requeue_crossing(self) -> None:
+        """Running sequences whose cache is to be computed anew go back to the front of the queue;
+        their prefill takes their generated tokens too."""
+        crossing = [i for i, s in enumerate(self.running) if recomputes(self.recompute_at, len(s.prompt) + len(s.tokens))]
+        if crossing:
+            self.waiting = [self.running[i] for i in crossing] + self.waiting
+            self._keep([i for i in range(len(self.running)) if i not in crossing])
+
     def _prefill(self, newcomers: list[Sequence]) -> list[Event]:
-        ids, mask, positions = prefill_inputs([s.prompt for s in newcomers])
+        ids, mask, positions = prefill_inputs([s.prompt + s.tokens for s in newcomers])
         logits, cache = self.graph.run(ids, mask, positions, self.graph.empty_cache(len(newcomers)))
         self.batch_sizes.append(len(newcomers))
         self._join(newcomers, cache, mask, positions[:, -1] + 1)

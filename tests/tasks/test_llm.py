@@ -250,7 +250,8 @@ def test_planning_text_generation_targets(write_recipe):
     variants = plan_variants(recipe)
     engine = dict(variants[1].tags)
     assert engine == {"llm_engine": "tensorrt_llm", "type": "prebuilt", "precision": "fp8", "compute_capability": "9.0",
-                      "trt_version": engine["trt_version"], "profile": "latency", "tp": "2", "pp": "1", "feat_lora": "true"}
+                      "trt_version": engine["trt_version"], "profile": "latency", "tp": "2", "pp": "1", "feat_lora": "true",
+                      "model_type": "llama"}  # the family, which picks TensorRT-LLM's checkpoint converter
     assert variants[1].description == "tensorrt_llm-sm90-fp8-tp2-latency-lora"
     from nimbuild.matrix.cells import cell_of
 

@@ -47,6 +47,7 @@ class TritonPythonModel:
             DecoderGraph(session), max_batch=int(config.get("max_batch_size") or 1),
             max_context=int(runtime["max_sequence_length"]), eos_ids=runtime.get("eos_token_ids") or [],
             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            recompute_at=runtime.get("recompute_cache_at"),
         )
         self.incoming = queue.Queue()
         self.stopping = threading.Event()
