@@ -150,6 +150,39 @@ def test_batched_generation_with_staggered_arrivals_equals_one_at_a_time(llama_g
     assert all(s.finish_reason in ("stop", "length") for s in sequences)
 
 
+def test_a_sequence_passing_recompute_at_is_prefilled_anew_batched_as_alone(llama_graph):
+    """Phi-3's longrope re-encode (model_info's recompute_cache_at), on any graph: the sequence whose
+    next token is the first past the length is prefilled again whole, prompt and generated tokens,
+    in the batch as in greedy(), and the others in the batch go on undisturbed."""
+    from nimbuild.serving.generation import Generator, SamplingParams, Sequence, greedy
+
+    graph, ref = llama_graph
+    prefills: list[int] = []
+
+    class Watched:  # the graph, recording the length of every multi-token (prefill) call
+        empty_cache = graph.empty_cache
+
+        def run(self, ids, mask, positions, cache):
+            if ids.shape[1] > 1 or not cache[0].shape[2]:
+                prefills.append(ids.shape[1])
+            return graph.run(ids, mask, positions, cache)
+
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(0, 500, size=n).tolist() for n in (5, 14, 40)]
+    alone = [greedy(Watched(), p, 12, [], recompute_at=20) for p in prompts]
+    assert prefills == [5, 14, 21, 40], "14 + 12 passes 21 tokens and is re-encoded; 5 + 12 never does; 40 starts past"
+    # (tiny-llama's plain rope gives the same numbers either way: test_llm_families' Phi-3 shows the effect)
+    prefills.clear()
+    generator = Generator(Watched(), max_batch=3, max_context=256, recompute_at=20)
+    sequences = [Sequence(p, SamplingParams(max_tokens=12)) for p in prompts]
+    for s in sequences:
+        generator.add(s)
+    while generator.busy:
+        generator.step()
+    assert [s.tokens for s in sequences] == alone
+    assert prefills == [40, 21], prefills  # the three prompts together (left-padded to 40), then the re-encode
+
+
 def test_a_sequence_whose_client_hangs_up_while_it_is_cancelled_is_returned_not_lost(llama_graph):
     from nimbuild.serving.generation import Generator, SamplingParams, Sequence
 
