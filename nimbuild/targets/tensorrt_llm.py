@@ -83,6 +83,9 @@ def make_llm_engine_workspace(recipe, checkpoint, reference, variant, workspace:
     workspace.mkdir(parents=True)
     record = build_llm_engine(checkpoint.path, workspace / "engine", variant.precision, target.tp, target.pp,
                               target.lora, batch.max, context.max)
+    from nimbuild.export.families import family
+
+    record["converter"] = family(checkpoint.config).trtllm  # planning refused the families without one
     info = {**model_info(recipe, reference, variant.precision), "graph": None, "engine": "engine",
             "engine_builder": record, "llm_engine": dict(variant.tags)["llm_engine"]}
     _write_common(recipe, checkpoint, info, workspace)  # tokenizer files and model_info.json, as every profile
