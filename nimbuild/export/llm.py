@@ -1,5 +1,11 @@
-"""Decoder-only language models (Llama, Qwen2, GPT-2, ...) to one KV-cache ONNX graph, checked
-against `transformers`' own generation.
+"""Decoder-only language models (the families of nimbuild.export.families: Llama, Mistral, Mixtral,
+Gemma 1-3, Qwen2/3, Qwen3-MoE, Phi-3, GPT-2) to one KV-cache ONNX graph, checked against
+`transformers`' own generation.
+
+What differs by family is handled here once, from the checkpoint's config, in forms the graph can
+express (forms_for_export): attention through grouped_attention (with soft-capping), experts in
+the dense form, longrope factors per row; the cache is full for every layer, so sliding windows
+live in the mask (docs/design.md §13).
 
 One graph serves both phases: the prefill runs with a past of length 0, each decode step with the
 cache the previous call returned (nimbuild.serving.generation documents the layout). The wrapper builds a

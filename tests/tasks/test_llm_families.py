@@ -32,8 +32,14 @@ PROMPTS = [
 ]
 
 
-def test_every_family_row_has_a_test_here():
+def test_every_family_row_has_a_test_here_and_a_row_in_the_docs_table():
+    from helpers.paths import REPO
+
     assert set(FAMILIES) == set(BY_MODEL_TYPE)
+    page = (REPO / "docs" / "tasks" / "text-generation.md").read_text()
+    documented = re.findall(r"^\| ([^|]+) \| `(\w+)` \| `(\w+)` \| [^|]+ \| ([^|]+) \|$", page, re.M)
+    assert [(name, model_type, architecture, trt.strip("`").split(":")[0]) for name, model_type, architecture, trt in documented] \
+        == [(f.name, f.model_type, f.architecture, f.trtllm or "refused") for f in BY_MODEL_TYPE.values()]
 
 
 def _cli(*args: str) -> str:
