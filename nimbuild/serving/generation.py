@@ -32,12 +32,82 @@ FINISH_STOP, FINISH_LENGTH = "stop", "length"
 
 @dataclass
 class SamplingParams:
+    """What a request asks of the sampler. The processors apply in transformers' order (logit bias,
+    repetition penalty, OpenAI's presence and frequency penalties, the minimum length, then the
+    temperature and the top-k, top-p and min-p cuts), so `transformers.generate` with the same
+    settings makes the same choices (tests/tasks/test_llm.py)."""
+
     max_tokens: int
-    temperature: float = 0.0  # 0: greedy
+    temperature: float = 0.0  # 0: greedy (the processors before the temperature still apply)
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # go on through end-of-sequence tokens, to max_tokens
+    top_k: int = 0  # 0: no cut
+    min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest
+    repetition_penalty: float = 1.0  # transformers' and vLLM's: over prompt and output tokens
+    presence_penalty: float = 0.0  # OpenAI's: over the tokens generated so far
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    min_tokens: int = 0  # end-of-sequence and stop_token_ids are masked until this many tokens
+    stop_token_ids: tuple[int, ...] = ()  # end the output like end-of-sequence (kept out of the text)
+    logprobs: int | None = None  # None: none; N: the chosen token's log-probability and the N likeliest
+
+    @property
+    def processes(self) -> bool:
+        """Whether any processor before the temperature changes the logits."""
+        return bool(self.repetition_penalty != 1.0 or self.presence_penalty or self.frequency_penalty
+                    or self.logit_bias or self.min_tokens)
+
+
+def processed(logits: np.ndarray, params: SamplingParams, prompt: list[int], tokens: list[int],
+              ends: Iterable[int]) -> np.ndarray:
+    """The logits after the processors that come before sampling (a copy; `logits` when none
+    applies). `ends` are the ids min_tokens holds back (end-of-sequence and stop_token_ids)."""
+    if not params.processes:
+        return logits
+    out = logits.astype(np.float32, copy=True)
+    if params.logit_bias:
+        ids = np.fromiter(params.logit_bias, np.int64)
+        out[ids] += np.fromiter(params.logit_bias.values(), np.float32)
+    if params.repetition_penalty != 1.0:
+        seen = np.unique(np.asarray(prompt + tokens, np.int64))
+        scores = out[seen]
+        out[seen] = np.where(scores > 0, scores / params.repetition_penalty, scores * params.repetition_penalty)
+    if tokens and (params.presence_penalty or params.frequency_penalty):
+        ids, counts = np.unique(np.asarray(tokens, np.int64), return_counts=True)
+        out[ids] -= counts * params.frequency_penalty + params.presence_penalty
+    if len(tokens) < params.min_tokens:
+        held = [i for i in ends if 0 <= i < len(out)]
+        out[held] = -np.inf
+    return out
+
+
+def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The sampling probabilities over processed logits at a temperature above 0: scaled, then cut
+    to the top k, the top-p nucleus and above min_p of the likeliest, renormalised."""
+    scaled = (logits.astype(np.float64) - logits.max()) / params.temperature
+    if 0 < params.top_k < len(scaled):
+        kth = np.partition(scaled, -params.top_k)[-params.top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]  # the smallest set reaching top_p
+        nucleus = np.zeros_like(probs)
+        nucleus[keep] = probs[keep]
+        probs = nucleus / nucleus.sum()
+    if params.min_p > 0:
+        probs = np.where(probs < params.min_p * probs.max(), 0.0, probs)
+        probs /= probs.sum()
+    return probs
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 class CacheLayout:
@@ -135,19 +205,10 @@ def recomputes(recompute_at: int | None, length: int) -> bool:
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; otherwise softmax(logits / T) restricted to the top-p nucleus."""
+    """Greedy at temperature 0; otherwise a draw from `distribution` (logits already processed)."""
     if params.temperature <= 0:
         return int(np.argmax(logits))
-    scaled = (logits.astype(np.float64) - logits.max()) / params.temperature
-    probs = np.exp(scaled)
-    probs /= probs.sum()
-    if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]  # the smallest set reaching top_p
-        nucleus = np.zeros_like(probs)
-        nucleus[keep] = probs[keep]
-        probs = nucleus / nucleus.sum()
+    probs = distribution(logits, params)
     return int(rng.choice(len(probs), p=probs))
 
 
@@ -210,6 +271,10 @@ class Event:
     token: int
     text: str
     finish_reason: str | None  # set on a sequence's last event
+    # with params.logprobs: the token's log-probability under the model (its raw logits, as OpenAI
+    # and vLLM report), and the likeliest alternatives as (token, log-probability), likeliest first
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
 
 
 class Generator:
@@ -293,10 +358,13 @@ class Generator:
         events, finished = [], set()
         for row, logit_row in zip(rows, logits):
             seq = self.running[row]
-            token = sample(logit_row, seq.params, seq.rng)
+            params = seq.params
+            ends = self.eos.union(params.stop_token_ids)
+            token = sample(processed(logit_row, params, seq.prompt, seq.tokens, ends), params, seq.rng)
+            logprob, top = _logprobs(logit_row, token, params.logprobs)
             seq.tokens.append(token)
             self.last[row] = token
-            eos = token in self.eos and not seq.params.ignore_eos
+            eos = (token in self.eos and not params.ignore_eos) or token in params.stop_token_ids
             text, stopped = ("", False) if eos else seq.text.push(token)
             if stopped or eos:
                 seq.finish_reason = FINISH_STOP
@@ -305,7 +373,7 @@ class Generator:
             if seq.finish_reason:
                 text += "" if stopped else seq.text.flush()
                 finished.add(row)
-            events.append(Event(seq, token, text, seq.finish_reason))
+            events.append(Event(seq, token, text, seq.finish_reason, logprob, top))
         if finished:
             self._keep([i for i in range(len(self.running)) if i not in finished])
         return events
@@ -334,6 +402,15 @@ class Generator:
         self.mask = mask[:, start:]
         self.cache = [c[rows][:, :, start:, :] for c in self.cache]
         self.positions, self.last = self.positions[rows], self.last[rows]
+
+
+def _logprobs(logits: np.ndarray, token: int, top: int | None) -> tuple[float | None, list[tuple[int, float]]]:
+    if top is None:
+        return None, []
+    scores = log_softmax(logits)
+    best = np.argpartition(-scores, top)[:top] if 0 < top < len(scores) else np.arange(len(scores) if top else 0)
+    best = best[np.argsort(-scores[best], kind="stable")]
+    return float(scores[token]), [(int(i), float(scores[i])) for i in best]
 
 
 def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:

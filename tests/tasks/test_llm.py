@@ -251,6 +251,91 @@ def test_seeded_sampling_is_reproducible_whatever_runs_beside_it(llama_graph):
     assert first != g.tokens, "sampling at temperature 0.9 differs from greedy"
 
 
+SAMPLING_CASES = [
+    {"temperature": 0.7, "top_k": 20},
+    {"temperature": 1.3, "top_p": 0.8},
+    {"temperature": 1.0, "min_p": 0.05},
+    {"temperature": 0.9, "top_k": 50, "top_p": 0.9, "min_p": 0.02, "repetition_penalty": 1.3},
+    {"temperature": 1.0, "repetition_penalty": 0.7, "logit_bias": {42: 5.0, 7: -100.0}},
+    {"temperature": 0.8, "min_tokens": 6},
+    {"temperature": 0.0, "repetition_penalty": 1.5, "logit_bias": {300: 3.0}},
+]
+
+
+@pytest.mark.parametrize("settings", SAMPLING_CASES, ids=lambda s: ",".join(s))
+def test_sampling_controls_give_the_distribution_transformers_logits_processors_give(settings):
+    """The sampler's processed logits and its distribution against transformers' own processors
+    and warpers, in generate's order, on the same ids (prompt, then generated tokens)."""
+    import torch
+    from transformers.generation import logits_process as lp
+
+    from nimbuild.serving.generation import SamplingParams, distribution, processed
+
+    params = SamplingParams(max_tokens=8, **settings)
+    logits = np.random.default_rng(3).normal(0, 3, 512).astype(np.float32)
+    prompt, tokens, eos = [5, 7, 9, 11, 300], [7, 20, 20, 31, 3, 42], 3
+    theirs = [lp.SequenceBiasLogitsProcessor({(k,): v for k, v in params.logit_bias.items()})] if params.logit_bias else []
+    if params.repetition_penalty != 1.0:
+        theirs.append(lp.RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    theirs.append(lp.MinNewTokensLengthLogitsProcessor(len(prompt), params.min_tokens, eos))
+    if params.temperature:
+        theirs.append(lp.TemperatureLogitsWarper(params.temperature))
+        theirs += [lp.TopKLogitsWarper(params.top_k)] if params.top_k else []
+        theirs += [lp.TopPLogitsWarper(params.top_p)] if params.top_p < 1 else []
+        theirs += [lp.MinPLogitsWarper(params.min_p)] if params.min_p else []
+    scores = lp.LogitsProcessorList(theirs)(torch.tensor([prompt + tokens]), torch.tensor(logits[None, :]))[0]
+    ours = processed(logits, params, prompt, tokens[:params.min_tokens - 1] if params.min_tokens else tokens, [eos])
+    if params.min_tokens:  # transformers counts new tokens from the ids it is given: fewer than min here
+        scores = lp.LogitsProcessorList(theirs)(torch.tensor([prompt + tokens[:params.min_tokens - 1]]),
+                                                torch.tensor(logits[None, :]))[0]
+        assert np.isneginf(ours[eos]) and torch.isinf(scores[eos])
+    if not params.temperature:
+        assert int(np.argmax(ours)) == int(torch.argmax(scores)) and int(np.argmax(ours)) != int(np.argmax(logits))
+        return
+    probs, expected = distribution(ours, params), torch.softmax(scores.double(), -1).numpy()
+    np.testing.assert_array_equal(probs > 0, expected > 0)  # the same tokens kept, exactly
+    np.testing.assert_allclose(probs, expected, atol=1e-6)  # transformers computes in float32
+
+
+def test_presence_and_frequency_penalties_follow_openais_formula_over_generated_tokens():
+    from nimbuild.serving.generation import SamplingParams, processed
+
+    logits = np.random.default_rng(4).normal(0, 1, 64).astype(np.float32)
+    params = SamplingParams(max_tokens=4, presence_penalty=0.5, frequency_penalty=0.25)
+    out = processed(logits, params, prompt=[1, 2, 2], tokens=[2, 9, 9, 9], ends=[])
+    # mu[j] - c[j] * frequency - (c[j] > 0) * presence, c counting generated tokens only
+    expected = logits.copy()
+    expected[2] -= 1 * 0.25 + 0.5
+    expected[9] -= 3 * 0.25 + 0.5
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+def test_logprobs_stop_token_ids_and_min_tokens_in_the_generator(llama_graph):
+    from nimbuild.serving.generation import Generator, SamplingParams, Sequence, greedy, log_softmax, prefill_inputs
+
+    graph, _ = llama_graph
+    prompt = [5, 6, 7, 8]
+    plain = greedy(graph, prompt, 12, [])
+    generator = Generator(graph, max_batch=2, max_context=256)
+    logged = Sequence(prompt, SamplingParams(max_tokens=12, logprobs=3))
+    stopped = Sequence(prompt, SamplingParams(max_tokens=12, stop_token_ids=(plain[4],)))
+    held = Sequence(prompt, SamplingParams(max_tokens=12, min_tokens=12, stop_token_ids=(plain[4],)))
+    events = []
+    for s in (logged, stopped, held):
+        generator.add(s)
+    while generator.busy:
+        events += generator.step()
+    assert logged.tokens == plain
+    first = next(e for e in events if e.sequence is logged)
+    logits, _ = graph.run(*prefill_inputs([prompt]), graph.empty_cache(1))
+    expected = log_softmax(logits[0])
+    assert first.logprob == pytest.approx(expected[plain[0]], abs=1e-9)
+    assert [t for t, _ in first.top_logprobs] == list(np.argsort(-expected)[:3])
+    assert first.top_logprobs[0][0] == plain[0], "greedy picks the likeliest token"
+    assert stopped.tokens == plain[:plain.index(plain[4]) + 1] and stopped.finish_reason == "stop"
+    assert len(held.tokens) == 12 and held.finish_reason == "length"
+
+
 def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
     from nimbuild.serving.generation import TextStream
 
