@@ -69,6 +69,19 @@ async def off_the_loop_if_long(chars: int, work: Callable[[], Any]) -> Any:
     return await asyncio.to_thread(work)
 
 
+def unsupported_field(name: str) -> str:
+    """The one message for a request field this runtime does not implement (JSON or form): a 400
+    naming it, as OpenAI's API answers an unknown parameter, rather than an answer that ignored it."""
+    return f"Unrecognized request argument supplied: {name} (this runtime does not implement it)"
+
+
+def refuse_unknown_fields(form, known: tuple[str, ...]) -> None:
+    """A form whose fields are not all in `known` is refused naming the first other one."""
+    unknown = [name for name in form.keys() if name not in known]
+    if unknown:
+        raise ApiError(400, unsupported_field(unknown[0]), param=unknown[0])
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None):
@@ -170,6 +183,8 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
             return _error(ApiError(400, f"the body is not valid JSON: {reason}".rstrip(": ")))
         # the location without pydantic's names for union branches ("function-after[...]")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and "[" not in str(p))
+        if first.get("type") == "extra_forbidden":  # a field this runtime does not implement: never ignored
+            return _error(ApiError(400, unsupported_field(where), param=where))
         return _error(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None))
 
     @app.exception_handler(HTTPException)

@@ -27,7 +27,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect
 
-from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, require_ready
+from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, refuse_unknown_fields, require_ready
 from runtime_min.streams import read_ahead
 from runtime_min.tasks import language_matches
 from runtime_min.tasks.asr.transcribe import AudioBudget, SpeechError, StreamSession, Transcript, language_of, transcribe
@@ -44,7 +44,10 @@ TRANSCRIPTION_API = {"requestBody": {"required": True, "content": {"multipart/fo
         "model": {"type": "string"}, "language": {"type": "string", "description": "BCP-47, e.g. en-US"},
         "response_format": {"type": "string", "enum": list(FORMATS)},
         "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": list(GRANULARITIES)}},
-        "temperature": {"type": "number", "description": "accepted and ignored: decoding is greedy"}}}}}}}
+        "temperature": {"type": "number", "enum": [0], "description": "0 only: decoding is greedy"}}}}}}}
+# the form fields the route implements: the schema's, and the granularities without OpenAI's brackets
+TRANSCRIPTION_FIELDS = (*TRANSCRIPTION_API["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"],
+                        "timestamp_granularities")
 STREAM_API = {
     "parameters": [{"name": "sample_rate", "in": "query", "required": False,
                     "schema": {"type": "integer", "minimum": 8000, "maximum": 192000}}],
@@ -76,6 +79,9 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                "content": {kind: {} for kind in RESPONSE_TYPES}}})
     async def transcriptions(request: Request):
         form = await _form(request)
+        refuse_unknown_fields(form, TRANSCRIPTION_FIELDS)
+        if not _is_zero(form.get("temperature") or "0"):
+            raise ApiError(400, "temperature: this model decodes greedily, so only 0 is implemented", param="temperature")
         name = form.get("model")
         if isinstance(name, str) and name and name != model.name:
             raise ApiError(404, f"The model '{name}' does not exist; this service serves '{model.name}'",
@@ -130,10 +136,18 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if not streaming:
             raise ApiError(404, "this profile is served offline (mode ofl); streaming needs a mode=str profile "
                                 "(NIM_TAGS_SELECTOR=mode=str)", code="not_found")
+        refuse_unknown_fields(request.query_params, ("sample_rate",))
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
         session = StreamSession(state["grpc"], model.name, source_rate, rate, chunk_ms)
         return _DuplexStream(_stream_events(request, session, source_rate, metrics), media_type="text/event-stream")
+
+
+def _is_zero(value) -> bool:
+    try:
+        return float(str(value)[:64]) == 0
+    except ValueError:
+        return False
 
 
 def segments(result: Transcript, duration: float) -> list[tuple[str, float, float]]:

@@ -45,7 +45,7 @@ def _documented(schema: dict) -> None:
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_documented)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_documented)
 
     input: Union[Text, list[Text]]
     model: str

@@ -6,7 +6,7 @@ request's response sender. One worker thread owns the onnxruntime session and th
 step advances every running sequence by one token in one batched graph call and sends each token
 as its own response (text delta, token id, and on the last one the finish reason, flagged final).
 Cancelled requests (the client went away) are dropped between steps. A request with `stop_all`
-set is the runtime stopping (runtime_min.tasks.llm.routes._stop_all): every sequence, running
+set is the runtime stopping (runtime_min.tasks.llm.stream.stop_all): every sequence, running
 or queued, ends with an error response and later ones are refused, so Triton has nothing in flight
 when it is told to exit, whether or not it saw the clients' hang-ups.
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import Counter, Histogram
 
-from runtime_min.http import NOT_BLANK, ApiError, BodyTooLarge, Metrics, ServedModel, blank, require_ready
+from runtime_min.http import NOT_BLANK, ApiError, BodyTooLarge, Metrics, ServedModel, blank, refuse_unknown_fields, require_ready
 from runtime_min.tasks.tts.synthesize import SynthesisError, Voice, pcm16, stream, synthesize, wav
 
 ENCODINGS = ("LINEAR_PCM",)
@@ -50,6 +50,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
 
     async def prepared(request: Request) -> tuple[list[list[int]], int]:
         form = await _form(request)
+        refuse_unknown_fields(form, tuple(_FIELDS["properties"]))
         text = form.get("text")
         if not isinstance(text, str) or blank(text):
             raise ApiError(400, "text: the text to speak is required (form field 'text')", param="text")
