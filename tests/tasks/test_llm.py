@@ -546,7 +546,15 @@ def test_list_prompts_give_one_choice_each(llm_runtime, reference):
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
     ("/v1/completions", {"model": MODEL, "prompt": "word " * 400}, 400, "context is 256 tokens"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1000}, 400, "leaves room for"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "n": 2}, 400, "n is not supported"),
+    ("/v1/completions", {"model": MODEL, "prompt": ["hi"] * 16, "n": 5}, 400, "at most 64 choices"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "logit_bias": {"99999": 1}}, 400, "not in this model's vocabulary"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "logit_bias": {"x": 1}}, 400, "keys are token ids"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "logit_bias": {"5": 101}}, 400, "values -100 to 100"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop_token_ids": [-1]}, 400, "stop_token_ids"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "echo": True, "logprobs": 1}, 400, "echo with logprobs"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "suffix": "x"}, 400, "suffix is not supported"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400,
+     "top_logprobs needs logprobs"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "temperature"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 stop"),
     ("/v1/completions", {"model": MODEL}, 400, "prompt"),
@@ -574,6 +582,116 @@ def test_bad_requests_get_openai_style_4xx(llm_runtime, path, body, status, frag
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert fragment in error["message"] and error["type"]
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
+    ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {**CHAT, "nvext": {"guided_json": {"type": "object"}}}, "nvext.guided_json"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi", "name": "ann"}]}, "messages.0.name"),
+    ("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"continuous_usage_stats": True}},
+     "stream_options.continuous_usage_stats"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "best_of": 2}, "best_of"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "guided_regex": "a+"}, "guided_regex"),
+])
+def test_a_field_the_runtime_does_not_implement_is_a_400_naming_it(llm_runtime, path, body, param):
+    """Never answered as if it had not been sent (OpenAI answers an unknown parameter the same way)."""
+    response = httpx.post(f"{llm_runtime.url}{path}", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and "Unrecognized request argument supplied: " + param in error["message"]
+
+
+def test_sampling_controls_over_http_choose_as_transformers_generate_does(llm_runtime):
+    """Greedy with a repetition penalty, a logit bias, min_tokens and a stop token id, against
+    transformers.generate with the same settings on the same ids."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
+    model = AutoModelForCausalLM.from_pretrained(TINY_LLAMA).eval()
+    client = _client(llm_runtime)
+    ids = tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)[0, ids.shape[1]:]
+    bias = {int(plain[2]): -100.0, 77: 4.0}
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                             repetition_penalty=1.4, sequence_bias={(k,): v for k, v in bias.items()})
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert not torch.equal(out[0, ids.shape[1]:], plain), "the settings change nothing: this test could not fail"
+    got = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=20, temperature=0,
+                                    extra_body={"repetition_penalty": 1.4}, logit_bias={str(k): v for k, v in bias.items()})
+    assert got.choices[0].text == expected
+    # NIM's nvext carries the same fields
+    nvext = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=20, temperature=0,
+                                      extra_body={"nvext": {"repetition_penalty": 1.4}}, logit_bias={str(k): v for k, v in bias.items()})
+    assert nvext.choices[0].text == expected
+    # a stop token id ends the output where that token comes (it is not in the text)
+    stopped = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=20, temperature=0,
+                                        extra_body={"stop_token_ids": [int(plain[5])]})
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens <= 6
+    with torch.inference_mode():
+        tied = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                              eos_token_id=int(plain[5]))
+    assert stopped.choices[0].text == tokenizer.decode(tied[0, ids.shape[1]:-1], skip_special_tokens=True)
+
+
+def test_logprobs_equal_transformers_log_softmax_at_the_chosen_tokens(llm_runtime):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
+    model = AutoModelForCausalLM.from_pretrained(TINY_LLAMA).eval()
+    ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    chosen = out.sequences[0, ids.shape[1]:].tolist()
+    expected = [float(torch.log_softmax(step[0].double(), -1)[t]) for step, t in zip(out.logits, chosen)]
+    alternatives = [torch.topk(step[0], 3).indices.tolist() for step in out.logits]
+    client = _client(llm_runtime)
+    whole = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, temperature=0, logprobs=3)
+    logprobs = whole.choices[0].logprobs
+    np.testing.assert_allclose(logprobs.token_logprobs, expected, atol=1e-4)
+    assert [len(t) for t in logprobs.top_logprobs] == [3] * 12
+    assert logprobs.tokens == [tokenizer.decode([t]) for t in chosen]
+    assert [[tokenizer.decode([t]) for t in a] for a in alternatives][:1] == [list(logprobs.top_logprobs[0])]
+    streamed = list(client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, temperature=0,
+                                              logprobs=3, stream=True))
+    np.testing.assert_allclose([lp for c in streamed if c.choices and c.choices[0].logprobs
+                                for lp in c.choices[0].logprobs.token_logprobs], expected, atol=1e-4)
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Once upon a time"}],
+                                          max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 6 and all(len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob
+                                     for c in content)
+    assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content), "greedy picks the likeliest"
+
+
+def test_n_choices_are_rows_of_one_batch_reproducible_by_seed_and_echo_prepends_the_prompt(llm_runtime, reference):
+    client = _client(llm_runtime)
+    sampled = client.completions.create(model=MODEL, prompt="Rain", max_tokens=16, temperature=1.0, n=3, seed=11,
+                                        extra_body={"ignore_eos": True})
+    texts = [c.text for c in sorted(sampled.choices, key=lambda c: c.index)]
+    assert len(texts) == 3 and len(set(texts)) > 1, "three choices of one seeded request differ"
+    again = client.completions.create(model=MODEL, prompt="Rain", max_tokens=16, temperature=1.0, n=3, seed=11,
+                                      extra_body={"ignore_eos": True})
+    assert [c.text for c in sorted(again.choices, key=lambda c: c.index)] == texts
+    assert sampled.usage.completion_tokens == 48
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Rain"}], max_tokens=8,
+                                          temperature=0, n=2)
+    assert [c.index for c in chat.choices] == [0, 1] and chat.choices[0].message.content == chat.choices[1].message.content
+    two_prompts = client.completions.create(model=MODEL, prompt=["Rain", "Once upon a time"], max_tokens=8, temperature=0, n=2)
+    assert [c.text for c in sorted(two_prompts.choices, key=lambda c: c.index)] == \
+        [reference("Rain", 8)] * 2 + [reference("Once upon a time", 8)] * 2
+    echoed = client.completions.create(model=MODEL, prompt="Rain", max_tokens=8, temperature=0, echo=True)
+    assert echoed.choices[0].text == "Rain" + reference("Rain", 8)
+    streamed = client.completions.create(model=MODEL, prompt="Rain", max_tokens=8, temperature=0, echo=True, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == "Rain" + reference("Rain", 8)
 
 
 def test_sdk_raises_its_own_errors_and_a_dropped_stream_does_not_hurt_the_next_request(llm_runtime, reference):

@@ -34,9 +34,13 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
               Tensor("temperature", "float32", [1], optional=True), Tensor("top_p", "float32", [1], optional=True),
               Tensor("seed", "int64", [1], optional=True), Tensor("stop", "string", [-1], optional=True, ragged=True),
               Tensor("ignore_eos", "bool", [1], optional=True),
+              # the other sampling controls, as JSON by SamplingParams' names (routes: body.controls())
+              Tensor("sampling", "string", [1], optional=True),
               # the runtime's stop: end every sequence now (routes.stop_generations)
               Tensor("stop_all", "bool", [1], optional=True)]
-    outputs = [Tensor("token_id", "int64", [1]), Tensor("text", "string", [1]), Tensor("finish_reason", "string", [1])]
+    outputs = [Tensor("token_id", "int64", [1]), Tensor("text", "string", [1]), Tensor("finish_reason", "string", [1]),
+               # only where the request asked for logprobs
+               Tensor("logprob", "float32", [1]), Tensor("top_ids", "int64", [-1]), Tensor("top_logprobs", "float32", [-1])]
     config = new_config(name, batch, inputs, outputs, backend="python")
     config.model_transaction_policy.decoupled = True
     dynamic_batching(config, delay)

@@ -174,19 +174,51 @@ def _params(request):
     seed = _scalar(request, "seed", None)
     params = SamplingParams(max_tokens=int(_scalar(request, "max_tokens", 16)), temperature=float(_scalar(request, "temperature", 0.0)),
                             top_p=float(_scalar(request, "top_p", 1.0)), seed=None if seed is None or seed < 0 else int(seed),
-                            stop=stops, ignore_eos=bool(_scalar(request, "ignore_eos", False)))
+                            stop=stops, ignore_eos=bool(_scalar(request, "ignore_eos", False)), **_controls(request))
     if params.max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     return params
 
 
+CONTROLS = {"top_k": int, "min_p": float, "repetition_penalty": float, "presence_penalty": float,
+            "frequency_penalty": float, "min_tokens": int}
+
+
+def _controls(request):
+    """The `sampling` input's JSON as SamplingParams fields; a field it does not know is an error
+    (the routes send only these), never dropped."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "sampling")
+    if tensor is None:
+        return {}
+    try:
+        given = json.loads(tensor.as_numpy().reshape(-1)[0])
+    except ValueError:
+        raise ValueError("sampling is not JSON") from None
+    unknown = set(given) - set(CONTROLS) - {"logit_bias", "stop_token_ids", "logprobs"}
+    if unknown:
+        raise ValueError(f"sampling: this model does not implement {', '.join(sorted(unknown))}")
+    controls = {name: kind(given[name]) for name, kind in CONTROLS.items() if name in given}
+    controls["logit_bias"] = {int(k): float(v) for k, v in (given.get("logit_bias") or {}).items()}
+    controls["stop_token_ids"] = tuple(int(i) for i in given.get("stop_token_ids") or ())
+    if given.get("logprobs") is not None:
+        controls["logprobs"] = int(given["logprobs"])
+    return controls
+
+
 def _response(event):
-    return _outputs(event.token, event.text, event.finish_reason or "")
+    extra = []
+    if event.logprob is not None:
+        top = event.top_logprobs
+        extra = [pb_utils.Tensor("logprob", np.array([[event.logprob]], np.float32)),
+                 pb_utils.Tensor("top_ids", np.array([[t for t, _ in top]], np.int64).reshape(1, -1)),
+                 pb_utils.Tensor("top_logprobs", np.array([[v for _, v in top]], np.float32).reshape(1, -1))]
+    return _outputs(event.token, event.text, event.finish_reason or "", extra)
 
 
-def _outputs(token, text, finish_reason):
+def _outputs(token, text, finish_reason, extra=()):
     return pb_utils.InferenceResponse(output_tensors=[
         pb_utils.Tensor("token_id", np.array([[token]], np.int64)),
         pb_utils.Tensor("text", np.array([[text.encode("utf-8")]], np.object_)),
         pb_utils.Tensor("finish_reason", np.array([[finish_reason.encode()]], np.object_)),
+        *extra,
     ])

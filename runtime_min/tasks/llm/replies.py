@@ -5,52 +5,89 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 
 from runtime_min.http import ApiError
+from runtime_min.tasks.llm.stream import Piece
 
 
 class Reply:
-    """Builds OpenAI's response objects, whole or as stream chunks, from (index, text, finish) events."""
+    """Builds OpenAI's response objects, whole or as stream chunks, from (choice index, Piece) events.
 
-    def __init__(self, prefix: str, kind: str, model: str, chat: bool):
+    `token_text` turns a token id into the text OpenAI's logprobs name it by; `echoes` are the texts
+    each choice starts with (completions' echo: its prompt)."""
+
+    def __init__(self, prefix: str, kind: str, model: str, chat: bool, token_text: Callable[[int], str],
+                 echoes: list[str] | None = None):
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind, self.model, self.chat = kind, model, chat
         self.created = int(time.time())
+        self.token_text, self.echoes = token_text, echoes
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
         kind = self.kind + (".chunk" if chunk and self.chat else "")
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def _choice(self, index: int, text: str | None, finish: str | None, chunk: bool) -> dict:
+    def _choice(self, index: int, text: str | None, finish: str | None, chunk: bool, logprobs: dict | None) -> dict:
         if not self.chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         if chunk:
-            return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs, "finish_reason": finish}
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                "finish_reason": finish}
 
-    async def whole(self, events: AsyncIterator, prompt_tokens: list[int]) -> dict:
-        texts = [""] * len(prompt_tokens)
-        finishes: list[str | None] = [None] * len(prompt_tokens)
-        generated = 0
-        async for index, text, finish in events:
-            texts[index] += text
-            generated += 1
-            finishes[index] = finish or finishes[index]
-        choices = [self._choice(i, t, f, chunk=False) for i, (t, f) in enumerate(zip(texts, finishes))]
-        return {**self._envelope(choices, chunk=False), "usage": _usage(sum(prompt_tokens), generated)}
+    def _logprobs(self, pieces: list[Piece], offset: int) -> dict | None:
+        """OpenAI's logprobs object for these pieces (None where none were asked for): chat's
+        `content` list, or completions' parallel lists with each token's character offset."""
+        pieces = [p for p in pieces if p.logprob is not None]
+        if not pieces:
+            return None
+        if self.chat:
+            def entry(token: int, logprob: float) -> dict:
+                text = self.token_text(token)
+                return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+            return {"content": [{**entry(p.token, p.logprob), "top_logprobs": [entry(t, v) for t, v in p.top]}
+                                for p in pieces], "refusal": None}
+        tokens = [self.token_text(p.token) for p in pieces]
+        offsets = []
+        for text in tokens:
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": [p.logprob for p in pieces], "text_offset": offsets,
+                "top_logprobs": [{self.token_text(t): v for t, v in p.top} for p in pieces]}
+
+    async def whole(self, events: AsyncIterator, prompt_tokens: int, count: int) -> dict:
+        texts = list(self.echoes or [""] * count)
+        pieces: list[list[Piece]] = [[] for _ in range(count)]
+        finishes: list[str | None] = [None] * count
+        async for index, piece in events:
+            texts[index] += piece.text
+            pieces[index].append(piece)
+            finishes[index] = piece.finish or finishes[index]
+        start = [len(e) for e in self.echoes or [""] * count]
+        choices = [self._choice(i, t, f, False, self._logprobs(pieces[i], start[i]))
+                   for i, (t, f) in enumerate(zip(texts, finishes))]
+        generated = sum(map(len, pieces))
+        return {**self._envelope(choices, chunk=False), "usage": _usage(prompt_tokens, generated)}
 
     async def stream(self, events: AsyncIterator, count: int, want_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
         if self.chat:
             yield _event(self._envelope([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                           "finish_reason": None} for i in range(count)], chunk=True))
+        offsets = [0] * count
+        for i, echo in enumerate(self.echoes or []):
+            yield _event(self._envelope([self._choice(i, echo, None, True, None)], chunk=True))
+            offsets[i] = len(echo)
         generated = 0
-        async for index, text, finish in events:
+        async for index, piece in events:
             generated += 1
-            if text or finish:
-                yield _event(self._envelope([self._choice(index, text, finish, chunk=True)], chunk=True))
+            if piece.text or piece.finish or piece.logprob is not None:
+                logprobs = self._logprobs([piece], offsets[index])
+                offsets[index] += len(self.token_text(piece.token)) if logprobs else 0
+                yield _event(self._envelope([self._choice(index, piece.text, piece.finish, True, logprobs)], chunk=True))
         if want_usage:
             yield _event({**self._envelope([], chunk=True), "usage": _usage(prompt_tokens, generated)})
         yield "data: [DONE]\n\n"

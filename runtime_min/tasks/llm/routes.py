@@ -18,8 +18,16 @@ from fastapi import FastAPI
 from runtime_min.http import ApiError, Metrics, ServedModel, off_the_loop_if_long, require_ready
 from runtime_min.tasks.llm.chat import chat_template, render, tokenizer_config
 from runtime_min.tasks.llm.replies import Reply, sse, usage_wanted
-from runtime_min.tasks.llm.schemas import MAX_PROMPTS, MAX_STOP_SEQUENCES, ChatRequest, CompletionRequest, SamplingFields, stops
-from runtime_min.tasks.llm.stream import LlmMetrics, merged, stop_all
+from runtime_min.tasks.llm.schemas import (
+    MAX_CHOICES,
+    MAX_PROMPTS,
+    MAX_STOP_SEQUENCES,
+    ChatRequest,
+    CompletionRequest,
+    SamplingFields,
+    stops,
+)
+from runtime_min.tasks.llm.stream import Job, LlmMetrics, merged, stop_all
 
 # a whole answer, or server-sent events when the request says stream
 ANSWERS = {200: {"description": "The completion (JSON), or its chunks as server-sent events when stream is true",
@@ -69,44 +77,71 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                 f"{context}-token context", param="max_tokens", code="context_length_exceeded")
         return ids, max_tokens or room
 
+    vocab = tokenizer.get_vocab_size()
+
+    def token_text(token: int) -> str:
+        return tokenizer.decode([token], skip_special_tokens=False)
+
     def check(body: SamplingFields) -> None:
         if body.model != model.name:
             raise ApiError(404, f"The model '{body.model}' does not exist; this service serves '{model.name}'",
                            param="model", code="model_not_found")
-        unsupported = [name for name, bad in (("n", body.n != 1), ("logprobs", body.logprobs not in (None, False)),
-                                              ("presence_penalty", body.presence_penalty != 0),
-                                              ("frequency_penalty", body.frequency_penalty != 0)) if bad]
-        if unsupported:
-            raise ApiError(400, f"{unsupported[0]} is not supported by this runtime", param=unsupported[0])
         if len(stops(body)) > MAX_STOP_SEQUENCES:
             raise ApiError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
+        for key, bias in (body.logit_bias or {}).items():
+            if not (key.isascii() and key.isdigit() and len(key) < 10) or not -100 <= bias <= 100:
+                raise ApiError(400, f"logit_bias: keys are token ids and values -100 to 100; got {key[:20]!r}: {bias}",
+                               param="logit_bias")
+        controls = body.controls()
+        for name, ids in (("logit_bias", controls["logit_bias"]), ("stop_token_ids", controls["stop_token_ids"])):
+            outside = [i for i in ids if not 0 <= i < vocab]
+            if outside:
+                raise ApiError(400, f"{name}: token id {outside[0]} is not in this model's vocabulary (0 to {vocab - 1})",
+                               param=name)
         require_ready(triton)
+
+    def choices(body: SamplingFields, prepared: list[tuple[list[int], int]]) -> list[Job]:
+        """n choices per prompt, prompt by prompt (OpenAI's order); a seeded request's choices take
+        seed, seed + 1, ... so they differ and each can be reproduced."""
+        if len(prepared) * body.n > MAX_CHOICES:
+            raise ApiError(400, f"prompts x n is {len(prepared) * body.n}; at most {MAX_CHOICES} choices a request",
+                           param="n")
+        return [Job(ids, max_tokens, None if body.seed is None else (body.seed + i) % (1 << 63) if body.seed >= 0 else body.seed)
+                for ids, max_tokens in prepared for i in range(body.n)]
 
     @app.post("/v1/completions", responses=ANSWERS)
     async def completions(body: CompletionRequest):
         check(body)
-        if body.echo or body.suffix:
-            raise ApiError(400, f"{'echo' if body.echo else 'suffix'} is not supported by this runtime",
-                           param="echo" if body.echo else "suffix")
+        if body.suffix:
+            raise ApiError(400, "suffix is not supported by this runtime (no model here fills in the middle)",
+                           param="suffix")
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs is not supported: the prompt's log-probabilities are not computed",
+                           param="echo")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > MAX_PROMPTS:
             raise ApiError(400, f"give 1 to {MAX_PROMPTS} prompts", param="prompt")
-        jobs = [prepare(body, await tokens(p, i), body.max_tokens, i) for i, p in enumerate(prompts)]
-        reply = Reply("cmpl", "text_completion", model.name, chat=False)
+        prepared = [prepare(body, await tokens(p, i), body.max_tokens, i) for i, p in enumerate(prompts)]
+        jobs = choices(body, prepared)
+        echoes = [p for p in prompts for _ in range(body.n)] if body.echo else None
+        reply = Reply("cmpl", "text_completion", model.name, chat=False, token_text=token_text, echoes=echoes)
+        prompt_tokens = sum(len(ids) for ids, _ in prepared)
         if body.stream:
             return sse(reply.stream(merged(state, model, jobs, body, metrics), len(jobs), usage_wanted(body),
-                                     sum(len(ids) for ids, _ in jobs)))
-        return await reply.whole(merged(state, model, jobs, body, metrics), [len(ids) for ids, _ in jobs])
+                                    prompt_tokens))
+        return await reply.whole(merged(state, model, jobs, body, metrics), prompt_tokens, len(jobs))
 
     @app.post("/v1/chat/completions", responses=ANSWERS)
     async def chat_completions(body: ChatRequest):
         check(body)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if template is None:
             raise ApiError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
         text = render(template, body.messages, special)
         ids = await tokens(text, add_special_tokens=False)
-        jobs = [prepare(body, ids, body.max_completion_tokens or body.max_tokens)]
-        reply = Reply("chatcmpl", "chat.completion", model.name, chat=True)
+        jobs = choices(body, [prepare(body, ids, body.max_completion_tokens or body.max_tokens)])
+        reply = Reply("chatcmpl", "chat.completion", model.name, chat=True, token_text=token_text)
         if body.stream:
-            return sse(reply.stream(merged(state, model, jobs, body, metrics), 1, usage_wanted(body), len(ids)))
-        return await reply.whole(merged(state, model, jobs, body, metrics), [len(ids)])
+            return sse(reply.stream(merged(state, model, jobs, body, metrics), len(jobs), usage_wanted(body), len(ids)))
+        return await reply.whole(merged(state, model, jobs, body, metrics), len(ids), len(jobs))

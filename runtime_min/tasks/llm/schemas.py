@@ -7,7 +7,7 @@ document says exactly what is taken (`_documented`).
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,10 @@ from runtime_min.http import Text
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_PROMPTS = 16
+MAX_CHOICES = 64  # prompts x n in one request
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (completions: 5; vLLM takes 20 on both)
 
 
 class StreamOptions(BaseModel):
@@ -22,18 +26,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class NvExt(BaseModel):
+    """NIM's `nvext` extension, the sampling fields of it this runtime implements (the same as the
+    top-level vLLM-style fields; where both are given, nvext's win)."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(None, ge=0)
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+
+
 def _documented(schema: dict) -> None:
-    """What the OpenAPI document says of a request (tests/helpers/servers.py: schemathesis): the OpenAI
-    fields this runtime takes only at their defaults say so, and the counts it holds prompts and
-    stop sequences to. The limits that hang on the tokens (a prompt that fills the context,
-    max_tokens beyond the room left) no schema can say; they are 400s with the reason."""
+    """What the OpenAPI document says of a request (tests/helpers/servers.py: schemathesis): the counts
+    it holds prompts and stop sequences to. The limits that hang on the tokens (a prompt that fills
+    the context, max_tokens beyond the room left, token ids past the vocabulary) no schema can say;
+    they are 400s with the reason."""
     fields = schema.get("properties", {})
-    only = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "echo": False}
-    for name, value in only.items():
-        if name in fields:
-            fields[name] = {"enum": [value], "default": value, "description": "supported at its default only"}
-    if "logprobs" in fields:
-        fields["logprobs"] = {"enum": [None, False], "default": None, "description": "not supported"}
     if "suffix" in fields:
         fields["suffix"] = {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}], "default": None}
     text = {"type": "string"}
@@ -43,23 +54,52 @@ def _documented(schema: dict) -> None:
 
 
 class SamplingFields(BaseModel):
+    """The fields both routes share: OpenAI's sampling parameters, and vLLM's and NIM's extensions
+    (top_k, min_p, repetition_penalty, min_tokens, stop_token_ids, ignore_eos; also under nvext)."""
+
     model_config = ConfigDict(extra="forbid", json_schema_extra=_documented)
 
     model: str
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[Text, list[Text], None] = None
     seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 63)  # Triton's INT64; beyond it was a 500
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: Any = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
     user: str | None = None
+    top_k: int = Field(0, ge=-1)  # 0 or -1: no cut
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    min_tokens: int = Field(0, ge=0)
+    stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     # vLLM's and NIM's extension: generate through end-of-sequence tokens (benchmarks use it to get
     # exactly max_tokens)
     ignore_eos: bool = False
+    nvext: NvExt | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None for no logprobs; else how many alternatives each token carries."""
+        raise NotImplementedError
+
+    def controls(self) -> dict:
+        """The sampler's settings beyond temperature, top_p, seed, stop and ignore_eos, by
+        nimbuild.serving.generation.SamplingParams' names (what the Triton model's `sampling` input
+        carries); nvext's values win over the top-level ones."""
+        ext = self.nvext.model_dump(exclude_none=True) if self.nvext else {}
+        bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
+        return {"top_k": max(0, ext.get("top_k", self.top_k)), "min_p": ext.get("min_p", self.min_p),
+                "repetition_penalty": ext.get("repetition_penalty", self.repetition_penalty),
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                "logit_bias": bias, "min_tokens": ext.get("min_tokens", self.min_tokens),
+                "stop_token_ids": list(ext.get("stop_token_ids", self.stop_token_ids or [])),
+                "logprobs": self.top_logprobs_wanted()}
+
+    def ignoring_eos(self) -> bool:
+        return bool(self.nvext.ignore_eos) if self.nvext and self.nvext.ignore_eos is not None else self.ignore_eos
 
 
 class CompletionRequest(SamplingFields):
@@ -67,6 +107,10 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
     suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # the alternatives per token
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(BaseModel):
@@ -85,6 +129,11 @@ class ChatRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def stops(body: SamplingFields) -> list[str]:

@@ -5,8 +5,10 @@ Triton drops the sequence from the batch."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import numpy as np
@@ -24,26 +26,48 @@ class LlmMetrics:
                                      buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=registry)
 
 
-async def merged(state: dict, model: ServedModel, jobs: list[tuple[list[int], int]], body: SamplingFields,
-                  metrics: LlmMetrics) -> AsyncIterator[tuple[int, str, str | None]]:
-    """Events of every prompt's generation, interleaved as they arrive: (prompt index, text, finish)."""
+@dataclass
+class Job:
+    """One choice to generate: its prompt's ids, its token budget, and its seed (n choices of one
+    seeded request take seed, seed + 1, ...)."""
+
+    ids: list[int]
+    max_tokens: int
+    seed: int | None = None
+
+
+@dataclass
+class Piece:
+    """One generated token of a choice: its text delta, the finish reason on the last, and with
+    logprobs its log-probability and the likeliest alternatives as (token id, log-probability)."""
+
+    text: str
+    finish: str | None
+    token: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+async def merged(state: dict, model: ServedModel, jobs: list[Job], body: SamplingFields,
+                 metrics: LlmMetrics) -> AsyncIterator[tuple[int, Piece]]:
+    """Every choice's pieces, interleaved as they arrive: (choice index, piece)."""
     if len(jobs) == 1:
-        async for text, finish in _generate(state, model, *jobs[0], body, metrics):
-            yield 0, text, finish
+        async for piece in _generate(state, model, jobs[0], body, metrics):
+            yield 0, piece
         return
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def run(index, ids, max_tokens):
+    async def run(index, job):
         try:
-            async for text, finish in _generate(state, model, ids, max_tokens, body, metrics):
-                await queue.put((index, text, finish))
+            async for piece in _generate(state, model, job, body, metrics):
+                await queue.put((index, piece))
         except BaseException as e:
             await queue.put(e)
             raise
         finally:
             await queue.put(None)
 
-    tasks = [asyncio.ensure_future(run(i, ids, n)) for i, (ids, n) in enumerate(jobs)]
+    tasks = [asyncio.ensure_future(run(i, job)) for i, job in enumerate(jobs)]
     try:
         remaining = len(tasks)
         while remaining:
@@ -59,18 +83,21 @@ async def merged(state: dict, model: ServedModel, jobs: list[tuple[list[int], in
             task.cancel()
 
 
-async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens: int, body: SamplingFields,
-                    metrics: LlmMetrics) -> AsyncIterator[tuple[str, str | None]]:
-    """One prompt through the Triton model: (text delta, finish reason or None) per token."""
+async def _generate(state: dict, model: ServedModel, job: Job, body: SamplingFields,
+                    metrics: LlmMetrics) -> AsyncIterator[Piece]:
+    """One choice through the Triton model, a piece per token."""
     import tritonclient.grpc.aio as triton_grpc
 
+    ids = job.ids
+    controls = json.dumps(body.controls()).encode()
     inputs = [_tensor(triton_grpc, "input_ids", np.array([ids], np.int64), "INT64"),
-              _tensor(triton_grpc, "max_tokens", np.array([[max_tokens]], np.int32), "INT32"),
+              _tensor(triton_grpc, "max_tokens", np.array([[job.max_tokens]], np.int32), "INT32"),
               _tensor(triton_grpc, "temperature", np.array([[body.temperature]], np.float32), "FP32"),
-              _tensor(triton_grpc, "top_p", np.array([[body.top_p]], np.float32), "FP32")]
-    if body.seed is not None:
-        inputs.append(_tensor(triton_grpc, "seed", np.array([[body.seed]], np.int64), "INT64"))
-    if body.ignore_eos:
+              _tensor(triton_grpc, "top_p", np.array([[body.top_p]], np.float32), "FP32"),
+              _tensor(triton_grpc, "sampling", np.array([[controls]], np.object_), "BYTES")]
+    if job.seed is not None:
+        inputs.append(_tensor(triton_grpc, "seed", np.array([[job.seed]], np.int64), "INT64"))
+    if body.ignoring_eos():
         inputs.append(_tensor(triton_grpc, "ignore_eos", np.array([[True]], np.bool_), "BOOL"))
     sequences = stops(body)
     if sequences:
@@ -95,7 +122,7 @@ async def _generate(state: dict, model: ServedModel, ids: list[int], max_tokens:
             metrics.completion_tokens.inc()
             finish = result.as_numpy("finish_reason").reshape(-1)[0].decode() or None
             finished = bool(finish)
-            yield result.as_numpy("text").reshape(-1)[0].decode("utf-8"), finish
+            yield _piece(result, finish)
             if finish:
                 return
         raise _failed(state, "generation ended without a finish reason (Triton stopped)")
@@ -166,6 +193,17 @@ async def stop_all(state: dict, model: ServedModel) -> None:
             return
     finally:
         await _close(responses, answered)
+
+
+def _piece(result, finish: str | None) -> Piece:
+    piece = Piece(result.as_numpy("text").reshape(-1)[0].decode("utf-8"), finish,
+                  int(result.as_numpy("token_id").reshape(-1)[0]))
+    logprob = result.as_numpy("logprob")
+    if logprob is not None:  # sent only where the request asked for logprobs
+        piece.logprob = float(logprob.reshape(-1)[0])
+        piece.top = list(zip(result.as_numpy("top_ids").reshape(-1).tolist(),
+                             result.as_numpy("top_logprobs").reshape(-1).tolist()))
+    return piece
 
 
 def _tensor(module, name: str, array: np.ndarray, dtype: str):

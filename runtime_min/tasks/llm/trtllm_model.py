@@ -124,10 +124,32 @@ def _request(request):
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     temperature = float(_scalar(request, "temperature", 0.0))
+    controls = _controls(request)
+    top_k = controls.pop("top_k", 0)
     return ids, SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=float(_scalar(request, "top_p", 1.0)),
-                               top_k=1 if temperature == 0 else None, stop=stops,
+                               top_k=1 if temperature == 0 else (top_k or None), stop=stops,
                                seed=None if seed is None or seed < 0 else int(seed),
-                               ignore_eos=bool(_scalar(request, "ignore_eos", False)))
+                               ignore_eos=bool(_scalar(request, "ignore_eos", False)), **controls)
+
+
+# the sampling controls TensorRT-LLM's SamplingParams takes under the same names
+SAME_NAMES = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
+              "stop_token_ids")
+
+
+def _controls(request):
+    """The `sampling` input's JSON as TensorRT-LLM SamplingParams arguments. logit_bias and logprobs
+    are refused on these profiles (not built here: no GPU to prove them against transformers),
+    never dropped."""
+    import json
+
+    tensor = pb_utils.get_input_tensor_by_name(request, "sampling")
+    given = json.loads(tensor.as_numpy().reshape(-1)[0]) if tensor is not None else {}
+    refused = (["logit_bias"] if given.get("logit_bias") else []) + (["logprobs"] if given.get("logprobs") is not None else []) \
+        + [name for name in given if name not in SAME_NAMES + ("logit_bias", "logprobs")]
+    if refused:
+        raise ValueError(f"{refused[0]} is not implemented for TensorRT-LLM profiles by this runtime")
+    return {name: given[name] for name in SAME_NAMES if name in given and given[name] not in (None, [])}
 
 
 def _finish(reason) -> str:
