@@ -119,6 +119,8 @@ def test_health_models_and_metrics(runtime):
     ({"model": MODEL, "input": ["x"] * 2049}, 400, "at most 2048 inputs"),
     ({"model": MODEL, "input": "caf\ud800e"}, 400, "lone surrogate"),  # valid JSON, no text a tokenizer takes
     ({"model": MODEL, "input": ["ok", "\udfff"]}, 400, "lone surrogate"),
+    # a field this runtime does not implement is refused naming it, never dropped
+    ({"model": MODEL, "input": "x", "input_type": "query"}, 400, "Unrecognized request argument supplied: input_type"),
 ])
 def test_bad_requests_get_4xx_with_an_openai_error(runtime, body, status, fragment):
     # json.dumps escapes a lone surrogate as JSON allows (httpx's json= would fail to encode it)

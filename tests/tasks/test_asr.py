@@ -497,6 +497,11 @@ def test_bad_transcription_requests_get_4xx_with_a_json_error(served_digits, hel
         (_transcribe(url, held_out[0][1], response_format="mp3"), 400, "response_format"),
         (_transcribe(url, held_out[0][1], language="de-DE"), 400, "this model transcribes en-US, not de-DE"),
         (_transcribe(url, held_out[0][1], **{"timestamp_granularities[]": "letter"}), 400, "expected word or segment"),
+        # fields the route does not implement are refused naming them, never dropped
+        (_transcribe(url, held_out[0][1], prompt="digits only"), 400, "Unrecognized request argument supplied: prompt"),
+        (_transcribe(url, held_out[0][1], temperature="0.4"), 400, "only 0 is implemented"),
+        (httpx.post(f"{url}/v1/audio/transcriptions/stream?sample_rate=16000&interim=1", content=b""), 400,
+         "Unrecognized request argument supplied: interim"),
         (httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"x")}, data={"model": "nope"}), 404, "does not exist"),
         (httpx.post(f"{url}/v1/audio/transcriptions/stream?sample_rate=12", content=b""), 400, "sample_rate"),
         # chunked (no Content-Length), 17 MiB of form: held to the same body limit as every request

@@ -260,6 +260,7 @@ def test_http_bad_requests_are_4xx_with_one_message(served_tts):
         ({"text": "stop", "sample_rate_hz": "fast"}, "sample_rate_hz: expected an integer"),
         ({"text": "stop", "sample_rate_hz": "9" * 5000}, "sample_rate_hz: expected an integer"),
         ({"text": "stop", "encoding": "OGGOPUS"}, "encoding: this service returns LINEAR_PCM"),
+        ({"text": "stop", "speed": "1.5"}, "Unrecognized request argument supplied: speed"),
         ({"text": "x" * 300}, "a sentence may have at most 256"),
         ({"text": "go. " * 2600}, "text has 10400 characters; at most 10000 per request"),
         ({"text": "\ud800"}, None),  # a lone surrogate cannot even be sent as UTF-8 form data: 400 from the parser
