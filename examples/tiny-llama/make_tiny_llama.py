@@ -7,13 +7,51 @@ path (tokenizer, chat template, KV-cache graph, batching, sampling, streaming) i
 Run from the repository root: python examples/tiny-llama/make_tiny_llama.py [DEST]
 """
 
+import string
 import sys
 from pathlib import Path
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# ChatML, with tools as Hermes and Qwen 2.5 render them (the tools in the system turn, calls in
+# <tool_call> tags, results in <tool_response> tags), so the tool-calling path is the real one; its
+# words are few, as the example's context is 256 tokens
+CHAT_TEMPLATE = """\
+{%- if tools %}<|im_start|>system
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
+
+{% endif %}Tools:
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+Call one as <tool_call>
+{"name": <name>, "arguments": <arguments>}
+</tool_call><|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message['role'] == 'system' and tools and loop.first %}
+{%- elif message['role'] == 'assistant' and message['tool_calls'] %}<|im_start|>assistant
+{% if message['content'] %}{{ message['content'] }}
+{% endif %}{% for call in message['tool_calls'] %}<tool_call>
+{"name": "{{ call['function']['name'] }}", "arguments": {{ call['function']['arguments'] | tojson }}}
+</tool_call>
+{% endfor %}<|im_end|>
+{% elif message['role'] == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message['content'] }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ message['role'] }}
+{{ message['content'] }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+# JSON as tool calls and schemas write it, trained on so that a tool's signature takes tokens, not
+# characters, in the example's short context
+JSON_LINES = [
+    '{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", '
+    '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}',
+    '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>',
+    '{"type": "array", "items": {"type": "integer"}}',
+] * 8
 SPECIAL = ["<unk>", "<s>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -24,10 +62,11 @@ def tokenizer(corpus: list[str]):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    # the alphabet is what the corpus uses (ASCII), not all 256 bytes: every token is then whole
-    # characters, so even random weights produce readable (if meaningless) text
+    # the alphabet is printable ASCII, not all 256 bytes: every token is then whole characters, so
+    # even random weights produce readable (if meaningless) text, and every character JSON, code and
+    # tool calls need has a token (structured output can only choose among tokens that exist)
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL, show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
+    tok.train_from_iterator(corpus + [" ".join(string.printable[:95])] + JSON_LINES, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 
