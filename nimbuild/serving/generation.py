@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
+FINISH_ERROR = "error"  # this sequence alone failed (its grammar could not be followed); Event.error says why
 
 
 @dataclass
@@ -52,6 +53,9 @@ class SamplingParams:
     min_tokens: int = 0  # end-of-sequence and stop_token_ids are masked until this many tokens
     stop_token_ids: tuple[int, ...] = ()  # end the output like end-of-sequence (kept out of the text)
     logprobs: int | None = None  # None: none; N: the chosen token's log-probability and the N likeliest
+    # llguidance grammar text the output must match (nimbuild.serving.constrained): structured
+    # output and required tool calls; its mask applies after the processors, before the temperature
+    grammar: str | None = None
 
     @property
     def processes(self) -> bool:
@@ -263,6 +267,7 @@ class Sequence:
     finish_reason: str | None = None
     text: TextStream | None = None
     rng: np.random.Generator | None = None
+    constraint: Any = None  # a nimbuild.serving.constrained.Constraint when params.grammar is set
 
 
 @dataclass
@@ -275,6 +280,7 @@ class Event:
     # and vLLM report), and the likeliest alternatives as (token, log-probability), likeliest first
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    error: str | None = None  # with FINISH_ERROR
 
 
 class Generator:
@@ -282,8 +288,10 @@ class Generator:
     sequence by one token (prefilling newcomers first) and returns what each produced."""
 
     def __init__(self, graph: DecoderGraph, max_batch: int, max_context: int, eos_ids: Iterable[int] = (),
-                 decode: Callable[[list[int]], str] | None = None, recompute_at: int | None = None):
+                 decode: Callable[[list[int]], str] | None = None, recompute_at: int | None = None,
+                 constrain: Callable[[str], Any] | None = None):
         self.graph, self.max_batch, self.max_context = graph, max_batch, max_context
+        self.constrain = constrain  # grammar text -> a Constraint (the model's Masks.constraint)
         self.recompute_at = recompute_at
         self.eos = set(eos_ids)
         self.decode = decode or (lambda ids: "")
@@ -298,6 +306,10 @@ class Generator:
     def add(self, sequence: Sequence) -> None:
         if not sequence.prompt:
             raise ValueError("a prompt needs at least one token")
+        if sequence.params.grammar and sequence.constraint is None:
+            if self.constrain is None:
+                raise ValueError("this generator takes no grammar")
+            sequence.constraint = self.constrain(sequence.params.grammar)
         sequence.text = TextStream(self.decode, sequence.params.stop)
         seed = sequence.params.seed
         sequence.rng = np.random.default_rng(seed if seed is not None else np.random.SeedSequence().entropy)
@@ -360,13 +372,24 @@ class Generator:
             seq = self.running[row]
             params = seq.params
             ends = self.eos.union(params.stop_token_ids)
-            token = sample(processed(logit_row, params, seq.prompt, seq.tokens, ends), params, seq.rng)
+            scores = processed(logit_row, params, seq.prompt, seq.tokens, ends)
+            try:
+                if seq.constraint is not None:
+                    scores = seq.constraint.mask(scores, fallback=logit_row)
+                token = sample(scores, params, seq.rng)
+                # a grammar that is complete ends the output (its end-of-sequence, or its last token)
+                complete = seq.constraint is not None and seq.constraint.advance(token)
+            except ValueError as e:  # a grammar this vocabulary cannot follow: this sequence fails, not the batch
+                seq.finish_reason = FINISH_ERROR
+                finished.add(row)
+                events.append(Event(seq, -1, "", FINISH_ERROR, error=f"the output cannot follow the grammar: {e}"))
+                continue
             logprob, top = _logprobs(logit_row, token, params.logprobs)
             seq.tokens.append(token)
             self.last[row] = token
-            eos = (token in self.eos and not params.ignore_eos) or token in params.stop_token_ids
+            eos = (token in self.eos and (not params.ignore_eos or complete)) or token in params.stop_token_ids
             text, stopped = ("", False) if eos else seq.text.push(token)
-            if stopped or eos:
+            if stopped or eos or complete:
                 seq.finish_reason = FINISH_STOP
             elif len(seq.tokens) >= seq.params.max_tokens or len(seq.prompt) + len(seq.tokens) >= self.max_context:
                 seq.finish_reason = FINISH_LENGTH

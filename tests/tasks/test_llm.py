@@ -8,14 +8,13 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from helpers.paths import REPO
-from helpers.recipes import compiled, recipe_text
+from helpers.recipes import recipe_text
 from nimbuild.errors import NimbuildError, ParityError
 from nimbuild.recipe import load_recipe
 from nimbuild.sources import resolve_source
@@ -419,19 +418,8 @@ def test_tensorrt_llm_engine_builds_on_a_gpu(write_recipe, tmp_path):
 
 # --- served: the official openai SDK against transformers --------------------------------------------
 
-@pytest.fixture(scope="module")
-def llm_compiled(tmp_path_factory) -> Path:
-    return compiled(tmp_path_factory, REPO / "examples" / "tiny-llama" / "recipe.yaml")
-
-
-@pytest.fixture(scope="module")
-def llm_runtime(llm_compiled, tmp_path_factory):
-    from helpers.runtime import Runtime
-
-    served = Runtime(llm_compiled / "profiles.yaml", tmp_path_factory.mktemp("llm-cache"))
-    served.wait_ready()
-    yield served
-    assert served.stop() == 0
+# llm_compiled and llm_runtime (the tiny-llama example, compiled and served once for the session):
+# tests/tasks/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -544,7 +532,7 @@ def test_list_prompts_give_one_choice_each(llm_runtime, reference):
 @pytest.mark.parametrize("path,body,status,fragment", [
     ("/v1/completions", {"model": "nope", "prompt": "hi"}, 404, "does not exist"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
-    ("/v1/completions", {"model": MODEL, "prompt": "word " * 400}, 400, "context is 256 tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "word " * 800}, 400, "context is 512 tokens"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1000}, 400, "leaves room for"),
     ("/v1/completions", {"model": MODEL, "prompt": ["hi"] * 16, "n": 5}, 400, "at most 64 choices"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "logit_bias": {"99999": 1}}, 400, "not in this model's vocabulary"),
@@ -588,11 +576,13 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.mark.parametrize("path,body,param", [
-    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
-    ("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
-    ("/v1/chat/completions", {**CHAT, "nvext": {"guided_json": {"type": "object"}}}, "nvext.guided_json"),
-    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi", "name": "ann"}]}, "messages.0.name"),
+    # OpenAI's legacy function calling: tools are what this runtime takes
+    ("/v1/chat/completions", {**CHAT, "functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {**CHAT, "reasoning_effort": "low"}, "reasoning_effort"),
+    ("/v1/chat/completions", {**CHAT, "nvext": {"guided_whitespace_pattern": " "}}, "nvext.guided_whitespace_pattern"),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "hi", "audio": {"id": "a"}}]}, "messages.0.audio"),
+    ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "examples": []}}]},
+     "tools.0.function.examples"),
     ("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"continuous_usage_stats": True}},
      "stream_options.continuous_usage_stats"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "best_of": 2}, "best_of"),
@@ -701,7 +691,7 @@ def test_sdk_raises_its_own_errors_and_a_dropped_stream_does_not_hurt_the_next_r
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="hi")
     with pytest.raises(openai.BadRequestError, match="context_length_exceeded|context is"):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 400}])
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 800}])
     with httpx.stream("POST", f"{llm_runtime.url}/v1/completions",
                       json={"model": MODEL, "prompt": "Rain", "max_tokens": 200, "stream": True}) as response:
         next(response.iter_lines())  # read one event, then hang up

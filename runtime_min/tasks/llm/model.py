@@ -26,6 +26,7 @@ import triton_python_backend_utils as pb_utils
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
+from nimbuild.serving.constrained import GrammarError, Masks  # noqa: E402
 from nimbuild.serving.generation import DecoderGraph, Generator, SamplingParams, Sequence  # noqa: E402
 
 
@@ -43,11 +44,14 @@ class TritonPythonModel:
         session = ort.InferenceSession(str(workspace / info["graph"]), session_options(),
                                        providers=["CPUExecutionProvider"])
         tokenizer = Tokenizer.from_file(str(workspace / "tokenizer" / "tokenizer.json"))
+        self.masks = None  # llguidance's view of the tokenizer, made at the first request with a grammar
+        self.masks_for = lambda: Masks((workspace / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"),
+                                       _vocab(session, tokenizer), runtime.get("eos_token_ids") or [])
         self.generator = Generator(
             DecoderGraph(session), max_batch=int(config.get("max_batch_size") or 1),
             max_context=int(runtime["max_sequence_length"]), eos_ids=runtime.get("eos_token_ids") or [],
             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-            recompute_at=runtime.get("recompute_cache_at"),
+            recompute_at=runtime.get("recompute_cache_at"), constrain=self._constraint,
         )
         self.incoming = queue.Queue()
         self.stopping = threading.Event()
@@ -55,6 +59,16 @@ class TritonPythonModel:
         self._metrics()
         self.worker = threading.Thread(target=self._loop, name="generation", daemon=True)
         self.worker.start()
+
+    def _constraint(self, grammar):
+        """A sequence's grammar state (execute's thread makes it, so a grammar that fails is that
+        request's error, not the loop's)."""
+        if self.masks is None:
+            self.masks = self.masks_for()
+        try:
+            return self.masks.constraint(grammar)
+        except GrammarError as e:
+            raise ValueError(f"{INVALID}the grammar is refused: {e}") from None
 
     def _metrics(self):
         labels = {"model": self.name}
@@ -79,7 +93,9 @@ class TritonPythonModel:
                 sender.send(_error(STOPPING), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             try:
-                self.incoming.put(Sequence(_ids(request), _params(request), context=(request, sender)))
+                params = _params(request)
+                constraint = self._constraint(params.grammar) if params.grammar else None
+                self.incoming.put(Sequence(_ids(request), params, context=(request, sender), constraint=constraint))
             except ValueError as e:
                 sender.send(_error(str(e)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
@@ -100,7 +116,8 @@ class TritonPythonModel:
                 for event in events:
                     _, sender = event.sequence.context
                     flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.finish_reason else 0
-                    sender.send(_response(event), flags=flags)
+                    # a sequence that failed alone (its grammar) is that request's error; the rest go on
+                    sender.send(_error(f"{INVALID}{event.error}") if event.error else _response(event), flags=flags)
             except Exception as e:  # fail the sequences in flight, keep serving the next ones
                 self._fail_all(f"generation failed: {e}")
 
@@ -145,6 +162,14 @@ class TritonPythonModel:
 
 
 STOPPING = "the server is stopping"
+# the start of an error that is the request's fault (routes: stream.py answers it with a 400, not a 503)
+INVALID = "invalid request: "
+
+
+def _vocab(session, tokenizer):
+    """The logits' width: the graph's vocabulary, which may be larger than the tokenizer's."""
+    width = session.get_outputs()[0].shape[-1]
+    return int(width) if isinstance(width, int) else tokenizer.get_vocab_size(with_added_tokens=True)
 
 
 class _StopAll:
@@ -159,7 +184,7 @@ def _error(message):
 def _ids(request):
     ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)
     if ids.size == 0:
-        raise ValueError("input_ids is empty")
+        raise ValueError(f"{INVALID}input_ids is empty")
     return ids.astype(np.int64).tolist()
 
 
@@ -176,7 +201,7 @@ def _params(request):
                             top_p=float(_scalar(request, "top_p", 1.0)), seed=None if seed is None or seed < 0 else int(seed),
                             stop=stops, ignore_eos=bool(_scalar(request, "ignore_eos", False)), **_controls(request))
     if params.max_tokens < 1:
-        raise ValueError("max_tokens must be at least 1")
+        raise ValueError(f"{INVALID}max_tokens must be at least 1")
     return params
 
 
@@ -193,15 +218,17 @@ def _controls(request):
     try:
         given = json.loads(tensor.as_numpy().reshape(-1)[0])
     except ValueError:
-        raise ValueError("sampling is not JSON") from None
-    unknown = set(given) - set(CONTROLS) - {"logit_bias", "stop_token_ids", "logprobs"}
+        raise ValueError(f"{INVALID}sampling is not JSON") from None
+    unknown = set(given) - set(CONTROLS) - {"logit_bias", "stop_token_ids", "logprobs", "grammar"}
     if unknown:
-        raise ValueError(f"sampling: this model does not implement {', '.join(sorted(unknown))}")
+        raise ValueError(f"{INVALID}sampling: this model does not implement {', '.join(sorted(unknown))}")
     controls = {name: kind(given[name]) for name, kind in CONTROLS.items() if name in given}
     controls["logit_bias"] = {int(k): float(v) for k, v in (given.get("logit_bias") or {}).items()}
     controls["stop_token_ids"] = tuple(int(i) for i in given.get("stop_token_ids") or ())
     if given.get("logprobs") is not None:
         controls["logprobs"] = int(given["logprobs"])
+    if given.get("grammar"):
+        controls["grammar"] = str(given["grammar"])
     return controls
 
 

@@ -11,20 +11,22 @@ from fastapi.responses import StreamingResponse
 
 from runtime_min.http import ApiError
 from runtime_min.tasks.llm.stream import Piece
+from runtime_min.tasks.llm.tools import ToolFormat, ToolStream
 
 
 class Reply:
     """Builds OpenAI's response objects, whole or as stream chunks, from (choice index, Piece) events.
 
     `token_text` turns a token id into the text OpenAI's logprobs name it by; `echoes` are the texts
-    each choice starts with (completions' echo: its prompt)."""
+    each choice starts with (completions' echo: its prompt); `tools`, the format a chat's tool calls
+    come in, where the request offered tools (its calls are then read out of the text)."""
 
     def __init__(self, prefix: str, kind: str, model: str, chat: bool, token_text: Callable[[int], str],
-                 echoes: list[str] | None = None):
+                 echoes: list[str] | None = None, tools: ToolFormat | None = None):
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind, self.model, self.chat = kind, model, chat
         self.created = int(time.time())
-        self.token_text, self.echoes = token_text, echoes
+        self.token_text, self.echoes, self.tools = token_text, echoes, tools
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
         kind = self.kind + (".chunk" if chunk and self.chat else "")
@@ -70,8 +72,20 @@ class Reply:
         start = [len(e) for e in self.echoes or [""] * count]
         choices = [self._choice(i, t, f, False, self._logprobs(pieces[i], start[i]))
                    for i, (t, f) in enumerate(zip(texts, finishes))]
+        if self.tools:
+            for choice, choice_pieces in zip(choices, pieces):
+                self._read_calls(choice, choice_pieces)
         generated = sum(map(len, pieces))
         return {**self._envelope(choices, chunk=False), "usage": _usage(prompt_tokens, generated)}
+
+    def _read_calls(self, choice: dict, pieces: list[Piece]) -> None:
+        """A whole chat choice's tool calls, read out of its text into `tool_calls`."""
+        reader = ToolStream(self.tools)
+        content = "".join(reader.push(p.text, p.token) for p in pieces)
+        rest, calls = reader.finish()
+        if calls:
+            choice["message"] = {"role": "assistant", "content": (content + rest) or None, "tool_calls": calls}
+            choice["finish_reason"] = _finish_with_calls(choice["finish_reason"])
 
     async def stream(self, events: AsyncIterator, count: int, want_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
         if self.chat:
@@ -82,15 +96,45 @@ class Reply:
             yield _event(self._envelope([self._choice(i, echo, None, True, None)], chunk=True))
             offsets[i] = len(echo)
         generated = 0
+        readers = [ToolStream(self.tools) for _ in range(count)] if self.tools else None
         async for index, piece in events:
             generated += 1
-            if piece.text or piece.finish or piece.logprob is not None:
+            if readers:
+                for chunk in self._tool_chunks(readers[index], index, piece, offsets):
+                    yield chunk
+            elif piece.text or piece.finish or piece.logprob is not None:
                 logprobs = self._logprobs([piece], offsets[index])
                 offsets[index] += len(self.token_text(piece.token)) if logprobs else 0
                 yield _event(self._envelope([self._choice(index, piece.text, piece.finish, True, logprobs)], chunk=True))
         if want_usage:
             yield _event({**self._envelope([], chunk=True), "usage": _usage(prompt_tokens, generated)})
         yield "data: [DONE]\n\n"
+
+    def _tool_chunks(self, reader: ToolStream, index: int, piece: Piece, offsets: list[int]):
+        """A piece of a chat that offered tools: content up to where a call may begin, then at the
+        end each call whole (name and arguments in one delta, as OpenAI's stream allows), then the
+        finish reason."""
+        text = reader.push(piece.text, piece.token)
+        calls = []
+        if piece.finish:
+            rest, calls = reader.finish()
+            text += rest
+        logprobs = self._logprobs([piece], offsets[index])
+        offsets[index] += len(self.token_text(piece.token)) if logprobs else 0
+        if text or logprobs:
+            yield _event(self._envelope([self._choice(index, text, None, True, logprobs)], chunk=True))
+        if calls:
+            deltas = [{"index": k, **call} for k, call in enumerate(calls)]
+            yield _event(self._envelope([{"index": index, "delta": {"tool_calls": deltas}, "logprobs": None,
+                                          "finish_reason": None}], chunk=True))
+        if piece.finish:
+            finish = _finish_with_calls(piece.finish) if calls else piece.finish
+            yield _event(self._envelope([self._choice(index, None, finish, True, None)], chunk=True))
+
+
+def _finish_with_calls(finish: str | None) -> str | None:
+    """OpenAI's finish reason for an answer that called tools (one cut short stays "length")."""
+    return "tool_calls" if finish == "stop" else finish
 
 
 def usage_wanted(body) -> bool:

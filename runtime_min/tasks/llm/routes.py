@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from runtime_min.http import ApiError, Metrics, ServedModel, off_the_loop_if_long, require_ready
 from runtime_min.tasks.llm.chat import chat_template, render, tokenizer_config
+from runtime_min.tasks.llm.guided import Grammars
 from runtime_min.tasks.llm.replies import Reply, sse, usage_wanted
 from runtime_min.tasks.llm.schemas import (
     MAX_CHOICES,
@@ -28,6 +29,7 @@ from runtime_min.tasks.llm.schemas import (
     stops,
 )
 from runtime_min.tasks.llm.stream import Job, LlmMetrics, merged, stop_all
+from runtime_min.tasks.llm.tools import plan, tool_format
 
 # a whole answer, or server-sent events when the request says stream
 ANSWERS = {200: {"description": "The completion (JSON), or its chunks as server-sent events when stream is true",
@@ -45,6 +47,9 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     special = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items()
                if k in ("bos_token", "eos_token")}
     context = model.max_tokens
+    grammars = Grammars(model.workspace / "tokenizer" / "tokenizer.json", tokenizer.get_vocab_size(with_added_tokens=True),
+                        list((model.info.get("runtime") or {}).get("eos_token_ids") or []))
+    calls_format = tool_format(template.source, tokenizer.token_to_id) if template else None
 
     async def stop_generations() -> None:
         await stop_all(state, model)
@@ -100,6 +105,11 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                param=name)
         require_ready(triton)
 
+    async def guided_grammar(body: SamplingFields) -> str | None:
+        """The checked grammar for the structured output a request asked for, if any."""
+        guided = body.guided()
+        return await grammars.grammar(guided[0], guided[1], guided[2]) if guided else None
+
     def choices(body: SamplingFields, prepared: list[tuple[list[int], int]]) -> list[Job]:
         """n choices per prompt, prompt by prompt (OpenAI's order); a seeded request's choices take
         seed, seed + 1, ... so they differ and each can be reproduced."""
@@ -123,13 +133,14 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             raise ApiError(400, f"give 1 to {MAX_PROMPTS} prompts", param="prompt")
         prepared = [prepare(body, await tokens(p, i), body.max_tokens, i) for i, p in enumerate(prompts)]
         jobs = choices(body, prepared)
+        grammar = await guided_grammar(body)
         echoes = [p for p in prompts for _ in range(body.n)] if body.echo else None
         reply = Reply("cmpl", "text_completion", model.name, chat=False, token_text=token_text, echoes=echoes)
         prompt_tokens = sum(len(ids) for ids, _ in prepared)
+        events = merged(state, model, jobs, body, metrics, grammar)
         if body.stream:
-            return sse(reply.stream(merged(state, model, jobs, body, metrics), len(jobs), usage_wanted(body),
-                                    prompt_tokens))
-        return await reply.whole(merged(state, model, jobs, body, metrics), prompt_tokens, len(jobs))
+            return sse(reply.stream(events, len(jobs), usage_wanted(body), prompt_tokens))
+        return await reply.whole(events, prompt_tokens, len(jobs))
 
     @app.post("/v1/chat/completions", responses=ANSWERS)
     async def chat_completions(body: ChatRequest):
@@ -138,10 +149,17 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if template is None:
             raise ApiError(400, "this model has no chat template; use /v1/completions", code="no_chat_template")
-        text = render(template, body.messages, special)
+        tools = plan(body, template.renders_tools, calls_format)
+        text = render(template, body.messages, special, tools.tools)
         ids = await tokens(text, add_special_tokens=False)
         jobs = choices(body, [prepare(body, ids, body.max_completion_tokens or body.max_tokens)])
-        reply = Reply("chatcmpl", "chat.completion", model.name, chat=True, token_text=token_text)
+        if tools.forced and body.guided():
+            raise ApiError(400, "tool_choice that forces a call and a structured output ask for different outputs",
+                           param="tool_choice")
+        grammar = await (grammars.grammar("tools", None, tools.forced) if tools.forced else guided_grammar(body))
+        reply = Reply("chatcmpl", "chat.completion", model.name, chat=True, token_text=token_text,
+                      tools=tools.format if tools.tools else None)
+        events = merged(state, model, jobs, body, metrics, grammar)
         if body.stream:
-            return sse(reply.stream(merged(state, model, jobs, body, metrics), len(jobs), usage_wanted(body), len(ids)))
-        return await reply.whole(merged(state, model, jobs, body, metrics), len(ids), len(jobs))
+            return sse(reply.stream(events, len(jobs), usage_wanted(body), len(ids)))
+        return await reply.whole(events, len(ids), len(jobs))

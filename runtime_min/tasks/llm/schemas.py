@@ -7,11 +7,11 @@ document says exactly what is taken (`_documented`).
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime_min.http import Text
+from runtime_min.http import ApiError, Text
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_PROMPTS = 16
@@ -19,6 +19,9 @@ MAX_CHOICES = 64  # prompts x n in one request
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (completions: 5; vLLM takes 20 on both)
+MAX_GRAMMAR_CHARS = 100_000  # a regex, grammar or schema's text; llguidance's limits bound the rest
+MAX_CHOICE_OPTIONS = 1000
+MAX_TOOLS = 128  # OpenAI's limit
 
 
 class StreamOptions(BaseModel):
@@ -37,6 +40,25 @@ class NvExt(BaseModel):
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0)
     stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    # structured output, NIM's and vLLM's names (at most one, and not with response_format)
+    guided_json: Union[dict[str, Any], str, None] = None  # a JSON schema, or its text
+    guided_regex: str | None = Field(None, max_length=MAX_GRAMMAR_CHARS)
+    guided_choice: list[str] | None = Field(None, min_length=1, max_length=MAX_CHOICE_OPTIONS)
+    guided_grammar: str | None = Field(None, max_length=MAX_GRAMMAR_CHARS)  # Lark, or GBNF (`::=` rules)
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # the output always fits the schema here, strict or not
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 def _documented(schema: dict) -> None:
@@ -80,6 +102,7 @@ class SamplingFields(BaseModel):
     # exactly max_tokens)
     ignore_eos: bool = False
     nvext: NvExt | None = None
+    response_format: ResponseFormat | None = None
 
     def top_logprobs_wanted(self) -> int | None:
         """None for no logprobs; else how many alternatives each token carries."""
@@ -97,6 +120,28 @@ class SamplingFields(BaseModel):
                 "logit_bias": bias, "min_tokens": ext.get("min_tokens", self.min_tokens),
                 "stop_token_ids": list(ext.get("stop_token_ids", self.stop_token_ids or [])),
                 "logprobs": self.top_logprobs_wanted()}
+
+    def guided(self) -> tuple[str, str, Any] | None:
+        """The structured output asked for, as (the field that asked, the grammar kind, its
+        spec) for nimbuild.serving.constrained.grammar_for; None for free text. Two at once is
+        a 400: which one to obey would be a guess."""
+        asked = []
+        if self.response_format and self.response_format.type == "json_object":
+            asked.append(("response_format", "json", {"type": "object"}))
+        elif self.response_format and self.response_format.type == "json_schema":
+            if self.response_format.json_schema is None:
+                raise ApiError(400, "response_format of type json_schema needs json_schema", param="response_format")
+            asked.append(("response_format", "json", self.response_format.json_schema.schema_))
+        ext = self.nvext
+        if ext is not None:
+            for name, kind in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                               ("guided_grammar", "lark")):
+                if getattr(ext, name) is not None:
+                    asked.append((f"nvext.{name}", kind, getattr(ext, name)))
+        if len(asked) > 1:
+            raise ApiError(400, f"give one of {' and '.join(a[0] for a in asked)}: they ask for different outputs",
+                           param=asked[1][0])
+        return asked[0] if asked else None
 
     def ignoring_eos(self) -> bool:
         return bool(self.nvext.ignore_eos) if self.nvext and self.nvext.ignore_eos is not None else self.ignore_eos
@@ -119,10 +164,51 @@ class ContentPart(BaseModel):
     text: Text = ""
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[Text, list[ContentPart], None] = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message's answer to one
+
+
+class Function(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None  # the arguments always fit the schema when a call is enforced
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: Function
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(SamplingFields):
@@ -131,6 +217,9 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool = True
 
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

@@ -49,17 +49,18 @@ class Piece:
 
 
 async def merged(state: dict, model: ServedModel, jobs: list[Job], body: SamplingFields,
-                 metrics: LlmMetrics) -> AsyncIterator[tuple[int, Piece]]:
-    """Every choice's pieces, interleaved as they arrive: (choice index, piece)."""
+                 metrics: LlmMetrics, grammar: str | None = None) -> AsyncIterator[tuple[int, Piece]]:
+    """Every choice's pieces, interleaved as they arrive: (choice index, piece). `grammar` is the
+    llguidance grammar every choice's output must match (routes: checked already)."""
     if len(jobs) == 1:
-        async for piece in _generate(state, model, jobs[0], body, metrics):
+        async for piece in _generate(state, model, jobs[0], body, metrics, grammar):
             yield 0, piece
         return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def run(index, job):
         try:
-            async for piece in _generate(state, model, job, body, metrics):
+            async for piece in _generate(state, model, job, body, metrics, grammar):
                 await queue.put((index, piece))
         except BaseException as e:
             await queue.put(e)
@@ -84,12 +85,12 @@ async def merged(state: dict, model: ServedModel, jobs: list[Job], body: Samplin
 
 
 async def _generate(state: dict, model: ServedModel, job: Job, body: SamplingFields,
-                    metrics: LlmMetrics) -> AsyncIterator[Piece]:
+                    metrics: LlmMetrics, grammar: str | None) -> AsyncIterator[Piece]:
     """One choice through the Triton model, a piece per token."""
     import tritonclient.grpc.aio as triton_grpc
 
     ids = job.ids
-    controls = json.dumps(body.controls()).encode()
+    controls = json.dumps({**body.controls(), **({"grammar": grammar} if grammar else {})}).encode()
     inputs = [_tensor(triton_grpc, "input_ids", np.array([ids], np.int64), "INT64"),
               _tensor(triton_grpc, "max_tokens", np.array([[job.max_tokens]], np.int32), "INT32"),
               _tensor(triton_grpc, "temperature", np.array([[body.temperature]], np.float32), "FP32"),
@@ -114,8 +115,10 @@ async def _generate(state: dict, model: ServedModel, job: Job, body: SamplingFie
         async for result, error in responses:
             if error is not None:
                 finished = True  # an error is the request's final response (the model's, or "stopping")
-                raise ApiError(503, error.message(), kind="service_unavailable",
-                               code="inference_failed")
+                message = error.message()
+                if INVALID in message:  # the request's fault, found where the model reads it
+                    raise ApiError(400, message.split(INVALID, 1)[1])
+                raise ApiError(503, message, kind="service_unavailable", code="inference_failed")
             if first:
                 metrics.first_token.observe(time.perf_counter() - start)
                 first = False
@@ -134,8 +137,10 @@ async def _generate(state: dict, model: ServedModel, job: Job, body: SamplingFie
         await _close(responses, finished)
 
 
-# model.py's words for a sequence the stop ended (it runs inside Triton and imports nothing from here)
+# model.py's words for a sequence the stop ended, and the start of an error that is the request's
+# fault (it runs inside Triton and imports nothing from here)
 STOPPING = "the server is stopping"
+INVALID = "invalid request: "
 
 
 def _failed(state: dict, message: str) -> ApiError:

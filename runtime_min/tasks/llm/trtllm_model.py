@@ -102,6 +102,10 @@ class TritonPythonModel:
 STOPPING = "the server is stopping"
 
 
+# the start of an error that is the request's fault (stream.py answers it with a 400); model.py's too
+INVALID = "invalid request: "
+
+
 def _error(message):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
@@ -116,13 +120,13 @@ def _request(request):
 
     ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).astype(np.int64).tolist()
     if not ids:
-        raise ValueError("input_ids is empty")
+        raise ValueError(f"{INVALID}input_ids is empty")
     stop = pb_utils.get_input_tensor_by_name(request, "stop")
     stops = [s.decode() if isinstance(s, bytes) else str(s) for s in stop.as_numpy().reshape(-1)] if stop else None
     seed = _scalar(request, "seed", None)
     max_tokens = int(_scalar(request, "max_tokens", 16))
     if max_tokens < 1:
-        raise ValueError("max_tokens must be at least 1")
+        raise ValueError(f"{INVALID}max_tokens must be at least 1")
     temperature = float(_scalar(request, "temperature", 0.0))
     controls = _controls(request)
     top_k = controls.pop("top_k", 0)
@@ -148,7 +152,8 @@ def _controls(request):
     refused = (["logit_bias"] if given.get("logit_bias") else []) + (["logprobs"] if given.get("logprobs") is not None else []) \
         + [name for name in given if name not in SAME_NAMES + ("logit_bias", "logprobs")]
     if refused:
-        raise ValueError(f"{refused[0]} is not implemented for TensorRT-LLM profiles by this runtime")
+        name = "structured output and required tool calls" if refused[0] == "grammar" else refused[0]
+        raise ValueError(f"{INVALID}{name} is not implemented for TensorRT-LLM profiles by this runtime")
     return {name: given[name] for name in SAME_NAMES if name in given and given[name] not in (None, [])}
 
 
