@@ -148,6 +148,8 @@ def test_a_schema_the_library_refuses_is_a_400_naming_the_field_in_bounded_time(
     ("response_format", {"type": "xml"}, "response_format.type"),
     ("nvext", {"guided_choice": ["x" * 50 + str(i) for i in range(1000)]}, None),  # big but fine
     ("nvext", {"guided_json": {"enum": [f"value-{i}" for i in range(5000)]}}, None),  # huge enum: taken
+    # a regex whose deterministic automaton is exponential in its length: llguidance builds it lazily
+    ("nvext", {"guided_regex": "(a|b)*a(a|b){40}"}, None),
 ])
 def test_guided_fields_are_checked_before_anything_is_queued(llm_runtime, field, value, param):
     body = {"model": MODEL, "prompt": "x", "max_tokens": 2, field: value}
@@ -157,6 +159,15 @@ def test_guided_fields_are_checked_before_anything_is_queued(llm_runtime, field,
         return
     assert response.status_code == 400, response.text
     assert param in (response.json()["error"]["param"] or ""), response.text
+
+
+def test_a_schema_nested_past_any_parser_depth_is_a_4xx_not_a_crash(llm_runtime):
+    deep = '{"type":"array","items":' * 3000 + "{}" + "}" * 3000
+    body = '{"model": "%s", "prompt": "x", "max_tokens": 2, "nvext": {"guided_json": %s}}' % (MODEL, deep)
+    response = httpx.post(f"{llm_runtime.url}/v1/completions", content=body,
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert 400 <= response.status_code < 500, response.text
+    assert httpx.get(f"{llm_runtime.url}/v1/health/ready").status_code == 200
 
 
 # --- tools ----------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ sliding window and Phi-3's longrope switch. A family row without a test here fai
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +21,8 @@ from nimbuild.cli import main
 from nimbuild.export.families import BY_MODEL_TYPE
 
 NEW_TOKENS = 24
+SMALL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n"],
+                "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99}}}
 # the recipe init context is the model's 128 positions; the prompts are 2, 10, 35, 53 and 79 tokens
 # (tiny-llama's tokenizer, BOS included): 10 + 24 crosses the window (16) while generating, 53 + 24 the
 # longrope switch (64), and 35 and 79 start past the window and the switch
@@ -120,6 +124,12 @@ def test_family_from_recipe_init_to_served_greedy_tokens(model_type, tmp_path):
                     {"role": "user", "content": "What is the weather like by the sea?"}]
         chat = client.chat.completions.create(model=model_type, messages=messages, max_tokens=12, temperature=0)
         assert chat.choices[0].message.content == reference.chat(messages, 12)
+        # structured output is the family's logits under llguidance's mask: it fits whatever the weights
+        for seed in range(3):
+            fitted = client.completions.create(model=model_type, prompt="Rain", max_tokens=40, temperature=1.0, seed=seed,
+                                               extra_body={"nvext": {"guided_json": SMALL_SCHEMA}})
+            assert fitted.choices[0].finish_reason == "stop"
+            jsonschema.validate(json.loads(fitted.choices[0].text), SMALL_SCHEMA)
     finally:
         assert runtime.stop() == 0
 

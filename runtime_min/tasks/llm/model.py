@@ -168,7 +168,7 @@ INVALID = "invalid request: "
 
 def _vocab(session, tokenizer):
     """The logits' width: the graph's vocabulary, which may be larger than the tokenizer's."""
-    width = session.get_outputs()[0].shape[-1]
+    width = next(o for o in session.get_outputs() if o.name == "logits").shape[-1]
     return int(width) if isinstance(width, int) else tokenizer.get_vocab_size(with_added_tokens=True)
 
 
