@@ -65,6 +65,10 @@ demo: install system-deps
 	NIM_CACHE_PATH=build/cache $(PY) -m runtime_min create-model-store -m build/pulled/profiles.yaml \
 		--profile "$$($(NIMBUILD) profiles select -m build/pulled/profiles.yaml)" --model-store build/model-store
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) examples/minilm-embed/demo_embed.py build/pulled/profiles.yaml
+	@# retrieval: embed and retrieve with minilm-embed, rerank with the tiny-rerank cross-encoder (NIM's /v1/ranking)
+	$(NIMBUILD) compile examples/tiny-rerank/recipe.yaml --out build/profiles/tiny-rerank
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) examples/tiny-rerank/demo_retrieve.py \
+		build/pulled/profiles.yaml build/profiles/tiny-rerank/profiles.yaml
 	@# text generation: the tiny Llama example, through the same registry, served with an OpenAI chat API
 	$(NIMBUILD) compile examples/tiny-llama/recipe.yaml --out build/profiles/tiny-llama
 	$(NIMBUILD) publish build/profiles/tiny-llama --registry build/registry --force

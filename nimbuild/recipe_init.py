@@ -224,4 +224,6 @@ def _why(row: Task, checkpoint, task_id: str | None) -> str:
         return "as --task asked"
     if row.source == "nemo":
         return f"the checkpoint is a NeMo {checkpoint.model_class}"
-    return f"config.json's architectures are {', '.join(checkpoint.config.get('architectures') or [])}"
+    why = f"config.json's architectures are {', '.join(checkpoint.config.get('architectures') or [])}"
+    explains = getattr(importlib.import_module(f"nimbuild.export.{row.module}"), "explains", None)
+    return f"{why}: {explains(checkpoint)}" if explains else why

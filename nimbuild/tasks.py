@@ -54,6 +54,11 @@ TASKS: tuple[Task, ...] = (
          takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|MPNet|Electra|DebertaV2|ModernBert|NomicBert)Model$",),
          module="embedding", targets="graph", modality=(("text",), ("embedding",)),
          transformer=True, assets=("tokenizer",)),
+    # cross-encoders with one label (ms-marco, bge-reranker): a score per query-passage pair
+    Task("ranking", "passage ranking", "hf",
+         takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|Electra|DebertaV2|ModernBert)ForSequenceClassification$",),
+         module="ranking", targets="graph", modality=(("text",), ("text",)),
+         transformer=True, assets=("tokenizer",)),
     # GPT-2's class predates the ForCausalLM naming; nimbuild.export.families lists the families proved
     Task("text-generation", "text generation", "hf", takes=(r"ForCausalLM$", r"^GPT2LMHeadModel$"),
          module="llm", targets="llm", modality=(("text",), ("text",)),

@@ -31,6 +31,10 @@ class TaskAdapter:
     module: Any  # a torch.nn.Module whose forward(*inputs) takes input_names in order
     vocab_size: int
     runtime_info: dict[str, Any]
+    # the output is one score per row (ranking): precision gates judge the scores' order and spread
+    # over the batch (their correlation) rather than each row's own direction
+    scores: bool = False
+    pairs: bool = False  # the inputs are text pairs: test inputs mark a second segment in token types
 
     def sample_inputs(self, shape: dict[str, int], seed: int) -> dict[str, np.ndarray]:
         """Seeded inputs for one (batch, sequence) shape, with padding so masks matter."""
@@ -40,7 +44,10 @@ class TaskAdapter:
         lengths = rng.integers(max(1, seq // 2), seq + 1, size=batch)
         lengths[0] = seq  # one full row, so no shape is tested only padded
         mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        types = np.zeros_like(ids)
+        if self.pairs:  # a query-passage pair: the passage's tokens are the second segment
+            types = ((np.arange(seq)[None, :] >= lengths[:, None] // 2) & (mask == 1)).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: feeds[name] for name in self.input_names}
 
 
@@ -48,6 +55,7 @@ def load_task(task: str, checkpoint: HFCheckpoint) -> TaskAdapter:
     """Encoder tasks; decoder LMs (text-generation) have their own exporter, nimbuild.export.llm."""
     loaders: dict[str, Callable[[HFCheckpoint], TaskAdapter]] = {
         "embedding": _embedding,
+        "ranking": _ranking,
     }
     return loaders[task](checkpoint)
 
@@ -105,6 +113,44 @@ def _embedding(checkpoint: HFCheckpoint) -> TaskAdapter:
         module=EncoderHidden(model), vocab_size=int(checkpoint.config["vocab_size"]),
         runtime_info=_pooling_info(checkpoint),
     )
+
+
+def _ranking(checkpoint: HFCheckpoint) -> TaskAdapter:
+    """A cross-encoder: a query-passage pair in, one relevance logit out (`logits [batch, 1]`)."""
+    import torch
+
+    labels = ranking_labels(checkpoint.config)
+    if labels != 1:
+        raise ExportError(f"{checkpoint.path}: ranking takes a cross-encoder with one label (a relevance score); "
+                          f"this classifier has {labels}")
+    model = _load("AutoModelForSequenceClassification", checkpoint)
+    names = ["input_ids", "attention_mask"]
+    # a pair's segments as token types only where the model has two (XLM-R has one: no input)
+    if checkpoint.config.get("type_vocab_size", 0) > 1 and _forward_accepts(model, "token_type_ids"):
+        names.append("token_type_ids")
+
+    class PairScore(torch.nn.Module):
+        def __init__(self, classifier):
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, *inputs):
+            return self.classifier(**dict(zip(names, inputs))).logits
+
+    st_config = checkpoint.read_json("sentence_bert_config.json") or {}
+    max_len = st_config.get("max_seq_length") or checkpoint.config.get("max_position_embeddings")
+    return TaskAdapter(task="ranking", input_names=names, output_names=["logits"], module=PairScore(model),
+                       vocab_size=int(checkpoint.config["vocab_size"]),
+                       runtime_info={"max_sequence_length": int(max_len) if max_len else None}, scores=True,
+                       pairs=True)
+
+
+def ranking_labels(config: dict) -> int:
+    """How many labels a sequence classifier's config gives it (transformers' rule: id2label, else
+    num_labels, else 2)."""
+    if isinstance(config.get("id2label"), dict):
+        return len(config["id2label"])
+    return int(config.get("num_labels") or 2)
 
 
 def _pooling_info(checkpoint: HFCheckpoint) -> dict[str, Any]:

@@ -194,9 +194,18 @@ class Starter:
     parity: dict[str, float] = field(default_factory=lambda: {"atol": 1.0e-4, "rtol": 1.0e-3, "cosine_min": 0.9999})
 
 
+# model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids)
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer", "mpnet"}
+
+
 def positions(checkpoint: HFCheckpoint, default: int) -> int:
     """The longest sequence the checkpoint's position embeddings allow (or `default` if it names none).
     Not `max_length`: that is transformers' generation default (20 in many configs), not a limit."""
     config = checkpoint.config
     value = config.get("max_position_embeddings") or config.get("n_positions")
-    return int(value) if isinstance(value, int) and value > 0 else default
+    if not (isinstance(value, int) and value > 0):
+        return default
+    if config.get("model_type") in OFFSET_POSITIONS and isinstance(config.get("pad_token_id"), int):
+        # RoBERTa's family numbers positions from pad_token_id + 1 (514 positions hold 512 tokens)
+        value -= config["pad_token_id"] + 1
+    return value

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from runtime_min.tasks.embedding.coalesce import Coalescer
+from runtime_min.coalesce import Coalescer
 
 
 class Calls:

@@ -63,7 +63,7 @@ def test_an_existing_recipe_is_not_overwritten_without_force(tmp_path):
     assert out.read_text() == "mine\n"
 
 
-def test_a_classification_head_is_refused_with_the_reason_and_built_as_embeddings_on_request(tmp_path):
+def test_a_classifier_of_several_labels_is_refused_with_the_reason_and_built_as_embeddings_on_request(tmp_path):
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -73,7 +73,7 @@ def test_a_classification_head_is_refused_with_the_reason_and_built_as_embedding
     BertForSequenceClassification(config).save_pretrained(tmp_path / "classifier")
     result, out = _init(tmp_path, str(tmp_path / "classifier"))
     assert result.exit_code == 2 and not out.exists()
-    assert "architectures (BertForSequenceClassification) match no task nimbuild builds" in result.output
+    assert "a sequence classifier with 3 labels; a reranker has one" in result.output
     assert "--task embedding builds the encoder beneath it" in result.output
     result, out = _init(tmp_path, str(tmp_path / "classifier"), "--task", "embedding")
     assert result.exit_code == 0, result.output

@@ -30,7 +30,8 @@ def test_checkpoints_are_matched_to_tasks_by_architecture_or_nemo_class():
     assert task_for_architectures(["Qwen2ForCausalLM"]).id == "text-generation"
     assert task_for_architectures(["BertModel"]).id == "embedding"
     assert task_for_architectures(["MarianMTModel"]).id == "translation"
-    assert task_for_architectures(["BertForSequenceClassification"]) is None
+    assert task_for_architectures(["BertForSequenceClassification"]).id == "ranking"
+    assert task_for_architectures(["BertForTokenClassification"]) is None
     assert task_for_nemo_class("EncDecRNNTBPEModel").id == "asr-rnnt"
     assert task_for_nemo_class("HifiGanModel") is None, "a vocoder is a tts recipe's part, not a task"
 
@@ -38,7 +39,7 @@ def test_checkpoints_are_matched_to_tasks_by_architecture_or_nemo_class():
 def test_an_unknown_task_is_named_with_those_there_are():
     from nimbuild.errors import NimbuildError
 
-    with pytest.raises(NimbuildError, match="unknown task 'ocr'; nimbuild knows embedding, text-generation"):
+    with pytest.raises(NimbuildError, match="unknown task 'ocr'; nimbuild knows embedding, ranking, text-generation"):
         task("ocr")
 
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 
+from runtime_min.coalesce import Coalescer
 from runtime_min.http import (
     NOT_BLANK,
     ApiError,
@@ -28,7 +29,6 @@ from runtime_min.http import (
     require_ready,
     triton_infer,
 )
-from runtime_min.tasks.embedding.coalesce import Coalescer
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 MAX_CHARS_PER_INPUT = 1 << 20
