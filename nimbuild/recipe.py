@@ -196,6 +196,16 @@ class Languages(_Strict):
     target: str = Field(pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 
 
+class Embeddings(_Strict):
+    """embedding: what NIM's embedding API takes beyond text. `prompts` override the prefixes the
+    checkpoint's sentence-transformers config gives each input_type (`query: `, `passage: ` for
+    E5); `dimensions` declares the model Matryoshka-trained, so a request may ask for fewer
+    dimensions than its width (cut and renormalised)."""
+
+    prompts: dict[Literal["query", "passage"], str] | None = None
+    dimensions: bool = False
+
+
 class Serving(_Strict):
     max_batch_size: int = Field(8, ge=0, le=MAX_BATCH)
     dynamic_batching: DynamicBatching | None = None
@@ -205,12 +215,16 @@ class Serving(_Strict):
     streaming: Streaming = Streaming()
     voice: Voice | None = None  # tts only
     languages: Languages | None = None  # translation only
+    embeddings: Embeddings | None = None  # embedding only
 
     def spec_for(self, task: str) -> dict:
         """What a profile records of its serving; the speech settings only for speech profiles, so
         other profiles' bytes (and ids) do not carry fields that mean nothing to them."""
         others = {f.split(".")[1] for f in OWNED_FIELDS if f.startswith("serving.") and f not in BY_ID[task].owns}
-        return self.model_dump(mode="json", exclude=others)
+        # a task's own optional section, unset, is left out too: profiles built before it existed keep their bytes
+        unset = {f.split(".")[1] for f in BY_ID[task].owns if f.startswith("serving.")
+                 and getattr(self, f.split(".")[1], None) is None}
+        return self.model_dump(mode="json", exclude=others | unset)
 
 
 class Recipe(_Strict):

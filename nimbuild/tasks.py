@@ -50,10 +50,12 @@ class Task:
 
 
 TASKS: tuple[Task, ...] = (
+    # encoders, and the decoders embedding models are made of (e5-mistral, Qwen3-Embedding: last-token pooling)
     Task("embedding", "sentence embedding", "hf",
-         takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|MPNet|Electra|DebertaV2|ModernBert|NomicBert)Model$",),
+         takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|MPNet|Electra|DebertaV2|ModernBert|NomicBert)Model$",
+                r"^(Mistral|Qwen2|Qwen3|Llama)Model$"),
          module="embedding", targets="graph", modality=(("text",), ("embedding",)),
-         transformer=True, assets=("tokenizer",)),
+         transformer=True, assets=("tokenizer",), owns=("serving.embeddings",)),
     # cross-encoders with one label (ms-marco, bge-reranker): a score per query-passage pair
     Task("ranking", "passage ranking", "hf",
          takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|Electra|DebertaV2|ModernBert)ForSequenceClassification$",),

@@ -171,4 +171,16 @@ def _pooling_info(checkpoint: HFCheckpoint) -> dict[str, Any]:
         pooling = chosen[0]
     st_config = checkpoint.read_json("sentence_bert_config.json") or {}
     max_len = st_config.get("max_seq_length") or checkpoint.config.get("max_position_embeddings")
-    return {"pooling": pooling, "normalize": normalize, "max_sequence_length": int(max_len) if max_len else None}
+    info = {"pooling": pooling, "normalize": normalize, "max_sequence_length": int(max_len) if max_len else None}
+    if prompts := _input_type_prompts(checkpoint):
+        info["prompts"] = prompts
+    return info
+
+
+def _input_type_prompts(checkpoint: HFCheckpoint) -> dict[str, str]:
+    """The text sentence-transformers puts before a query and before a passage (its config's
+    `prompts`; `document` is a passage), by NIM's input_type names."""
+    config = checkpoint.read_json("config_sentence_transformers.json") or {}
+    prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
+    found = {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}
+    return {kind: text for kind, text in found.items() if isinstance(text, str)}

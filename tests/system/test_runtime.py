@@ -120,7 +120,8 @@ def test_health_models_and_metrics(runtime):
     ({"model": MODEL, "input": "caf\ud800e"}, 400, "lone surrogate"),  # valid JSON, no text a tokenizer takes
     ({"model": MODEL, "input": ["ok", "\udfff"]}, 400, "lone surrogate"),
     # a field this runtime does not implement is refused naming it, never dropped
-    ({"model": MODEL, "input": "x", "input_type": "query"}, 400, "Unrecognized request argument supplied: input_type"),
+    ({"model": MODEL, "input": "x", "instruction": "query"}, 400, "Unrecognized request argument supplied: instruction"),
+    ({"model": MODEL, "input": "x", "input_type": "document"}, 400, "input_type"),
 ])
 def test_bad_requests_get_4xx_with_an_openai_error(runtime, body, status, fragment):
     # json.dumps escapes a lone surrogate as JSON allows (httpx's json= would fail to encode it)
