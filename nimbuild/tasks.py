@@ -58,7 +58,8 @@ TASKS: tuple[Task, ...] = (
          transformer=True, assets=("tokenizer",), owns=("serving.embeddings",)),
     # cross-encoders with one label (ms-marco, bge-reranker): a score per query-passage pair
     Task("ranking", "passage ranking", "hf",
-         takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|Electra|DebertaV2|ModernBert)ForSequenceClassification$",),
+         takes=(r"^(Bert|Roberta|XLMRoberta|DistilBert|Electra|DebertaV2|ModernBert)ForSequenceClassification$",
+                r"^(Qwen2|Llama)ForSequenceClassification$"),
          module="ranking", targets="graph", modality=(("text",), ("text",)),
          transformer=True, assets=("tokenizer",)),
     # GPT-2's class predates the ForCausalLM naming; nimbuild.export.families lists the families proved

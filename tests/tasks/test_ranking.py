@@ -30,7 +30,10 @@ def _transformers_logits(checkpoint, query: str, passages: list[str], max_length
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    # every checkpoint here carries the example's tokenizer files; read from the example's folder,
+    # transformers loads them as the BERT tokenizer they are (a decoder's folder would have it
+    # guess another class from the model type)
+    tokenizer = AutoTokenizer.from_pretrained(EXAMPLE / "model")
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     batch = tokenizer([query] * len(passages), passages, padding=True, truncation=True, max_length=max_length,
                       return_tensors="pt")
@@ -147,6 +150,8 @@ CROSS_ENCODERS = {
     "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification", {}),
     "electra": ("ElectraConfig", "ElectraForSequenceClassification", {"embedding_size": 64}),
     "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", {"type_vocab_size": 2}),
+    "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", {"num_key_value_heads": 2, "pad_token_id": 0}),
+    "llama": ("LlamaConfig", "LlamaForSequenceClassification", {"num_key_value_heads": 2, "pad_token_id": 0}),
     "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification",
                    {"pad_token_id": 0, "cls_token_id": 2, "sep_token_id": 3, "bos_token_id": 2, "eos_token_id": 3}),
 }
