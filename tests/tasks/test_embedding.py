@@ -90,7 +90,10 @@ def test_a_decoder_embedding_model_from_recipe_init_to_served_vectors(tmp_path, 
     recipe = tmp_path / "recipe.yaml"
     result = runner.invoke(main, ["recipe", "init", str(checkpoint), "--out", str(recipe), "--name", family])
     assert result.exit_code == 0 and "(task embedding)" in result.output, result.output
-    recipe.write_text(recipe.read_text() + "  embeddings: {dimensions: true}\n")  # serving: its last section
+    # serving is the recipe's last section; mistral's recipe overrides the checkpoint's prompts
+    prompts = {"query": "q: ", "passage": "p: "} if family == "mistral" else {"query": PROMPTS["query"], "passage": ""}
+    override = f", prompts: {json.dumps(prompts)}" if family == "mistral" else ""
+    recipe.write_text(recipe.read_text() + f"  embeddings: {{dimensions: true{override}}}\n")
     result = runner.invoke(main, ["-q", "compile", str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     from helpers.runtime import Runtime
@@ -99,9 +102,9 @@ def test_a_decoder_embedding_model_from_recipe_init_to_served_vectors(tmp_path, 
     try:
         runtime.wait_ready()
         queries = _vectors(_embed(runtime.url, model=family, input=TEXTS, input_type="query"))
-        np.testing.assert_allclose(queries, _reference(checkpoint, TEXTS, PROMPTS["query"]), atol=1e-5)
+        np.testing.assert_allclose(queries, _reference(checkpoint, TEXTS, prompts["query"]), atol=1e-5)
         passages = _vectors(_embed(runtime.url, model=family, input=TEXTS, input_type="passage"))
-        np.testing.assert_allclose(passages, _reference(checkpoint, TEXTS, ""), atol=1e-5)
+        np.testing.assert_allclose(passages, _reference(checkpoint, TEXTS, prompts["passage"]), atol=1e-5)
         assert not np.allclose(queries, passages, atol=1e-3), "the query prompt changed nothing: this could not fail"
         # NIM's model-name suffix is the same input_type
         np.testing.assert_array_equal(_vectors(_embed(runtime.url, model=f"{family}-query", input=TEXTS)), queries)
