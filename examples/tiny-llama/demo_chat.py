@@ -1,6 +1,8 @@
 """The text-generation end of `make demo`: serve the tiny-llama profile with runtime_min, ask one
-chat completion (streamed, as chat clients do), print it, and stop the runtime with SIGTERM.
-The model's weights are random, so the reply is gibberish; the path it takes is the real one."""
+chat completion (streamed, as chat clients do), then one whose answer must fit a JSON schema and
+one that must call a tool, print them, and stop the runtime with SIGTERM. The model's weights are
+random, so the text is gibberish; the JSON and the call parse whatever the weights (the grammar
+sees to it), and the path they take is the real one."""
 
 from __future__ import annotations
 
@@ -34,7 +36,29 @@ def main(manifest: str, port: int) -> int:
                 pieces += [c["delta"].get("content") or "" for c in chunk["choices"]]
         print(f"POST {url}/v1/chat/completions (stream) -> {len([p for p in pieces if p])} text events, usage {usage}")
         print(f"{QUESTION!r} -> {''.join(pieces)!r}")
-        return 0
+        return structured(url)
+
+
+PERSON = {"type": "object", "required": ["name", "age"], "additionalProperties": False,
+          "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "required": ["city"], "properties": {"city": {"type": "string", "maxLength": 16}}}}}
+
+
+def structured(url: str) -> int:
+    """A json_schema answer and a required tool call, each checked to parse as promised."""
+    ask = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Who plays the guitar?"}], "max_tokens": 150,
+           "temperature": 0.8, "seed": 1}
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        **ask, "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}})
+    answer = json.loads(reply.raise_for_status().json()["choices"][0]["message"]["content"])
+    print(f"response_format json_schema -> {answer}")
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        **ask, "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER], "tool_choice": "required"})
+    choice = reply.raise_for_status().json()["choices"][0]
+    call = choice["message"]["tool_calls"][0]["function"]
+    print(f"tool_choice required -> {call['name']}({json.loads(call['arguments'])}), finish_reason {choice['finish_reason']}")
+    return 0
 
 
 if __name__ == "__main__":
