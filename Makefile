@@ -75,6 +75,9 @@ demo: install system-deps
 	NIM_CACHE_PATH=build/cache $(NIMBUILD) pull tiny-llama:0.1.0 --registry build/registry --select --dest build/pulled-llm
 	$(VENV)/bin/nim_list_model_profiles -m build/pulled-llm/profiles.yaml
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) examples/tiny-llama/demo_chat.py build/pulled-llm/profiles.yaml
+	@# LoRA heads: two adapters written by PEFT, served beside the base by the example's LoRA profile
+	rm -rf build/peft && $(PY) examples/tiny-llama/make_adapters.py build/peft
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) $(PY) examples/tiny-llama/demo_lora.py build/profiles/tiny-llama/profiles.yaml build/peft
 	@# speech: the digits model trained on espeak-ng speech, served offline and streaming
 	$(NIMBUILD) compile examples/asr-digits/recipe.yaml --out build/profiles/asr-digits
 	$(NIMBUILD) publish build/profiles/asr-digits --registry build/registry --force

@@ -13,6 +13,7 @@ shape it, tool versions) are unchanged and whose files are intact is reused, not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -86,6 +87,9 @@ def _target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     if backend in NATIVE_BACKENDS and backend not in row.native_backends:
         owners = " or ".join(t.id for t in TASKS if backend in t.native_backends)
         raise NimbuildError(f"targets[{i}]: backend {backend} builds {owners} models; this recipe's task is {recipe.task}")
+    if getattr(target, "lora", None) and row.targets != "llm":
+        raise NimbuildError(f"targets[{i}].lora: LoRA adapters are for text-generation models; this recipe's task is "
+                            f"{recipe.task}")
     return _TAG_RULES[row.targets](recipe, i, target)
 
 
@@ -166,7 +170,9 @@ def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     profile = recipe.serving.profile
     if target.type == "generic":
         _supported(i, target, ("fp32",))
-        return [{"backend": target.backend, "type": "generic", "precision": p, "profile": profile, "tp": "1"}
+        # a LoRA target's profile is its own graph (adapters as inputs), tagged as NIM tags LoRA profiles
+        lora = {"feat_lora": "true", "lora_max_rank": str(target.lora.max_rank)} if target.lora else {}
+        return [{"backend": target.backend, "type": "generic", "precision": p, "profile": profile, "tp": "1", **lora}
                 for p in target.precisions]
     if getattr(target, "backend", None) != "tensorrt_llm":
         raise NimbuildError(f"targets[{i}]: text-generation models are built as generic onnxruntime profiles or "
@@ -408,6 +414,10 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
                 with reporter.step(f"build {tags['backend']} engine {variant.description}"):
                     engine = make_engine_workspace(recipe, checkpoint, reference, graph, variant, workspace, engines)
                 verification = {**verification, "engine": engine}
+            elif "lora" in verification:  # the runtime reads the graph's LoRA inputs from model_info
+                lora_reference = dataclasses.replace(
+                    reference, runtime_info={**reference.runtime_info, "lora": verification["lora"]["spec"]})
+                make_generic_workspace(recipe, checkpoint, lora_reference, graph, variant.precision, workspace)
             else:
                 make_generic_workspace(recipe, checkpoint, reference, graph, variant.precision, workspace)
             profile = _profile_for(recipe, variant, workspace, keys[variant], source_digest, reference, verification)
@@ -423,6 +433,8 @@ def _form(variant: Variant) -> str:
     from nimbuild.precision.variants import form_for
 
     tags = dict(variant.tags)
+    if tags.get("feat_lora") == "true" and tags["type"] == "generic":  # the LoRA graph (nimbuild.export.lora)
+        return f"lora-{variant.target_index}"
     if variant.precision == "fp32" or "llm_engine" in tags:  # TensorRT-LLM quantises from the checkpoint itself
         return "fp32"
     return form_for(variant.precision, tags["backend"])
@@ -435,7 +447,13 @@ def _precision_graphs(recipe: Recipe, checkpoint, reference, forms: set[str], st
     from nimbuild.precision.variants import calibration_batches, make_gated
 
     graphs = {"fp32": (reference.files[0], {"parity": reference.parity.summary()})}
-    for form in sorted(forms - {"fp32"}):
+    for form in sorted(f for f in forms if f.startswith("lora-")):
+        from nimbuild.export.lora import export_lora
+
+        lora = recipe.targets[int(form.split("-")[1])].lora
+        path, spec, record = export_lora(checkpoint, recipe, lora, staging / "_variants" / form, reporter)
+        graphs[form] = (path, {"parity": reference.parity.summary(), "lora": {"spec": spec, "parity": record}})
+    for form in sorted(f for f in forms - {"fp32"} if not f.startswith("lora-")):
         precision = form.split("-")[0]
         spec = recipe.precision_spec(precision)
         with reporter.step(f"make and gate the {form} variant"):

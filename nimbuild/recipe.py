@@ -8,6 +8,7 @@ Validation errors name the file, the line and the field, and say what was expect
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -120,10 +121,30 @@ class PrecisionSpec(_Strict):
     calibration: Calibration | None = None
 
 
+class Lora(_Strict):
+    """text-generation: a LoRA-capable onnxruntime graph, adapters as inputs beside the base
+    weights (nimbuild.serving.lora). `targets` are the decoder layers' linear modules adapters may
+    touch, `max_rank` the largest rank served (smaller ones are padded), `slots` how many adapters
+    one batch can mix (more are swapped in as they are asked for)."""
+
+    max_rank: int = Field(ge=1, le=256)
+    targets: list[str] = Field(min_length=1, max_length=16)
+    slots: int = Field(4, ge=1, le=64)
+
+    @field_validator("targets")
+    @classmethod
+    def _names(cls, targets: list[str]) -> list[str]:
+        bad = [t for t in targets if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", t)]
+        if bad or len(set(targets)) != len(targets):
+            raise ValueError(f"module names, each once (as PEFT's target_modules name them: q_proj, v_proj); got {targets}")
+        return targets
+
+
 class GenericTarget(_Strict):
     type: Literal["generic"]
     backend: Literal["onnxruntime"] = "onnxruntime"
     precisions: list[Precision] = Field(min_length=1)
+    lora: Lora | None = None  # text-generation only: the profile takes LoRA adapters
 
 
 class PrebuiltTarget(_Strict):

@@ -158,7 +158,11 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
         state["grpc"] = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}", channel_args=GRPC_CHANNEL)
         for front_end in front_ends or []:
             await front_end.start(state)
+        # what tasks keep doing while the API runs (an LLM's look at NIM_PEFT_SOURCE for adapters)
+        background = [asyncio.ensure_future(start()) for start in state.get("background", [])]
         yield
+        for task in background:
+            task.cancel()
         for front_end in front_ends or []:
             await front_end.stop()
         await state["http"].aclose()
@@ -216,8 +220,11 @@ def create_app(model: ServedModel, triton, add_routes: AddRoutes, front_ends: li
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "nimbuild",
-                                            "root": model.name, "profile_id": model.profile_id}]}
+        base = {"id": model.name, "object": "model", "created": 0, "owned_by": "nimbuild", "root": model.name,
+                "profile_id": model.profile_id}
+        # what a task serves beside the base (an LLM's LoRA adapters: vLLM's entries, parent = the base)
+        more = [entry for listed in state.get("more_models", []) for entry in listed()]
+        return {"object": "list", "data": [base, *more]}
 
     @app.get("/v1/metrics", response_class=PlainTextResponse)
     async def prometheus():

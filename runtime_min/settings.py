@@ -10,6 +10,10 @@ value is one line before anything starts (docs/design.md §11, the container con
     NIM_WORKSPACE                         where a start writes (Triton's repository, its log, its copy
                                           of the bundled server); default: a folder under $TMPDIR, so
                                           NIM_CACHE_PATH may be mounted read-only
+    NIM_PEFT_SOURCE                       a directory of LoRA adapters (one PEFT folder each), served
+                                          beside the base model by LoRA profiles (feat_lora)
+    NIM_PEFT_REFRESH_INTERVAL             seconds between looks for adapters added or removed there;
+                                          unset: looked at once, at start
 
 Triton itself listens on loopback on free ports whatever is set: the NIM Operator's
 NIM_TRITON_GRPC_PORT / NIM_TRITON_METRICS_PORT name ports of NIMs that expose Triton, and runtime_min
@@ -73,9 +77,27 @@ def from_env(env: Mapping[str, str] | None = None, host: str | None = None, port
     jsonl = env.get("NIM_JSONL_LOGGING", "0")
     if jsonl not in ("0", "1", ""):
         raise NimbuildError(f"NIM_JSONL_LOGGING={jsonl!r}: expected 1 (JSON lines) or 0")
+    peft(env)  # checked here, so a bad value is one line before anything starts
     return Settings(http_host=http_host, http_port=port, grpc_host=env.get("NIM_GRPC_API_HOST") or http_host,
                     grpc_port=_port(*grpc) if grpc else DEFAULT_GRPC_PORT, log_level=LOG_LEVELS[level_name],
                     jsonl=jsonl == "1", work_root=work_root(env))
+
+
+def peft(env: Mapping[str, str] | None = None) -> tuple[Path | None, float | None]:
+    """NIM_PEFT_SOURCE and NIM_PEFT_REFRESH_INTERVAL: (the adapters' directory, seconds between looks)."""
+    env = os.environ if env is None else env
+    source = Path(env["NIM_PEFT_SOURCE"]) if env.get("NIM_PEFT_SOURCE", "").strip() else None
+    interval = env.get("NIM_PEFT_REFRESH_INTERVAL", "").strip()
+    if interval:
+        try:
+            seconds = float(interval)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 86400:
+            raise NimbuildError(f"NIM_PEFT_REFRESH_INTERVAL={interval!r}: expected seconds (a number above 0, "
+                                "at most a day)")
+        return source, seconds
+    return source, None
 
 
 def work_root(env: Mapping[str, str] | None = None) -> Path:

@@ -290,10 +290,11 @@ def forms_for_export(model):
 
 
 def export_decoder(adapter: DecoderAdapter, batch: DimRange, context: DimRange, path: Path, opset: int,
-                   export_fn) -> None:
+                   export_fn, extra: tuple = ()) -> None:
     """Export with batch, new-token, past and total lengths as dynamic axes, attention through
     grouped_attention. `export_fn` is the generic exporter's (module, example, names,
-    dynamic_shapes) runner, which strips debug data."""
+    dynamic_shapes) runner, which strips debug data. `extra` are further inputs after
+    position_ids, as (name, example tensor, {axis: "batch"} or {}) (a LoRA graph's)."""
     import torch
 
     Dim = torch.export.Dim
@@ -311,10 +312,15 @@ def export_decoder(adapter: DecoderAdapter, batch: DimRange, context: DimRange, 
         torch.arange(old, old + new).expand(rows, new).contiguous(),
         *(torch.zeros(rows, adapter.kv_heads, old, adapter.head_dim) for _ in adapter.past_names),
     )
+    # the module's forward takes (input_ids, attention_mask, position_ids, *rest): the extra inputs
+    # and the cache are one varargs tuple
     dynamic = (axes({0: b, 1: seq}), axes({0: b, 1: total}), axes({0: b, 1: seq}),
-               tuple(axes({0: b, 2: past}) for _ in adapter.past_names))
+               (*(axes({axis: b for axis in named}) for _, _, named in extra),
+                *(axes({0: b, 2: past}) for _ in adapter.past_names)))
+    example = (*example[:3], *(tensor(rows) for _, tensor, _ in extra), *example[3:])
+    names = [*GRAPH_INPUTS, *(name for name, _, _ in extra), *adapter.past_names]
     with forms_for_export(adapter.model):
-        export_fn(adapter.module, example, adapter.input_names, adapter.output_names, dynamic)
+        export_fn(adapter.module, example, names, adapter.output_names, dynamic)
 
 
 def parity_prompts(vocab_size: int, context: int, crossings: list[int] = ()) -> list[list[int]]:

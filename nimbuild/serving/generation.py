@@ -56,6 +56,7 @@ class SamplingParams:
     # llguidance grammar text the output must match (nimbuild.serving.constrained): structured
     # output and required tool calls; its mask applies after the processors, before the temperature
     grammar: str | None = None
+    adapter: str | None = None  # a LoRA adapter's name (nimbuild.serving.lora); None: the base model
 
     @property
     def processes(self) -> bool:
@@ -145,9 +146,11 @@ class DecoderGraph:
         return self.cache.empty(batch)
 
     def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
-            cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Returns the last position's logits [B, vocab] (fp32) and the new cache."""
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **dict(zip(self.past_names, cache))}
+            cache: list[np.ndarray], extra: dict | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Returns the last position's logits [B, vocab] (fp32) and the new cache. `extra`: further
+        inputs (a LoRA graph's adapters and slots)."""
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **dict(zip(self.past_names, cache)),
+                 **(extra or {})}
         logits, *present = self.session.run(self.output_names, feeds)
         return logits[:, -1, :].astype(np.float32, copy=False), present
 
@@ -268,6 +271,7 @@ class Sequence:
     text: TextStream | None = None
     rng: np.random.Generator | None = None
     constraint: Any = None  # a nimbuild.serving.constrained.Constraint when params.grammar is set
+    slot: int = 0  # the LoRA slot its rows read (0: the base model)
 
 
 @dataclass
@@ -289,9 +293,10 @@ class Generator:
 
     def __init__(self, graph: DecoderGraph, max_batch: int, max_context: int, eos_ids: Iterable[int] = (),
                  decode: Callable[[list[int]], str] | None = None, recompute_at: int | None = None,
-                 constrain: Callable[[str], Any] | None = None):
+                 constrain: Callable[[str], Any] | None = None, adapters: Any = None):
         self.graph, self.max_batch, self.max_context = graph, max_batch, max_context
         self.constrain = constrain  # grammar text -> a Constraint (the model's Masks.constraint)
+        self.adapters = adapters  # a nimbuild.serving.lora.AdapterBank for a LoRA graph
         self.recompute_at = recompute_at
         self.eos = set(eos_ids)
         self.decode = decode or (lambda ids: "")
@@ -310,6 +315,10 @@ class Generator:
             if self.constrain is None:
                 raise ValueError("this generator takes no grammar")
             sequence.constraint = self.constrain(sequence.params.grammar)
+        if sequence.params.adapter and self.adapters is None:
+            raise ValueError("this model serves no LoRA adapter")
+        if self.adapters is not None:  # loads the adapter into a slot, or refuses it (AdapterError)
+            sequence.slot = self.adapters.acquire(sequence.params.adapter)
         sequence.text = TextStream(self.decode, sequence.params.stop)
         seed = sequence.params.seed
         sequence.rng = np.random.default_rng(seed if seed is not None else np.random.SeedSequence().entropy)
@@ -328,7 +337,17 @@ class Generator:
         running = [(s, predicate(s)) for s in self.running]
         self.waiting = [s for s, gone in waiting if not gone]
         self._keep([i for i, (_, gone) in enumerate(running) if not gone])
-        return [s for s, gone in waiting + running if gone]
+        dropped = [s for s, gone in waiting + running if gone]
+        for sequence in dropped:
+            self._release(sequence)
+        return dropped
+
+    def _release(self, sequence: Sequence) -> None:
+        if self.adapters is not None:
+            self.adapters.release(sequence.slot)
+
+    def _lora(self, sequences: list[Sequence]) -> dict | None:
+        return self.adapters.feeds(np.array([s.slot for s in sequences])) if self.adapters is not None else None
 
     def step(self) -> list[Event]:
         events: list[Event] = []
@@ -352,7 +371,7 @@ class Generator:
 
     def _prefill(self, newcomers: list[Sequence]) -> list[Event]:
         ids, mask, positions = prefill_inputs([s.prompt + s.tokens for s in newcomers])
-        logits, cache = self.graph.run(ids, mask, positions, self.graph.empty_cache(len(newcomers)))
+        logits, cache = self.graph.run(ids, mask, positions, self.graph.empty_cache(len(newcomers)), self._lora(newcomers))
         self.batch_sizes.append(len(newcomers))
         self._join(newcomers, cache, mask, positions[:, -1] + 1)
         return self._advance(logits, range(len(self.running) - len(newcomers), len(self.running)))
@@ -360,7 +379,8 @@ class Generator:
     def _decode(self) -> list[Event]:
         rows = len(self.running)
         mask = np.concatenate([self.mask, np.ones((rows, 1), np.int64)], axis=1)
-        logits, self.cache = self.graph.run(self.last[:, None], mask, self.positions[:, None], self.cache)
+        logits, self.cache = self.graph.run(self.last[:, None], mask, self.positions[:, None], self.cache,
+                                            self._lora(self.running))
         self.batch_sizes.append(rows)
         self.mask, self.positions = mask, self.positions + 1
         return self._advance(logits, range(rows))
@@ -382,6 +402,7 @@ class Generator:
             except ValueError as e:  # a grammar this vocabulary cannot follow: this sequence fails, not the batch
                 seq.finish_reason = FINISH_ERROR
                 finished.add(row)
+                self._release(seq)
                 events.append(Event(seq, -1, "", FINISH_ERROR, error=f"the output cannot follow the grammar: {e}"))
                 continue
             logprob, top = _logprobs(logit_row, token, params.logprobs)
@@ -396,6 +417,7 @@ class Generator:
             if seq.finish_reason:
                 text += "" if stopped else seq.text.flush()
                 finished.add(row)
+                self._release(seq)
             events.append(Event(seq, token, text, seq.finish_reason, logprob, top))
         if finished:
             self._keep([i for i in range(len(self.running)) if i not in finished])

@@ -161,10 +161,10 @@ def test_a_sequence_passing_recompute_at_is_prefilled_anew_batched_as_alone(llam
     class Watched:  # the graph, recording the length of every multi-token (prefill) call
         empty_cache = graph.empty_cache
 
-        def run(self, ids, mask, positions, cache):
+        def run(self, ids, mask, positions, cache, extra=None):
             if ids.shape[1] > 1 or not cache[0].shape[2]:
                 prefills.append(ids.shape[1])
-            return graph.run(ids, mask, positions, cache)
+            return graph.run(ids, mask, positions, cache, extra)
 
     rng = np.random.default_rng(2)
     prompts = [rng.integers(0, 500, size=n).tolist() for n in (5, 14, 40)]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever e
 
 from nimbuild.serving.constrained import GrammarError, Masks  # noqa: E402
 from nimbuild.serving.generation import DecoderGraph, Generator, SamplingParams, Sequence  # noqa: E402
+from nimbuild.serving.lora import AdapterBank, SlotsBusy  # noqa: E402
 
 
 class TritonPythonModel:
@@ -52,6 +53,7 @@ class TritonPythonModel:
             max_context=int(runtime["max_sequence_length"]), eos_ids=runtime.get("eos_token_ids") or [],
             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
             recompute_at=runtime.get("recompute_cache_at"), constrain=self._constraint,
+            adapters=_adapter_bank(runtime.get("lora")),
         )
         self.incoming = queue.Queue()
         self.stopping = threading.Event()
@@ -137,7 +139,12 @@ class TritonPythonModel:
             # a response with outputs, not a bare final flag: that one no gRPC client is sent
             item.sender.send(_outputs(-1, "", "stopped"), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         else:
-            self.generator.add(item)
+            try:  # a LoRA adapter that cannot be loaded fails its own request, not the batch
+                self.generator.add(item)
+            except ValueError as e:
+                busy = isinstance(e, SlotsBusy)
+                item.context[1].send(_error(f"{'' if busy else INVALID}{e}"),
+                                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _fail_all(self, message):
         for sequence in self.generator.cancel(lambda s: True):
@@ -164,6 +171,16 @@ class TritonPythonModel:
 STOPPING = "the server is stopping"
 # the start of an error that is the request's fault (routes: stream.py answers it with a 400, not a 503)
 INVALID = "invalid request: "
+
+
+def _adapter_bank(spec):
+    """A LoRA profile's adapter slots, filled from NIM_PEFT_SOURCE as requests name adapters."""
+    import os
+
+    if not spec:
+        return None
+    source = os.environ.get("NIM_PEFT_SOURCE", "").strip()
+    return AdapterBank(spec, Path(source) if source else None)
 
 
 def _vocab(session, tokenizer):
@@ -219,7 +236,7 @@ def _controls(request):
         given = json.loads(tensor.as_numpy().reshape(-1)[0])
     except ValueError:
         raise ValueError(f"{INVALID}sampling is not JSON") from None
-    unknown = set(given) - set(CONTROLS) - {"logit_bias", "stop_token_ids", "logprobs", "grammar"}
+    unknown = set(given) - set(CONTROLS) - {"logit_bias", "stop_token_ids", "logprobs", "grammar", "adapter"}
     if unknown:
         raise ValueError(f"{INVALID}sampling: this model does not implement {', '.join(sorted(unknown))}")
     controls = {name: kind(given[name]) for name, kind in CONTROLS.items() if name in given}
@@ -229,6 +246,8 @@ def _controls(request):
         controls["logprobs"] = int(given["logprobs"])
     if given.get("grammar"):
         controls["grammar"] = str(given["grammar"])
+    if given.get("adapter"):
+        controls["adapter"] = str(given["adapter"])
     return controls
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from runtime_min.http import ApiError, Metrics, ServedModel, off_the_loop_if_long, require_ready
+from runtime_min.tasks.llm.adapters import Adapters
 from runtime_min.tasks.llm.chat import chat_template, render, tokenizer_config
 from runtime_min.tasks.llm.guided import Grammars
 from runtime_min.tasks.llm.replies import Reply, sse, usage_wanted
@@ -50,6 +51,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     grammars = Grammars(model.workspace / "tokenizer" / "tokenizer.json", tokenizer.get_vocab_size(with_added_tokens=True),
                         list((model.info.get("runtime") or {}).get("eos_token_ids") or []))
     calls_format = tool_format(template.source, tokenizer.token_to_id) if template else None
+    adapters = _adapters(model, state)
 
     async def stop_generations() -> None:
         await stop_all(state, model)
@@ -87,9 +89,15 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     def token_text(token: int) -> str:
         return tokenizer.decode([token], skip_special_tokens=False)
 
-    def check(body: SamplingFields) -> None:
-        if body.model != model.name:
-            raise ApiError(404, f"The model '{body.model}' does not exist; this service serves '{model.name}'",
+    def check(body: SamplingFields) -> dict:
+        """The request checked against what this model takes; the controls beyond the sampler's own
+        (the LoRA adapter its model names)."""
+        extra = {}
+        if body.model in adapters.valid:
+            extra["adapter"] = body.model
+        elif body.model != model.name:
+            served = ", ".join([model.name, *adapters.valid])
+            raise ApiError(404, f"The model '{body.model}' does not exist; this service serves {served}",
                            param="model", code="model_not_found")
         if len(stops(body)) > MAX_STOP_SEQUENCES:
             raise ApiError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
@@ -104,6 +112,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                 raise ApiError(400, f"{name}: token id {outside[0]} is not in this model's vocabulary (0 to {vocab - 1})",
                                param=name)
         require_ready(triton)
+        return extra
 
     async def guided_grammar(body: SamplingFields) -> str | None:
         """The checked grammar for the structured output a request asked for, if any."""
@@ -121,7 +130,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
 
     @app.post("/v1/completions", responses=ANSWERS)
     async def completions(body: CompletionRequest):
-        check(body)
+        extra = check(body)
         if body.suffix:
             raise ApiError(400, "suffix is not supported by this runtime (no model here fills in the middle)",
                            param="suffix")
@@ -133,18 +142,19 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             raise ApiError(400, f"give 1 to {MAX_PROMPTS} prompts", param="prompt")
         prepared = [prepare(body, await tokens(p, i), body.max_tokens, i) for i, p in enumerate(prompts)]
         jobs = choices(body, prepared)
-        grammar = await guided_grammar(body)
+        if grammar := await guided_grammar(body):
+            extra["grammar"] = grammar
         echoes = [p for p in prompts for _ in range(body.n)] if body.echo else None
-        reply = Reply("cmpl", "text_completion", model.name, chat=False, token_text=token_text, echoes=echoes)
+        reply = Reply("cmpl", "text_completion", extra.get("adapter", model.name), chat=False, token_text=token_text, echoes=echoes)
         prompt_tokens = sum(len(ids) for ids, _ in prepared)
-        events = merged(state, model, jobs, body, metrics, grammar)
+        events = merged(state, model, jobs, body, metrics, extra)
         if body.stream:
             return sse(reply.stream(events, len(jobs), usage_wanted(body), prompt_tokens))
         return await reply.whole(events, prompt_tokens, len(jobs))
 
     @app.post("/v1/chat/completions", responses=ANSWERS)
     async def chat_completions(body: ChatRequest):
-        check(body)
+        extra = check(body)
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if template is None:
@@ -156,10 +166,24 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if tools.forced and body.guided():
             raise ApiError(400, "tool_choice that forces a call and a structured output ask for different outputs",
                            param="tool_choice")
-        grammar = await (grammars.grammar("tools", None, tools.forced) if tools.forced else guided_grammar(body))
-        reply = Reply("chatcmpl", "chat.completion", model.name, chat=True, token_text=token_text,
+        if grammar := await (grammars.grammar("tools", None, tools.forced) if tools.forced else guided_grammar(body)):
+            extra["grammar"] = grammar
+        reply = Reply("chatcmpl", "chat.completion", extra.get("adapter", model.name), chat=True, token_text=token_text,
                       tools=tools.format if tools.tools else None)
-        events = merged(state, model, jobs, body, metrics, grammar)
+        events = merged(state, model, jobs, body, metrics, extra)
         if body.stream:
             return sse(reply.stream(events, len(jobs), usage_wanted(body), len(ids)))
         return await reply.whole(events, len(ids), len(jobs))
+
+
+def _adapters(model: ServedModel, state: dict) -> Adapters:
+    """A LoRA profile's adapters from NIM_PEFT_SOURCE, listed by /v1/models and kept fresh."""
+    from runtime_min.settings import peft
+
+    source, interval = peft()
+    adapters = Adapters((model.info.get("runtime") or {}).get("lora"), source, model.name)
+    adapters.refresh()
+    state.setdefault("more_models", []).append(adapters.entries)
+    if interval and adapters.spec is not None:
+        state.setdefault("background", []).append(lambda: adapters.keep_refreshing(interval))
+    return adapters

@@ -49,18 +49,19 @@ class Piece:
 
 
 async def merged(state: dict, model: ServedModel, jobs: list[Job], body: SamplingFields,
-                 metrics: LlmMetrics, grammar: str | None = None) -> AsyncIterator[tuple[int, Piece]]:
-    """Every choice's pieces, interleaved as they arrive: (choice index, piece). `grammar` is the
-    llguidance grammar every choice's output must match (routes: checked already)."""
+                 metrics: LlmMetrics, extra: dict | None = None) -> AsyncIterator[tuple[int, Piece]]:
+    """Every choice's pieces, interleaved as they arrive: (choice index, piece). `extra` are
+    controls beyond the body's own, checked by the routes already: the llguidance grammar every
+    choice's output must match, the LoRA adapter."""
     if len(jobs) == 1:
-        async for piece in _generate(state, model, jobs[0], body, metrics, grammar):
+        async for piece in _generate(state, model, jobs[0], body, metrics, extra):
             yield 0, piece
         return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def run(index, job):
         try:
-            async for piece in _generate(state, model, job, body, metrics, grammar):
+            async for piece in _generate(state, model, job, body, metrics, extra):
                 await queue.put((index, piece))
         except BaseException as e:
             await queue.put(e)
@@ -85,12 +86,12 @@ async def merged(state: dict, model: ServedModel, jobs: list[Job], body: Samplin
 
 
 async def _generate(state: dict, model: ServedModel, job: Job, body: SamplingFields,
-                    metrics: LlmMetrics, grammar: str | None) -> AsyncIterator[Piece]:
+                    metrics: LlmMetrics, extra: dict | None) -> AsyncIterator[Piece]:
     """One choice through the Triton model, a piece per token."""
     import tritonclient.grpc.aio as triton_grpc
 
     ids = job.ids
-    controls = json.dumps({**body.controls(), **({"grammar": grammar} if grammar else {})}).encode()
+    controls = json.dumps({**body.controls(), **(extra or {})}).encode()
     inputs = [_tensor(triton_grpc, "input_ids", np.array([ids], np.int64), "INT64"),
               _tensor(triton_grpc, "max_tokens", np.array([[job.max_tokens]], np.int32), "INT32"),
               _tensor(triton_grpc, "temperature", np.array([[body.temperature]], np.float32), "FP32"),
