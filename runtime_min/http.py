@@ -353,6 +353,23 @@ def require_ready(triton) -> None:
         raise ApiError(503, "the model is not ready (Triton is restarting)", kind="service_unavailable", code="not_ready")
 
 
+def token_inputs(encodings, input_names: list[str]) -> list:
+    """Tokenised texts (or pairs) as a Triton model's token inputs over gRPC: ids, attention mask
+    and token types, right-padded with zeros to the longest, those of `input_names` the model takes."""
+    import numpy as np
+    import tritonclient.grpc.aio as triton_grpc
+
+    longest = max(len(e.ids) for e in encodings)
+    rows = {"input_ids": lambda e: e.ids, "attention_mask": lambda e: e.attention_mask, "token_type_ids": lambda e: e.type_ids}
+    inputs = []
+    for name in input_names:
+        array = np.array([list(rows[name](e)) + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64)
+        tensor = triton_grpc.InferInput(name, array.shape, "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
 async def triton_infer(client, model_name: str, inputs: list, outputs: list, **options):
     """One inference over a Triton client (HTTP or gRPC, asyncio); any failure is a 503 with the
     reason, never a 500."""

@@ -88,6 +88,14 @@ def _load(auto_class_name: str, checkpoint: HFCheckpoint):
     return model.eval()
 
 
+def _token_inputs(checkpoint: HFCheckpoint, model, types: int) -> list[str]:
+    """The graph's token inputs: ids, mask, and token types where the model has at least `types`."""
+    names = ["input_ids", "attention_mask"]
+    if checkpoint.config.get("type_vocab_size", 0) >= types and _forward_accepts(model, "token_type_ids"):
+        names.append("token_type_ids")
+    return names
+
+
 def _forward_accepts(model, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
@@ -96,9 +104,7 @@ def _embedding(checkpoint: HFCheckpoint) -> TaskAdapter:
     import torch
 
     model = _load("AutoModel", checkpoint)
-    names = ["input_ids", "attention_mask"]
-    if checkpoint.config.get("type_vocab_size", 0) and _forward_accepts(model, "token_type_ids"):
-        names.append("token_type_ids")
+    names = _token_inputs(checkpoint, model, types=1)
 
     class EncoderHidden(torch.nn.Module):
         def __init__(self, encoder):
@@ -124,10 +130,8 @@ def _ranking(checkpoint: HFCheckpoint) -> TaskAdapter:
         raise ExportError(f"{checkpoint.path}: ranking takes a cross-encoder with one label (a relevance score); "
                           f"this classifier has {labels}")
     model = _load("AutoModelForSequenceClassification", checkpoint)
-    names = ["input_ids", "attention_mask"]
     # a pair's segments as token types only where the model has two (XLM-R has one: no input)
-    if checkpoint.config.get("type_vocab_size", 0) > 1 and _forward_accepts(model, "token_type_ids"):
-        names.append("token_type_ids")
+    names = _token_inputs(checkpoint, model, types=2)
 
     class PairScore(torch.nn.Module):
         def __init__(self, classifier):

@@ -34,6 +34,7 @@ from runtime_min.http import (
     blank,
     off_the_loop_if_long,
     require_ready,
+    token_inputs,
     triton_infer,
 )
 
@@ -211,16 +212,6 @@ async def _infer(client, model_name: str, input_names: list[str], encodings) -> 
     it costs the API process about half the CPU that Triton's HTTP API did, profiled)."""
     import tritonclient.grpc.aio as triton_grpc
 
-    longest = max(len(e.ids) for e in encodings)
-    arrays = {
-        "input_ids": np.array([e.ids + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
-        "token_type_ids": np.array([e.type_ids + [0] * (longest - len(e.ids)) for e in encodings], dtype=np.int64),
-    }
-    inputs = []
-    for name in input_names:
-        tensor = triton_grpc.InferInput(name, arrays[name].shape, "INT64")
-        tensor.set_data_from_numpy(arrays[name])
-        inputs.append(tensor)
+    inputs = token_inputs(encodings, input_names)
     result = await triton_infer(client, model_name, inputs, [triton_grpc.InferRequestedOutput("embeddings")])
     return result.as_numpy("embeddings")

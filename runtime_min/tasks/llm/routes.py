@@ -96,7 +96,8 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if body.model in adapters.valid:
             extra["adapter"] = body.model
         elif body.model != model.name:
-            served = ", ".join([model.name, *adapters.valid])
+            names = [model.name, *sorted(adapters.valid)]
+            served = ", ".join(names[:8]) + (f" and {len(names) - 8} more (GET /v1/models)" if len(names) > 8 else "")
             raise ApiError(404, f"The model '{body.model}' does not exist; this service serves {served}",
                            param="model", code="model_not_found")
         if len(stops(body)) > MAX_STOP_SEQUENCES:

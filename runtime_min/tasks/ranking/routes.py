@@ -19,7 +19,18 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime_min.coalesce import Coalescer
-from runtime_min.http import NOT_BLANK, ApiError, Metrics, ServedModel, Text, blank, off_the_loop_if_long, require_ready, triton_infer
+from runtime_min.http import (
+    NOT_BLANK,
+    ApiError,
+    Metrics,
+    ServedModel,
+    Text,
+    blank,
+    off_the_loop_if_long,
+    require_ready,
+    token_inputs,
+    triton_infer,
+)
 
 MAX_PASSAGES = 512  # per request, as NIM's rerankers take
 MAX_CHARS = 1 << 16  # per query or passage: far past any reranker's context, bounding the tokeniser's work
@@ -104,18 +115,6 @@ async def _infer(client, model_name: str, input_names: list[str], encodings) -> 
     """One batch of pairs through Triton's gRPC API: [pairs, 1] logits."""
     import tritonclient.grpc.aio as triton_grpc
 
-    longest = max(len(e.ids) for e in encodings)
-
-    def padded(rows):
-        return np.array([r + [0] * (longest - len(r)) for r in rows], dtype=np.int64)
-
-    arrays = {"input_ids": padded([e.ids for e in encodings]),
-              "attention_mask": padded([e.attention_mask for e in encodings]),
-              "token_type_ids": padded([e.type_ids for e in encodings])}
-    inputs = []
-    for name in input_names:
-        tensor = triton_grpc.InferInput(name, arrays[name].shape, "INT64")
-        tensor.set_data_from_numpy(arrays[name])
-        inputs.append(tensor)
+    inputs = token_inputs(encodings, input_names)
     result = await triton_infer(client, model_name, inputs, [triton_grpc.InferRequestedOutput("logits")])
     return result.as_numpy("logits")
