@@ -12,6 +12,7 @@ model (the base rows: from the plain model), token for token.
 
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 import warnings
@@ -131,7 +132,9 @@ class _LoraInputs:
         self.slot, self.weights = None, {}
 
 
+@functools.cache
 def _lora_linear_class():
+    """The module class, made once on first use (torch is imported only by an export that needs it)."""
     import torch
 
     class LoraLinear(torch.nn.Module):
