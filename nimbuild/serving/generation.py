@@ -302,6 +302,7 @@ class Generator:
         self.decode = decode or (lambda ids: "")
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
+        self.parked: list[Sequence] = []  # waiting for a LoRA slot to free (their adapter is not loaded)
         self.cache: list[np.ndarray] = []
         self.mask = np.zeros((0, 0), np.int64)
         self.positions = np.zeros((0,), np.int64)
@@ -317,30 +318,38 @@ class Generator:
             sequence.constraint = self.constrain(sequence.params.grammar)
         if sequence.params.adapter and self.adapters is None:
             raise ValueError("this model serves no LoRA adapter")
+        queue = self.waiting
         if self.adapters is not None:  # loads the adapter into a slot, or refuses it (AdapterError)
-            sequence.slot = self.adapters.acquire(sequence.params.adapter)
+            from nimbuild.serving.lora import SlotsBusy
+
+            try:
+                sequence.slot = self.adapters.acquire(sequence.params.adapter)
+            except SlotsBusy:  # every slot is read by running sequences: it waits for one to free
+                queue = self.parked
         sequence.text = TextStream(self.decode, sequence.params.stop)
         seed = sequence.params.seed
         sequence.rng = np.random.default_rng(seed if seed is not None else np.random.SeedSequence().entropy)
-        self.waiting.append(sequence)
+        queue.append(sequence)
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.parked)
 
     def cancel(self, predicate: Callable[[Sequence], bool]) -> list[Sequence]:
         """Drop sequences (a client went away) without producing anything for them, and return
         them. `predicate` is asked once per sequence: its answer can change between two asks (a
         client hanging up meanwhile), and a sequence dropped but not returned would never get its
         final response, so Triton would hold its request until shutdown and then wait on it."""
+        parked = [(s, predicate(s)) for s in self.parked]
         waiting = [(s, predicate(s)) for s in self.waiting]
         running = [(s, predicate(s)) for s in self.running]
+        self.parked = [s for s, gone in parked if not gone]
         self.waiting = [s for s, gone in waiting if not gone]
         self._keep([i for i, (_, gone) in enumerate(running) if not gone])
         dropped = [s for s, gone in waiting + running if gone]
         for sequence in dropped:
             self._release(sequence)
-        return dropped
+        return dropped + [s for s, gone in parked if gone]
 
     def _release(self, sequence: Sequence) -> None:
         if self.adapters is not None:
@@ -351,6 +360,8 @@ class Generator:
 
     def step(self) -> list[Event]:
         events: list[Event] = []
+        if self.parked:
+            self._unpark()
         if self.recompute_at is not None:
             self._requeue_crossing()
         if self.running:
@@ -360,6 +371,17 @@ class Generator:
             newcomers, self.waiting = self.waiting[:room], self.waiting[room:]
             events += self._prefill(newcomers)
         return events
+
+    def _unpark(self) -> None:
+        """Sequences waiting for a LoRA slot take the ones running sequences released, in arrival order."""
+        from nimbuild.serving.lora import SlotsBusy
+
+        while self.parked:
+            try:
+                self.parked[0].slot = self.adapters.acquire(self.parked[0].params.adapter)
+            except SlotsBusy:
+                return
+            self.waiting.append(self.parked.pop(0))
 
     def _requeue_crossing(self) -> None:
         """Running sequences whose cache is to be computed anew go back to the front of the queue;

@@ -11,7 +11,8 @@ Adapters are PEFT folders (`adapter_config.json` + `adapter_model.safetensors`, 
 from NIM_PEFT_SOURCE). `read_adapter` checks one against the profile (rank, targets, shapes, the
 options this form cannot express) and refuses it in one line; `AdapterBank` keeps up to `slots`
 of them in the arrays the graph reads, loading a named adapter into a free slot, or into the
-least recently used one no running sequence holds, between generation steps.
+least recently used one no running sequence holds, between generation steps; a request for an
+adapter when every slot is held waits in the generator until a running sequence ends.
 
 This module imports numpy only; safetensors is imported when an adapter is read.
 """
@@ -35,7 +36,7 @@ class AdapterError(ValueError):
 
 
 class SlotsBusy(AdapterError):
-    """Every slot holds an adapter a running sequence reads: the request may be retried."""
+    """Every slot holds an adapter a running sequence reads (the generator parks the request until one frees)."""
 
 
 def input_names(spec: dict) -> list[str]:

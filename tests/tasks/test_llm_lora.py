@@ -106,3 +106,19 @@ def test_an_adapter_added_to_the_folder_is_served_after_the_refresh_interval(lor
         assert time.monotonic() < deadline, "the new adapter was never listed"
         time.sleep(0.5)
     assert _complete(lora_runtime.url, "late", "Rain") == merged_greedy(TINY_LLAMA, peft_source / "late", "Rain", NEW)
+
+
+def test_more_adapters_at_once_than_slots_wait_for_one_and_all_answer_exactly(lora_runtime, peft_source):
+    """The example has 8 slots; 10 requests naming 10 distinct adapters at once: two wait in the
+    generator for a slot to free (least recently used, never one a running sequence reads)."""
+    names = [f"crowd-{i}" for i in range(10)]
+    for i, name in enumerate(names):
+        write_adapter(TINY_LLAMA, peft_source / name, rank=2, targets=["q_proj"], seed=100 + i)
+    deadline = time.monotonic() + 20
+    while not set(names) <= {m["id"] for m in httpx.get(f"{lora_runtime.url}/v1/models").json()["data"]}:
+        assert time.monotonic() < deadline, "the new adapters were never listed"
+        time.sleep(0.5)
+    expected = [merged_greedy(TINY_LLAMA, peft_source / name, "Rain", NEW) for name in names]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        texts = list(pool.map(lambda name: _complete(lora_runtime.url, name, "Rain"), names))
+    assert texts == expected

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever e
 
 from nimbuild.serving.constrained import GrammarError, Masks  # noqa: E402
 from nimbuild.serving.generation import DecoderGraph, Generator, SamplingParams, Sequence  # noqa: E402
-from nimbuild.serving.lora import AdapterBank, SlotsBusy  # noqa: E402
+from nimbuild.serving.lora import AdapterBank  # noqa: E402
 
 
 class TritonPythonModel:
@@ -142,9 +142,7 @@ class TritonPythonModel:
             try:  # a LoRA adapter that cannot be loaded fails its own request, not the batch
                 self.generator.add(item)
             except ValueError as e:
-                busy = isinstance(e, SlotsBusy)
-                item.context[1].send(_error(f"{'' if busy else INVALID}{e}"),
-                                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                item.context[1].send(_error(f"{INVALID}{e}"), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _fail_all(self, message):
         for sequence in self.generator.cancel(lambda s: True):
