@@ -361,7 +361,7 @@ class Generator:
     def step(self) -> list[Event]:
         events: list[Event] = []
         if self.parked:
-            self._unpark()
+            events += self._unpark()
         if self.recompute_at is not None:
             self._requeue_crossing()
         if self.running:
@@ -372,16 +372,25 @@ class Generator:
             events += self._prefill(newcomers)
         return events
 
-    def _unpark(self) -> None:
-        """Sequences waiting for a LoRA slot take the ones running sequences released, in arrival order."""
+    def _unpark(self) -> list[Event]:
+        """Sequences waiting for a LoRA slot take the ones running sequences released, in arrival
+        order; one whose adapter can no longer be loaded (its files changed meanwhile) fails alone."""
         from nimbuild.serving.lora import SlotsBusy
 
+        failed = []
         while self.parked:
+            sequence = self.parked[0]
             try:
-                self.parked[0].slot = self.adapters.acquire(self.parked[0].params.adapter)
+                sequence.slot = self.adapters.acquire(sequence.params.adapter)
             except SlotsBusy:
-                return
-            self.waiting.append(self.parked.pop(0))
+                break
+            except ValueError as e:
+                sequence.finish_reason = FINISH_ERROR
+                failed.append(Event(sequence, -1, "", FINISH_ERROR, error=str(e)))
+            else:
+                self.waiting.append(sequence)
+            self.parked.pop(0)
+        return failed
 
     def _requeue_crossing(self) -> None:
         """Running sequences whose cache is to be computed anew go back to the front of the queue;

@@ -168,8 +168,10 @@ class AdapterBank:
         folders = adapter_folders(self.source) if self.source else {}
         if name not in folders:
             raise AdapterError(f"no adapter {name!r} in NIM_PEFT_SOURCE")
-        weights = read_adapter(folders[name], self.spec)
+        # the slot first: a request parked for one retries every step, and must not read the
+        # adapter's files each time; a slot freed for an adapter that then fails to read stays free
         slot = self._free_slot()
+        weights = read_adapter(folders[name], self.spec)
         for target, (a, b) in weights.items():
             self.arrays[f"lora_A.{target}"][:, slot] = a
             self.arrays[f"lora_B.{target}"][:, slot] = b

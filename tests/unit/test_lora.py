@@ -84,3 +84,42 @@ def test_a_lora_section_belongs_to_text_generation_and_names_modules(write_recip
     twice = lora.replace("[q_proj]", "[q_proj, q_proj]")
     with pytest.raises(RecipeError, match="each once"):
         load_recipe(write_recipe(recipe_text("model", "text-generation", targets=(twice,)), "twice.yaml"))
+
+
+def test_a_parked_request_waits_without_reading_files_and_fails_alone_if_its_adapter_breaks(source, tmp_path):
+    """A request for an adapter while every slot is held waits (the bank finds no slot before it
+    reads any file); if its adapter is gone by the time a slot frees, that request alone fails."""
+    import shutil
+
+    from nimbuild.serving.generation import FINISH_ERROR, Generator, SamplingParams, Sequence
+
+    folder = tmp_path / "peft"
+    shutil.copytree(source, folder)
+    (folder / "broken").mkdir()
+    (folder / "broken" / "adapter_config.json").write_text("{not json")
+    bank = AdapterBank(SPEC, folder)
+    held = bank.acquire("a")
+    with pytest.raises(SlotsBusy):
+        bank.acquire("broken")  # no slot: refused as busy before its broken files are read
+    bank.release(held)
+
+    class Graph:  # logits only: the test is about admission, not about what is generated
+        def empty_cache(self, batch):
+            return []
+
+        def run(self, ids, mask, positions, cache, extra=None):
+            return np.zeros((ids.shape[0], 8), np.float32), []
+
+    generator = Generator(Graph(), max_batch=4, max_context=64, adapters=AdapterBank(SPEC, folder))
+    first = Sequence([1, 2], SamplingParams(max_tokens=3, adapter="a"))
+    parked = Sequence([1, 2], SamplingParams(max_tokens=3, adapter="b"))
+    generator.add(first)
+    generator.add(parked)
+    assert generator.parked == [parked], "one slot, held by the first request"
+    shutil.rmtree(folder / "b")  # its adapter goes away while it waits
+    events = []
+    while generator.busy:
+        events += generator.step()
+    assert first.finish_reason == "length" and len(first.tokens) == 3
+    (failed,) = [e for e in events if e.sequence is parked]
+    assert failed.finish_reason == FINISH_ERROR and "no adapter 'b'" in failed.error

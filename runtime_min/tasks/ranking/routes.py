@@ -25,7 +25,6 @@ from runtime_min.http import (
     Metrics,
     ServedModel,
     Text,
-    blank,
     off_the_loop_if_long,
     require_ready,
     token_inputs,
@@ -61,11 +60,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, metrics: M
         if body.model != model.name:
             raise ApiError(404, f"The model '{body.model}' does not exist; this service serves '{model.name}'",
                            param="model", code="model_not_found")
-        texts = [body.query.text] + [p.text for p in body.passages]
-        for i, text in enumerate(texts):
-            if blank(text):  # the schema's pattern says so too; a client that skipped it is told which
-                raise ApiError(400, "query.text is empty" if i == 0 else f"passages[{i - 1}].text is empty",
-                               param="query" if i == 0 else "passages")
+        texts = [body.query.text] + [p.text for p in body.passages]  # none blank: TextItem's pattern
         require_ready(triton)
         encodings = await off_the_loop_if_long(sum(map(len, texts)), lambda: [
             _encode(tokenizers, body.query.text, p.text, limit, body.truncate, i)
