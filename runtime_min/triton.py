@@ -42,10 +42,18 @@ class TritonError(RuntimeError):
 SHM_PER_INSTANCE = 4 << 20
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports. The sockets are held open together while the kernel
+    picks: closed one at a time, it may hand the same port out twice (a CI run drew one port for
+    Triton's HTTP and metrics endpoints, and Triton refused to start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -218,7 +226,7 @@ class TritonServer:
     def launch(self) -> None:
         """Start the process and return at once (the caller may prepare the API meanwhile)."""
         if not self.http_port:  # a restart keeps the ports: the API's client holds this address
-            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+            self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         cmd = [
             str(self.install.binary), f"--model-repository={self.repository}",
             "--http-address=127.0.0.1", f"--http-port={self.http_port}",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from helpers.servers import free_port
+from runtime_min.triton import free_ports
 
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
              "Un homme joue de la guitare, dans un parc, tard le soir, pendant que la pluie tombe doucement."]
@@ -21,7 +21,7 @@ SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The 
 
 class Runtime:
     def __init__(self, manifest: Path, cache: Path, registry: str | None = None, env: dict | None = None):
-        self.port, self.grpc_port = free_port(), free_port()
+        self.port, self.grpc_port = free_ports(2)  # distinct: two free_port() calls may draw one port twice
         self.log = cache / f"runtime-{self.port}.log"
         cache.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "runtime_min", "serve", "--manifest", str(manifest), "--host", "127.0.0.1",

@@ -19,9 +19,9 @@ import pytest
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from runtime_min.triton import free_ports
+
+    return free_ports(1)[0]
 
 
 def require(binary: str) -> str:
