@@ -40,8 +40,10 @@ from nimbuild.export.reference import (
     reference,
     run_exporter,
 )
+from nimbuild.export.seq2seq import decoding_rules, greedy_reference
 from nimbuild.recipe import Recipe
 from nimbuild.serving.generation import cache_names
+from nimbuild.serving.seq2seq import DecodingRules
 from nimbuild.sources.hf import HFCheckpoint
 from nimbuild.util.progress import Reporter
 
@@ -57,8 +59,8 @@ class TranslationAdapter(CacheNames):
     heads: int
     head_dim: int
     start: int  # decoder_start_token_id
-    eos: int
     pad: int
+    rules: DecodingRules  # what the generation config does to each greedy step
     task: str = "translation"
     runtime_info: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
@@ -122,7 +124,8 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> TranslationAdapter:
     source_lang, target_lang = check_languages(checkpoint, recipe)
     adapter = TranslationAdapter(
         model=model, tokenizer=tokenizer, layers=layers, heads=heads, head_dim=int(config.d_model) // heads,
-        start=int(config.decoder_start_token_id), eos=int(config.eos_token_id), pad=int(config.pad_token_id),
+        start=int(config.decoder_start_token_id), pad=int(config.pad_token_id),
+        rules=decoding_rules(model.generation_config, f"{checkpoint.path}"),
     )
     from nimbuild.serving.translation_text import MarianText
 
@@ -130,8 +133,10 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> TranslationAdapter:
     adapter.runtime_info = {
         "model_class": type(model).__name__, "source_language": source_lang, "target_language": target_lang,
         "max_source_tokens": source.max, "max_output_tokens": target, "max_batch": batch.max,
-        "decoder_start_token_id": adapter.start, "eos_token_id": adapter.eos, "pad_token_id": adapter.pad,
-        "banned_token_ids": [adapter.pad], "dnt_placeholders": text.placeholders, "decoder": DECODER_GRAPH,
+        "decoder_start_token_id": adapter.start, "eos_token_id": adapter.rules.eos[0], "pad_token_id": adapter.pad,
+        "generation": adapter.rules.record(),
+        "banned_token_ids": list(adapter.rules.suppress),  # what runtimes before `generation` read
+        "dnt_placeholders": text.placeholders, "decoder": DECODER_GRAPH,
         "kv_cache": {"layers": layers, "heads": heads, "head_dim": adapter.head_dim},
     }
     return adapter
@@ -288,13 +293,8 @@ def _checked_tokens(adapter: TranslationAdapter, text, source: str) -> list[int]
 
 def _generate(adapter: TranslationAdapter, row: list[int], budget: int) -> tuple[list[int], list[np.ndarray]]:
     import torch
-    from transformers import GenerationConfig
 
-    # a fresh config: the checkpoint's may use beams or force an end token; parity is about greedy
-    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=budget, min_new_tokens=0,
-                              eos_token_id=adapter.eos, pad_token_id=adapter.pad,
-                              decoder_start_token_id=adapter.start,
-                              bad_words_ids=[[t] for t in adapter.runtime_info["banned_token_ids"]])
+    config = greedy_reference(adapter.model.generation_config, budget)
     ids = torch.tensor([row])
     with torch.inference_mode():
         out = adapter.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,

@@ -180,6 +180,43 @@ def test_checkpoints_that_are_not_served_marian_models_are_refused_with_one_mess
     (separate / "tokenizer_config.json").write_text(json.dumps({**config, "target_lang": "fr"}))
     assert "serving.languages en -> de disagrees with the tokenizer's en -> fr" in compile_from(separate)
 
+def test_a_fresh_marian_of_other_shapes_ends_at_its_length_limit_as_transformers_ends_it(tmp_path):
+    """Random weights, 96 wide, 3 + 1 layers: every greedy translation runs to the length limit,
+    where transformers forces `</s>` (the checkpoint's forced_eos_token_id); the build's gate passes
+    only if the served loop does the same, and model_info.json records the rule for the runtime."""
+    import json
+    import shutil
+
+    import torch
+    from click.testing import CliRunner
+    from transformers import MarianConfig, MarianMTModel
+
+    from nimbuild.cli import main
+    from nimbuild.profiles.manifest import load_manifest
+
+    checkpoint = tmp_path / "marian"
+    checkpoint.mkdir()
+    for name in ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json"):
+        shutil.copy(CHECKPOINT / name, checkpoint / name)
+    torch.manual_seed(0)
+    config = MarianConfig(vocab_size=322, decoder_vocab_size=322, d_model=96, encoder_layers=3, decoder_layers=1,
+                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=192, decoder_ffn_dim=192,
+                          max_position_embeddings=128, pad_token_id=321, decoder_start_token_id=321, eos_token_id=0,
+                          forced_eos_token_id=0)
+    MarianMTModel(config).eval().save_pretrained(checkpoint)
+    runner = CliRunner()
+    result = runner.invoke(main, ["recipe", "init", str(checkpoint), "--out", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 0, result.output
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe.read_text().replace("sequence: [1, 16, 128]}", "sequence: [1, 16, 32]}"))  # a faster gate
+    result = runner.invoke(main, ["-q", "compile", str(recipe), "--out", str(tmp_path / "out"), "--target", "0"])
+    assert result.exit_code == 0, result.output
+    generic = load_manifest(tmp_path / "out" / "profiles.yaml").profiles[0]
+    assert int(generic.build["parity"]["greedy_tokens_compared"]) == 5 * 32, "every translation ran to the limit"
+    runtime = json.loads((tmp_path / "out" / generic.files["model_info.json"].uri).read_text())["runtime"]
+    assert runtime["generation"]["forced_eos"] == 0 and runtime["generation"]["eos"] == [0]
+
+
 # -- served: Riva's RivaTranslation --
 
 @pytest.fixture(scope="module")
@@ -192,9 +229,8 @@ def _client(runtime):
 
 
 def _reference_translations(texts: list[str], max_new_tokens: int = 48) -> list[str]:
-    """transformers' own greedy translations, in-process (what the served ones must equal). Without
-    the checkpoint's forced end token, as the build's parity check: a translation cut at its budget
-    keeps its last token rather than giving it up for `</s>`."""
+    """transformers' own greedy translations, in-process, under the checkpoint's generation config
+    (what the served ones must equal): a translation cut at its budget ends on the forced `</s>`."""
     import torch
     from transformers import MarianMTModel, MarianTokenizer
 
@@ -202,8 +238,7 @@ def _reference_translations(texts: list[str], max_new_tokens: int = 48) -> list[
     model = MarianMTModel.from_pretrained(CHECKPOINT).eval()
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
-        out = model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens, forced_eos_token_id=None,
-                             bad_words_ids=[[tokenizer.pad_token_id]])
+        out = model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 

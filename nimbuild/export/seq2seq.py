@@ -1,0 +1,66 @@
+"""What the encoder-decoder exporters (translation, Whisper) share about generation: the
+checkpoint's generation config read into the rules the served greedy loop applies
+(nimbuild.serving.seq2seq.DecodingRules), refusing a setting the loop does not reproduce, and
+the greedy reference configuration `transformers.generate` is judged with.
+
+A served translation must end as transformers ends it: a model that reaches its length limit
+gets the forced end token there, Marian's pad stays banned where its config bans it, Whisper's
+suppressed tokens stay suppressed. What the loop does not do is refused at export, never served.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from nimbuild.errors import ExportError
+from nimbuild.serving.seq2seq import DecodingRules
+
+# generation settings that change greedy tokens and that the loop does not reproduce: each is
+# accepted only at a value that does nothing
+_INERT: dict[str, tuple] = {
+    "repetition_penalty": (None, 1, 1.0), "encoder_repetition_penalty": (None, 1, 1.0),
+    "encoder_no_repeat_ngram_size": (None, 0), "sequence_bias": (None,), "guidance_scale": (None, 1, 1.0),
+    "exponential_decay_length_penalty": (None,), "min_new_tokens": (None, 0), "renormalize_logits": (None, False),
+}
+
+
+def _ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def decoding_rules(config: Any, where: str, eos: list[int] | None = None) -> DecodingRules:
+    """The rules a `transformers.GenerationConfig` implies for greedy decoding. `eos` overrides the
+    config's end tokens where the exporter knows better (none does yet beyond the config's)."""
+    changed = [f"{name}={getattr(config, name)!r}" for name, inert in _INERT.items()
+               if getattr(config, name, None) not in inert]
+    if changed:
+        raise ExportError(f"{where}: the generation config sets {', '.join(changed)}, which nimbuild's greedy loop does "
+                          "not reproduce (served output would differ from transformers'); remove it from "
+                          "generation_config.json to serve the model without it")
+    ends = eos if eos is not None else _ids(config.eos_token_id)
+    if not ends:
+        raise ExportError(f"{where}: the generation config names no eos_token_id, so no translation would end")
+    # transformers drops bad words that are an end token (NoBadWordsLogitsProcessor)
+    bad = [tuple(int(t) for t in words) for words in (config.bad_words_ids or []) if list(words) not in [[e] for e in ends]]
+    suppress = tuple(dict.fromkeys([*_ids(config.suppress_tokens), *(words[0] for words in bad if len(words) == 1)]))
+    return DecodingRules(eos=tuple(ends), suppress=suppress, bad_sequences=tuple(w for w in bad if len(w) > 1),
+                         begin_suppress=tuple(_ids(config.begin_suppress_tokens)),
+                         forced_bos=config.forced_bos_token_id, forced_eos=config.forced_eos_token_id,
+                         no_repeat_ngram=int(config.no_repeat_ngram_size or 0), min_length=int(config.min_length or 0))
+
+
+def greedy_reference(config: Any, max_new_tokens: int) -> Any:
+    """The checkpoint's generation config with greedy search and this budget: what the served loop
+    is checked against. Its beams and sampling are dropped (profiles serve greedy decoding); its
+    logits rules stay."""
+    reference = copy.deepcopy(config)
+    reference.do_sample, reference.num_beams, reference.num_return_sequences = False, 1, 1
+    reference.max_new_tokens, reference.max_length = max_new_tokens, None
+    for name in ("temperature", "top_p", "top_k", "typical_p", "epsilon_cutoff", "eta_cutoff", "length_penalty",
+                 "early_stopping"):
+        if hasattr(reference, name):
+            setattr(reference, name, None)
+    return reference
