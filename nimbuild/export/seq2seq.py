@@ -64,3 +64,29 @@ def greedy_reference(config: Any, max_new_tokens: int) -> Any:
         if hasattr(reference, name):
             setattr(reference, name, None)
     return reference
+
+
+def cross_keys_values(decoder_layers, hidden) -> tuple:
+    """Each decoder layer's cross-attention keys and values [batch, heads, source, dim] for the
+    encoder's `hidden` states: what BART-style attention (Marian, Whisper) projects on its first
+    cross step, done once per source in the encoder graph instead."""
+    out = []
+    for layer in decoder_layers:
+        attention = layer.encoder_attn
+        shape = (*hidden.shape[:-1], -1, attention.head_dim)
+        out += [attention.k_proj(hidden).view(shape).transpose(1, 2), attention.v_proj(hidden).view(shape).transpose(1, 2)]
+    return tuple(out)
+
+
+def step_cache(past: tuple, cross: tuple, layers: int):
+    """A decoder step's transformers cache from the graph's flat self and cross tensors (the cross
+    half marked as computed, so it is reused, not reprojected), and stand-in encoder states of the
+    right shape (the decoder reads only their shape once the cross cache is given)."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    from nimbuild.export.llm import filled_cache
+
+    cache = EncoderDecoderCache(filled_cache(DynamicCache(), past), filled_cache(DynamicCache(), cross))
+    cache.is_updated = {i: True for i in range(layers)}
+    key = cross[0]
+    return cache, key.transpose(1, 2).reshape(key.shape[0], key.shape[2], -1)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
-from nimbuild.export.llm import CacheNames, filled_cache, first_difference, flat_cache
+from nimbuild.export.llm import CacheNames, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.export.reference import (
     InputSpec,
@@ -40,7 +40,7 @@ from nimbuild.export.reference import (
     reference,
     run_exporter,
 )
-from nimbuild.export.seq2seq import decoding_rules, greedy_reference
+from nimbuild.export.seq2seq import cross_keys_values, decoding_rules, greedy_reference, step_cache
 from nimbuild.recipe import Recipe
 from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
@@ -167,20 +167,13 @@ def encoder_module(adapter: TranslationAdapter):
 
         def forward(self, input_ids, attention_mask):
             hidden = self.model.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            out = []
-            for layer in self.model.model.decoder.layers:  # what MarianAttention projects on its first cross step
-                attention = layer.encoder_attn
-                shape = (*hidden.shape[:-1], -1, attention.head_dim)
-                out += [attention.k_proj(hidden).view(shape).transpose(1, 2),
-                        attention.v_proj(hidden).view(shape).transpose(1, 2)]
-            return tuple(out)
+            return cross_keys_values(self.model.model.decoder.layers, hidden)
 
     return EncoderWithCross()
 
 
 def decoder_module(adapter: TranslationAdapter):
     import torch
-    from transformers import DynamicCache, EncoderDecoderCache
 
     model, layers = adapter.model, adapter.layers
 
@@ -190,12 +183,7 @@ def decoder_module(adapter: TranslationAdapter):
             self.model = model
 
         def forward(self, input_ids, encoder_attention_mask, *kv):
-            past, cross = kv[:2 * layers], kv[2 * layers:]
-            cache = EncoderDecoderCache(filled_cache(DynamicCache(), past), filled_cache(DynamicCache(), cross))
-            cache.is_updated = {i: True for i in range(layers)}  # cross keys and values come in: reuse them
-            key = cross[0]
-            # the decoder reads only the shape of the encoder's states once the cross cache is given
-            states = key.transpose(1, 2).reshape(key.shape[0], key.shape[2], -1)
+            cache, states = step_cache(kv[:2 * layers], kv[2 * layers:], layers)
             out = self.model.model.decoder(input_ids=input_ids, encoder_hidden_states=states,
                                            encoder_attention_mask=encoder_attention_mask, past_key_values=cache,
                                            use_cache=True)

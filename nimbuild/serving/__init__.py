@@ -12,7 +12,8 @@ same lines that answer requests; and the build key of each profile hashes this f
 (nimbuild.compile.SHAPING_CODE), so editing any of it rebuilds the profiles it may have shaped.
 
 What lives here: pooling (embeddings), audio (speech features and CTC decoding), transducer
-(RNNT/TDT search), generation (the decoder loop and KV cache), seq2seq (encoder-decoder search),
+(RNNT/TDT search), generation (the decoder loop and KV cache), seq2seq (encoder-decoder search and
+the generation-config rules), whisper_audio and whisper_asr (Whisper's front end and prompt),
 griffin_lim (a vocoder without a network), and the text helpers the API front ends share with the
 build: tts_text (sentences, normalisation, characters) and translation_text (SentencePiece pieces).
 """

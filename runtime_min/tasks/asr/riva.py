@@ -29,7 +29,6 @@ import numpy as np
 from runtime_min.grpc import NotFound, abort_on_errors, enum_name
 from runtime_min.http import ServedModel, require_ready
 from runtime_min.streams import read_ahead
-from runtime_min.tasks import language_matches
 from runtime_min.tasks.asr.transcribe import (
     SNIFFED,
     AudioBudget,
@@ -38,6 +37,7 @@ from runtime_min.tasks.asr.transcribe import (
     Transcript,
     decode_pcm16,
     language_of,
+    requested_language,
     transcribe,
     wav_header,
 )
@@ -62,6 +62,7 @@ def _servicer(model: ServedModel, triton, state: dict):
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
     streaming = model.info.get("mode") == "str"
     language = language_of(model)
+    whisper = runtime.get("prompt") is not None  # its model takes the language (none: detected) and the task
     Encoding = raudio.AudioEncoding
 
     def check(config, online: bool) -> None:
@@ -70,8 +71,10 @@ def _servicer(model: ServedModel, triton, state: dict):
         if online and not streaming:
             raise NotFound(f"{model.name} is served offline only (a mode=ofl profile); streaming recognition "
                             "needs a mode=str profile (NIM_TAGS_SELECTOR=mode=str)")
-        if not language_matches(config.language_code, language):
-            raise SpeechError(f"language_code {config.language_code!r}: this model transcribes {language}")
+        try:
+            requested_language(model, config.language_code)
+        except SpeechError as e:
+            raise SpeechError(f"language_code: {e}") from None
         if config.audio_channel_count < 0 or config.sample_rate_hertz < 0:
             raise SpeechError("sample_rate_hertz and audio_channel_count must not be negative")
 
@@ -115,7 +118,9 @@ def _servicer(model: ServedModel, triton, state: dict):
                 if len(audio) < shortest:
                     raise SpeechError(f"the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)")
                 require_ready(triton)
-                result = await transcribe(state["grpc"], model.name, audio)
+                code = requested_language(model, request.config.language_code)
+                options = {"task": "transcribe", **({"language": code} if code else {})} if whisper else None
+                result = await transcribe(state["grpc"], model.name, audio, options)
                 return rasr.RecognizeResponse(id=request.id, results=[rasr.SpeechRecognitionResult(
                     alternatives=[alternative(result, request.config.enable_word_time_offsets)], channel_tag=1,
                     audio_processed=len(audio) / rate)])

@@ -1,4 +1,8 @@
-"""Speech endpoints for speech profiles (asr-ctc, asr-rnnt), as ASR NIM has them over HTTP.
+"""Speech endpoints for speech profiles (asr-ctc, asr-rnnt, asr-whisper), as ASR NIM has them over HTTP.
+
+Whisper profiles take `language` as any language the checkpoint has (none: detected, as
+`verbose_json`'s `language` then says) and also answer `POST /v1/audio/translations` (the same
+form; the transcript in English); they give no word timings, so `word` granularity is a 400.
 
 `POST /v1/audio/transcriptions`: OpenAI's multipart shape (`file`, `model`, `language` as BCP-47,
 `response_format` json | text | verbose_json | srt | vtt, `timestamp_granularities[]` word and/or
@@ -29,8 +33,16 @@ from starlette.requests import ClientDisconnect
 
 from runtime_min.http import ApiError, BodyTooLarge, Metrics, ServedModel, refuse_unknown_fields, require_ready
 from runtime_min.streams import read_ahead
-from runtime_min.tasks import language_matches
-from runtime_min.tasks.asr.transcribe import AudioBudget, SpeechError, StreamSession, Transcript, language_of, transcribe
+from runtime_min.tasks.asr.transcribe import (
+    AudioBudget,
+    SpeechError,
+    StreamSession,
+    Transcript,
+    language_of,
+    requested_language,
+    tasks_of,
+    transcribe,
+)
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("word", "segment")
@@ -73,11 +85,22 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     streaming = model.info.get("mode") == "str"
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
     served_language = language_of(model)
+    tasks = tasks_of(model)
+    options = model.info["runtime"].get("prompt") is not None  # Whisper's model takes the language and task
+    responses = {200: {"description": "The transcript, in the response_format asked for",
+                       "content": {kind: {} for kind in RESPONSE_TYPES}}}
 
-    @app.post("/v1/audio/transcriptions", openapi_extra=TRANSCRIPTION_API,
-              responses={200: {"description": "The transcript, in the response_format asked for",
-                               "content": {kind: {} for kind in RESPONSE_TYPES}}})
+    @app.post("/v1/audio/transcriptions", openapi_extra=TRANSCRIPTION_API, responses=responses)
     async def transcriptions(request: Request):
+        return await recognise(request, "transcribe")
+
+    if "translate" in tasks:
+        @app.post("/v1/audio/translations", openapi_extra=TRANSCRIPTION_API, responses=responses)
+        async def translations(request: Request):
+            """Speech in any language the model takes, transcribed in English (OpenAI's shape)."""
+            return await recognise(request, "translate")
+
+    async def recognise(request: Request, task: str):
         form = await _form(request)
         refuse_unknown_fields(form, TRANSCRIPTION_FIELDS)
         if not _is_zero(form.get("temperature") or "0"):
@@ -97,9 +120,13 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if unknown:
             raise ApiError(400, f"timestamp_granularities[]: expected word or segment, got {', '.join(unknown)}",
                            param="timestamp_granularities[]")
-        language = str(form.get("language") or "")
-        if not language_matches(language, served_language):
-            raise ApiError(400, f"language: this model transcribes {served_language}, not {language}", param="language")
+        if "word" in granularities and options:
+            raise ApiError(400, "timestamp_granularities[]: this model gives no word timings (Whisper profiles decode "
+                                "without timestamps); ask for segment", param="timestamp_granularities[]")
+        try:
+            language = requested_language(model, str(form.get("language") or ""))
+        except SpeechError as e:
+            raise ApiError(400, f"language: {e}", param="language") from None
         try:
             # decoding and resampling are CPU work: off the event loop, so other requests keep flowing
             audio = await asyncio.to_thread(read_audio, await upload.read(), rate, max_seconds)
@@ -110,7 +137,8 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                            param="file")
         require_ready(triton)
         start = time.perf_counter()
-        result = await transcribe(state["grpc"], model.name, audio)
+        result = await transcribe(state["grpc"], model.name, audio,
+                                  {"task": task, **({"language": language} if language else {})} if options else None)
         metrics.audio_seconds.inc(len(audio) / rate)
         metrics.transcription.observe(time.perf_counter() - start)
         duration = round(len(audio) / rate, 3)
@@ -120,7 +148,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
             return PlainTextResponse(subtitles(result, duration, response_format),
                                      media_type="text/vtt" if response_format == "vtt" else "application/x-subrip")
         if response_format == "verbose_json":
-            body = {"task": "transcribe", "language": served_language, "duration": duration, "text": result.text,
+            body = {"task": task, "language": result.language or served_language, "duration": duration, "text": result.text,
                     "segments": [{"id": i, "seek": 0, "start": a, "end": b, "text": t}
                                  for i, (t, a, b) in enumerate(segments(result, duration))]}
             if "word" in granularities:

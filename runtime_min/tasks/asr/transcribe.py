@@ -31,6 +31,7 @@ class SpeechError(ValueError):
 class Transcript:
     text: str
     words: list[tuple[str, int, int, float]] = field(default_factory=list)  # (word, start ms, end ms, confidence)
+    language: str | None = None  # what a multilingual model decoded it as (given, or detected)
 
     @property
     def confidence(self) -> float:
@@ -39,8 +40,38 @@ class Transcript:
 
 
 def language_of(model) -> str:
-    """The BCP-47 language the model transcribes (recorded by the profile, else en-US)."""
-    return str(model.info.get("language") or (model.info.get("runtime") or {}).get("language") or "en-US")
+    """The BCP-47 language the model transcribes (recorded by the profile, else en-US); `multi` for a
+    model that takes several (Whisper), as Riva's Whisper NIM names it."""
+    runtime = model.info.get("runtime") or {}
+    if (runtime.get("prompt") or {}).get("multilingual"):
+        return "multi"
+    return str(model.info.get("language") or runtime.get("language") or "en-US")
+
+
+def tasks_of(model) -> tuple[str, ...]:
+    """What a request may ask of the model: transcribe, and translate (into English) where it can."""
+    prompt = (model.info.get("runtime") or {}).get("prompt")
+    return tuple(prompt["tasks"]) if prompt and prompt.get("multilingual") else ("transcribe",)
+
+
+def requested_language(model, requested: str) -> str | None:
+    """The language code to send the model for a request's BCP-47 `language` (None: the model's
+    only one, or detect it); a SpeechError names what the model takes instead."""
+    prompt = (model.info.get("runtime") or {}).get("prompt")
+    if prompt and prompt.get("multilingual"):
+        code = requested.replace("_", "-").split("-")[0].lower()
+        if code in ("", "multi"):
+            return None
+        if code not in prompt["languages"]:
+            raise SpeechError(f"this model takes {', '.join(sorted(prompt['languages']))} (or none, to detect it), "
+                              f"not {requested}")
+        return code
+    from runtime_min.tasks import language_matches
+
+    served = language_of(model)
+    if not language_matches(requested, served):
+        raise SpeechError(f"this model transcribes {served}, not {requested}")
+    return None
 
 
 def decode_pcm16(data: bytes, channels: int = 1) -> np.ndarray:
@@ -82,13 +113,15 @@ def wav_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-async def transcribe(client, model_name: str, audio: np.ndarray) -> Transcript:
-    """One utterance (float32 at the model's rate) through the offline ensemble."""
-    text, words = await _infer(client, model_name, "audio", audio)
-    return Transcript(text, words)
+async def transcribe(client, model_name: str, audio: np.ndarray, options: dict[str, str] | None = None) -> Transcript:
+    """One utterance (float32 at the model's rate) through the offline model. `options` (language,
+    task) go to the models that take them (Whisper's), which also answer the language used."""
+    text, words, language = await _infer(client, model_name, "audio", audio, options or {})
+    return Transcript(text, words, language)
 
 
-async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequence) -> tuple[str, list]:
+async def _infer(client, model_name: str, name: str, audio: np.ndarray, options: dict[str, str],
+                 **sequence) -> tuple[str, list, str | None]:
     """Over Triton's gRPC client, not its HTTP (aiohttp) one: with nothing else changed, offline
     RTFX at 16 clients went from 106 to 191 here (bench_asr), the runtime's CPU being shared with
     the models'."""
@@ -96,10 +129,16 @@ async def _infer(client, model_name: str, name: str, audio: np.ndarray, **sequen
 
     tensor = triton_grpc.InferInput(name, [1, len(audio)], "FP32")
     tensor.set_data_from_numpy(audio.reshape(1, -1).astype(np.float32, copy=False))
-    outputs = [triton_grpc.InferRequestedOutput(n) for n in ("text", "words")]
-    result = await triton_infer(client, model_name, [tensor], outputs, **sequence)
+    inputs = [tensor]
+    for key, value in options.items():
+        option = triton_grpc.InferInput(key, [1, 1], "BYTES")
+        option.set_data_from_numpy(np.array([[value.encode()]], dtype=np.object_))
+        inputs.append(option)
+    names = ("text", "words", "language") if options else ("text", "words")
+    result = await triton_infer(client, model_name, inputs, [triton_grpc.InferRequestedOutput(n) for n in names], **sequence)
     text = result.as_numpy("text").reshape(-1)[0].decode()
-    return text, [tuple(w) for w in json.loads(result.as_numpy("words").reshape(-1)[0].decode())]
+    language = result.as_numpy("language").reshape(-1)[0].decode() or None if options else None
+    return text, [tuple(w) for w in json.loads(result.as_numpy("words").reshape(-1)[0].decode())], language
 
 
 class StreamTooLong(SpeechError, BoundPassed):
@@ -161,6 +200,6 @@ class StreamSession:
     async def _send(self, data: bytes, end: bool) -> Transcript:
         audio = self.resampler.push(decode_pcm16(data), final=end)
         first, self.started, self.ended = not self.started, True, self.ended or end
-        text, words = await _infer(self.client, f"{self.model_name}-stream", "audio_chunk", audio,
-                                   sequence_id=self.corrid, sequence_start=first, sequence_end=end)
+        text, words, _ = await _infer(self.client, f"{self.model_name}-stream", "audio_chunk", audio, {},
+                                      sequence_id=self.corrid, sequence_start=first, sequence_end=end)
         return Transcript(text, words)

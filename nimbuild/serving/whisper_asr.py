@@ -1,0 +1,46 @@
+"""Whisper's greedy decoding over its two graphs (nimbuild.export.whisper), shared by the build's
+parity check and the runtime's Triton model: the batch's clips encoded together, the language of
+each clip that names none detected from one decoder step (the most likely language token, as
+transformers' detect_language picks it), then the greedy loop of nimbuild.serving.seq2seq from
+each clip's forced prompt under the checkpoint's generation rules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nimbuild.serving.seq2seq import DecodingRules, TranslationGraphs, decode
+
+
+class WhisperDecoder:
+    def __init__(self, graphs: TranslationGraphs, runtime: dict):
+        self.graphs, self.prompt = graphs, runtime["prompt"]
+        self.rules = DecodingRules.from_record(runtime["generation"])
+
+    def decode(self, features: np.ndarray, languages: list[str | None], tasks: list[str],
+               budgets: list[int]) -> list[tuple[list[int], str | None]]:
+        """Each clip's output tokens (after the prompt, the end token kept when reached) and the
+        language it was decoded as (None for English-only checkpoints)."""
+        cross = list(self.graphs.encoder.run(self.graphs.cross_names, {"input_features": features}))
+        if self.prompt["multilingual"]:
+            languages = self._detected(cross, languages)
+        prompts = [self._prompt(language, task) for language, task in zip(languages, tasks)]
+        outputs = decode(self.graphs, cross, None, prompts, budgets, self.rules)
+        return list(zip(outputs, languages if self.prompt["multilingual"] else [None] * len(outputs)))
+
+    def _prompt(self, language: str | None, task: str) -> list[int]:
+        p = self.prompt
+        if not p["multilingual"]:
+            return [p["start"], p["no_timestamps"]]
+        return [p["start"], p["languages"][language], p["tasks"][task], p["no_timestamps"]]
+
+    def _detected(self, cross: list[np.ndarray], languages: list[str | None]) -> list[str]:
+        unknown = [i for i, language in enumerate(languages) if language is None]
+        if not unknown:
+            return list(languages)
+        rows = np.asarray(unknown, np.int64)
+        start = np.full((len(rows), 1), self.prompt["start"], np.int64)
+        logits, _ = self.graphs.step(start, None, self.graphs.cache.empty(len(rows)), [c[rows] for c in cross])
+        codes = sorted(self.prompt["languages"], key=self.prompt["languages"].get)  # ties go to the lowest id, as argmax
+        ids = np.asarray([self.prompt["languages"][c] for c in codes], np.int64)
+        found = dict(zip(unknown, (codes[int(k)] for k in np.argmax(logits[:, ids], axis=1))))
+        return [found.get(i, language) for i, language in enumerate(languages)]

@@ -1,0 +1,58 @@
+"""Whisper profiles in Triton: one Python model `<model>`, dynamically batched, that takes one
+clip (16 kHz float audio, at most one 30 s window) with its language and task and answers its
+transcript: the numpy front end (nimbuild/serving/whisper_audio.py), the encoder (the core:
+onnxruntime, a TensorRT-RTX engine on a GPU, or `<model>-core` on a native backend through BLS)
+over the batch's clips together, then greedy decoding with the KV-cache decoder graph on
+onnxruntime (nimbuild/serving/whisper_asr.py, the loop the build checked against transformers).
+
+One model rather than the CTC profiles' three-step ensemble: the decoder loop needs the encoder's
+output for the whole batch at once, and a hop between Triton models per step would cost more than
+the step. The HTTP and Riva front ends are speech recognition's (runtime_min/tasks/asr), which send
+the language and task where the profile takes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
+from runtime_min.tasks import batch_within_export, serving_code, tensor_dims
+
+HERE = Path(__file__).parent
+
+
+def refuses(core) -> str | None:
+    return None
+
+
+def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
+    batch, delay = batch_within_export(info, core)
+    inputs = [Tensor("audio", "float32", [-1], ragged=True), Tensor("language", "string", [1], optional=True),
+              Tensor("task", "string", [1], optional=True)]
+    outputs = [Tensor("text", "string", [1]), Tensor("words", "string", [1]), Tensor("language", "string", [1])]
+    config = new_config(name, batch, inputs, outputs, backend="python")
+    dynamic_batching(config, delay)
+    instances(config, gpu=core.gpu and not core.native)
+    parameters(config, runner=core.python_runner(name), core=core.file)
+    files = {"model.py": HERE / "model.py", "model_info.json": workspace / "model_info.json",
+             "whisper": workspace / "whisper", "tokenizer": workspace / "tokenizer", **serving_code(),
+             **core.python_files()}
+    out = [Model(config, files)]
+    if core.native:
+        # input_features [batch, mels, frames]: both fixed by the checkpoint
+        core_in = [Tensor(i["name"], "float32", [i["shapes"][d][2] for d in i["dims"][1:]]) for i in info["inputs"]]
+        core_out = [Tensor(o["name"], "float32", tensor_dims(o["shape"])) for o in info["outputs"]]
+        out.append(core.native_model(name, core_in, core_out, batch, delay))
+    return out
+
+
+def add_routes(app, served, triton, state, metrics) -> None:
+    from runtime_min.tasks.asr.routes import add_routes as add
+
+    add(app, served, triton, state, metrics)
+
+
+def add_servicers(server, served, triton, state) -> None:
+    from runtime_min.tasks.asr.riva import add_servicers as add
+
+    add(server, served, triton, state)

@@ -1,0 +1,181 @@
+"""Whisper: a fresh random-weight `WhisperForConditionalGeneration` written by transformers (with a
+byte-level tokenizer of Whisper's layout, its feature extractor and an OpenAI-style generation
+config: tests/helpers/whisper.py) through `nimbuild recipe init`, compile (generic, TensorRT-RTX,
+RMIR) and `runtime_min serve`; the served transcripts and translations, over OpenAI's SDK and Riva's
+ASR client, equal transformers' greedy `generate` on the same audio, with the language given and
+detected."""
+
+from __future__ import annotations
+
+import io
+import wave
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import riva.client
+from click.testing import CliRunner
+
+from helpers.runtime import serving
+from helpers.speech import riva_asr
+from helpers.whisper import write_tiny_whisper
+from nimbuild.cli import main
+
+RATE = 16000
+
+
+def _clip(seed: int, seconds: float) -> np.ndarray:
+    """Seeded sound: voiced harmonics with a moving pitch, then noise (as the speech exporters' parity sound)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    phase = 2 * np.pi * np.cumsum(120 + 50 * np.sin(2 * np.pi * (0.5 + seed / 7) * t)) / RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 10)) * (t < seconds * 0.6)
+    return (0.2 * voiced + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(RATE)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def _as_served(audio: np.ndarray) -> np.ndarray:
+    """The clip as the server reads it back from 16-bit PCM."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768.0
+
+
+CLIPS = [_clip(1, 2.0), _clip(2, 4.5), _clip(3, 0.7)]
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory):
+    root = tmp_path_factory.mktemp("whisper")
+    checkpoint = write_tiny_whisper(root / "tiny-whisper")
+    runner = CliRunner()
+    result = runner.invoke(main, ["recipe", "init", str(checkpoint), "--out", str(root / "recipe.yaml")])
+    assert result.exit_code == 0 and "task asr-whisper" in result.output, result.output
+    result = runner.invoke(main, ["-q", "compile", str(root / "recipe.yaml"), "--out", str(root / "out")])
+    assert result.exit_code == 0, result.output
+    return checkpoint, root / "out"
+
+
+@pytest.fixture(scope="module")
+def reference(whisper):
+    """transformers alone: (tokens' text, language detected) per clip, language and task."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    checkpoint, _ = whisper
+    processor = WhisperProcessor.from_pretrained(checkpoint)
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    budget = 60  # recipe init's decoder_input_ids maximum for 64 positions
+
+    def generate(audio: np.ndarray, language: str | None, task: str) -> tuple[str, str]:
+        features = processor(_as_served(audio), sampling_rate=RATE, return_tensors="pt").input_features
+        with torch.inference_mode():
+            tokens = model.generate(features, language=language, task=task, max_new_tokens=budget, do_sample=False,
+                                    num_beams=1)[0].tolist()
+            detected = model.detect_language(features)[0].item()
+        code = processor.tokenizer.convert_ids_to_tokens(detected)[2:-2]
+        return processor.tokenizer.decode(tokens, skip_special_tokens=True).strip(), code
+
+    return generate
+
+
+@pytest.fixture(scope="module")
+def served(whisper, tmp_path_factory):
+    _, out = whisper
+    yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("whisper-cache"))
+
+
+def test_recipe_init_takes_whisper_and_compile_gates_every_profile_on_greedy_transcripts(whisper):
+    from nimbuild.profiles.manifest import load_manifest
+
+    _, out = whisper
+    profiles = load_manifest(out / "profiles.yaml").profiles
+    assert sorted(p.tags["backend"] for p in profiles) == ["onnxruntime", "rmir", "tensorrt_rtx"]
+    assert {p.tags["mode"] for p in profiles} == {"ofl"}
+    parity = next(p for p in profiles if p.tags["backend"] == "onnxruntime").build["parity"]
+    assert parity["cases"] == ["transcribe/detected", "transcribe/de", "translate/de"]
+    assert int(parity["greedy_tokens_compared"]) > 300 and float(parity["outputs"]["input_features"]["max_abs"]) < 1e-4
+
+
+def test_openai_sdk_transcribes_and_translates_as_transformers_generates(served, reference):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served.url}/v1", api_key="none")
+    cases = [(i, language, task) for i in range(len(CLIPS)) for language, task in
+             ((None, "transcribe"), ("de", "transcribe"), ("fr", "transcribe"), (None, "translate"))]
+
+    def ask(case):
+        i, language, task = case
+        call = client.audio.translations.create if task == "translate" else client.audio.transcriptions.create
+        extra = {"language": language} if language else {}
+        return call(model="tiny-whisper", file=("clip.wav", _wav(CLIPS[i]), "audio/wav"), **extra).text
+
+    with ThreadPoolExecutor(len(cases)) as pool:  # concurrent: the clips share Triton's batches
+        served_texts = list(pool.map(ask, cases))
+    expected = [reference(CLIPS[i], language, task)[0] for i, language, task in cases]
+    assert served_texts == expected
+    assert len(set(expected)) > 3, "the random model's transcripts should differ by clip and language"
+
+
+def test_verbose_json_names_the_language_transformers_detects(served, reference):
+    import httpx
+
+    for audio in CLIPS:
+        body = httpx.post(f"{served.url}/v1/audio/transcriptions", files={"file": ("a.wav", _wav(audio), "audio/wav")},
+                          data={"response_format": "verbose_json"}, timeout=60).json()
+        text, detected = reference(audio, None, "transcribe")
+        assert (body["text"], body["language"], body["task"]) == (text, detected, "transcribe")
+        assert body["segments"][0]["text"] == text
+
+
+def test_riva_asr_client_recognises_through_the_whisper_profile(served, reference):
+    service = riva_asr(served)
+    config = riva.client.RecognitionConfig(language_code="de-DE", max_alternatives=1)
+    response = service.offline_recognize(_wav(CLIPS[0]), config)
+    assert response.results[0].alternatives[0].transcript == reference(CLIPS[0], "de", "transcribe")[0]
+    listed = service.stub.GetRivaSpeechRecognitionConfig(riva.client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
+    assert [c.parameters["language_code"] for c in listed.model_config] == ["multi"]
+    with pytest.raises(grpc.RpcError) as caught:
+        service.offline_recognize(_wav(CLIPS[0]), riva.client.RecognitionConfig(language_code="xx-XX"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "de, en, fr" in caught.value.details()
+
+
+def test_bad_audio_and_options_are_400s_naming_what_to_fix(served):
+    import httpx
+
+    def post(route: str, body: bytes, **data):
+        return httpx.post(f"{served.url}/v1/audio/{route}", files={"file": ("a.wav", body, "audio/wav")}, data=data,
+                          timeout=60)
+
+    checks = [
+        (post("transcriptions", _wav(_clip(4, 31.0))), "30"),
+        (post("transcriptions", b"not audio at all"), "file:"),
+        (post("transcriptions", b""), "file:"),
+        (post("transcriptions", _wav(CLIPS[0]), language="xx"), "this model takes de, en, fr"),
+        (post("translations", _wav(CLIPS[0]), **{"timestamp_granularities[]": "word"}), "no word timings"),
+        (post("transcriptions", _wav(CLIPS[0]), prompt="hello"), "prompt"),
+    ]
+    for response, needle in checks:
+        assert response.status_code == 400 and needle in response.json()["error"]["message"], response.text
+
+
+def test_a_whisper_checkpoint_without_its_tokenizer_file_or_with_an_unreproduced_setting_is_refused(tmp_path):
+    import json
+
+    checkpoint = write_tiny_whisper(tmp_path / "w", layers=(1, 1))
+    runner = CliRunner()
+    assert runner.invoke(main, ["recipe", "init", str(checkpoint), "--out", str(tmp_path / "r.yaml")]).exit_code == 0
+    generation = json.loads((checkpoint / "generation_config.json").read_text())
+    (checkpoint / "generation_config.json").write_text(json.dumps({**generation, "repetition_penalty": 1.2}))
+    result = runner.invoke(main, ["-q", "compile", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--target", "0"])
+    assert result.exit_code != 0 and "sets repetition_penalty=1.2" in result.output and "Traceback" not in result.output
+    (checkpoint / "generation_config.json").write_text(json.dumps(generation))
+    (checkpoint / "tokenizer.json").unlink()
+    result = runner.invoke(main, ["-q", "compile", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--target", "0"])
+    assert result.exit_code != 0 and "no tokenizer.json" in result.output, result.output
