@@ -1,6 +1,6 @@
 """Whisper: a fresh random-weight `WhisperForConditionalGeneration` written by transformers (with a
 byte-level tokenizer of Whisper's layout, its feature extractor and an OpenAI-style generation
-config: tests/helpers/whisper.py) through `nimbuild recipe init`, compile (generic, TensorRT-RTX,
+config: examples/tiny-whisper/make_tiny_whisper.py) through `nimbuild recipe init`, compile (generic, TensorRT-RTX,
 RMIR) and `runtime_min serve`; the served transcripts and translations, over OpenAI's SDK and Riva's
 ASR client, equal transformers' greedy `generate` on the same audio, with the language given and
 detected."""
@@ -17,12 +17,13 @@ import pytest
 import riva.client
 from click.testing import CliRunner
 
+from helpers.examples import script_module
 from helpers.runtime import serving
 from helpers.speech import riva_asr
-from helpers.whisper import write_tiny_whisper
 from nimbuild.cli import main
 
 RATE = 16000
+write_tiny_whisper = script_module("make_tiny_whisper").write_tiny_whisper
 
 
 def _clip(seed: int, seconds: float) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""A tiny random-weight Whisper checkpoint written by transformers, with a byte-level tokenizer of
-Whisper's layout (256 byte tokens, then `<|endoftext|>`, `<|startoftranscript|>`, language and
-task tokens, `<|notimestamps|>`), its feature extractor and a generation config as OpenAI's
-checkpoints carry it (languages, tasks, suppressed tokens). Nothing is downloaded."""
+"""The Whisper example's model: a tiny random-weight `WhisperForConditionalGeneration` written by
+transformers, with a byte-level tokenizer of Whisper's layout (256 byte tokens, then
+`<|endoftext|>`, `<|startoftranscript|>`, language and task tokens, `<|notimestamps|>`), its feature
+extractor and a generation config as OpenAI's checkpoints carry it (languages, tasks, suppressed
+tokens). Nothing is downloaded. The tests write fresh ones with it.
+
+    python examples/tiny-whisper/make_tiny_whisper.py   # writes examples/tiny-whisper/model
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 LANGUAGES = ("en", "de", "fr")
@@ -62,5 +65,8 @@ def write_tiny_whisper(path: Path, *, mels: int = 80, width: int = 64, layers: t
             "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}} if multilingual else {}))
     model.generation_config = generation
     model.save_pretrained(path)
-    (path / "README.txt").write_text(json.dumps({"random": True, "seed": seed}))
     return path
+
+
+if __name__ == "__main__":
+    write_tiny_whisper(Path(__file__).with_name("model"))
