@@ -47,7 +47,12 @@ class Task:
     streaming: bool = False  # served offline and streaming (a Speech NIM's `mode` tag: ofl, str)
     riva: bool = False  # also answers Riva's gRPC API, as the Speech NIMs (ASR, TTS, NMT) do
     native_backends: tuple[str, ...] = ()  # engine backends only this task takes (tensorrt_llm)
+    # NeMo classes a recipe may also build as this task, which `recipe init` gives to another one by
+    # default (a hybrid TDT-CTC model is a transducer first; its CTC head is this task's)
+    builds_also: tuple[str, ...] = ()
 
+
+HYBRIDS = ("EncDecHybridRNNTCTCModel", "EncDecHybridRNNTCTCBPEModel")  # NeMo's transducers with a CTC head beside
 
 TASKS: tuple[Task, ...] = (
     # encoders, and the decoders embedding models are made of (e5-mistral, Qwen3-Embedding: last-token pooling)
@@ -68,9 +73,11 @@ TASKS: tuple[Task, ...] = (
          transformer=True, assets=("tokenizer",), native_backends=("tensorrt_llm",)),
     Task("asr-ctc", "speech recognition", "nemo", takes=("EncDecCTCModel", "EncDecCTCModelBPE"),
          module="asr", targets="asr", modality=(("audio",), ("text",)), assets=("asr",),
-         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
-    # RNNT and TDT alike: TDT is a loss and a decoding setting of the same classes
-    Task("asr-rnnt", "speech recognition", "nemo", takes=("EncDecRNNTModel", "EncDecRNNTBPEModel"),
+         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True,
+         builds_also=HYBRIDS),
+    # RNNT and TDT alike: TDT is a loss and a decoding setting of the same classes; hybrids (parakeet
+    # tdt_ctc) are built as their transducer unless the recipe asks for their CTC head (task: asr-ctc)
+    Task("asr-rnnt", "speech recognition", "nemo", takes=("EncDecRNNTModel", "EncDecRNNTBPEModel", *HYBRIDS),
          module="asr", targets="asr", modality=(("audio",), ("text",)), assets=("asr",),
          owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
     # Whisper (Hugging Face): an encoder-decoder over 30 s windows of log-mel features, served offline

@@ -130,6 +130,9 @@ def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAda
 
     model = restore(checkpoint, recipe.task)
     transducer = recipe.task == "asr-rnnt"
+    if not transducer and hasattr(model, "ctc_decoder"):  # a hybrid built as its CTC head: NeMo exports that head
+        with quiet():
+            model.change_decoding_strategy(decoder_type="ctc", verbose=False)
     featurizer = model.preprocessor.featurizer
     pre_config = dict(model.cfg.preprocessor)
     if int(getattr(featurizer, "frame_splicing", 1)) != 1:
@@ -146,6 +149,7 @@ def load_adapter(checkpoint: NemoCheckpoint, recipe, assets_dir: Path) -> AsrAda
     hop_seconds = features["hop_length"] / features["sample_rate"]
     runtime = {
         "model_class": checkpoint.model_class,
+        **({"head": "transducer" if transducer else "ctc"} if hasattr(model, "ctc_decoder") else {}),
         "sample_rate": features["sample_rate"],
         "features": features,
         "vocabulary": "asr/vocabulary.json",
@@ -193,13 +197,26 @@ def _vocabulary(model, transducer: bool = False) -> tuple[list[str], str]:
         tokens = [tokenizer.ids_to_tokens([i])[0] for i in range(size)]
         kind = "sentencepiece"
     else:
-        tokens, kind = [str(t) for t in (model.joint if transducer else model.decoder).vocabulary], "characters"
+        tokens, kind = [str(t) for t in (model.joint if transducer else ctc_head(model)).vocabulary], "characters"
     # a transducer's blank is its prediction network's padding id (the joint's outputs add TDT's durations)
-    classes = model.decoder.blank_idx + 1 if transducer else model.decoder.num_classes_with_blank
+    classes = model.decoder.blank_idx + 1 if transducer else ctc_head(model).num_classes_with_blank
     if classes != len(tokens) + 1:
         raise ExportError(f"the decoder has {classes} classes; expected "
                           f"{len(tokens)} tokens and the blank")
     return tokens, kind
+
+
+def ctc_head(model):
+    """The CTC decoder: a CTC model's own, or the one a hybrid carries beside its transducer."""
+    return getattr(model, "ctc_decoder", None) or model.decoder
+
+
+def _acoustic_reference(model, feats, lens, transducer: bool):
+    """NeMo's encoder output (a transducer) or CTC log-probs, and the encoded lengths, for features."""
+    if transducer or not hasattr(model, "ctc_decoder"):
+        return model.forward(processed_signal=feats, processed_signal_length=lens)[:2]
+    encoded, lengths = model.encoder(audio_signal=feats, length=lens)  # a hybrid's forward stops at the encoder
+    return model.ctc_decoder(encoder_output=encoded), lengths
 
 
 def subsampling_layers(encoder) -> list[dict[str, Any]]:
@@ -319,7 +336,7 @@ def check_graph_parity(adapter: AsrAdapter, onnx_path: Path, specs, tolerance, a
             feats[row, :, n:] = 0.0
         lens = np.array(lengths, dtype=np.int64)
         with torch.inference_mode():
-            ref, ref_len = model.forward(processed_signal=torch.from_numpy(feats), processed_signal_length=torch.from_numpy(lens))[:2]
+            ref, ref_len = _acoustic_reference(model, torch.from_numpy(feats), torch.from_numpy(lens), transducer)
         ref, ref_len = ref.numpy(), ref_len.numpy()
         ours = encoded_lengths(lens, runtime["subsampling"])
         if not np.array_equal(ours, ref_len):

@@ -34,7 +34,7 @@ ALLOWED_TARGET_PREFIXES = ("nemo.collections.",
                            # torch.optim.AdamW); restoring never builds it, and building one runs no other code
                            "torch.optim.")
 # The NeMo classes each task builds, from the task table
-MODEL_CLASSES = {t.id: t.takes for t in TASKS if t.source == "nemo"}
+MODEL_CLASSES = {t.id: t.takes + t.builds_also for t in TASKS if t.source == "nemo"}
 VOCODER_CLASSES = ("HifiGanModel",)  # mel spectrogram -> audio: a tts recipe's source.vocoder, not a task
 
 

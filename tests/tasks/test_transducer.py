@@ -34,11 +34,12 @@ SPEECH = [REPO / "examples" / "asr-digits" / "speech" / n for n in ("call-five-f
 @pytest.fixture(scope="session")
 def tiny_transducers(tmp_path_factory):
     """Random-weight transducers saved by NeMo itself: {kind: path.nemo}. "rnnt" and "tdt" (durations
-    0-4) are character EncDecRNNTModels, "bpe" an EncDecRNNTBPEModel with a sentencepiece tokenizer.
+    0-4) are character EncDecRNNTModels, "bpe" an EncDecRNNTBPEModel with a sentencepiece tokenizer,
+    "hybrid" an EncDecHybridRNNTCTCBPEModel (TDT and a CTC head, as parakeet-tdt_ctc).
     Untrained, they emit many labels per frame (RNNT up to max_symbols), which is what tests the
     search's rules hardest."""
     import torch
-    from nemo.collections.asr.models import EncDecRNNTBPEModel, EncDecRNNTModel
+    from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel, EncDecRNNTModel
     from omegaconf import OmegaConf
 
     from helpers.nemo_models import LABELS
@@ -47,15 +48,23 @@ def tiny_transducers(tmp_path_factory):
 
     trainer = script_module("make_asr_digits_rnnt")  # its config() is the transducer every tiny model here uses
     out = {}
-    for kind in ("rnnt", "tdt", "bpe"):
+    for kind in ("rnnt", "tdt", "bpe", "hybrid"):
         torch.manual_seed(0)
-        config = trainer.config(LABELS, durations=[0, 1, 2, 3, 4] if kind == "tdt" else None)
+        config = trainer.config(LABELS, durations=[0, 1, 2, 3, 4] if kind in ("tdt", "hybrid") else None)
         config["encoder"]["n_layers"] = 1
         with quiet():
-            if kind == "bpe":
+            if kind in ("bpe", "hybrid"):
                 del config["labels"]
                 config["tokenizer"] = {"dir": str(_sentencepiece_dir(tmp_path_factory.mktemp("spm"))), "type": "bpe"}
                 config["decoder"]["vocab_size"], config["joint"]["num_classes"], config["joint"]["vocabulary"] = -1, -1, []
+            if kind == "hybrid":  # parakeet-tdt_ctc's shape: a TDT transducer and a CTC head on one encoder
+                config["aux_ctc"] = {"ctc_loss_weight": 0.3, "decoding": {"strategy": "greedy_batch"}, "decoder": {
+                    "_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": None, "num_classes": -1,
+                    "vocabulary": []}}
+                model = EncDecHybridRNNTCTCBPEModel(cfg=OmegaConf.create(config))
+                with torch.no_grad():  # the CTC head sharper too, for the same reason as the joint below
+                    model.ctc_decoder.decoder_layers[0].weight.mul_(20.0)
+            elif kind == "bpe":
                 model = EncDecRNNTBPEModel(cfg=OmegaConf.create(config))
             else:
                 model = EncDecRNNTModel(cfg=OmegaConf.create(config))
@@ -350,4 +359,56 @@ def test_a_tdt_model_is_served_as_nemo_transcribes_it(tiny_transducers, write_re
             hypotheses = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=encoded, encoded_lengths=lengths)
         tokens = (hypotheses[0] if isinstance(hypotheses, tuple) else hypotheses)[0].y_sequence
         expected.append(vocabulary.text([int(t) for t in tokens]))
+    assert served == expected and all(served)
+
+
+def test_a_hybrid_tdt_ctc_model_is_built_as_its_transducer_or_its_ctc_head(tiny_transducers, write_recipe, tmp_path):
+    """parakeet-tdt_ctc's class: `recipe init` takes it as a transducer (NeMo decodes it so), and
+    `task: asr-ctc` builds its CTC head instead; each is checked against NeMo, and the CTC head's
+    profile is served as NeMo's own CTC greedy decoding transcribes (on the audio the server reads)."""
+    import torch
+    from click.testing import CliRunner
+
+    from helpers.runtime import Runtime
+    from nimbuild.cli import main
+    from nimbuild.export import export_reference
+    from nimbuild.export.asr import quiet, restore
+    from nimbuild.profiles.manifest import load_manifest
+    from nimbuild.recipe import load_recipe
+    from nimbuild.serving.audio import read_audio
+    from nimbuild.sources import resolve_source
+    from nimbuild.sources.nemo import resolve_nemo
+
+    hybrid = tiny_transducers["hybrid"]
+    result = CliRunner().invoke(main, ["recipe", "init", str(hybrid), "--out", str(tmp_path / "init.yaml")])
+    assert result.exit_code == 0 and "task asr-rnnt" in result.output, result.output
+    recipe = load_recipe(write_recipe(_recipe(hybrid)))
+    transducer = export_reference(resolve_source(recipe), recipe, tmp_path / "rnnt", QUIET)
+    assert (transducer.runtime_info["head"], transducer.runtime_info["decoder"]["kind"]) == ("transducer", "tdt")
+    assert transducer.parity.summary()["transcripts_checked"] > 2
+
+    out = tmp_path / "ctc"
+    ctc_recipe = write_recipe(_recipe(hybrid).replace("task: asr-rnnt", "task: asr-ctc"), "ctc.yaml")
+    result = CliRunner().invoke(main, ["-q", "compile", str(ctc_recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (profile,) = load_manifest(out / "profiles.yaml").profiles
+    info = json.loads((out / profile.files["model_info.json"].uri).read_text())
+    assert info["runtime"]["head"] == "ctc" and [o["name"] for o in info["outputs"]] == ["logprobs"]
+    runtime = Runtime(out / "profiles.yaml", tmp_path / "cache")
+    try:
+        runtime.wait_ready(120)
+        served = [_transcribe(runtime.url, path, model="tiny-rnnt").json()["text"] for path in SPEECH]
+    finally:
+        assert runtime.stop() == 0
+    model = restore(resolve_nemo(str(hybrid), REPO), "asr-ctc")
+    expected = []
+    with torch.inference_mode(), quiet():
+        model.change_decoding_strategy(decoder_type="ctc", verbose=False)
+        for path in SPEECH:
+            audio = torch.from_numpy(read_audio(path.read_bytes(), 16000))[None]
+            features, length = model.preprocessor(input_signal=audio, length=torch.tensor([audio.shape[1]]))
+            encoded, encoded_length = model.encoder(audio_signal=features, length=length)
+            hypotheses = model.ctc_decoding.ctc_decoder_predictions_tensor(model.ctc_decoder(encoder_output=encoded),
+                                                                           decoder_lengths=encoded_length)
+            expected.append((hypotheses[0] if isinstance(hypotheses, tuple) else hypotheses)[0].text)
     assert served == expected and all(served)
