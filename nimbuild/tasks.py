@@ -80,10 +80,11 @@ TASKS: tuple[Task, ...] = (
     Task("asr-rnnt", "speech recognition", "nemo", takes=("EncDecRNNTModel", "EncDecRNNTBPEModel", *HYBRIDS),
          module="asr", targets="asr", modality=(("audio",), ("text",)), assets=("asr",),
          owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
-    # Whisper (Hugging Face): an encoder-decoder over 30 s windows of log-mel features, served offline
+    # Whisper (Hugging Face): an encoder-decoder over 30 s windows of log-mel features; streamed by re-decoding
     Task("asr-whisper", "speech recognition", "hf", takes=(r"^WhisperForConditionalGeneration$",),
          module="whisper", targets="asr", modality=(("audio",), ("text",)), transformer=True,
-         assets=("tokenizer", "whisper"), owns=("serving.modes", "export.audio"), riva=True),
+         assets=("tokenizer", "whisper"), owns=("serving.modes", "serving.streaming", "export.audio"),
+         streaming=True, riva=True),
     Task("tts", "text-to-speech", "nemo", takes=("FastPitchModel",),
          module="tts", targets="tts", modality=(("text",), ("audio",)), assets=("tts",),
          owns=("source.vocoder", "serving.voice", "export.texts"),

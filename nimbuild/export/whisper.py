@@ -138,6 +138,9 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> WhisperAdapter:
         "features": {"n_fft": int(extractor.n_fft), "hop_length": int(extractor.hop_length), "mels": int(config.num_mel_bins),
                      "frames": frames, "window_samples": int(extractor.n_samples), "filters": FILTERS},
         "prompt": prompt, "generation": rules.record(), "decoder": DECODER_GRAPH,
+        # a stream is re-decoded whole as it grows (runtime_min/tasks/whisper/model.py): one window at most
+        "streaming": recipe.serving.streaming.model_dump(mode="json") if "str" in recipe.serving.modes else None,
+        "max_stream_seconds": extractor.n_samples / SAMPLE_RATE,
         "pad_token_id": int(generation.pad_token_id if generation.pad_token_id is not None else rules.eos[0]),
         "kv_cache": {"layers": layers, "heads": heads, "head_dim": adapter.head_dim},
     }
@@ -281,9 +284,6 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     """A Whisper encoder-decoder: the encoder graph and the decoder's with its cache (nimbuild.export.whisper)."""
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
         adapter = load_adapter(checkpoint, recipe)
-    if [m for m in recipe.serving.modes if m != "ofl"]:
-        raise ExportError("serving.modes: Whisper profiles are served offline (ofl) only in this version; streaming "
-                          "needs a buffered re-decode bound for 30 s windows, not built yet")
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
     opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
@@ -307,13 +307,15 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
 
 def starter(checkpoint: HFCheckpoint) -> Starter:
     """Batches of up to 8 clips of one 30 s window; transcripts of up to 224 tokens (or what the
-    decoder's positions leave after the prompt); served offline."""
+    decoder's positions leave after the prompt); served offline and streaming, as a Speech NIM is."""
     positions = int(checkpoint.config.get("max_target_positions") or 448)
     longest = min(224, positions - 4)
     return Starter(inputs={ENCODER_INPUT: {"batch": [1, 4, 8]},
                            "decoder_input_ids": {"batch": [1, 4, 8], "sequence": [1, min(32, longest), longest]}},
                    inputs_note="input_features: clips, each one 30 s window of log-mel features; decoder_input_ids: "
                                "the transcript's length in tokens, at most",
-                   serving={"modes": ["ofl"]},
+                   serving={"modes": ["ofl", "str"], "streaming": {"chunk_ms": 1000}},
                    notes={"export.audio": "add recordings (relative to this file) to check transcripts on real "
-                                          "speech; without them parity runs on seeded synthetic sound"})
+                                          "speech; without them parity runs on seeded synthetic sound",
+                          "serving.streaming": "str: a stream is re-decoded whole after each chunk (a partial transcript per "
+                                     "chunk_ms, one 30 s window at most); its final transcript is the offline one"})

@@ -88,8 +88,8 @@ def reference(whisper):
 
 @pytest.fixture(scope="module")
 def served(whisper, tmp_path_factory):
-    _, out = whisper
-    yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("whisper-cache"))
+    _, out = whisper  # the streaming profile: its offline model serves files as the ofl profile's does
+    yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("whisper-cache"), NIM_TAGS_SELECTOR="mode=str")
 
 
 def test_recipe_init_takes_whisper_and_compile_gates_every_profile_on_greedy_transcripts(whisper):
@@ -97,8 +97,8 @@ def test_recipe_init_takes_whisper_and_compile_gates_every_profile_on_greedy_tra
 
     _, out = whisper
     profiles = load_manifest(out / "profiles.yaml").profiles
-    assert sorted(p.tags["backend"] for p in profiles) == ["onnxruntime", "rmir", "tensorrt_rtx"]
-    assert {p.tags["mode"] for p in profiles} == {"ofl"}
+    assert sorted((p.tags["backend"], p.tags["mode"]) for p in profiles) == [
+        (backend, mode) for backend in ("onnxruntime", "rmir", "tensorrt_rtx") for mode in ("ofl", "str")]
     parity = next(p for p in profiles if p.tags["backend"] == "onnxruntime").build["parity"]
     assert parity["cases"] == ["transcribe/detected", "transcribe/de", "translate/de"]
     assert int(parity["greedy_tokens_compared"]) > 300 and float(parity["outputs"]["input_features"]["max_abs"]) < 1e-4
@@ -141,7 +141,8 @@ def test_riva_asr_client_recognises_through_the_whisper_profile(served, referenc
     response = service.offline_recognize(_wav(CLIPS[0]), config)
     assert response.results[0].alternatives[0].transcript == reference(CLIPS[0], "de", "transcribe")[0]
     listed = service.stub.GetRivaSpeechRecognitionConfig(riva.client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
-    assert [c.parameters["language_code"] for c in listed.model_config] == ["multi"]
+    assert [(c.parameters["type"], c.parameters["language_code"]) for c in listed.model_config] == [
+        ("offline", "multi"), ("online", "multi")]
     with pytest.raises(grpc.RpcError) as caught:
         service.offline_recognize(_wav(CLIPS[0]), riva.client.RecognitionConfig(language_code="xx-XX"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "de, en, fr" in caught.value.details()
@@ -180,3 +181,31 @@ def test_a_whisper_checkpoint_without_its_tokenizer_file_or_with_an_unreproduced
     (checkpoint / "tokenizer.json").unlink()
     result = runner.invoke(main, ["-q", "compile", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--target", "0"])
     assert result.exit_code != 0 and "no tokenizer.json" in result.output, result.output
+
+
+def test_riva_and_http_streams_give_partials_then_the_offline_transcript(served, reference):
+    """A stream is re-decoded whole after each chunk: partials as it grows, and a final transcript
+    equal to transformers' on the whole clip; a stream past one window is refused."""
+    import json
+
+    import httpx
+
+    audio = CLIPS[1]
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    chunks = [pcm[i:i + 8000] for i in range(0, len(pcm), 8000)]  # 0.25 s each
+    service = riva_asr(served)
+    config = riva.client.StreamingRecognitionConfig(config=riva.client.RecognitionConfig(
+        encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=RATE, language_code="de-DE"), interim_results=True)
+    results = [r for response in service.streaming_response_generator(chunks, config) for r in response.results]
+    assert [r.is_final for r in results][-1] and not any(r.is_final for r in results[:-1]) and len(results) >= 4
+    assert results[-1].alternatives[0].transcript == reference(audio, "de", "transcribe")[0]
+
+    with httpx.stream("POST", f"{served.url}/v1/audio/transcriptions/stream?sample_rate={RATE}", content=iter(chunks),
+                      timeout=60) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert events[-1] == {"text": reference(audio, None, "transcribe")[0], "is_final": True} and len(events) >= 3
+
+    too_long = (np.zeros(RATE * 31, "<i2")).tobytes()
+    with pytest.raises(grpc.RpcError) as caught:
+        list(service.streaming_response_generator([too_long[i:i + 64000] for i in range(0, len(too_long), 64000)], config))
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE and "30 s" in caught.value.details()

@@ -89,12 +89,13 @@ def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     if info.get("mode") == "str":
         stream = python(stream_model_name(name), "stream", [Tensor("audio_chunk", "float32", [-1], ragged=True)],
                         [text, words], runs_core=True)
-        _sequence_batching(stream.config, batch, delay)
+        sequence_batching(stream.config, batch, delay)
         out.append(stream)
     return out
 
 
-def _sequence_batching(config, batch: int, delay: int) -> None:
+def sequence_batching(config, batch: int, delay: int) -> None:
+    """A streaming model's batching: sequences (correlation id, start and end flags), oldest first."""
     from tritonclient.grpc import model_config_pb2 as mc
 
     sequence = config.sequence_batching

@@ -38,6 +38,7 @@ from runtime_min.tasks.asr.transcribe import (
     decode_pcm16,
     language_of,
     requested_language,
+    stream_seconds,
     transcribe,
     wav_header,
 )
@@ -144,7 +145,9 @@ def _servicer(model: ServedModel, triton, state: dict):
                 config, interim = first.streaming_config.config, first.streaming_config.interim_results
                 check(config, online=True)
                 require_ready(triton)
-                stream, budget = _Pcm(config, Encoding), AudioBudget()
+                stream, budget = _Pcm(config, Encoding), AudioBudget(stream_seconds(model))
+                code = requested_language(model, config.language_code)
+                options = {"task": "transcribe", **({"language": code} if code else {})} if whisper else None
 
                 async def audio():
                     async for request in requests:
@@ -159,7 +162,7 @@ def _servicer(model: ServedModel, triton, state: dict):
                 opened.append(pieces.aclose)
                 async for pcm in pieces:
                     if session is None:
-                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms)
+                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms, options)
                         opened.append(session.close)
                     for partial in await session.push(pcm):
                         if interim:

@@ -40,6 +40,7 @@ from runtime_min.tasks.asr.transcribe import (
     Transcript,
     language_of,
     requested_language,
+    stream_seconds,
     tasks_of,
     transcribe,
 )
@@ -167,8 +168,10 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         refuse_unknown_fields(request.query_params, ("sample_rate",))
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
-        session = StreamSession(state["grpc"], model.name, source_rate, rate, chunk_ms)
-        return _DuplexStream(_stream_events(request, session, source_rate, metrics), media_type="text/event-stream")
+        session = StreamSession(state["grpc"], model.name, source_rate, rate, chunk_ms,
+                                {"task": "transcribe"} if options else None)  # Whisper: the language detected
+        return _DuplexStream(_stream_events(request, session, source_rate, metrics, stream_seconds(model)),
+                             media_type="text/event-stream")
 
 
 def _is_zero(value) -> bool:
@@ -206,11 +209,11 @@ def subtitles(result: Transcript, duration: float, kind: str) -> str:
 
 
 async def _stream_events(request: Request, session: StreamSession, source_rate: int,
-                         metrics: SpeechMetrics) -> AsyncIterator[bytes]:
+                         metrics: SpeechMetrics, max_seconds: float) -> AsyncIterator[bytes]:
     """Chunks of the request body in, one SSE event per chunk out. The body is read as it arrives,
     ahead of decoding, so its bounds (MAX_STREAM_SECONDS of audio, and the body limit every request
     has, http.py) end the stream as soon as the client passes them."""
-    budget = AudioBudget()
+    budget = AudioBudget(max_seconds)
     pieces = read_ahead(request.stream(), len, lambda piece: budget.take(piece, source_rate))
     try:
         async for piece in pieces:

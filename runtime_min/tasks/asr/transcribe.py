@@ -158,12 +158,20 @@ class AudioBudget:
                                 "carries; send longer audio as several streams")
 
 
+def stream_seconds(model) -> float:
+    """The most audio one stream of this model may carry: MAX_STREAM_SECONDS, or less where the
+    profile says (a Whisper stream is re-decoded whole, so it holds one window)."""
+    return float((model.info.get("runtime") or {}).get("max_stream_seconds") or MAX_STREAM_SECONDS)
+
+
 class StreamSession:
     """One stream into the sequence-batched model: 16-bit mono PCM at `source_rate` in, one
     transcript so far per `chunk_ms` of audio out, then the final one. The sequence always ends
-    (END flag), so Triton drops its state even when the client goes away: call `close`."""
+    (END flag), so Triton drops its state even when the client goes away: call `close`. `options`
+    (language, task) go with every chunk to models that take them."""
 
-    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int):
+    def __init__(self, client, model_name: str, source_rate: int, rate: int, chunk_ms: int,
+                 options: dict[str, str] | None = None):
         from nimbuild.serving.audio import StreamResampler
 
         self.client, self.model_name = client, model_name
@@ -171,6 +179,7 @@ class StreamSession:
         self.chunk_bytes = 2 * max(1, source_rate * chunk_ms // 1000)
         self.resampler = StreamResampler(source_rate, rate)  # the same samples the whole file would give
         self.corrid = next(_correlation)
+        self.options = options or {}
         self.pending, self.received, self.started, self.ended = b"", 0, False, False
 
     @property
@@ -200,6 +209,7 @@ class StreamSession:
     async def _send(self, data: bytes, end: bool) -> Transcript:
         audio = self.resampler.push(decode_pcm16(data), final=end)
         first, self.started, self.ended = not self.started, True, self.ended or end
-        text, words, _ = await _infer(self.client, f"{self.model_name}-stream", "audio_chunk", audio, {},
-                                      sequence_id=self.corrid, sequence_start=first, sequence_end=end)
-        return Transcript(text, words)
+        text, words, language = await _infer(self.client, f"{self.model_name}-stream", "audio_chunk", audio,
+                                             self.options, sequence_id=self.corrid, sequence_start=first,
+                                             sequence_end=end)
+        return Transcript(text, words, language)

@@ -1,6 +1,7 @@
 """Whisper profiles in Triton: one Python model `<model>`, dynamically batched, that takes one
 clip (16 kHz float audio, at most one 30 s window) with its language and task and answers its
-transcript: the numpy front end (nimbuild/serving/whisper_audio.py), the encoder (the core:
+transcript (and, for `mode: str` profiles, `<model>-stream`, sequence-batched, which re-decodes
+each stream's audio so far after every chunk): the numpy front end (nimbuild/serving/whisper_audio.py), the encoder (the core:
 onnxruntime, a TensorRT-RTX engine on a GPU, or `<model>-core` on a native backend through BLS)
 over the batch's clips together, then greedy decoding with the KV-cache decoder graph on
 onnxruntime (nimbuild/serving/whisper_asr.py, the loop the build checked against transformers).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from runtime_min.deploy.config import Model, Tensor, dynamic_batching, instances, new_config, parameters
 from runtime_min.tasks import batch_within_export, serving_code, tensor_dims
+from runtime_min.tasks.asr import sequence_batching, stream_model_name
 
 HERE = Path(__file__).parent
 
@@ -27,17 +29,26 @@ def refuses(core) -> str | None:
 
 def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     batch, delay = batch_within_export(info, core)
-    inputs = [Tensor("audio", "float32", [-1], ragged=True), Tensor("language", "string", [1], optional=True),
-              Tensor("task", "string", [1], optional=True)]
+    options = [Tensor("language", "string", [1], optional=True), Tensor("task", "string", [1], optional=True)]
     outputs = [Tensor("text", "string", [1]), Tensor("words", "string", [1]), Tensor("language", "string", [1])]
-    config = new_config(name, batch, inputs, outputs, backend="python")
-    dynamic_batching(config, delay)
-    instances(config, gpu=core.gpu and not core.native)
-    parameters(config, runner=core.python_runner(name), core=core.file)
     files = {"model.py": HERE / "model.py", "model_info.json": workspace / "model_info.json",
              "whisper": workspace / "whisper", "tokenizer": workspace / "tokenizer", **serving_code(),
              **core.python_files()}
-    out = [Model(config, files)]
+
+    def python(model: str, stage: str, audio: str) -> Model:
+        config = new_config(model, batch, [Tensor(audio, "float32", [-1], ragged=True), *options], outputs,
+                            backend="python")
+        instances(config, gpu=core.gpu and not core.native)
+        parameters(config, runner=core.python_runner(name), core=core.file, stage=stage)
+        return Model(config, files)
+
+    offline = python(name, "offline", "audio")
+    dynamic_batching(offline.config, delay)
+    out = [offline]
+    if info.get("mode") == "str":  # sequence-batched: each stream's audio is re-decoded whole (model.py)
+        stream = python(stream_model_name(name), "stream", "audio_chunk")
+        sequence_batching(stream.config, batch, delay)
+        out.append(stream)
     if core.native:
         # input_features [batch, mels, frames]: both fixed by the checkpoint
         core_in = [Tensor(i["name"], "float32", [i["shapes"][d][2] for d in i["dims"][1:]]) for i in info["inputs"]]

@@ -1,5 +1,7 @@
 """Triton Python model for Whisper profiles: one clip in, its transcript out.
 
+Offline (`<model>`, stage `offline`), dynamically batched:
+
     audio     float32 [samples]  16 kHz mono, at most the model's window (30 s)
     language  string  [1]        optional: a language code the model has (en, de...); empty or absent: detected
     task      string  [1]        optional: transcribe (default) or translate (into English)
@@ -9,6 +11,12 @@
 
 The requests of one execute are the clips the dynamic batcher gathered: their features are encoded
 as one batch, and greedy decoding runs them together, each leaving the batch when it ends.
+
+Streaming (`<model>-stream`, stage `stream`, sequence-batched: CORRID, START, END) takes
+`audio_chunk` instead of `audio`: each sequence's audio is kept (one window at most) and decoded
+whole after every chunk, the sequences of one execute as one batch. Whisper has no streaming
+encoder, so this is the honest form: a partial is the transcript of everything heard so far, and
+the final one is exactly the offline transcript of the stream's audio.
 """
 
 from __future__ import annotations
@@ -28,12 +36,25 @@ from nimbuild.serving.whisper_asr import WhisperDecoder  # noqa: E402
 from nimbuild.serving.whisper_audio import batch_features  # noqa: E402
 
 
-def _string(request, name: str) -> str:
+def _input(request, name: str):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
+    return None if tensor is None else tensor.as_numpy().reshape(-1)
+
+
+def _string(request, name: str) -> str:
+    value = _input(request, name)
+    if value is None or not len(value):
         return ""
-    value = tensor.as_numpy().reshape(-1)
-    return (value[0].decode() if isinstance(value[0], bytes) else str(value[0])) if len(value) else ""
+    return value[0].decode() if isinstance(value[0], bytes) else str(value[0])
+
+
+def _strings(**outputs: str):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor(name, np.array([[value.encode()]], dtype=np.object_)) for name, value in outputs.items()])
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
 
 class TritonPythonModel:
@@ -43,6 +64,7 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        self.stage = params.get("stage", "offline")
         self.runtime = json.loads((HERE / "model_info.json").read_text())["runtime"]
         self.max_batch = max(1, int(config.get("max_batch_size") or 1))
         device = int(args.get("model_instance_device_id") or 0)
@@ -51,15 +73,23 @@ class TritonPythonModel:
         self.decoder = WhisperDecoder(TranslationGraphs(encoder, decoder), self.runtime)
         self.filters = np.load(HERE / self.runtime["features"]["filters"])
         self.text = Tokenizer.from_file(str(HERE / "tokenizer" / "tokenizer.json"))
+        self.window = int(self.runtime["features"]["window_samples"])
+        self.streams: dict[int, np.ndarray] = {}  # a sequence's audio so far (stream stage)
 
     def execute(self, requests):
-        rows, responses = [], [None] * len(requests)
+        responses, rows = [None] * len(requests), []
         for i, request in enumerate(requests):
-            audio = pb_utils.get_input_tensor_by_name(request, "audio").as_numpy().reshape(-1).astype(np.float32)
+            audio = self._stream_audio(request) if self.stage == "stream" else _input(request, "audio")
+            if isinstance(audio, str):
+                responses[i] = _error(audio)
+                continue
+            audio = audio.astype(np.float32, copy=False)
             language, task = _string(request, "language") or None, _string(request, "task") or "transcribe"
             problem = self._problem(audio, language, task)
             if problem:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
+                responses[i] = _error(problem)
+            elif not len(audio):  # a stream that has sent nothing yet has heard nothing
+                responses[i] = _strings(text="", words="[]", language=language or "")
             else:
                 rows.append((i, audio, language, task))
         budget = int(self.runtime["max_output_tokens"])
@@ -69,16 +99,26 @@ class TritonPythonModel:
             decoded = self.decoder.decode(features, [r[2] for r in chunk], [r[3] for r in chunk], [budget] * len(chunk))
             for (i, *_), (tokens, language) in zip(chunk, decoded):
                 text = self.text.decode(tokens, skip_special_tokens=True).strip()
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text", np.array([text.encode()], dtype=np.object_)),
-                    pb_utils.Tensor("words", np.array([b"[]"], dtype=np.object_)),
-                    pb_utils.Tensor("language", np.array([(language or "").encode()], dtype=np.object_))])
+                responses[i] = _strings(text=text, words="[]", language=language or "")
         return responses
 
+    def _stream_audio(self, request) -> np.ndarray | str:
+        """The sequence's audio so far with this chunk, or why the stream cannot go on."""
+        corrid = int(_input(request, "CORRID")[0])
+        start, end = bool(_input(request, "START")[0]), bool(_input(request, "END")[0])
+        heard = np.zeros(0, np.float32) if start or corrid not in self.streams else self.streams[corrid]
+        audio = np.concatenate([heard, _input(request, "audio_chunk").astype(np.float32)])
+        if end or len(audio) > self.window:
+            self.streams.pop(corrid, None)
+        else:
+            self.streams[corrid] = audio
+        if len(audio) > self.window:
+            return f"the stream passed {self.window // 16000} s of audio, one window of this model; send longer audio as several streams"
+        return audio
+
     def _problem(self, audio: np.ndarray, language: str | None, task: str) -> str | None:
-        window = int(self.runtime["features"]["window_samples"])
-        if not 0 < len(audio) <= window:
-            return f"a clip has 1 to {window} samples (one {window // 16000} s window); this one has {len(audio)}"
+        if len(audio) > self.window or (self.stage != "stream" and not len(audio)):
+            return f"a clip has 1 to {self.window} samples (one {self.window // 16000} s window); this one has {len(audio)}"
         prompt = self.runtime["prompt"]
         if prompt["multilingual"]:
             if language is not None and language not in prompt["languages"]:
