@@ -1,7 +1,7 @@
 """Whisper (Hugging Face `WhisperForConditionalGeneration`) to two ONNX graphs, checked against
 `transformers` generate on the same audio.
 
-- model.onnx, the encoder: log-mel `input_features [B, mels, frames]` (one 30 s window) -> every
+- model.onnx, the encoder: log-mel `input_features [B, mels, frames]` (one window, 30 s in OpenAI's) -> every
   decoder layer's cross-attention keys and values, projected once per clip; the profile's core
   (onnxruntime, a TensorRT-RTX engine, RMIR), as translation's encoder is.
 - whisper/decoder.onnx: decoder steps with the self-attention cache, the cross keys and values as
@@ -73,15 +73,15 @@ def limits(recipe_inputs: dict) -> tuple[Any, int]:
     unknown = [n for n in recipe_inputs if n not in (ENCODER_INPUT, "decoder_input_ids")]
     if unknown or ENCODER_INPUT not in recipe_inputs or list(recipe_inputs[ENCODER_INPUT]) != ["batch"]:
         given = ", ".join(f"{n} {{{', '.join(d)}}}" for n, d in recipe_inputs.items())
-        raise ExportError("export.inputs: a Whisper model takes input_features {batch} (each clip is one 30 s window "
-                          "of the checkpoint's mel features) and optionally decoder_input_ids {batch, sequence} (the "
+        raise ExportError("export.inputs: a Whisper model takes input_features {batch} (each clip is one window of "
+                          "the checkpoint's mel features, 30 s for OpenAI's) and optionally decoder_input_ids {batch, sequence} (the "
                           f"transcript's length in tokens); got {given}")
     batch = recipe_inputs[ENCODER_INPUT]["batch"]
     target = recipe_inputs.get("decoder_input_ids")
     return batch, (list(target.values())[-1].max if target else 224)
 
 
-def _prompt_tokens(generation, tokenizer, where: str) -> dict:
+def _prompt_tokens(generation, where: str) -> dict:
     """Whisper's forced prompt pieces, from the generation config as transformers reads them."""
     start = getattr(generation, "decoder_start_token_id", None)
     no_timestamps = getattr(generation, "no_timestamps_token_id", None)
@@ -120,7 +120,7 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> WhisperAdapter:
     generation = model.generation_config
     rules = decoding_rules(generation, where)
     batch, budget = limits(recipe.export.inputs)
-    prompt = _prompt_tokens(generation, tokenizer, where)
+    prompt = _prompt_tokens(generation, where)
     longest_prompt = 4 if prompt["multilingual"] else 2
     if budget + longest_prompt > int(config.max_target_positions):
         raise ExportError(f"export.inputs.decoder_input_ids: {budget} tokens and the {longest_prompt}-token prompt exceed "
@@ -306,16 +306,19 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
 
 
 def starter(checkpoint: HFCheckpoint) -> Starter:
-    """Batches of up to 8 clips of one 30 s window; transcripts of up to 224 tokens (or what the
-    decoder's positions leave after the prompt); served offline and streaming, as a Speech NIM is."""
+    """Batches of up to 8 clips of one window (the feature extractor's chunk: 30 s for OpenAI's
+    checkpoints); transcripts of up to 224 tokens (or what the decoder's positions leave after the
+    prompt); served offline and streaming, as a Speech NIM is."""
     positions = int(checkpoint.config.get("max_target_positions") or 448)
+    window = int((checkpoint.read_json("preprocessor_config.json") or {}).get("chunk_length") or 30)
     longest = min(224, positions - 4)
     return Starter(inputs={ENCODER_INPUT: {"batch": [1, 4, 8]},
                            "decoder_input_ids": {"batch": [1, 4, 8], "sequence": [1, min(32, longest), longest]}},
-                   inputs_note="input_features: clips, each one 30 s window of log-mel features; decoder_input_ids: "
-                               "the transcript's length in tokens, at most",
+                   inputs_note=f"input_features: clips, each one {window} s window of log-mel features (the feature "
+                               "extractor's chunk); decoder_input_ids: the transcript's length in tokens, at most",
                    serving={"modes": ["ofl", "str"], "streaming": {"chunk_ms": 1000}},
                    notes={"export.audio": "add recordings (relative to this file) to check transcripts on real "
                                           "speech; without them parity runs on seeded synthetic sound",
-                          "serving.streaming": "str: a stream is re-decoded whole after each chunk (a partial transcript per "
-                                     "chunk_ms, one 30 s window at most); its final transcript is the offline one"})
+                          "serving.streaming": f"str: a stream is re-decoded whole after each chunk (a partial "
+                                               f"transcript per chunk_ms, one {window} s window at most); its final "
+                                               "transcript is the offline one"})

@@ -18,13 +18,15 @@ class WhisperDecoder:
 
     def decode(self, features: np.ndarray, languages: list[str | None], tasks: list[str],
                budgets: list[int]) -> list[tuple[list[int], str | None]]:
-        """Each clip's output tokens (after the prompt, the end token kept when reached) and the
-        language it was decoded as (None for English-only checkpoints)."""
+        """Each clip's output tokens (after the prompt, without the end token) and the language it
+        was decoded as (None for English-only checkpoints)."""
         cross = list(self.graphs.encoder.run(self.graphs.cross_names, {"input_features": features}))
         if self.prompt["multilingual"]:
             languages = self._detected(cross, languages)
         prompts = [self._prompt(language, task) for language, task in zip(languages, tasks)]
         outputs = decode(self.graphs, cross, None, prompts, budgets, self.rules)
+        ends = set(self.rules.eos)  # transformers' Whisper generate returns a transcript without its end token
+        outputs = [tokens[:-1] if tokens and tokens[-1] in ends else tokens for tokens in outputs]
         return list(zip(outputs, languages if self.prompt["multilingual"] else [None] * len(outputs)))
 
     def _prompt(self, language: str | None, task: str) -> list[int]:

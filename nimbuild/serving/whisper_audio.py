@@ -1,8 +1,8 @@
 """Whisper's front end in numpy: 16 kHz audio -> the log-mel features its encoder takes, as
 transformers' WhisperFeatureExtractor computes them (checked against it at every build): the clip
-zero-padded to the window (30 s), a periodic Hann STFT centred with reflect padding, the power
-spectrum through the checkpoint's own mel filterbank (recorded by the build, not recomputed
-here), log10 with a 1e-10 floor, the last frame dropped, clamped to 8 below the clip's peak and
+zero-padded to the window (the extractor's chunk: 30 s in OpenAI's), a periodic Hann STFT centred
+with reflect padding, the power spectrum through the checkpoint's own mel filterbank (recorded by
+the build, not recomputed here), log10 with a 1e-10 floor, the last frame dropped, clamped to 8 below the clip's peak and
 scaled by (x + 4) / 4."""
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Whisper profiles in Triton: one Python model `<model>`, dynamically batched, that takes one
-clip (16 kHz float audio, at most one 30 s window) with its language and task and answers its
-transcript (and, for `mode: str` profiles, `<model>-stream`, sequence-batched, which re-decodes
-each stream's audio so far after every chunk): the numpy front end (nimbuild/serving/whisper_audio.py), the encoder (the core:
-onnxruntime, a TensorRT-RTX engine on a GPU, or `<model>-core` on a native backend through BLS)
-over the batch's clips together, then greedy decoding with the KV-cache decoder graph on
-onnxruntime (nimbuild/serving/whisper_asr.py, the loop the build checked against transformers).
+clip (16 kHz float audio, at most one window: 30 s in OpenAI's checkpoints) with its language and
+task and answers its transcript (and, for `mode: str` profiles, `<model>-stream`,
+sequence-batched, which re-decodes each stream's audio so far after every chunk): the numpy front
+end (nimbuild/serving/whisper_audio.py), the encoder (the core: onnxruntime, a TensorRT-RTX engine
+on a GPU, or `<model>-core` on a native backend through BLS) over the batch's clips together, then
+greedy decoding with the KV-cache decoder graph on onnxruntime (nimbuild/serving/whisper_asr.py,
+the loop the build checked against transformers).
 
 One model rather than the CTC profiles' three-step ensemble: the decoder loop needs the encoder's
 output for the whole batch at once, and a hop between Triton models per step would cost more than

@@ -2,7 +2,7 @@
 
 Offline (`<model>`, stage `offline`), dynamically batched:
 
-    audio     float32 [samples]  16 kHz mono, at most the model's window (30 s)
+    audio     float32 [samples]  16 kHz mono, at most the model's window (30 s in OpenAI's checkpoints)
     language  string  [1]        optional: a language code the model has (en, de...); empty or absent: detected
     task      string  [1]        optional: transcribe (default) or translate (into English)
     text      string  [1]        the transcript
