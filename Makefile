@@ -89,6 +89,11 @@ demo: install system-deps
 	$(NIMBUILD) compile examples/asr-digits-rnnt/recipe.yaml --out build/profiles/asr-digits-rnnt
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
 		$(PY) examples/asr-digits/demo_speech.py build/profiles/asr-digits-rnnt/profiles.yaml
+	@# Whisper from Hugging Face: the tiny-whisper example, trained here on the same speech; offline, and
+	@# streaming by re-decoding the audio heard so far
+	$(NIMBUILD) compile examples/tiny-whisper/recipe.yaml --out build/profiles/tiny-whisper
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
+		$(PY) examples/asr-digits/demo_speech.py build/profiles/tiny-whisper/profiles.yaml
 	@# text to speech: the tts-digits voice (FastPitch + Griffin-Lim), heard back by the served asr-digits
 	$(NIMBUILD) compile examples/tts-digits/recipe.yaml --out build/profiles/tts-digits
 	$(NIMBUILD) publish build/profiles/tts-digits --registry build/registry --force

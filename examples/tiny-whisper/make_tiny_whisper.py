@@ -31,11 +31,13 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def write_tiny_whisper(path: Path, *, mels: int = 80, width: int = 64, layers: tuple[int, int] = (2, 2), heads: int = 4,
                        seed: int = 0, max_target: int = 64, multilingual: bool = True, std: float | None = 0.3,
-                       window_seconds: int = 30) -> Path:
+                       window_seconds: int = 30, keep: str | None = None) -> Path:
     """`std`: the matrices' spread; at transformers' 0.02 a random Whisper repeats one token, at 0.3 its
     greedy transcripts vary, so the cache and the rules are exercised (None: transformers' own
     initialisation, to train from). `window_seconds`: the feature extractor's chunk (Whisper's 30 s;
-    the trained example hears 6 s windows, as short commands need, and trains five times faster)."""
+    the trained example hears 6 s windows, as short commands need, and trains five times faster).
+    `keep`: the characters generation may emit (the rest suppressed, as OpenAI's checkpoints suppress
+    symbols); None suppresses every third byte, which a random model needs to exercise the rule."""
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
 
@@ -65,7 +67,8 @@ def write_tiny_whisper(path: Path, *, mels: int = 80, width: int = 64, layers: t
     generation = GenerationConfig(
         decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
         max_length=max_target, no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=multilingual,
-        suppress_tokens=list(range(1, 256, 3)), begin_suppress_tokens=[space, eot],  # as many as OpenAI suppresses (~90)
+        suppress_tokens=list(range(1, 256, 3)) if keep is None else [b for b in range(256) if chr(b) not in keep],
+        begin_suppress_tokens=[space, eot],
         **({"lang_to_id": {f"<|{c}|>": ids[f"<|{c}|>"] for c in LANGUAGES},
             "task_to_id": {"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}} if multilingual else {}))
     model.generation_config = generation
@@ -74,6 +77,7 @@ def write_tiny_whisper(path: Path, *, mels: int = 80, width: int = 64, layers: t
 
 
 PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+TRANSCRIPT_CHARACTERS = "abcdefghijklmnopqrstuvwxyz '"  # what the digits speech's transcripts are made of
 
 
 def train(minutes: float, dest: Path, seed: int = 7) -> None:
@@ -97,7 +101,8 @@ def train(minutes: float, dest: Path, seed: int = 7) -> None:
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    write_tiny_whisper(dest, width=96, layers=(2, 2), heads=4, max_target=48, std=None, window_seconds=6, seed=seed)
+    write_tiny_whisper(dest, width=96, layers=(2, 2), heads=4, max_target=48, std=None, window_seconds=6, seed=seed,
+                       keep=TRANSCRIPT_CHARACTERS)
     processor = WhisperProcessor.from_pretrained(dest)
     model = WhisperForConditionalGeneration.from_pretrained(dest)
     prompt = processor.tokenizer.convert_tokens_to_ids(list(PROMPT))
@@ -163,7 +168,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="the Whisper example's model")
     parser.add_argument("dest", nargs="?", default=Path(__file__).with_name("model"), type=Path)
-    parser.add_argument("--minutes", type=float, default=12.0, help="training time (0: random weights, untrained)")
+    parser.add_argument("--minutes", type=float, default=22.0, help="training time (0: random weights, untrained)")
     args = parser.parse_args()
     if args.minutes:
         train(args.minutes, args.dest)
