@@ -324,6 +324,18 @@ def test_concurrent_streams_end_near_the_offline_transcript(served_rnnt, held_ou
     assert trainer.word_error_rate(truth, finals) <= trainer.word_error_rate(truth, offline) + 0.03
 
 
+def _served_speech(manifest: Path, cache: Path) -> list[str]:
+    """The recipe's speech clips transcribed by runtime_min serving `manifest` (started and stopped here)."""
+    from helpers.runtime import Runtime
+
+    runtime = Runtime(manifest, cache)
+    try:
+        runtime.wait_ready(120)
+        return [_transcribe(runtime.url, path, model="tiny-rnnt").json()["text"] for path in SPEECH]
+    finally:
+        assert runtime.stop() == 0
+
+
 def test_a_tdt_model_is_served_as_nemo_transcribes_it(tiny_transducers, write_recipe, tmp_path):
     """TDT through the whole runtime: the served search advances by the predicted durations as NeMo's
     greedy decoding does on NeMo's own preprocessor and encoder (the path its transcribe() takes), fed
@@ -332,7 +344,6 @@ def test_a_tdt_model_is_served_as_nemo_transcribes_it(tiny_transducers, write_re
     import torch
     from click.testing import CliRunner
 
-    from helpers.runtime import Runtime
     from nimbuild.cli import main
     from nimbuild.export.asr import quiet, restore
     from nimbuild.serving.audio import Vocabulary, read_audio
@@ -341,12 +352,7 @@ def test_a_tdt_model_is_served_as_nemo_transcribes_it(tiny_transducers, write_re
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["-q", "compile", str(write_recipe(_recipe(tiny_transducers["tdt"]))), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    runtime = Runtime(out / "profiles.yaml", tmp_path / "cache")
-    try:
-        runtime.wait_ready(120)
-        served = [_transcribe(runtime.url, path, model="tiny-rnnt").json()["text"] for path in SPEECH]
-    finally:
-        assert runtime.stop() == 0
+    served = _served_speech(out / "profiles.yaml", tmp_path / "cache")
     model = restore(resolve_nemo(str(tiny_transducers["tdt"]), REPO), "asr-rnnt")
     # NeMo's tokens, joined by nimbuild: NeMo 3.0's own text for a character TDT model leaves out some
     # of its tokens' characters (every 'y' of this model's output), which no transcript should
@@ -369,7 +375,6 @@ def test_a_hybrid_tdt_ctc_model_is_built_as_its_transducer_or_its_ctc_head(tiny_
     import torch
     from click.testing import CliRunner
 
-    from helpers.runtime import Runtime
     from nimbuild.cli import main
     from nimbuild.export import export_reference
     from nimbuild.export.asr import quiet, restore
@@ -394,12 +399,7 @@ def test_a_hybrid_tdt_ctc_model_is_built_as_its_transducer_or_its_ctc_head(tiny_
     (profile,) = load_manifest(out / "profiles.yaml").profiles
     info = json.loads((out / profile.files["model_info.json"].uri).read_text())
     assert info["runtime"]["head"] == "ctc" and [o["name"] for o in info["outputs"]] == ["logprobs"]
-    runtime = Runtime(out / "profiles.yaml", tmp_path / "cache")
-    try:
-        runtime.wait_ready(120)
-        served = [_transcribe(runtime.url, path, model="tiny-rnnt").json()["text"] for path in SPEECH]
-    finally:
-        assert runtime.stop() == 0
+    served = _served_speech(out / "profiles.yaml", tmp_path / "cache")
     model = restore(resolve_nemo(str(hybrid), REPO), "asr-ctc")
     expected = []
     with torch.inference_mode(), quiet():

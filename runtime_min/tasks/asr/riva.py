@@ -37,6 +37,7 @@ from runtime_min.tasks.asr.transcribe import (
     Transcript,
     decode_pcm16,
     language_of,
+    model_options,
     requested_language,
     stream_seconds,
     transcribe,
@@ -63,21 +64,22 @@ def _servicer(model: ServedModel, triton, state: dict):
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
     streaming = model.info.get("mode") == "str"
     language = language_of(model)
-    whisper = runtime.get("prompt") is not None  # its model takes the language (none: detected) and the task
     Encoding = raudio.AudioEncoding
 
-    def check(config, online: bool) -> None:
+    def check(config, online: bool) -> str | None:
+        """Refuse what the model cannot do; the language code to send it (None: its own, or detect)."""
         if config.model and config.model != model.name:
             raise NotFound(f"model {config.model!r} is not served here; this server serves {model.name!r}")
         if online and not streaming:
             raise NotFound(f"{model.name} is served offline only (a mode=ofl profile); streaming recognition "
                             "needs a mode=str profile (NIM_TAGS_SELECTOR=mode=str)")
         try:
-            requested_language(model, config.language_code)
+            code = requested_language(model, config.language_code)
         except SpeechError as e:
             raise SpeechError(f"language_code: {e}") from None
         if config.audio_channel_count < 0 or config.sample_rate_hertz < 0:
             raise SpeechError("sample_rate_hertz and audio_channel_count must not be negative")
+        return code
 
     def offline_audio(config, data: bytes) -> np.ndarray:
         from nimbuild.serving.audio import AudioError, read_audio, resample
@@ -114,14 +116,12 @@ def _servicer(model: ServedModel, triton, state: dict):
     class Servicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
         async def Recognize(self, request, context):
             async with abort_on_errors(context, (SpeechError,)):
-                check(request.config, online=False)
+                code = check(request.config, online=False)
                 audio = await asyncio.to_thread(offline_audio, request.config, request.audio)
                 if len(audio) < shortest:
                     raise SpeechError(f"the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)")
                 require_ready(triton)
-                code = requested_language(model, request.config.language_code)
-                options = {"task": "transcribe", **({"language": code} if code else {})} if whisper else None
-                result = await transcribe(state["grpc"], model.name, audio, options)
+                result = await transcribe(state["grpc"], model.name, audio, model_options(model, "transcribe", code))
                 return rasr.RecognizeResponse(id=request.id, results=[rasr.SpeechRecognitionResult(
                     alternatives=[alternative(result, request.config.enable_word_time_offsets)], channel_tag=1,
                     audio_processed=len(audio) / rate)])
@@ -143,11 +143,9 @@ def _servicer(model: ServedModel, triton, state: dict):
                 if first is None or not first.HasField("streaming_config"):
                     raise SpeechError("the first StreamingRecognizeRequest must carry streaming_config")
                 config, interim = first.streaming_config.config, first.streaming_config.interim_results
-                check(config, online=True)
+                code = check(config, online=True)
                 require_ready(triton)
                 stream, budget = _Pcm(config, Encoding), AudioBudget(stream_seconds(model))
-                code = requested_language(model, config.language_code)
-                options = {"task": "transcribe", **({"language": code} if code else {})} if whisper else None
 
                 async def audio():
                     async for request in requests:
@@ -162,7 +160,8 @@ def _servicer(model: ServedModel, triton, state: dict):
                 opened.append(pieces.aclose)
                 async for pcm in pieces:
                     if session is None:
-                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms, options)
+                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms,
+                                                model_options(model, "transcribe", code))
                         opened.append(session.close)
                     for partial in await session.push(pcm):
                         if interim:

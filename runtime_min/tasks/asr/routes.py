@@ -39,6 +39,7 @@ from runtime_min.tasks.asr.transcribe import (
     StreamSession,
     Transcript,
     language_of,
+    model_options,
     requested_language,
     stream_seconds,
     tasks_of,
@@ -87,7 +88,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
     chunk_ms = int((runtime.get("streaming") or {}).get("chunk_ms") or 400)
     served_language = language_of(model)
     tasks = tasks_of(model)
-    options = model.info["runtime"].get("prompt") is not None  # Whisper's model takes the language and task
+    timed = runtime.get("prompt") is None  # Whisper profiles decode without timestamps: no word timings
     responses = {200: {"description": "The transcript, in the response_format asked for",
                        "content": {kind: {} for kind in RESPONSE_TYPES}}}
 
@@ -121,7 +122,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         if unknown:
             raise ApiError(400, f"timestamp_granularities[]: expected word or segment, got {', '.join(unknown)}",
                            param="timestamp_granularities[]")
-        if "word" in granularities and options:
+        if "word" in granularities and not timed:
             raise ApiError(400, "timestamp_granularities[]: this model gives no word timings (Whisper profiles decode "
                                 "without timestamps); ask for segment", param="timestamp_granularities[]")
         try:
@@ -138,8 +139,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                            param="file")
         require_ready(triton)
         start = time.perf_counter()
-        result = await transcribe(state["grpc"], model.name, audio,
-                                  {"task": task, **({"language": language} if language else {})} if options else None)
+        result = await transcribe(state["grpc"], model.name, audio, model_options(model, task, language))
         metrics.audio_seconds.inc(len(audio) / rate)
         metrics.transcription.observe(time.perf_counter() - start)
         duration = round(len(audio) / rate, 3)
@@ -169,7 +169,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
         source_rate = _sample_rate(request.query_params.get("sample_rate"), rate)
         require_ready(triton)
         session = StreamSession(state["grpc"], model.name, source_rate, rate, chunk_ms,
-                                {"task": "transcribe"} if options else None)  # Whisper: the language detected
+                                model_options(model, "transcribe", None))  # a language to detect, where one is taken
         return _DuplexStream(_stream_events(request, session, source_rate, metrics, stream_seconds(model)),
                              media_type="text/event-stream")
 

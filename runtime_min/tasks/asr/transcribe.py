@@ -113,6 +113,14 @@ def wav_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+def model_options(model, task: str, language: str | None) -> dict[str, str] | None:
+    """What a request sends the model beside the audio: the task and language for models that take
+    them (Whisper's: `runtime.prompt`; no language: detected), nothing for the rest."""
+    if (model.info.get("runtime") or {}).get("prompt") is None:
+        return None
+    return {"task": task, **({"language": language} if language else {})}
+
+
 async def transcribe(client, model_name: str, audio: np.ndarray, options: dict[str, str] | None = None) -> Transcript:
     """One utterance (float32 at the model's rate) through the offline model. `options` (language,
     task) go to the models that take them (Whisper's), which also answer the language used."""
