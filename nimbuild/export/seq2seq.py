@@ -11,6 +11,7 @@ suppressed tokens stay suppressed. What the loop does not do is refused at expor
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import ExportError
@@ -90,3 +91,20 @@ def step_cache(past: tuple, cross: tuple, layers: int):
     cache.is_updated = {i: True for i in range(layers)}
     key = cross[0]
     return cache, key.transpose(1, 2).reshape(key.shape[0], key.shape[2], -1)
+
+
+def dynamic_axes(named: dict) -> dict:
+    """torch.export's axes for one input: those given a Dim (None: fixed by the recipe's range)."""
+    return {axis: dim for axis, dim in named.items() if dim is not None}
+
+
+def export_step_graph(run, module, example: tuple, input_names: list[str], output_names: list[str], dynamic: tuple,
+                      dest: Path, rel: str, assets: dict[str, Path]) -> None:
+    """The decoder-step graph exported to `dest` (the asset `rel` of the profile), with its external
+    data when the weights went there, recorded in `assets`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(module, example, input_names, output_names, dynamic, dest)
+    assets[rel] = dest
+    data = dest.with_name(dest.name + ".data")
+    if data.exists():
+        assets[rel + ".data"] = data

@@ -40,7 +40,14 @@ from nimbuild.export.reference import (
     reference,
     run_exporter,
 )
-from nimbuild.export.seq2seq import cross_keys_values, decoding_rules, greedy_reference, step_cache
+from nimbuild.export.seq2seq import (
+    cross_keys_values,
+    decoding_rules,
+    dynamic_axes,
+    export_step_graph,
+    greedy_reference,
+    step_cache,
+)
 from nimbuild.recipe import Recipe
 from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
@@ -204,28 +211,21 @@ def export_graphs(adapter: TranslationAdapter, recipe, path: Path, run_exporter)
     s = Dim("sequence", min=source.min, max=source.max) if source.max > source.min else None
     rows, length = (2 if b else batch.min), (min(max(source.opt, 2), source.max) if s else source.min)
 
-    def axes(named: dict) -> dict:
-        return {axis: dim for axis, dim in named.items() if dim is not None}
-
     ids = torch.ones(rows, length, dtype=torch.long)
     run_exporter(encoder_module(adapter), (ids, torch.ones_like(ids)), ENCODER_INPUTS, adapter.cross_names,
-                 (axes({0: b, 1: s}), axes({0: b, 1: s})), path)
+                 (dynamic_axes({0: b, 1: s}), dynamic_axes({0: b, 1: s})), path)
     new = Dim("new_tokens", min=1, max=target)
     old = Dim("past_sequence", min=0, max=target - 1)
     kv = (rows, adapter.heads)
     example = (torch.ones(rows, 3, dtype=torch.long), torch.ones(rows, length, dtype=torch.long),
                *(torch.zeros(*kv, 4, adapter.head_dim) for _ in adapter.past_names),
                *(torch.zeros(*kv, length, adapter.head_dim) for _ in adapter.cross_names))
-    dynamic = (axes({0: b, 1: new}), axes({0: b, 1: s}),  # forward(input_ids, mask, *kv): kv's axes as one tuple
-               (*(axes({0: b, 2: old}) for _ in adapter.past_names), *(axes({0: b, 2: s}) for _ in adapter.cross_names)))
-    decoder = path.parent / DECODER_GRAPH
-    decoder.parent.mkdir(parents=True, exist_ok=True)
-    run_exporter(decoder_module(adapter), example, ["input_ids", "encoder_attention_mask", *adapter.past_names,
-                 *adapter.cross_names], ["logits", *adapter.present_names], dynamic, decoder)
-    adapter.assets[DECODER_GRAPH] = decoder
-    data = decoder.with_name(decoder.name + ".data")
-    if data.exists():
-        adapter.assets[DECODER_GRAPH + ".data"] = data
+    dynamic = (dynamic_axes({0: b, 1: new}), dynamic_axes({0: b, 1: s}),  # forward(input_ids, mask, *kv): kv's axes as one tuple
+               (*(dynamic_axes({0: b, 2: old}) for _ in adapter.past_names),
+                *(dynamic_axes({0: b, 2: s}) for _ in adapter.cross_names)))
+    export_step_graph(run_exporter, decoder_module(adapter), example,
+                      ["input_ids", "encoder_attention_mask", *adapter.past_names, *adapter.cross_names],
+                      ["logits", *adapter.present_names], dynamic, path.parent / DECODER_GRAPH, DECODER_GRAPH, adapter.assets)
 
 
 def check_parity(adapter: TranslationAdapter, encoder_path: Path, tolerance, texts: list[str]) -> Comparison:

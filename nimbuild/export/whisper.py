@@ -30,7 +30,14 @@ from nimbuild.export.asr import parity_audio
 from nimbuild.export.llm import CacheNames, first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.export.reference import InputSpec, ReferenceExport, Starter, check_graph, graph_metadata, reference, run_exporter
-from nimbuild.export.seq2seq import cross_keys_values, decoding_rules, greedy_reference, step_cache
+from nimbuild.export.seq2seq import (
+    cross_keys_values,
+    decoding_rules,
+    dynamic_axes,
+    export_step_graph,
+    greedy_reference,
+    step_cache,
+)
 from nimbuild.recipe import Recipe
 from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
@@ -201,20 +208,10 @@ def export_graphs(adapter: WhisperAdapter, recipe, path: Path, run) -> None:
     step = (torch.ones(rows, 4, dtype=torch.long),
             *(torch.zeros(*kv, 3, adapter.head_dim) for _ in adapter.past_names),
             *(torch.zeros(*kv, source, adapter.head_dim) for _ in adapter.cross_names))
-
-    def axes(named: dict) -> dict:
-        return {axis: dim for axis, dim in named.items() if dim is not None}
-
-    dynamic = (axes({0: b, 1: new}), (*(axes({0: b, 2: old}) for _ in adapter.past_names),
-                                      *(axes({0: b}) for _ in adapter.cross_names)))
-    decoder = path.parent / DECODER_GRAPH
-    decoder.parent.mkdir(parents=True, exist_ok=True)
-    run(decoder_module(adapter), step, ["input_ids", *adapter.past_names, *adapter.cross_names],
-        ["logits", *adapter.present_names], dynamic, decoder)
-    adapter.assets[DECODER_GRAPH] = decoder
-    data = decoder.with_name(decoder.name + ".data")
-    if data.exists():
-        adapter.assets[DECODER_GRAPH + ".data"] = data
+    dynamic = (dynamic_axes({0: b, 1: new}), (*(dynamic_axes({0: b, 2: old}) for _ in adapter.past_names),
+                                              *(dynamic_axes({0: b}) for _ in adapter.cross_names)))
+    export_step_graph(run, decoder_module(adapter), step, ["input_ids", *adapter.past_names, *adapter.cross_names],
+                      ["logits", *adapter.present_names], dynamic, path.parent / DECODER_GRAPH, DECODER_GRAPH, adapter.assets)
     filters = path.parent / FILTERS
     np.save(filters, np.asarray(adapter.extractor.mel_filters, np.float32))
     adapter.assets[FILTERS] = filters
