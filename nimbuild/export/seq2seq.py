@@ -1,4 +1,5 @@
-"""What the encoder-decoder exporters (translation, Whisper) share about generation: the
+"""What the encoder-decoder exporters (translation, Whisper, Canary) share: their graphs' names and
+the decoder step's export, and, for transformers' models, generation: the
 checkpoint's generation config read into the rules the served greedy loop applies
 (nimbuild.serving.seq2seq.DecodingRules), refusing a setting the loop does not reproduce, and
 the greedy reference configuration `transformers.generate` is judged with.
@@ -15,7 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import ExportError
+from nimbuild.export.llm import CacheNames
+from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
+
+
+class EncoderDecoderNames(CacheNames):
+    """An encoder-decoder adapter's flat names (for its `layers` decoder layers): the decoder step's
+    self cache, and the cross keys and values the encoder graph returns, which are its outputs."""
+
+    @property
+    def cross_names(self) -> list[str]:
+        return cache_names("cross", self.layers)
+
+    @property
+    def output_names(self) -> list[str]:  # the core graph's (the encoder's)
+        return self.cross_names
+
 
 # generation settings that change greedy tokens and that the loop does not reproduce: each is
 # accepted only at a value that does nothing

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
-from nimbuild.export.llm import CacheNames, first_difference, flat_cache
+from nimbuild.export.llm import first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.export.reference import (
     InputSpec,
@@ -41,6 +41,7 @@ from nimbuild.export.reference import (
     run_exporter,
 )
 from nimbuild.export.seq2seq import (
+    EncoderDecoderNames,
     cross_keys_values,
     decoding_rules,
     dynamic_axes,
@@ -49,7 +50,6 @@ from nimbuild.export.seq2seq import (
     step_cache,
 )
 from nimbuild.recipe import Recipe
-from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
 from nimbuild.sources.hf import HFCheckpoint
 from nimbuild.util.progress import Reporter
@@ -59,7 +59,7 @@ ENCODER_INPUTS = ["input_ids", "attention_mask"]
 
 
 @dataclass
-class TranslationAdapter(CacheNames):
+class TranslationAdapter(EncoderDecoderNames):
     model: Any  # the transformers model, for generate()
     tokenizer: Any  # its MarianTokenizer
     layers: int
@@ -71,14 +71,6 @@ class TranslationAdapter(CacheNames):
     task: str = "translation"
     runtime_info: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def cross_names(self) -> list[str]:
-        return cache_names("cross", self.layers)
-
-    @property
-    def output_names(self) -> list[str]:  # the core graph's (the encoder's)
-        return self.cross_names
 
 
 def limits(recipe_inputs: dict) -> tuple[Any, Any, int]:

@@ -27,10 +27,11 @@ import numpy as np
 
 from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.asr import parity_audio
-from nimbuild.export.llm import CacheNames, first_difference, flat_cache
+from nimbuild.export.llm import first_difference, flat_cache
 from nimbuild.export.parity import Comparison
 from nimbuild.export.reference import InputSpec, ReferenceExport, Starter, check_graph, graph_metadata, reference, run_exporter
 from nimbuild.export.seq2seq import (
+    EncoderDecoderNames,
     cross_keys_values,
     decoding_rules,
     dynamic_axes,
@@ -39,7 +40,6 @@ from nimbuild.export.seq2seq import (
     step_cache,
 )
 from nimbuild.recipe import Recipe
-from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
 from nimbuild.shapes import DimRange
 from nimbuild.sources.hf import HFCheckpoint
@@ -52,7 +52,7 @@ SAMPLE_RATE = 16000  # what Whisper's feature extractors take
 
 
 @dataclass
-class WhisperAdapter(CacheNames):
+class WhisperAdapter(EncoderDecoderNames):
     model: Any
     extractor: Any  # WhisperFeatureExtractor
     tokenizer: Any
@@ -64,14 +64,6 @@ class WhisperAdapter(CacheNames):
     task: str = "asr-whisper"
     runtime_info: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def cross_names(self) -> list[str]:
-        return cache_names("cross", self.layers)
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.cross_names
 
 
 def limits(recipe_inputs: dict) -> tuple[Any, int]:

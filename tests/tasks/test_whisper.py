@@ -7,8 +7,6 @@ detected."""
 
 from __future__ import annotations
 
-import io
-import wave
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -19,37 +17,14 @@ from click.testing import CliRunner
 
 from helpers.examples import script_module
 from helpers.runtime import serving
-from helpers.speech import riva_asr
+from helpers.speech import RATE, as_served, riva_asr, seeded_clip, wav_bytes
 from nimbuild.cli import main
 
-RATE = 16000
 WER_BOUND = 0.25  # measured: 0.205 on these 40 clips (examples/tiny-whisper/README.md)
 write_tiny_whisper = script_module("make_tiny_whisper").write_tiny_whisper
 
 
-def _clip(seed: int, seconds: float) -> np.ndarray:
-    """Seeded sound: voiced harmonics with a moving pitch, then noise (as the speech exporters' parity sound)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    phase = 2 * np.pi * np.cumsum(120 + 50 * np.sin(2 * np.pi * (0.5 + seed / 7) * t)) / RATE
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 10)) * (t < seconds * 0.6)
-    return (0.2 * voiced + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def _wav(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1), out.setsampwidth(2), out.setframerate(RATE)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
-
-
-def _as_served(audio: np.ndarray) -> np.ndarray:
-    """The clip as the server reads it back from 16-bit PCM."""
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768.0
-
-
-CLIPS = [_clip(1, 2.0), _clip(2, 4.5), _clip(3, 0.7)]
+CLIPS = [seeded_clip(1, 2.0), seeded_clip(2, 4.5), seeded_clip(3, 0.7)]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +51,7 @@ def reference(whisper):
     budget = 60  # recipe init's decoder_input_ids maximum for 64 positions
 
     def generate(audio: np.ndarray, language: str | None, task: str) -> tuple[str, str]:
-        features = processor(_as_served(audio), sampling_rate=RATE, return_tensors="pt").input_features
+        features = processor(as_served(audio), sampling_rate=RATE, return_tensors="pt").input_features
         with torch.inference_mode():
             tokens = model.generate(features, language=language, task=task, max_new_tokens=budget, do_sample=False,
                                     num_beams=1)[0].tolist()
@@ -116,7 +91,7 @@ def test_openai_sdk_transcribes_and_translates_as_transformers_generates(served,
         i, language, task = case
         call = client.audio.translations.create if task == "translate" else client.audio.transcriptions.create
         extra = {"language": language} if language else {}
-        return call(model="tiny-whisper", file=("clip.wav", _wav(CLIPS[i]), "audio/wav"), **extra).text
+        return call(model="tiny-whisper", file=("clip.wav", wav_bytes(CLIPS[i]), "audio/wav"), **extra).text
 
     with ThreadPoolExecutor(len(cases)) as pool:  # concurrent: the clips share Triton's batches
         served_texts = list(pool.map(ask, cases))
@@ -129,7 +104,7 @@ def test_verbose_json_names_the_language_transformers_detects(served, reference)
     import httpx
 
     for audio in CLIPS:
-        body = httpx.post(f"{served.url}/v1/audio/transcriptions", files={"file": ("a.wav", _wav(audio), "audio/wav")},
+        body = httpx.post(f"{served.url}/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(audio), "audio/wav")},
                           data={"response_format": "verbose_json"}, timeout=60).json()
         text, detected = reference(audio, None, "transcribe")
         assert (body["text"], body["language"], body["task"]) == (text, detected, "transcribe")
@@ -139,13 +114,13 @@ def test_verbose_json_names_the_language_transformers_detects(served, reference)
 def test_riva_asr_client_recognises_through_the_whisper_profile(served, reference):
     service = riva_asr(served)
     config = riva.client.RecognitionConfig(language_code="de-DE", max_alternatives=1)
-    response = service.offline_recognize(_wav(CLIPS[0]), config)
+    response = service.offline_recognize(wav_bytes(CLIPS[0]), config)
     assert response.results[0].alternatives[0].transcript == reference(CLIPS[0], "de", "transcribe")[0]
     listed = service.stub.GetRivaSpeechRecognitionConfig(riva.client.proto.riva_asr_pb2.RivaSpeechRecognitionConfigRequest())
     assert [(c.parameters["type"], c.parameters["language_code"]) for c in listed.model_config] == [
         ("offline", "multi"), ("online", "multi")]
     with pytest.raises(grpc.RpcError) as caught:
-        service.offline_recognize(_wav(CLIPS[0]), riva.client.RecognitionConfig(language_code="xx-XX"))
+        service.offline_recognize(wav_bytes(CLIPS[0]), riva.client.RecognitionConfig(language_code="xx-XX"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "de, en, fr" in caught.value.details()
 
 
@@ -157,12 +132,12 @@ def test_bad_audio_and_options_are_400s_naming_what_to_fix(served):
                           timeout=60)
 
     checks = [
-        (post("transcriptions", _wav(_clip(4, 31.0))), "30"),
+        (post("transcriptions", wav_bytes(seeded_clip(4, 31.0))), "30"),
         (post("transcriptions", b"not audio at all"), "file:"),
         (post("transcriptions", b""), "file:"),
-        (post("transcriptions", _wav(CLIPS[0]), language="xx"), "this model takes de, en, fr"),
-        (post("translations", _wav(CLIPS[0]), **{"timestamp_granularities[]": "word"}), "no word timings"),
-        (post("transcriptions", _wav(CLIPS[0]), prompt="hello"), "prompt"),
+        (post("transcriptions", wav_bytes(CLIPS[0]), language="xx"), "this model takes de, en, fr"),
+        (post("translations", wav_bytes(CLIPS[0]), **{"timestamp_granularities[]": "word"}), "no word timings"),
+        (post("transcriptions", wav_bytes(CLIPS[0]), prompt="hello"), "prompt"),
     ]
     for response, needle in checks:
         assert response.status_code == 400 and needle in response.json()["error"]["message"], response.text
