@@ -85,6 +85,10 @@ TASKS: tuple[Task, ...] = (
          module="whisper", targets="asr", modality=(("audio",), ("text",)), transformer=True,
          assets=("tokenizer", "whisper"), owns=("serving.modes", "serving.streaming", "export.audio"),
          streaming=True, riva=True),
+    # Canary (NeMo's multitask encoder-decoder): speech recognition, and translation into English
+    Task("asr-canary", "speech recognition", "nemo", takes=("EncDecMultiTaskModel",),
+         module="canary", targets="asr", modality=(("audio",), ("text",)), assets=("canary",),
+         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
     Task("tts", "text-to-speech", "nemo", takes=("FastPitchModel",),
          module="tts", targets="tts", modality=(("text",), ("audio",)), assets=("tts",),
          owns=("source.vocoder", "serving.voice", "export.texts"),

@@ -6,9 +6,12 @@ each clip's forced prompt under the checkpoint's generation rules."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from nimbuild.serving.seq2seq import DecodingRules, TranslationGraphs, decode
+from nimbuild.serving.whisper_audio import batch_features
 
 
 class WhisperDecoder:
@@ -46,3 +49,35 @@ class WhisperDecoder:
         ids = np.asarray([self.prompt["languages"][c] for c in codes], np.int64)
         found = dict(zip(unknown, (codes[int(k)] for k in np.argmax(logits[:, ids], axis=1))))
         return [found.get(i, language) for i, language in enumerate(languages)]
+
+
+class WhisperSpeech:
+    """Clips in, transcripts (or English translations) out, with the language each was decoded as:
+    the front end, the decoder and the tokenizer's text, as the runtime's Triton model serves them."""
+
+    def __init__(self, graphs: TranslationGraphs, runtime: dict, root: Path):
+        from tokenizers import Tokenizer
+
+        self.decoder, self.runtime, self.prompt = WhisperDecoder(graphs, runtime), runtime, runtime["prompt"]
+        self.filters = np.load(root / runtime["features"]["filters"])
+        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
+        self.window = int(runtime["features"]["window_samples"])
+
+    def problem(self, language: str | None, task: str) -> str | None:
+        """Why a request cannot be decoded (None: it can)."""
+        if self.prompt["multilingual"]:
+            if language is not None and language not in self.prompt["languages"]:
+                return f"language {language!r}: this model takes {', '.join(self.prompt['languages'])}"
+            if task not in self.prompt["tasks"]:
+                return f"task {task!r}: this model does {', '.join(self.prompt['tasks'])}"
+        elif task != "transcribe" or language not in (None, "en"):
+            return "this English-only model transcribes English"
+        return None
+
+    def transcribe(self, clips: list[np.ndarray], languages: list[str | None],
+                   tasks: list[str]) -> list[tuple[str, str]]:
+        features = batch_features(clips, self.filters, self.runtime["features"])
+        budget = int(self.runtime["max_output_tokens"])
+        decoded = self.decoder.decode(features, languages, tasks, [budget] * len(clips))
+        return [(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), language or "")
+                for tokens, language in decoded]

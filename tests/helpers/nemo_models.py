@@ -21,3 +21,4 @@ def sentencepiece_dir(root: Path) -> Path:
     vocab = [line.split("\t")[0] for line in (root / "tokenizer.vocab").read_text().splitlines()]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return root
+

@@ -78,7 +78,8 @@ MISTAKES = [
     ("  opset: 17", "  opset: seventeen", 7, ["export.opset", "integer", "'seventeen'"]),
     ("release: 0.1.0", "release: 0.1", 2, ["release", "quote it"]),
     ("task: embedding", "task: embeding", 5,
-     ["task", "'embedding', 'ranking', 'text-generation', 'asr-ctc', 'asr-rnnt', 'asr-whisper', 'tts' or 'translation'", "'embeding'"]),
+     ["task", "'embedding', 'ranking', 'text-generation', 'asr-ctc', 'asr-rnnt', 'asr-whisper', 'asr-canary', "
+              "'tts' or 'translation'", "'embeding'"]),
     ("[1, 8, 64]", "[64, 8, 1]", 9, ["export.inputs.input_ids.batch", "min <= opt <= max"]),
     ("[1, 8, 64]", "[1, 8]", 9, ["export.inputs.input_ids.batch", "[min, opt, max]"]),
     ('["8.0", "8.6", "8.9", "12.0"]', '["8.0", "9.0"]', 17, ["targets[1]", "TensorRT-RTX cannot build", "9.0"]),

@@ -44,6 +44,7 @@ from runtime_min.tasks.asr.transcribe import (
     stream_seconds,
     tasks_of,
     transcribe,
+    translation_source,
 )
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -127,6 +128,7 @@ def add_routes(app: FastAPI, model: ServedModel, triton, state: dict, runtime_me
                                 "without timestamps); ask for segment", param="timestamp_granularities[]")
         try:
             language = requested_language(model, str(form.get("language") or ""))
+            translation_source(model, task, language)
         except SpeechError as e:
             raise ApiError(400, f"language: {e}", param="language") from None
         try:

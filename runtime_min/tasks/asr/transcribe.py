@@ -41,7 +41,7 @@ class Transcript:
 
 def language_of(model) -> str:
     """The BCP-47 language the model transcribes (recorded by the profile, else en-US); `multi` for a
-    model that takes several (Whisper), as Riva's Whisper NIM names it."""
+    model that takes several (Whisper, Canary), as Riva's Whisper NIM names it."""
     runtime = model.info.get("runtime") or {}
     if (runtime.get("prompt") or {}).get("multilingual"):
         return "multi"
@@ -56,14 +56,15 @@ def tasks_of(model) -> tuple[str, ...]:
 
 def requested_language(model, requested: str) -> str | None:
     """The language code to send the model for a request's BCP-47 `language` (None: the model's
-    only one, or detect it); a SpeechError names what the model takes instead."""
+    only one, or detect it: Whisper; its default: Canary); a SpeechError names what the model takes instead."""
     prompt = (model.info.get("runtime") or {}).get("prompt")
     if prompt and prompt.get("multilingual"):
         code = requested.replace("_", "-").split("-")[0].lower()
         if code in ("", "multi"):
             return None
         if code not in prompt["languages"]:
-            raise SpeechError(f"this model takes {', '.join(sorted(prompt['languages']))} (or none, to detect it), "
+            none = "to detect it" if prompt.get("detects", True) else f"for {prompt.get('default_language', 'en')}"
+            raise SpeechError(f"this model takes {', '.join(sorted(prompt['languages']))} (or none, {none}), "
                               f"not {requested}")
         return code
     from runtime_min.tasks import language_matches
@@ -111,6 +112,15 @@ def wav_header(data: bytes) -> tuple[int, int, int] | None:
         if position > 1 << 20:
             raise SpeechError("the WAV header is over 1 MiB; that is not a header")
     return None
+
+
+def translation_source(model, task: str, language: str | None) -> None:
+    """A translation's speech must be in another language than English, the one it is translated
+    into; a model that does not detect the language (Canary) must be told which (a SpeechError)."""
+    prompt = (model.info.get("runtime") or {}).get("prompt") or {}
+    if task == "translate" and not prompt.get("detects", True) and (language or prompt.get("default_language")) == "en":
+        raise SpeechError("speech is translated into English here; give the language it is spoken in (not en): "
+                          "this model does not detect it")
 
 
 def model_options(model, task: str, language: str | None) -> dict[str, str] | None:

@@ -1,20 +1,24 @@
-"""Triton Python model for Whisper profiles: one clip in, its transcript out.
+"""Triton Python model for encoder-decoder speech profiles (Whisper; Canary, whose runtime folder
+serves with this file): one clip in, its transcript out.
 
 Offline (`<model>`, stage `offline`), dynamically batched:
 
-    audio     float32 [samples]  16 kHz mono, at most the model's window (30 s in OpenAI's checkpoints)
-    language  string  [1]        optional: a language code the model has (en, de...); empty or absent: detected
+    audio     float32 [samples]  16 kHz mono, at most the model's window (30 s in OpenAI's Whisper checkpoints)
+    language  string  [1]        optional: a language code the model has (en, de...); empty or absent:
+                                 detected (Whisper), the model's default (Canary: en)
     task      string  [1]        optional: transcribe (default) or translate (into English)
     text      string  [1]        the transcript
     words     string  [1]        JSON []: Whisper profiles give no word timings yet
     language  string  [1]        the language it was decoded as (given or detected)
 
 The requests of one execute are the clips the dynamic batcher gathered: their features are encoded
-as one batch, and greedy decoding runs them together, each leaving the batch when it ends.
+as one batch, and greedy decoding runs them together, each leaving the batch when it ends. What
+differs by model (front end, prompt, text) is nimbuild/serving's WhisperSpeech or CanarySpeech,
+chosen by the profile's `runtime.kind`, the code the build checked against the source framework.
 
 Streaming (`<model>-stream`, stage `stream`, sequence-batched: CORRID, START, END) takes
 `audio_chunk` instead of `audio`: each sequence's audio is kept (one window at most) and decoded
-whole after every chunk, the sequences of one execute as one batch. Whisper has no streaming
+whole after every chunk, the sequences of one execute as one batch. Neither model has a streaming
 encoder, so this is the honest form: a partial is the transcript of everything heard so far, and
 the final one is exactly the offline transcript of the stream's audio.
 """
@@ -32,8 +36,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers copied beside this file, whatever else is installed
 
 from nimbuild.serving.seq2seq import TranslationGraphs  # noqa: E402
-from nimbuild.serving.whisper_asr import WhisperDecoder  # noqa: E402
-from nimbuild.serving.whisper_audio import batch_features  # noqa: E402
 
 
 def _input(request, name: str):
@@ -60,7 +62,6 @@ def _error(message: str):
 class TritonPythonModel:
     def initialize(self, args):
         from runners import open_runner
-        from tokenizers import Tokenizer
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
@@ -70,10 +71,12 @@ class TritonPythonModel:
         device = int(args.get("model_instance_device_id") or 0)
         encoder = open_runner(params["runner"], HERE / params["core"], device)
         decoder = open_runner("onnxruntime", HERE / self.runtime["decoder"]).session  # growing shapes: onnxruntime
-        self.decoder = WhisperDecoder(TranslationGraphs(encoder, decoder), self.runtime)
-        self.filters = np.load(HERE / self.runtime["features"]["filters"])
-        self.text = Tokenizer.from_file(str(HERE / "tokenizer" / "tokenizer.json"))
-        self.window = int(self.runtime["features"]["window_samples"])
+        if self.runtime.get("kind") == "canary":
+            from nimbuild.serving.canary_asr import CanarySpeech as Speech
+        else:
+            from nimbuild.serving.whisper_asr import WhisperSpeech as Speech
+        self.speech = Speech(TranslationGraphs(encoder, decoder), self.runtime, HERE)
+        self.window = self.speech.window
         self.streams: dict[int, np.ndarray] = {}  # a sequence's audio so far (stream stage)
 
     def execute(self, requests):
@@ -92,14 +95,11 @@ class TritonPythonModel:
                 responses[i] = _strings(text="", words="[]", language=language or "")
             else:
                 rows.append((i, audio, language, task))
-        budget = int(self.runtime["max_output_tokens"])
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start:start + self.max_batch]
-            features = batch_features([r[1] for r in chunk], self.filters, self.runtime["features"])
-            decoded = self.decoder.decode(features, [r[2] for r in chunk], [r[3] for r in chunk], [budget] * len(chunk))
-            for (i, *_), (tokens, language) in zip(chunk, decoded):
-                text = self.text.decode(tokens, skip_special_tokens=True).strip()
-                responses[i] = _strings(text=text, words="[]", language=language or "")
+            decoded = self.speech.transcribe([r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk])
+            for (i, *_), (text, language) in zip(chunk, decoded):
+                responses[i] = _strings(text=text, words="[]", language=language)
         return responses
 
     def _stream_audio(self, request) -> np.ndarray | str:
@@ -113,18 +113,11 @@ class TritonPythonModel:
         else:
             self.streams[corrid] = audio
         if len(audio) > self.window:
-            return f"the stream passed {self.window // 16000} s of audio, one window of this model; send longer audio as several streams"
+            return (f"the stream passed {self.window // 16000} s of audio, the most this model decodes at once; "
+                    "send longer audio as several streams")
         return audio
 
     def _problem(self, audio: np.ndarray, language: str | None, task: str) -> str | None:
         if len(audio) > self.window or (self.stage != "stream" and not len(audio)):
-            return f"a clip has 1 to {self.window} samples (one {self.window // 16000} s window); this one has {len(audio)}"
-        prompt = self.runtime["prompt"]
-        if prompt["multilingual"]:
-            if language is not None and language not in prompt["languages"]:
-                return f"language {language!r}: this model takes {', '.join(prompt['languages'])}"
-            if task not in prompt["tasks"]:
-                return f"task {task!r}: this model does {', '.join(prompt['tasks'])}"
-        elif task != "transcribe" or language not in (None, "en"):
-            return "this English-only model transcribes English"
-        return None
+            return f"a clip has 1 to {self.window} samples ({self.window / 16000:g} s); this one has {len(audio)}"
+        return self.speech.problem(language, task)
