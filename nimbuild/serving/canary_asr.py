@@ -15,7 +15,8 @@ from each clip's prompt, as NeMo's `GreedySequenceGenerator` does with `transcri
   on what it was batched with);
 - a clip shorter than a second is padded with silence on both sides to one, as `transcribe()` pads it;
 - the output stops at the end token, which is dropped, as NeMo's hypotheses drop it;
-- text is the aggregate tokenizer's pieces joined, `▁` made a space (AggregateTokenizer.ids_to_text).
+- text is the aggregate tokenizer's pieces joined, `▁` made a space (AggregateTokenizer.ids_to_text),
+  and the space a first piece leaves in front dropped.
 """
 
 from __future__ import annotations
@@ -50,23 +51,33 @@ class CanarySpeech:
         self.rules = DecodingRules(eos=(int(self.prompt["eos"]),))
         self.window = int(runtime["max_seconds"] * runtime["sample_rate"])
 
-    def problem(self, language: str | None, task: str) -> str | None:
-        """Why a request cannot be decoded (None: it can)."""
+    def problem(self, language: str | None, task: str, target: str | None = None) -> str | None:
+        """Why a request cannot be decoded (None: it can): Canary writes the language spoken, or
+        translates between English and another of its languages."""
         languages = self.prompt["languages"]
-        if language is not None and language not in languages:
-            return f"language {language!r}: this model takes {', '.join(languages)}"
+        for name, code in (("language", language), ("target_language", target)):
+            if code is not None and code not in languages:
+                return f"{name} {code!r}: this model takes {', '.join(languages)}"
         if task not in self.prompt["tasks"]:
             return f"task {task!r}: this model does {', '.join(self.prompt['tasks'])}"
-        if task == "translate" and (language or self.prompt["default_language"]) == "en":
-            return "translate: speech is translated into English here; give the language it is spoken in (not en)"
+        source = language or self.prompt["default_language"]
+        written = self.target(source, task, target)
+        if task == "translate" and written == source:
+            return "translate: give the language spoken (language) and, from English, the one to write (target_language)"
+        if written != source and "en" not in (source, written):
+            return f"{source}->{written}: Canary translates into English or out of it"
         return None
 
-    def transcribe(self, clips: list[np.ndarray], languages: list[str | None],
-                   tasks: list[str]) -> list[tuple[str, str]]:
-        """Each clip's text and the language it was decoded as."""
+    def target(self, source: str, task: str, target: str | None) -> str:
+        """The language to write: the one asked for, else English for a translation, else the one spoken."""
+        return target or ("en" if task == "translate" else source)
+
+    def transcribe(self, clips: list[np.ndarray], languages: list[str | None], tasks: list[str],
+                   targets: list[str | None] | None = None) -> list[tuple[str, str]]:
+        """Each clip's text and the language it was decoded as (its source)."""
         sources = [language or self.prompt["default_language"] for language in languages]
-        targets = ["en" if task == "translate" else source for source, task in zip(sources, tasks)]
-        tokens = self.decode(clips, [prompt_ids(self.prompt, s, t) for s, t in zip(sources, targets)])
+        written = [self.target(s, task, t) for s, task, t in zip(sources, tasks, targets or [None] * len(clips))]
+        tokens = self.decode(clips, [prompt_ids(self.prompt, s, t) for s, t in zip(sources, written)])
         return [(self.text(t), source) for t, source in zip(tokens, sources)]
 
     def decode(self, clips: list[np.ndarray], prompts: list[list[int]]) -> list[list[int]]:
@@ -104,4 +115,5 @@ class CanarySpeech:
         return max((min(longest, frames + delta) if delta >= 0 else longest) - prompt, 0)
 
     def text(self, tokens: list[int]) -> str:
-        return "".join(self.pieces[t] for t in tokens if 0 <= t < len(self.pieces)).replace("▁", " ")
+        """NeMo's text for the tokens, without the space its first piece's `▁` leaves in front."""
+        return "".join(self.pieces[t] for t in tokens if 0 <= t < len(self.pieces)).replace("▁", " ").strip()

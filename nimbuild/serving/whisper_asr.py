@@ -63,8 +63,10 @@ class WhisperSpeech:
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
         self.window = int(runtime["features"]["window_samples"])
 
-    def problem(self, language: str | None, task: str) -> str | None:
+    def problem(self, language: str | None, task: str, target: str | None = None) -> str | None:
         """Why a request cannot be decoded (None: it can)."""
+        if target not in (None, "en") or (target == "en" and task != "translate" and language not in (None, "en")):
+            return f"target_language {target}: Whisper writes the language spoken, or translates into English (task translate)"
         if self.prompt["multilingual"]:
             if language is not None and language not in self.prompt["languages"]:
                 return f"language {language!r}: this model takes {', '.join(self.prompt['languages'])}"
@@ -74,8 +76,10 @@ class WhisperSpeech:
             return "this English-only model transcribes English"
         return None
 
-    def transcribe(self, clips: list[np.ndarray], languages: list[str | None],
-                   tasks: list[str]) -> list[tuple[str, str]]:
+    def transcribe(self, clips: list[np.ndarray], languages: list[str | None], tasks: list[str],
+                   targets: list[str | None] | None = None) -> list[tuple[str, str]]:
+        """Each clip's text and the language it was decoded as (problem() has refused what Whisper
+        cannot write, so a target is English and the task says so)."""
         features = batch_features(clips, self.filters, self.runtime["features"])
         budget = int(self.runtime["max_output_tokens"])
         decoded = self.decoder.decode(features, languages, tasks, [budget] * len(clips))

@@ -686,6 +686,11 @@ def test_bad_riva_requests_get_invalid_argument_or_not_found(served_digits, held
          "shorter than one feature frame"),
         (b"\x00\x00" * 16000 * 25, RC(encoding=LINEAR, sample_rate_hertz=16000), grpc.StatusCode.INVALID_ARGUMENT,
          "at most 20.0 s"),
+        # what this server does not act on is refused by name, never dropped
+        (clip, RC(custom_configuration={"target_language": "de-DE"}), grpc.StatusCode.INVALID_ARGUMENT,
+         "custom_configuration: target_language not understood (this server takes no keys for this model)"),
+        (clip, RC(speech_contexts=[riva.client.proto.riva_asr_pb2.SpeechContext(phrases=["five"], boost=4.0)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "speech_contexts: not supported"),
     ]
     for audio, config, code, fragment in offline:
         with pytest.raises(grpc.RpcError) as error:

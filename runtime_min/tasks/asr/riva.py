@@ -35,6 +35,7 @@ from runtime_min.tasks.asr.transcribe import (
     SpeechError,
     StreamSession,
     Transcript,
+    custom_configuration,
     decode_pcm16,
     language_of,
     model_options,
@@ -66,8 +67,9 @@ def _servicer(model: ServedModel, triton, state: dict):
     language = language_of(model)
     Encoding = raudio.AudioEncoding
 
-    def check(config, online: bool) -> str | None:
-        """Refuse what the model cannot do; the language code to send it (None: its own, or detect)."""
+    def check(config, online: bool) -> dict[str, str] | None:
+        """Refuse what the model cannot do (or what this server does not do: asked for, it is refused,
+        never dropped); what to send the model beside the audio (model_options)."""
         if config.model and config.model != model.name:
             raise NotFound(f"model {config.model!r} is not served here; this server serves {model.name!r}")
         if online and not streaming:
@@ -79,7 +81,13 @@ def _servicer(model: ServedModel, triton, state: dict):
             raise SpeechError(f"language_code: {e}") from None
         if config.audio_channel_count < 0 or config.sample_rate_hertz < 0:
             raise SpeechError("sample_rate_hertz and audio_channel_count must not be negative")
-        return code
+        unsupported = [name for name, asked in (
+            ("profanity_filter", config.profanity_filter), ("speech_contexts", len(config.speech_contexts)),
+            ("diarization_config", config.diarization_config.enable_speaker_diarization)) if asked]
+        if unsupported:
+            raise SpeechError(f"{', '.join(unsupported)}: not supported by this server")
+        task, code, target = custom_configuration(model, dict(config.custom_configuration), code)
+        return model_options(model, task, code, target)
 
     def offline_audio(config, data: bytes) -> np.ndarray:
         from nimbuild.serving.audio import AudioError, read_audio, resample
@@ -116,12 +124,12 @@ def _servicer(model: ServedModel, triton, state: dict):
     class Servicer(riva_asr_pb2_grpc.RivaSpeechRecognitionServicer):
         async def Recognize(self, request, context):
             async with abort_on_errors(context, (SpeechError,)):
-                code = check(request.config, online=False)
+                options = check(request.config, online=False)
                 audio = await asyncio.to_thread(offline_audio, request.config, request.audio)
                 if len(audio) < shortest:
                     raise SpeechError(f"the audio is shorter than one feature frame ({shortest} samples at {rate} Hz)")
                 require_ready(triton)
-                result = await transcribe(state["grpc"], model.name, audio, model_options(model, "transcribe", code))
+                result = await transcribe(state["grpc"], model.name, audio, options)
                 return rasr.RecognizeResponse(id=request.id, results=[rasr.SpeechRecognitionResult(
                     alternatives=[alternative(result, request.config.enable_word_time_offsets)], channel_tag=1,
                     audio_processed=len(audio) / rate)])
@@ -143,7 +151,7 @@ def _servicer(model: ServedModel, triton, state: dict):
                 if first is None or not first.HasField("streaming_config"):
                     raise SpeechError("the first StreamingRecognizeRequest must carry streaming_config")
                 config, interim = first.streaming_config.config, first.streaming_config.interim_results
-                code = check(config, online=True)
+                options = check(config, online=True)
                 require_ready(triton)
                 stream, budget = _Pcm(config, Encoding), AudioBudget(stream_seconds(model))
 
@@ -160,8 +168,7 @@ def _servicer(model: ServedModel, triton, state: dict):
                 opened.append(pieces.aclose)
                 async for pcm in pieces:
                     if session is None:
-                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms,
-                                                model_options(model, "transcribe", code))
+                        session = StreamSession(state["grpc"], model.name, stream.rate, rate, chunk_ms, options)
                         opened.append(session.close)
                     for partial in await session.push(pcm):
                         if interim:

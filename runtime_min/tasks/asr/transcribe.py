@@ -123,12 +123,40 @@ def translation_source(model, task: str, language: str | None) -> None:
                           "this model does not detect it")
 
 
-def model_options(model, task: str, language: str | None) -> dict[str, str] | None:
-    """What a request sends the model beside the audio: the task and language for models that take
-    them (Whisper's: `runtime.prompt`; no language: detected), nothing for the rest."""
+def model_options(model, task: str, language: str | None, target: str | None = None) -> dict[str, str] | None:
+    """What a request sends the model beside the audio: the task, the language spoken and the one
+    to write (Canary's translations out of English) for models that take them (Whisper's and
+    Canary's: `runtime.prompt`; no language: detected, or the model's default), nothing for the rest."""
     if (model.info.get("runtime") or {}).get("prompt") is None:
         return None
-    return {"task": task, **({"language": language} if language else {})}
+    return {"task": task, **({"language": language} if language else {}),
+            **({"target_language": target} if target else {})}
+
+
+CUSTOM_KEYS = ("task", "source_language", "target_language")  # what Riva's custom_configuration may set here
+
+
+def custom_configuration(model, custom: dict[str, str], language: str | None) -> tuple[str, str | None, str | None]:
+    """(task, language spoken, language written) from Riva's `custom_configuration`, as the ASR NIM
+    takes them for Canary and Whisper (`task:translate`, `source_language`, `target_language`), over
+    what `language_code` said; a key this server does not act on is a SpeechError naming it, never
+    dropped. Models without a prompt take none."""
+    prompt = (model.info.get("runtime") or {}).get("prompt")
+    unknown = sorted(k for k in custom if k not in CUSTOM_KEYS or prompt is None)
+    if unknown:
+        takes = f"takes {', '.join(CUSTOM_KEYS)}" if prompt else "takes no keys for this model"
+        raise SpeechError(f"custom_configuration: {', '.join(unknown)} not understood (this server {takes})")
+    task = custom.get("task", "transcribe").strip().lower()
+    if task not in tasks_of(model):
+        raise SpeechError(f"custom_configuration: task {task!r}: this model does {', '.join(tasks_of(model))}")
+    if custom.get("source_language"):
+        language = requested_language(model, custom["source_language"])
+    target = requested_language(model, custom["target_language"]) if custom.get("target_language") else None
+    if target and task == "transcribe" and target != (language or prompt.get("default_language")):
+        task = "translate"  # a written language other than the spoken one is a translation
+    if task == "translate" and target is None:
+        translation_source(model, task, language)
+    return task, language, target
 
 
 async def transcribe(client, model_name: str, audio: np.ndarray, options: dict[str, str] | None = None) -> Transcript:

@@ -32,7 +32,7 @@ def refuses(core) -> str | None:
 
 def models(name: str, info: dict, core, workspace: Path) -> list[Model]:
     batch, delay = batch_within_export(info, core)
-    options = [Tensor("language", "string", [1], optional=True), Tensor("task", "string", [1], optional=True)]
+    options = [Tensor(name, "string", [1], optional=True) for name in ("language", "task", "target_language")]
     outputs = [Tensor("text", "string", [1]), Tensor("words", "string", [1]), Tensor("language", "string", [1])]
     files = {"model.py": HERE / "model.py", "model_info.json": workspace / "model_info.json",
              **{folder: workspace / folder for folder in task(info["task"]).assets}, **serving_code(),

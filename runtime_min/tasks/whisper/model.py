@@ -7,6 +7,8 @@ Offline (`<model>`, stage `offline`), dynamically batched:
     language  string  [1]        optional: a language code the model has (en, de...); empty or absent:
                                  detected (Whisper), the model's default (Canary: en)
     task      string  [1]        optional: transcribe (default) or translate (into English)
+    target_language string [1]   optional: the language to write (Canary: translation out of English;
+                                 Whisper takes en only)
     text      string  [1]        the transcript
     words     string  [1]        JSON []: Whisper profiles give no word timings yet
     language  string  [1]        the language it was decoded as (given or detected)
@@ -88,16 +90,18 @@ class TritonPythonModel:
                 continue
             audio = audio.astype(np.float32, copy=False)
             language, task = _string(request, "language") or None, _string(request, "task") or "transcribe"
-            problem = self._problem(audio, language, task)
+            target = _string(request, "target_language") or None
+            problem = self._problem(audio, language, task, target)
             if problem:
                 responses[i] = _error(problem)
             elif not len(audio):  # a stream that has sent nothing yet has heard nothing
                 responses[i] = _strings(text="", words="[]", language=language or "")
             else:
-                rows.append((i, audio, language, task))
+                rows.append((i, audio, language, task, target))
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start:start + self.max_batch]
-            decoded = self.speech.transcribe([r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk])
+            decoded = self.speech.transcribe([r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk],
+                                             [r[4] for r in chunk])
             for (i, *_), (text, language) in zip(chunk, decoded):
                 responses[i] = _strings(text=text, words="[]", language=language)
         return responses
@@ -117,7 +121,7 @@ class TritonPythonModel:
                     "send longer audio as several streams")
         return audio
 
-    def _problem(self, audio: np.ndarray, language: str | None, task: str) -> str | None:
+    def _problem(self, audio: np.ndarray, language: str | None, task: str, target: str | None) -> str | None:
         if len(audio) > self.window or (self.stage != "stream" and not len(audio)):
             return f"a clip has 1 to {self.window} samples ({self.window / 16000:g} s); this one has {len(audio)}"
-        return self.speech.problem(language, task)
+        return self.speech.problem(language, task, target)
