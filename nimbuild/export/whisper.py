@@ -49,6 +49,9 @@ ENCODER_INPUT = "input_features"
 DECODER_GRAPH = "whisper/decoder.onnx"
 FILTERS = "whisper/mel_filters.npy"
 SAMPLE_RATE = 16000  # what Whisper's feature extractors take
+# Longer clips are cut into overlapping windows (nimbuild.serving.whisper_asr); eight minutes bounds one
+# request's work, and fits a 16 kHz 16-bit WAV in the HTTP API's 16 MiB body
+LONG_FORM_SECONDS = 480.0
 
 
 @dataclass
@@ -119,7 +122,7 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> WhisperAdapter:
     generation = model.generation_config
     rules = decoding_rules(generation, where)
     batch, budget = limits(recipe.export.inputs)
-    prompt = _prompt_tokens(generation, where)
+    prompt = {**_prompt_tokens(generation, where), "special_ids": sorted(int(i) for i in tokenizer.all_special_ids)}
     longest_prompt = 4 if prompt["multilingual"] else 2
     if budget + longest_prompt > int(config.max_target_positions):
         raise ExportError(f"export.inputs.decoder_input_ids: {budget} tokens and the {longest_prompt}-token prompt exceed "
@@ -133,7 +136,7 @@ def load_adapter(checkpoint: HFCheckpoint, recipe) -> WhisperAdapter:
                              tokenizer_file=checkpoint.path / "tokenizer.json")
     adapter.runtime_info = {
         "model_class": type(model).__name__, "sample_rate": SAMPLE_RATE,
-        "max_seconds": extractor.n_samples / SAMPLE_RATE, "max_batch": batch.max, "max_output_tokens": budget,
+        "max_seconds": LONG_FORM_SECONDS, "max_batch": batch.max, "max_output_tokens": budget,
         "features": {"n_fft": int(extractor.n_fft), "hop_length": int(extractor.hop_length), "mels": int(config.num_mel_bins),
                      "frames": frames, "window_samples": int(extractor.n_samples), "filters": FILTERS},
         "prompt": prompt, "generation": rules.record(), "decoder": DECODER_GRAPH,
@@ -215,7 +218,7 @@ def check_parity(adapter: WhisperAdapter, encoder_path: Path, tolerance, clips: 
 
     from nimbuild.export.reference import open_session
     from nimbuild.serving.seq2seq import TranslationGraphs
-    from nimbuild.serving.whisper_asr import WhisperDecoder
+    from nimbuild.serving.whisper_asr import WhisperDecoder, WhisperSpeech
     from nimbuild.serving.whisper_audio import batch_features
 
     runtime = adapter.runtime_info
@@ -250,13 +253,42 @@ def check_parity(adapter: WhisperAdapter, encoder_path: Path, tolerance, clips: 
                     if tokens != expected[i]:
                         problems.append(first_difference(f"clip {i} ({task}, language {language or 'detected'}, "
                                                          f"batch of {len(rows)})", expected[i], tokens))
+    long_cases = check_long_form(adapter, WhisperSpeech(decoder.graphs, runtime, encoder_path.parent, adapter.tokenizer_file),
+                                 clips, [language for language, task in cases if task == "transcribe"], problems)
     if problems or not comparison.passed:
         raise ParityError("the exported graphs do not transcribe as transformers does:\n"
                           + "\n".join(problems[:8] + [comparison.describe()]))
     comparison.notes = {"greedy_tokens_compared": compared, "audio_clips": len(clips),
                         "text": "decoded by tokenizers equal to WhisperTokenizer's",
-                        "cases": [f"{task}/{language or 'detected'}" for language, task in cases]}
+                        "cases": [f"{task}/{language or 'detected'}" for language, task in cases],
+                        "long_form": long_cases}
     return comparison
+
+
+def check_long_form(adapter: WhisperAdapter, speech, clips: list[np.ndarray], languages: list[str | None],
+                    problems: list[str]) -> list[str]:
+    """A clip of over two windows (the parity clips end to end, repeated) transcribed as transformers'
+    pipeline transcribes it with `chunk_length_s` one window: its text equal to the pipeline's."""
+    from transformers import pipeline
+
+    from nimbuild.export.seq2seq import greedy_reference
+
+    window = adapter.extractor.n_samples
+    joined = np.concatenate(clips)
+    audio = np.tile(joined, int(np.ceil(2.5 * window / len(joined))))
+    pipe = pipeline("automatic-speech-recognition", model=adapter.model, tokenizer=adapter.tokenizer,
+                    feature_extractor=adapter.extractor, chunk_length_s=window / SAMPLE_RATE, device="cpu")
+    config = greedy_reference(adapter.model.generation_config, adapter.runtime_info["max_output_tokens"])
+    checked = []
+    for language in languages:
+        extra = {"language": language, "task": "transcribe"} if adapter.runtime_info["prompt"]["multilingual"] else {}
+        theirs = pipe(audio.copy(), generate_kwargs={"generation_config": config, **extra})["text"].strip()
+        ours = speech.transcribe([audio], [language], ["transcribe"])[0][0]
+        if ours != theirs:
+            problems.append(f"  a {len(audio) / SAMPLE_RATE:.0f} s clip (language {language or 'detected'}): the runtime "
+                            f"writes {ours[:60]!r}..., the pipeline {theirs[:60]!r}...")
+        checked.append(f"{len(audio) / SAMPLE_RATE:.0f}s/{language or 'detected'}")
+    return checked
 
 
 def _generate(adapter: WhisperAdapter, features: np.ndarray, language: str | None, task: str, budget: int) -> list[int]:

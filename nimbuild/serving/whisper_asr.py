@@ -51,17 +51,57 @@ class WhisperDecoder:
         return [found.get(i, language) for i, language in enumerate(languages)]
 
 
+def chunk_spans(samples: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """(start, end) of the pieces a clip longer than one window is cut into, as transformers' ASR
+    pipeline cuts it (`chunk_length_s` one window, `stride_length_s` its sixth, by default): windows
+    that overlap their neighbours by `stride` samples on each side, the last one shorter."""
+    spans = []
+    for start in range(0, samples, window - 2 * stride):
+        end = min(start + window, samples)
+        if end - start > (stride if start else 0):  # a last piece inside the previous one's overlap adds nothing
+            spans.append((start, end))
+        if start + window >= samples:
+            break
+    return spans
+
+
+def merge_overlapping(pieces: list[list[int]]) -> list[int]:
+    """One token sequence from the transcripts of overlapping pieces, as the pipeline joins them:
+    each next piece slides along the last one to the offset where the largest share of their
+    overlap agrees (at least two tokens; a longer overlap wins a tie), and the overlap is split at
+    its middle, the earlier piece's tokens kept before it and the later one's after."""
+    merged, left = [], list(pieces[0])
+    for right in pieces[1:]:
+        best, cut = 0.0, (len(left), len(left), 0, 0)
+        for shift in range(1, len(left) + len(right)):
+            l0, l1 = max(0, len(left) - shift), min(len(left), len(left) + len(right) - shift)
+            r0, r1 = max(0, shift - len(left)), min(len(right), shift)
+            agree = sum(a == b for a, b in zip(left[l0:l1], right[r0:r1]))
+            score = agree / shift + shift / 10000.0
+            if agree > 1 and score > best:
+                best, cut = score, (l0, l1, r0, r1)
+        l0, l1, r0, r1 = cut
+        merged += left[:(l0 + l1) // 2]
+        left = right[(r0 + r1) // 2:]
+    return merged + left
+
+
 class WhisperSpeech:
     """Clips in, transcripts (or English translations) out, with the language each was decoded as:
-    the front end, the decoder and the tokenizer's text, as the runtime's Triton model serves them."""
+    the front end, the decoder and the tokenizer's text, as the runtime's Triton model serves them.
+    A clip longer than one window is cut into overlapping windows, each decoded as a clip of its
+    own (its language detected on its own where none is given), and their text tokens joined, as
+    transformers' pipeline does with `chunk_length_s` (nimbuild.export.whisper checks it against it)."""
 
-    def __init__(self, graphs: TranslationGraphs, runtime: dict, root: Path):
+    def __init__(self, graphs: TranslationGraphs, runtime: dict, root: Path, tokenizer: Path | None = None):
         from tokenizers import Tokenizer
 
         self.decoder, self.runtime, self.prompt = WhisperDecoder(graphs, runtime), runtime, runtime["prompt"]
         self.filters = np.load(root / runtime["features"]["filters"])
-        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
-        self.window = int(runtime["features"]["window_samples"])
+        self.tokenizer = Tokenizer.from_file(str(tokenizer or root / "tokenizer" / "tokenizer.json"))
+        self.chunk = int(runtime["features"]["window_samples"])
+        self.window = int(round(float(runtime["max_seconds"]) * int(runtime["sample_rate"])))  # the longest clip taken
+        self.special = set(self.prompt.get("special_ids") or ())
 
     def problem(self, language: str | None, task: str, target: str | None = None) -> str | None:
         """Why a request cannot be decoded (None: it can)."""
@@ -80,8 +120,26 @@ class WhisperSpeech:
                    targets: list[str | None] | None = None) -> list[tuple[str, str]]:
         """Each clip's text and the language it was decoded as (problem() has refused what Whisper
         cannot write, so a target is English and the task says so)."""
-        features = batch_features(clips, self.filters, self.runtime["features"])
-        budget = int(self.runtime["max_output_tokens"])
-        decoded = self.decoder.decode(features, languages, tasks, [budget] * len(clips))
-        return [(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), language or "")
-                for tokens, language in decoded]
+        stride = round(self.chunk / 6)
+        pieces = [[clip[a:b] for a, b in chunk_spans(len(clip), self.chunk, stride)] if len(clip) > self.chunk else [clip]
+                  for clip in clips]
+        rows = [(k, piece) for k, parts in enumerate(pieces) for piece in parts]
+        decoded = self.decode([p for _, p in rows], [languages[k] for k, _ in rows], [tasks[k] for k, _ in rows])
+        out = []
+        for k, parts in enumerate(pieces):
+            mine = [d for (owner, _), d in zip(rows, decoded) if owner == k]
+            if len(parts) == 1:
+                tokens = mine[0][0]
+            else:  # the pipeline joins the pieces' text tokens: no special tokens, no timestamps
+                tokens = merge_overlapping([[t for t in piece if t not in self.special and t <= self.prompt["no_timestamps"]]
+                                            for piece, _ in mine])
+            out.append((self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), mine[0][1] or ""))
+        return out
+
+    def decode(self, clips: list[np.ndarray], languages: list[str | None], tasks: list[str]) -> list[tuple[list[int], str | None]]:
+        """Each clip's tokens (one window at most) and language, in batches the encoder takes."""
+        budget, size, out = int(self.runtime["max_output_tokens"]), int(self.runtime["max_batch"]), []
+        for i in range(0, len(clips), size):
+            features = batch_features(clips[i:i + size], self.filters, self.runtime["features"])
+            out += self.decoder.decode(features, languages[i:i + size], tasks[i:i + size], [budget] * len(features))
+        return out

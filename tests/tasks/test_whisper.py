@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import riva.client
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from helpers.examples import script_module
 from helpers.runtime import serving
-from helpers.speech import RATE, as_served, riva_asr, seeded_clip, wav_bytes
+from helpers.speech import RATE, as_served, riva_asr, seeded_clip, transcribe, wav_bytes
 from nimbuild.cli import main
 
 WER_BOUND = 0.25  # measured: 0.205 on these 40 clips (examples/tiny-whisper/README.md)
@@ -100,6 +101,28 @@ def test_openai_sdk_transcribes_and_translates_as_transformers_generates(served,
     assert len(set(expected)) > 3, "the random model's transcripts should differ by clip and language"
 
 
+def test_audio_over_one_window_is_transcribed_as_the_pipeline_chunks_it(served, whisper):
+    """70 s through 30 s windows: cut into overlapping windows and joined as transformers' ASR pipeline
+    does with `chunk_length_s` (greedy: the pipeline's own default for Whisper is a beam of 5)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+
+    from nimbuild.export.seq2seq import greedy_reference
+
+    checkpoint, _ = whisper
+    processor = WhisperProcessor.from_pretrained(checkpoint)
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    audio = np.concatenate([seeded_clip(seed, 10.0) for seed in range(5, 12)])
+    pipe = pipeline("automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+                    feature_extractor=processor.feature_extractor, chunk_length_s=30, device="cpu")
+    with torch.inference_mode():
+        expected = pipe(as_served(audio), generate_kwargs={"generation_config": greedy_reference(model.generation_config, 60),
+                                                           "language": "de", "task": "transcribe"})["text"].strip()
+    reply = httpx.post(f"{served.url}/v1/audio/transcriptions", files={"file": ("long.wav", wav_bytes(audio), "audio/wav")},
+                       data={"language": "de"}, timeout=120)
+    assert reply.status_code == 200 and reply.json()["text"] == expected and len(expected) > 100, reply.text
+
+
 def test_verbose_json_names_the_language_transformers_detects(served, reference):
     import httpx
 
@@ -132,7 +155,7 @@ def test_bad_audio_and_options_are_400s_naming_what_to_fix(served):
                           timeout=60)
 
     checks = [
-        (post("transcriptions", wav_bytes(seeded_clip(4, 31.0))), "30"),
+        (post("transcriptions", wav_bytes(seeded_clip(4, 481.0))), "480"),
         (post("transcriptions", b"not audio at all"), "file:"),
         (post("transcriptions", b""), "file:"),
         (post("transcriptions", wav_bytes(CLIPS[0]), language="xx"), "this model takes de, en, fr"),
@@ -202,7 +225,6 @@ def test_the_example_transcribes_held_out_speech_as_transformers_does(served_exa
     """The 40 held-out clips the speech examples are scored on (voices, variants and speeds never
     trained on): served transcripts equal transformers' greedy generate on the same samples, and the
     word error rate is the one the example's README reports."""
-    import httpx
     import soundfile
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -210,12 +232,7 @@ def test_the_example_transcribes_held_out_speech_as_transformers_does(served_exa
     from helpers.examples import asr_trainer
     from helpers.paths import REPO
 
-    served = []
-    for _, path, _ in held_out:
-        with open(path, "rb") as f:
-            reply = httpx.post(f"{served_example.url}/v1/audio/transcriptions", files={"file": (path.name, f, "audio/wav")},
-                               data={"language": "en"}, timeout=60)
-        served.append(reply.json()["text"])
+    served = [transcribe(served_example.url, path, "tiny-whisper", language="en").json()["text"] for _, path, _ in held_out]
     checkpoint = REPO / "examples" / "tiny-whisper" / "model"
     processor = WhisperProcessor.from_pretrained(checkpoint)
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()

@@ -3,7 +3,8 @@ serves with this file): one clip in, its transcript out.
 
 Offline (`<model>`, stage `offline`), dynamically batched:
 
-    audio     float32 [samples]  16 kHz mono, at most the model's window (30 s in OpenAI's Whisper checkpoints)
+    audio     float32 [samples]  16 kHz mono, at most the profile's max_seconds (Whisper: clips over one
+                                 window are cut into overlapping windows and joined, as transformers' pipeline does)
     language  string  [1]        optional: a language code the model has (en, de...); empty or absent:
                                  detected (Whisper), the model's default (Canary: en)
     task      string  [1]        optional: transcribe (default) or translate (into English)
@@ -78,7 +79,8 @@ class TritonPythonModel:
         else:
             from nimbuild.serving.whisper_asr import WhisperSpeech as Speech
         self.speech = Speech(TranslationGraphs(encoder, decoder), self.runtime, HERE)
-        self.window = self.speech.window
+        # the most audio one request may carry: a clip (Whisper chunks a long one), or a stream (one window)
+        self.window = self.speech.window if self.stage == "offline" else int(float(self.runtime["max_stream_seconds"]) * 16000)
         self.streams: dict[int, np.ndarray] = {}  # a sequence's audio so far (stream stage)
 
     def execute(self, requests):
@@ -117,7 +119,7 @@ class TritonPythonModel:
         else:
             self.streams[corrid] = audio
         if len(audio) > self.window:
-            return (f"the stream passed {self.window // 16000} s of audio, the most this model decodes at once; "
+            return (f"the stream passed {self.window / 16000:g} s of audio, the most this model decodes at once; "
                     "send longer audio as several streams")
         return audio
 
