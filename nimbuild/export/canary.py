@@ -84,7 +84,7 @@ def _refuse_unsupported(model, where: str) -> None:
     if decoding.get("strategy", "beam") == "beam" and beam > 1:
         raise ExportError(f"{where}: the checkpoint decodes with a beam of {beam}; nimbuild serves greedy decoding "
                           "(set decoding.beam.beam_size: 1, or strategy: greedy, and save it again)")
-    if decoding.get("greedy", {}).get("temperature") not in (None,) and decoding.get("strategy") in ("greedy", "greedy_batch"):
+    if decoding.get("strategy") in ("greedy", "greedy_batch") and (decoding.get("greedy") or {}).get("temperature") is not None:
         raise ExportError(f"{where}: the checkpoint samples at a temperature; nimbuild serves greedy decoding")
 
 
@@ -100,10 +100,8 @@ def prompt_record(model, where: str) -> dict[str, Any]:
     tokenizer = model.tokenizer
     specials = {name: int(i) for name, i in tokenizer.special_tokens.items()}
     template = TEMPLATES[model.prompt_format]
-    missing = [t for t in template + ["<|transcribe|>", "<|pnc|>", "<|nopnc|>", "<|endoftext|>"]
-               if t not in specials and t not in ("{source}", "{target}", "{task}", "{pnc}")]
-    if "{task}" not in template:
-        missing = [m for m in missing if m != "<|transcribe|>"]
+    needed = [t for t in template if not t.startswith("{")] + ["<|pnc|>", "<|nopnc|>", "<|endoftext|>"]
+    missing = [t for t in needed + (["<|transcribe|>"] if "{task}" in template else []) if t not in specials]
     if missing:
         raise ExportError(f"{where}: the tokenizer's special tokens lack {', '.join(missing)}, which the "
                           f"{model.prompt_format} prompt needs")
@@ -331,6 +329,12 @@ def check_parity(adapter: CanaryAdapter, encoder_path: Path, tolerance, clips: l
             raise ParityError(f"the front end makes {speech.front.frames(len(clip))} of {ours.shape[1]} frames of clip {i}; "
                               f"NeMo makes {n} of {ref.shape[2]}")
         comparison.add(f"features{i}:{n}", {"features": ref[0, :, :n].numpy()[None]}, {"features": ours[None, :, :n]})
+        if len(clip) >= runtime["pad_min_samples"]:  # the encoder frames NeMo's budget counts, as the runtime derives
+            with torch.inference_mode():  # them (shorter clips are padded first, as transcribe() pads them)
+                frames = model.forward(processed_signal=ref, processed_signal_length=ref_len)[2].shape[1]
+            ours = int(speech.encode([clip])[2][0])
+            if ours != frames:
+                raise ParityError(f"clip {i}: the runtime counts {ours} encoder frames for NeMo's budget, NeMo {frames}")
     prompts_checked = check_prompts(model, runtime["prompt"])
     _greedy_decoding(model)
     source = runtime["prompt"]["default_language"]
