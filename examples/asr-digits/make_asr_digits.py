@@ -183,6 +183,40 @@ def new_ctc_model():
     return EncDecCTCModel(cfg=OmegaConf.create(config(LABELS)))
 
 
+def fit(model, batch_loss, transcribe_clips, train_set, held_out, minutes: float, rng: random.Random, t0: float, *,
+        lr: float, batch: int, warmup: int, weight_decay: float) -> None:
+    """The speech examples' training loop (CTC, RNNT, Whisper, Canary): AdamW on `batch_loss(indices)`
+    over batches of similar lengths for `minutes`, the learning rate warmed up over `warmup` steps
+    then decayed with the time left, the gradient clipped at 1; after each epoch the word error rate
+    of `transcribe_clips(utterances)` on the first 60 held-out utterances."""
+    import torch
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    deadline, step, epoch = time.time() + minutes * 60, 0, 0
+    while time.time() < deadline:
+        epoch += 1
+        model.train()
+        losses = []
+        for indices in batches(train_set, batch, rng):
+            value = batch_loss(indices)
+            optimiser.zero_grad()
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            step += 1
+            for group in optimiser.param_groups:  # warm up, then decay with the time left
+                left = max(deadline - time.time(), 0) / (minutes * 60)
+                group["lr"] = lr * min(1.0, step / warmup) * max(left, 0.05)
+            optimiser.step()
+            losses.append(value.item())
+            if time.time() > deadline:
+                break
+        model.eval()
+        wer = word_error_rate([t for t, _ in held_out[:60]], transcribe_clips(held_out[:60]))
+        print(f"epoch {epoch}: step {step} loss {sum(losses) / len(losses):.3f} held-out WER {wer:.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    model.eval()
+
+
 def train(minutes: float, dest: Path, seed: int = 7, new_model=new_ctc_model, loss=ctc_loss, check=None) -> None:
     """Synthesise the speech, train `new_model()` on `loss` for `minutes`, report the held-out WER
     and save; `check(model, train_set, rng)` runs once before training (the RNNT script checks its loss)."""
@@ -203,30 +237,9 @@ def train(minutes: float, dest: Path, seed: int = 7, new_model=new_ctc_model, lo
         if check is not None:
             model.eval()
             check(model, train_set, rng)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3)
-        deadline = time.time() + minutes * 60
-        step, epoch = 0, 0
-        while time.time() < deadline:
-            epoch += 1
-            model.train()
-            losses = []
-            for indices in batches(train_set, 24, rng):
-                value = loss(model, *collate(train_set, indices, LABELS, rng))
-                optimiser.zero_grad()
-                value.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                step += 1
-                for group in optimiser.param_groups:  # warm up, then decay with the time left
-                    left = max(deadline - time.time(), 0) / (minutes * 60)
-                    group["lr"] = 2e-3 * min(1.0, step / 200) * max(left, 0.05)
-                optimiser.step()
-                losses.append(value.item())
-                if time.time() > deadline:
-                    break
-            model.eval()
-            wer = word_error_rate([t for t, _ in held_out[:60]], transcribe(model, held_out[:60], workdir))
-            print(f"epoch {epoch}: step {step} loss {sum(losses) / len(losses):.3f} held-out WER {wer:.3f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+        fit(model, lambda indices: loss(model, *collate(train_set, indices, LABELS, rng)),
+            lambda clips: transcribe(model, clips, workdir), train_set, held_out, minutes, rng, t0,
+            lr=2e-3, batch=24, warmup=200, weight_decay=1e-3)
         model.eval()
         hypotheses = transcribe(model, held_out, workdir)
         wer = word_error_rate([t for t, _ in held_out], hypotheses)

@@ -89,7 +89,6 @@ def train(minutes: float, dest: Path, seed: int = 7) -> None:
     import tempfile
     import time
 
-    import numpy as np
     import torch
     import transformers
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -126,37 +125,20 @@ def train(minutes: float, dest: Path, seed: int = 7) -> None:
                                    Path(tmp))
     print(f"synthesised {len(train_set)} training and {len(held_out)} held-out utterances in {time.time() - t0:.0f} s; "
           f"model: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1.5e-3, weight_decay=1e-2)
-    deadline, step, epoch = time.time() + minutes * 60, 0, 0
-    while time.time() < deadline:
-        epoch += 1
-        model.train()
-        losses = []
-        for indices in data.batches(train_set, 32, rng):
-            audios = [data.augment(train_set[i][1], rng)[:96000] for i in indices]
-            rows = [prompt + list(train_set[i][0].encode()) + [eot] for i in indices]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), eot, dtype=torch.long)
-            labels = torch.full((len(rows), width), -100, dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, :len(row)] = torch.tensor(row)
-                labels[r, :len(row) - 1] = torch.tensor(row[1:])  # each position predicts the next token
-            logits = model(input_features=features(audios), decoder_input_ids=ids).logits
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100)
-            optimiser.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            step += 1
-            for group in optimiser.param_groups:  # warm up, then decay with the time left
-                group["lr"] = 1.5e-3 * min(1.0, step / 150) * max((deadline - time.time()) / (minutes * 60), 0.05)
-            optimiser.step()
-            losses.append(loss.item())
-            if time.time() > deadline:
-                break
-        model.eval()
-        wer = data.word_error_rate([t for t, _ in held_out[:60]], transcribe([a for _, a in held_out[:60]]))
-        print(f"epoch {epoch}: step {step} loss {np.mean(losses):.3f} held-out WER {wer:.3f} ({time.time() - t0:.0f} s)",
-              flush=True)
+    def batch_loss(indices):
+        audios = [data.augment(train_set[i][1], rng)[:96000] for i in indices]
+        rows = [prompt + list(train_set[i][0].encode()) + [eot] for i in indices]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), eot, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = torch.tensor(row)
+            labels[r, :len(row) - 1] = torch.tensor(row[1:])  # each position predicts the next token
+        logits = model(input_features=features(audios), decoder_input_ids=ids).logits
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100)
+
+    data.fit(model, batch_loss, lambda clips: transcribe([a for _, a in clips]), train_set, held_out, minutes, rng, t0,
+             lr=1.5e-3, batch=32, warmup=150, weight_decay=1e-2)
     model.eval()
     wer = data.word_error_rate([t for t, _ in held_out], transcribe([a for _, a in held_out]))
     print(f"held-out WER ({len(held_out)} utterances, voices and variants never trained on): {wer:.3f}", flush=True)
