@@ -134,8 +134,10 @@ def _graph_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
 
 def _speech_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
     """Speech profiles carry Speech NIM's `mode` (ofl: whole files, str: chunked streaming) and
-    `name` tags, one profile per mode; the graph is the same, the serving differs."""
-    _supported(i, target, ("fp32",))  # the precision gate for speech (log-probs and transcripts) is not built yet
+    `name` tags, one profile per mode; the graph is the same, the serving differs. Precisions are
+    the task row's `speech_precisions`: those a gate on the served transcripts judges."""
+    allowed = task(recipe.task).speech_precisions  # the variants a gate on what the task serves judges
+    _supported(i, target, allowed if getattr(target, "backend", "") == "onnxruntime" else tuple(p for p in allowed if p != "int8"))
     return [{**tags, "mode": mode, "name": recipe.name}
             for tags in _graph_target_tags(recipe, i, target) for mode in recipe.serving.modes]
 

@@ -106,6 +106,9 @@ class Export(_Strict):
 class Gate(_Strict):
     cosine_min: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
     max_abs: float | None = Field(None, ge=0, allow_inf_nan=False)
+    # encoder-decoder speech (Whisper, Canary): the share of the fp32 graph's greedy tokens the variant
+    # serves the same, on the parity audio
+    tokens_min: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     # false: build the variant without evaluating it (for one this machine cannot run); the profile
     # records that its gate did not run. Never implied: a variant that cannot be evaluated is refused.
     evaluate: bool = True

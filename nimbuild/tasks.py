@@ -50,6 +50,10 @@ class Task:
     # NeMo classes a recipe may also build as this task, which `recipe init` gives to another one by
     # default (a hybrid TDT-CTC model is a transducer first; its CTC head is this task's)
     builds_also: tuple[str, ...] = ()
+    # precisions a speech task's targets may build (fp32 alone where no gate judges what it serves; the
+    # encoder-decoders' variants are gated on their greedy tokens: int8 for onnxruntime only, the
+    # engines' calibrated int8 needs sample inputs speech has not)
+    speech_precisions: tuple[str, ...] = ("fp32",)
 
 
 HYBRIDS = ("EncDecHybridRNNTCTCModel", "EncDecHybridRNNTCTCBPEModel")  # NeMo's transducers with a CTC head beside
@@ -84,11 +88,12 @@ TASKS: tuple[Task, ...] = (
     Task("asr-whisper", "speech recognition", "hf", takes=(r"^WhisperForConditionalGeneration$",),
          module="whisper", targets="asr", modality=(("audio",), ("text",)), transformer=True,
          assets=("tokenizer", "whisper"), owns=("serving.modes", "serving.streaming", "export.audio"),
-         streaming=True, riva=True),
+         streaming=True, riva=True, speech_precisions=("fp32", "fp16", "int8")),
     # Canary (NeMo's multitask encoder-decoder): speech recognition, and translation into English
     Task("asr-canary", "speech recognition", "nemo", takes=("EncDecMultiTaskModel",),
          module="canary", targets="asr", modality=(("audio",), ("text",)), assets=("canary",),
-         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True),
+         owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True,
+         speech_precisions=("fp32", "fp16", "int8")),
     Task("tts", "text-to-speech", "nemo", takes=("FastPitchModel",),
          module="tts", targets="tts", modality=(("text",), ("audio",)), assets=("tts",),
          owns=("source.vocoder", "serving.voice", "export.texts"),

@@ -62,6 +62,24 @@ class CanaryAdapter(EncoderDecoderNames):
     task: str = "asr-canary"
     runtime_info: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
+    parity_clips: list[np.ndarray] = field(default_factory=list)  # the audio parity ran on, for precision gates
+
+    def speech(self, encoder: Path) -> CanarySpeech:
+        """The runtime's decoding over `encoder` (this export's graph, or a precision variant) and the decoder graph."""
+        from nimbuild.export.reference import open_session
+        from nimbuild.serving.seq2seq import TranslationGraphs
+
+        return CanarySpeech(TranslationGraphs(open_session(encoder), open_session(self.assets[DECODER_GRAPH])),
+                            self.runtime_info, self.assets["canary/filterbank.npy"].parent.parent)
+
+    def served_tokens(self, encoder: Path) -> dict[str, list[int]]:
+        """Greedy tokens of each parity clip and language pair through `encoder`: what a precision gate compares."""
+        speech, out = self.speech(encoder), {}
+        for source, target in parity_cases(self.runtime_info["prompt"]):
+            prompt = prompt_ids(self.runtime_info["prompt"], source, target)
+            for i, tokens in enumerate(speech.decode(self.parity_clips, [prompt] * len(self.parity_clips))):
+                out[f"clip {i} ({source}->{target})"] = tokens
+        return out
 
     @property
     def output_names(self) -> list[str]:
@@ -309,17 +327,24 @@ def check_prompts(model, prompt: dict) -> int:
     return 2 * len(pairs)
 
 
+def parity_cases(prompt: dict) -> list[tuple[str, str]]:
+    """(spoken, written) language pairs parity and the precision gates decode: the default language
+    transcribed, and where the model translates, into English and out of it."""
+    source = prompt["default_language"]
+    cases = [(source, source)]
+    if "translate" in prompt["tasks"]:
+        other = next(s for s in prompt["languages"] if s != "en")
+        cases += [(other, "en"), ("en", other)]
+    return cases
+
+
 def check_parity(adapter: CanaryAdapter, encoder_path: Path, tolerance, clips: list[np.ndarray]) -> Comparison:
     """Features, prompts, greedy tokens and text against NeMo (module doc)."""
     import torch
 
-    from nimbuild.export.reference import open_session
-    from nimbuild.serving.seq2seq import TranslationGraphs
-
     model, runtime = adapter.model, adapter.runtime_info
     comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
-    speech = CanarySpeech(TranslationGraphs(open_session(encoder_path), open_session(adapter.assets[DECODER_GRAPH])),
-                          runtime, adapter.assets["canary/filterbank.npy"].parent.parent)
+    speech = adapter.speech(encoder_path)
     for i, clip in enumerate(clips):
         with torch.inference_mode():
             ref, ref_len = model.preprocessor(input_signal=torch.from_numpy(clip[None]), length=torch.tensor([len(clip)]))
@@ -337,11 +362,7 @@ def check_parity(adapter: CanaryAdapter, encoder_path: Path, tolerance, clips: l
                 raise ParityError(f"clip {i}: the runtime counts {ours} encoder frames for NeMo's budget, NeMo {frames}")
     prompts_checked = check_prompts(model, runtime["prompt"])
     _greedy_decoding(model)
-    source = runtime["prompt"]["default_language"]
-    cases = [(source, source)]
-    if "translate" in runtime["prompt"]["tasks"]:  # into English, and out of it
-        other = next(s for s in runtime["prompt"]["languages"] if s != "en")
-        cases += [(other, "en"), ("en", other)]
+    cases = parity_cases(runtime["prompt"])
     problems, compared = [], 0
     for source, target in cases:
         expected = [_nemo_transcribe(model, clip, source, target) for clip in clips]
@@ -383,9 +404,9 @@ def export(checkpoint: NemoCheckpoint, recipe: Recipe, dest: Path, reporter: Rep
                       run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
         check_graph(onnx_path, opset)
         check_graph(adapter.assets[DECODER_GRAPH], opset)
+    adapter.parity_clips = parity_audio(recipe, adapter.runtime_info["sample_rate"])
     with reporter.step("check features, prompts and greedy transcripts against NeMo"):
-        comparison = check_parity(adapter, onnx_path, recipe.export.parity,
-                                  parity_audio(recipe, adapter.runtime_info["sample_rate"]))
+        comparison = check_parity(adapter, onnx_path, recipe.export.parity, adapter.parity_clips)
     reporter.debug(comparison.describe())
     result = reference(onnx_path, input_specs(recipe.export.inputs, adapter.runtime_info), adapter, comparison)
     result.builder, result.assets = builder_versions(), adapter.assets

@@ -67,6 +67,25 @@ class WhisperAdapter(EncoderDecoderNames):
     task: str = "asr-whisper"
     runtime_info: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, Path] = field(default_factory=dict)
+    parity_clips: list[np.ndarray] = field(default_factory=list)  # the audio parity ran on, for precision gates
+
+    def served_tokens(self, encoder: Path) -> dict[str, list[int]]:
+        """Greedy tokens of each parity clip and case through `encoder` (this export's graph, or a
+        precision variant of it) and the decoder graph: what a precision gate compares."""
+        from nimbuild.export.reference import open_session
+        from nimbuild.serving.seq2seq import TranslationGraphs
+        from nimbuild.serving.whisper_asr import WhisperDecoder
+        from nimbuild.serving.whisper_audio import batch_features
+
+        decoder = WhisperDecoder(TranslationGraphs(open_session(encoder), open_session(self.assets[DECODER_GRAPH])),
+                                 self.runtime_info)
+        features = batch_features(self.parity_clips, np.load(self.assets[FILTERS]), self.runtime_info["features"])
+        rows, budget = len(self.parity_clips), self.runtime_info["max_output_tokens"]
+        out = {}
+        for language, task in parity_cases(self.runtime_info["prompt"]):
+            for i, (tokens, _) in enumerate(decoder.decode(features, [language] * rows, [task] * rows, [budget] * rows)):
+                out[f"clip {i} ({task}, language {language or 'detected'})"] = tokens
+        return out
 
 
 def limits(recipe_inputs: dict) -> tuple[Any, int]:
@@ -212,6 +231,16 @@ def export_graphs(adapter: WhisperAdapter, recipe, path: Path, run) -> None:
     adapter.assets[FILTERS] = filters
 
 
+def parity_cases(prompt: dict) -> list[tuple[str | None, str]]:
+    """(language, task) pairs parity and the precision gates decode: the language detected, and for a
+    multilingual model given too, and translated where the model translates."""
+    cases = [(None, "transcribe")]
+    if prompt["multilingual"]:
+        first = next(iter(prompt["languages"]))
+        cases += [(first, "transcribe")] + ([(first, "translate")] if "translate" in prompt["tasks"] else [])
+    return cases
+
+
 def check_parity(adapter: WhisperAdapter, encoder_path: Path, tolerance, clips: list[np.ndarray]) -> Comparison:
     """Features against the feature extractor; greedy tokens against generate (module doc)."""
     from tokenizers import Tokenizer
@@ -231,10 +260,7 @@ def check_parity(adapter: WhisperAdapter, encoder_path: Path, tolerance, clips: 
                              runtime)
     budget = runtime["max_output_tokens"]
     prompt = runtime["prompt"]
-    cases = [(None, "transcribe")]
-    if prompt["multilingual"]:
-        first = next(iter(prompt["languages"]))
-        cases += [(first, "transcribe")] + ([(first, "translate")] if "translate" in prompt["tasks"] else [])
+    cases = parity_cases(prompt)
     problems, compared = [], 0
     text = Tokenizer.from_file(str(adapter.tokenizer_file))
     for language, task in cases:
@@ -313,8 +339,9 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
                       run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
         check_graph(onnx_path, opset)
         check_graph(adapter.assets[DECODER_GRAPH], opset)
+    adapter.parity_clips = parity_audio(recipe, SAMPLE_RATE)
     with reporter.step("check features and greedy transcripts against transformers"):
-        comparison = check_parity(adapter, onnx_path, recipe.export.parity, parity_audio(recipe, SAMPLE_RATE))
+        comparison = check_parity(adapter, onnx_path, recipe.export.parity, adapter.parity_clips)
     reporter.debug(comparison.describe())
     batch, _ = limits(recipe.export.inputs)
     features = adapter.runtime_info["features"]

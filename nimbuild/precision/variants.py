@@ -15,8 +15,9 @@ So each variant is a graph of its own, made by the tool that does it well:
   the form TensorRT and TensorRT-RTX take.
 
 The gate runs the variant and the reference with onnxruntime on a fixed, seeded evaluation set and
-compares what the profile serves (for embeddings: the pooled, normalised vectors; otherwise the raw
-output). A variant that misses its gate is refused with the figures; a gate never only warns. A
+compares what the profile serves (for embeddings: the pooled, normalised vectors; for speech
+encoder-decoders, Whisper and Canary: the greedy transcripts of the parity audio, token by token;
+otherwise the raw output). A variant that misses its gate is refused with the figures; a gate never only warns. A
 variant this machine cannot evaluate is refused too, unless the recipe says `gate: {evaluate:
 false}`; its profile then records that the gate did not run.
 """
@@ -27,6 +28,7 @@ import logging
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,8 @@ CALIBRATION_SEED = 1234
 CALIBRATION_BATCH = 8
 # Gates used when the recipe gives none, per precision (minimum cosine of served outputs).
 DEFAULT_COSINE = {"fp16": 0.999, "bf16": 0.995, "int8": 0.98, "fp8": 0.98}
+# ... and for speech encoder-decoders, the share of fp32's greedy tokens served the same (TokenAgreement)
+DEFAULT_TOKENS = {"fp16": 0.99, "bf16": 0.98, "int8": 0.95, "fp8": 0.95}
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf", "Range", "CumSum"]
 # How each variant's graph is made; int8 takes two forms (see the module docstring).
 FORMS = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8-qdq"}
@@ -211,11 +215,48 @@ EVALUATED_AS = {
 }
 
 
-def gate(reference, variant: Path, form: str, spec) -> Comparison:
+@dataclass
+class TokenAgreement:
+    """A speech encoder-decoder's variant judged on what it serves: its greedy tokens against the
+    fp32 graph's, clip by clip, each counted equal up to its first difference (after one, the rest
+    of a transcript is decoded from another prefix and says nothing more about the variant)."""
+
+    tokens_min: float
+    equal: int = 0
+    total: int = 0
+    rows: list[str] = field(default_factory=list)
+
+    def add(self, what: str, reference: list[int], candidate: list[int]) -> None:
+        same = next((i for i, (a, b) in enumerate(zip(reference, candidate)) if a != b), min(len(reference), len(candidate)))
+        self.equal += same
+        self.total += max(len(reference), len(candidate), 1)
+        if reference != candidate:
+            self.rows.append(f"{what}: first difference at token {same} of {len(reference)}")
+
+    @property
+    def agreement(self) -> float:
+        return self.equal / max(self.total, 1)
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.tokens_min
+
+    def describe(self) -> str:
+        return "\n".join([f"  greedy tokens equal to fp32's: {self.equal}/{self.total} ({self.agreement:.4f}), "
+                          f"limit {self.tokens_min:g}: {'ok' if self.passed else 'FAILED'}", *(f"  {r}" for r in self.rows[:6])])
+
+    def summary(self) -> dict:
+        return {"tokens_min": f"{self.tokens_min:g}", "token_agreement": f"{self.agreement:.4f}",
+                "tokens_compared": self.total, "transcripts_differing": len(self.rows)}
+
+
+def gate(reference, variant: Path, form: str, spec) -> Comparison | TokenAgreement:
     """Compare the variant with the reference on the evaluation set; refuse it when it misses."""
     from nimbuild.export.reference import open_session, parity_shapes
 
     precision = form.split("-")[0]
+    if hasattr(reference.adapter, "served_tokens"):  # speech encoder-decoders: judged on their transcripts
+        return _token_gate(reference, variant, precision, spec)
     cosine_min = spec.cosine_min if spec and spec.cosine_min is not None else DEFAULT_COSINE[precision]
     max_abs = spec.max_abs if spec and spec.max_abs is not None else float("inf")
     comparison = Comparison(atol=max_abs, rtol=0.0, cosine_min=cosine_min)
@@ -236,6 +277,23 @@ def gate(reference, variant: Path, form: str, spec) -> Comparison:
         raise GateError(f"the {precision} variant misses its gate (shapes {', '.join(comparison.shapes)}):\n"
                         + comparison.describe())
     return comparison
+
+
+def _token_gate(reference, variant: Path, precision: str, spec) -> TokenAgreement:
+    tokens_min = spec.tokens_min if spec and spec.tokens_min is not None else DEFAULT_TOKENS[precision]
+    agreement = TokenAgreement(tokens_min)
+    adapter = reference.adapter
+    expected = adapter.served_tokens(reference.files[0])
+    try:
+        got = adapter.served_tokens(variant)
+    except Exception as e:  # a variant onnxruntime cannot load or run here
+        raise NimbuildError(f"the {precision} variant cannot be evaluated on this machine ({first_line(e)}); to build "
+                            f"it without its gate, set precisions.{precision}.gate.evaluate: false in the recipe") from None
+    for what in expected:
+        agreement.add(what, expected[what], got[what])
+    if not agreement.passed:
+        raise GateError(f"the {precision} variant misses its gate on the served transcripts:\n" + agreement.describe())
+    return agreement
 
 
 def _evaluation_session(graph: Path, precision: str, fused: bool):
