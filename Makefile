@@ -94,6 +94,11 @@ demo: install system-deps
 	$(NIMBUILD) compile examples/tiny-whisper/recipe.yaml --out build/profiles/tiny-whisper
 	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
 		$(PY) examples/asr-digits/demo_speech.py build/profiles/tiny-whisper/profiles.yaml
+	@# Canary from NeMo: the tiny-canary example, trained here on the same speech; its encoder and
+	@# KV-cache decoder exported by nimbuild, streamed by re-decoding as Whisper is
+	$(NIMBUILD) compile examples/tiny-canary/recipe.yaml --out build/profiles/tiny-canary
+	NIM_CACHE_PATH=build/cache NIM_HTTP_API_PORT=$(DEMO_PORT) NIM_GRPC_API_PORT=$(DEMO_GRPC_PORT) NIM_TAGS_SELECTOR=mode=str \
+		$(PY) examples/asr-digits/demo_speech.py build/profiles/tiny-canary/profiles.yaml
 	@# text to speech: the tts-digits voice (FastPitch + Griffin-Lim), heard back by the served asr-digits
 	$(NIMBUILD) compile examples/tts-digits/recipe.yaml --out build/profiles/tts-digits
 	$(NIMBUILD) publish build/profiles/tts-digits --registry build/registry --force

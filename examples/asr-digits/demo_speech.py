@@ -1,5 +1,5 @@
 """The speech end of `make demo`: speak a sentence with espeak-ng, serve a speech profile (asr-digits,
-then the transducer asr-digits-rnnt, then the Whisper tiny-whisper) with runtime_min, transcribe
+then the transducer asr-digits-rnnt, the Whisper tiny-whisper and the Canary tiny-canary) with runtime_min, transcribe
 the recording through POST /v1/audio/transcriptions (espeak-ng's own 22.05 kHz WAV: the server
 resamples it), then stream the same audio in 100 ms pieces to the streaming endpoint and print its
 partial transcripts; then the same through Riva's gRPC API with the official nvidia-riva-client

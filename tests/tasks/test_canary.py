@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from helpers.examples import script_module
 from helpers.runtime import serving
-from helpers.speech import RATE, as_served, riva_asr, seeded_clip, wav_bytes
+from helpers.speech import RATE, as_served, riva_asr, seeded_clip, transcribe, wav_bytes
 from nimbuild.cli import main
 
 pytest.importorskip("nemo", reason="the nemo extra is not installed")
@@ -63,7 +63,7 @@ def reference(canary):
         model.change_decoding_strategy(OmegaConf.create({"strategy": "greedy", "greedy": {"max_generation_delta": 50}}))
     cache = {}
 
-    def transcribe(audio: np.ndarray, source: str, target: str) -> str:
+    def nemo_text(audio: np.ndarray, source: str, target: str) -> str:
         key = (audio.tobytes(), source, target)
         if key not in cache:
             with quiet():
@@ -72,7 +72,7 @@ def reference(canary):
             cache[key] = hypothesis.text.strip()  # served without the space NeMo's first piece leaves
         return cache[key]
 
-    return transcribe
+    return nemo_text
 
 
 @pytest.fixture(scope="module")
@@ -171,16 +171,31 @@ def test_requests_canary_cannot_answer_are_400s_naming_what_to_fix(served):
         assert response.status_code == 400 and needle in response.json()["error"]["message"], response.text
 
 
-def test_a_canary2_checkpoint_builds_with_its_prompt_checked_against_nemo(tmp_path):
+def test_a_canary2_checkpoint_builds_with_its_prompt_checked_against_nemo_and_reduced_precisions(tmp_path):
     """canary2's prompt (context, emotion, ITN, timestamp and diarization slots at their defaults), as
     canary-1b-flash writes it: the build checks nimbuild's prompts against NeMo's formatter and the
-    tokens against transcribe()."""
+    tokens against transcribe(); its fp16 and int8 encoders are gated on the served tokens."""
+    import yaml
+
     from nimbuild.profiles.manifest import load_manifest
 
-    out = _compile(write_tiny_canary(tmp_path / "checkpoint", "canary2"), tmp_path, "--target", "0")
-    (profile, *_) = load_manifest(out / "profiles.yaml").profiles
-    assert profile.build["parity"]["cases"] == ["en->en", "de->en", "en->de"]
-    assert int(profile.build["parity"]["prompts_checked"]) == 8
+    checkpoint = write_tiny_canary(tmp_path / "checkpoint", "canary2")
+    runner = CliRunner()
+    assert runner.invoke(main, ["recipe", "init", str(checkpoint), "--out", str(tmp_path / "recipe.yaml")]).exit_code == 0
+    recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    recipe["source"]["nemo"] = str(checkpoint)
+    recipe["serving"]["modes"] = ["ofl"]
+    recipe["precisions"] = {"fp32": {}, "fp16": {}, "int8": {}}  # gated on the served tokens, at the defaults
+    recipe["targets"] = [{"type": "generic", "backend": "onnxruntime", "precisions": ["fp32", "fp16", "int8"]}]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = runner.invoke(main, ["-q", "compile", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    profiles = {p.tags["precision"]: p for p in load_manifest(tmp_path / "out" / "profiles.yaml").profiles}
+    parity = profiles["fp32"].build["parity"]
+    assert parity["cases"] == ["en->en", "de->en", "en->de"] and int(parity["prompts_checked"]) == 8
+    for precision in ("fp16", "int8"):  # the parity audio's transcripts, 3 language pairs each
+        gate = profiles[precision].build["gate"]
+        assert gate["run"] and float(gate["token_agreement"]) >= float(gate["tokens_min"]) and gate["tokens_compared"] > 100
 
 
 def test_a_canary_that_decodes_with_a_wider_beam_is_refused(tmp_path):
@@ -207,3 +222,38 @@ def test_a_canary_that_decodes_with_a_wider_beam_is_refused(tmp_path):
     result = runner.invoke(main, ["-q", "compile", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--target", "0"])
     assert result.exit_code != 0 and "beam of 4" in result.output and "Traceback" not in result.output, result.output
 
+
+# --- the committed example: trained here on the digits speech -----------------------------------
+
+WER_BOUND = 0.08  # measured: 0.039 on these 40 clips (examples/tiny-canary/README.md)
+
+
+@pytest.fixture(scope="module")
+def served_example(tmp_path_factory):
+    from helpers.paths import REPO
+    from helpers.recipes import compiled
+
+    out = compiled(tmp_path_factory, REPO / "examples" / "tiny-canary" / "recipe.yaml", "--target", "0")
+    yield from serving(out / "profiles.yaml", tmp_path_factory.mktemp("tiny-canary-cache"))
+
+
+def test_the_example_transcribes_held_out_speech_as_nemo_does(served_example, held_out):
+    """The 40 held-out clips the speech examples are scored on (voices, variants and speeds never
+    trained on): served transcripts equal NeMo's own transcribe() on the same files, and the word
+    error rate is the one the example's README reports."""
+    from nemo.collections.asr.models import EncDecMultiTaskModel
+
+    from helpers.examples import asr_trainer
+    from helpers.paths import REPO
+    from nimbuild.export.asr import quiet
+
+    served = [transcribe(served_example.url, path, "tiny-canary", language="en").json()["text"] for _, path, _ in held_out]
+    with quiet():
+        model = EncDecMultiTaskModel.restore_from(str(REPO / "examples" / "tiny-canary" / "tiny-canary.nemo"),
+                                                  map_location="cpu").eval()
+        expected = [h.text.strip() for h in model.transcribe([str(path) for _, path, _ in held_out], batch_size=1, verbose=False,
+                                                     num_workers=0, source_lang="en", target_lang="en", task="asr",
+                                                     pnc="yes")]
+    assert served == expected
+    wer = asr_trainer().word_error_rate([text for text, _, _ in held_out], served)
+    assert wer < WER_BOUND, f"held-out word error rate {wer:.3f}"
