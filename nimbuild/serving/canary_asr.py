@@ -29,8 +29,6 @@ import numpy as np
 from nimbuild.serving.audio import FrontEnd, encoded_lengths
 from nimbuild.serving.seq2seq import DecodingRules, TranslationGraphs, decode
 
-SLOTS = ("{source}", "{target}", "{task}", "{pnc}")
-
 
 def prompt_ids(prompt: dict, source: str, target: str, pnc: bool = True) -> list[int]:
     """The decoder prompt for speech in `source` written out in `target` (the same language:
