@@ -1,7 +1,7 @@
 """Encoder-decoder speech profiles in Triton (Whisper, and Canary, whose folder serves with this
 one's code): one Python model `<model>`, dynamically batched, that takes one
-clip (16 kHz float audio, at most one window: 30 s in OpenAI's checkpoints) with its language and
-task and answers its transcript (and, for `mode: str` profiles, `<model>-stream`,
+clip (16 kHz float audio, up to the profile's `max_seconds`: Whisper cuts a clip longer than its
+window into overlapping windows) with its language and task and answers its transcript (and, for `mode: str` profiles, `<model>-stream`,
 sequence-batched, which re-decodes each stream's audio so far after every chunk): the numpy front
 end, the encoder (the core: onnxruntime, a TensorRT-RTX engine on a GPU, or `<model>-core` on a
 native backend through BLS) over the batch's clips together, then greedy decoding with the KV-cache
