@@ -373,7 +373,7 @@ def test_speech_recipes_are_validated_before_any_work(tiny_nemo, write_recipe):
                 "precisions: {fp32: {}}\ntargets: [{type: generic, precisions: [fp32]}]\nserving: {modes: [str]}\n"
     with pytest.raises(NimbuildError, match="serving.modes apply to speech recognition recipes"):
         parse_recipe(embedding)
-    with pytest.raises(NimbuildError, match="tasks asr-ctc, asr-rnnt and tts build NeMo checkpoints"):
+    with pytest.raises(NimbuildError, match="tasks asr-ctc, asr-rnnt, asr-canary and tts build NeMo checkpoints"):
         parse_recipe(embedding.replace("task: embedding", "task: asr-ctc"))
     with pytest.raises(NimbuildError, match="NeMo checkpoints are built as one of them; this recipe has task embedding"):
         parse_recipe(embedding.replace("{hf: m}", "{nemo: m.nemo}").replace("serving: {modes: [str]}\n", ""))
