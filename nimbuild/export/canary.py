@@ -33,8 +33,8 @@ from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.asr import AUDIO_INPUT, LENGTH_INPUT, input_specs, parity_audio, quiet, restore, subsampling_layers
 from nimbuild.export.llm import first_difference
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import ReferenceExport, Starter, check_graph, graph_metadata, reference, run_exporter
-from nimbuild.export.seq2seq import EncoderDecoderNames, dynamic_axes, export_step_graph
+from nimbuild.export.reference import ReferenceExport, Starter, reference
+from nimbuild.export.seq2seq import EncoderDecoderNames, dynamic_axes, export_encoder_decoder, export_step_graph
 from nimbuild.recipe import Recipe
 from nimbuild.serving.canary_asr import CanarySpeech, prompt_ids
 from nimbuild.sources.nemo import NemoCheckpoint
@@ -398,12 +398,7 @@ def export(checkpoint: NemoCheckpoint, recipe: Recipe, dest: Path, reporter: Rep
     with reporter.step(f"restore {checkpoint.model_class} with NeMo"):
         adapter = load_adapter(checkpoint, recipe, dest / "canary")
     onnx_path = dest / "model.onnx"
-    opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
-    with reporter.step(f"export encoder and KV-cache decoder ONNX (opset {opset})"):
-        export_graphs(adapter, recipe, onnx_path, lambda module, example, names, outputs, dynamic, path:
-                      run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
-        check_graph(onnx_path, opset)
-        check_graph(adapter.assets[DECODER_GRAPH], opset)
+    export_encoder_decoder(adapter, recipe, checkpoint, export_graphs, onnx_path, DECODER_GRAPH, reporter)
     adapter.parity_clips = parity_audio(recipe, adapter.runtime_info["sample_rate"])
     with reporter.step("check features, prompts and greedy transcripts against NeMo"):
         comparison = check_parity(adapter, onnx_path, recipe.export.parity, adapter.parity_clips)

@@ -17,6 +17,7 @@ from typing import Any
 
 from nimbuild.errors import ExportError
 from nimbuild.export.llm import CacheNames
+from nimbuild.export.reference import check_graph, graph_metadata, run_exporter
 from nimbuild.serving.generation import cache_names
 from nimbuild.serving.seq2seq import DecodingRules
 
@@ -125,3 +126,15 @@ def export_step_graph(run, module, example: tuple, input_names: list[str], outpu
     data = dest.with_name(dest.name + ".data")
     if data.exists():
         assets[rel + ".data"] = data
+
+
+def export_encoder_decoder(adapter, recipe, checkpoint, export_graphs, onnx_path: Path, decoder: str, reporter) -> None:
+    """An encoder-decoder's two graphs exported (`export_graphs(adapter, recipe, onnx_path, run)`: the
+    encoder to `onnx_path`, the decoder step to the asset `decoder`) with the recipe's opset and the
+    profile's metadata, and both checked."""
+    opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
+    with reporter.step(f"export encoder and KV-cache decoder ONNX (opset {opset})"):
+        export_graphs(adapter, recipe, onnx_path, lambda module, example, names, outputs, dynamic, path:
+                      run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
+        check_graph(onnx_path, opset)
+        check_graph(adapter.assets[decoder], opset)

@@ -34,17 +34,15 @@ from nimbuild.export.reference import (
     InputSpec,
     ReferenceExport,
     Starter,
-    check_graph,
-    graph_metadata,
     positions,
     reference,
-    run_exporter,
 )
 from nimbuild.export.seq2seq import (
     EncoderDecoderNames,
     cross_keys_values,
     decoding_rules,
     dynamic_axes,
+    export_encoder_decoder,
     export_step_graph,
     greedy_reference,
     step_cache,
@@ -290,12 +288,7 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
         adapter = load_adapter(checkpoint, recipe)
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
-    opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
-    with reporter.step(f"export encoder and KV-cache decoder ONNX (opset {opset})"):
-        export_graphs(adapter, recipe, onnx_path, lambda module, example, names, outputs, dynamic, path:
-                                  run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
-        check_graph(onnx_path, opset)
-        check_graph(adapter.assets[DECODER_GRAPH], opset)
+    export_encoder_decoder(adapter, recipe, checkpoint, export_graphs, onnx_path, DECODER_GRAPH, reporter)
     with reporter.step("check greedy translations against transformers"):
         comparison = check_parity(adapter, onnx_path, recipe.export.parity, recipe.export.texts)
     reporter.debug(comparison.describe())

@@ -29,12 +29,13 @@ from nimbuild.errors import ExportError, ParityError
 from nimbuild.export.asr import parity_audio
 from nimbuild.export.llm import first_difference, flat_cache
 from nimbuild.export.parity import Comparison
-from nimbuild.export.reference import InputSpec, ReferenceExport, Starter, check_graph, graph_metadata, reference, run_exporter
+from nimbuild.export.reference import InputSpec, ReferenceExport, Starter, reference
 from nimbuild.export.seq2seq import (
     EncoderDecoderNames,
     cross_keys_values,
     decoding_rules,
     dynamic_axes,
+    export_encoder_decoder,
     export_step_graph,
     greedy_reference,
     step_cache,
@@ -333,12 +334,7 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
         adapter = load_adapter(checkpoint, recipe)
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
-    opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
-    with reporter.step(f"export encoder and KV-cache decoder ONNX (opset {opset})"):
-        export_graphs(adapter, recipe, onnx_path, lambda module, example, names, outputs, dynamic, path:
-                      run_exporter(module, example, names, outputs, dynamic, path, opset, metadata, reporter))
-        check_graph(onnx_path, opset)
-        check_graph(adapter.assets[DECODER_GRAPH], opset)
+    export_encoder_decoder(adapter, recipe, checkpoint, export_graphs, onnx_path, DECODER_GRAPH, reporter)
     adapter.parity_clips = parity_audio(recipe, SAMPLE_RATE)
     with reporter.step("check features and greedy transcripts against transformers"):
         comparison = check_parity(adapter, onnx_path, recipe.export.parity, adapter.parity_clips)
