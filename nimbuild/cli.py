@@ -140,7 +140,7 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, t
         emit_json({
             "manifest": str(out / MANIFEST_NAME), "built": result.built, "unchanged": result.reused,
             "skipped": [{"profile": d, "reason": r} for d, r in result.skipped],
-            "profiles": [p.to_dict() for p in result.manifest.profiles],
+            "profiles": [p.to_dict() for p in result.manifest.profiles], "stages": result.stages,
         })
         return
     if not result.built:
@@ -156,6 +156,13 @@ def compile_cmd(ctx: click.Context, recipe_file: Path, out: Path, force: bool, t
     for description, reason in result.skipped:
         click.echo(f"  {'-' * 12}  {description:<40} skipped: {reason}")
     click.echo(f"manifest: {out / MANIFEST_NAME}")
+    peaks = [s for s in result.stages if s["peak_rss_mib"] is not None]
+    if result.built and peaks:
+        from nimbuild.compile import COMPILE_RECORD
+
+        top = max(peaks, key=lambda s: s["peak_rss_mib"])
+        click.echo(f"peak memory: {top['peak_rss_mib'] / 1024:.2f} GiB, in \"{top['step']}\" "
+                   f"(every step's: {out / COMPILE_RECORD})")
 
 
 # --- profiles -----------------------------------------------------------------------------------

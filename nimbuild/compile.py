@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # the recipe schema (pydantic) loads only where a recipe is r
     from nimbuild.recipe import Recipe
 
 WORKSPACES_DIR = "profiles"
+COMPILE_RECORD = "compile-record.json"  # the last compile's cost per step (_write_compile_record)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".nemo")
 STAGING_PREFIX = ".nimbuild-staging-"
 
 
@@ -57,6 +59,8 @@ class CompileResult:
     built: list[str]  # profile ids built in this run
     reused: list[str]  # profile ids whose inputs had not changed
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (description, why this machine cannot build it)
+    # the compile's steps: {step, seconds, peak_rss_mib}, as COMPILE_RECORD holds them
+    stages: list[dict] = field(default_factory=list)
 
 
 GENERIC_PRECISIONS = ("fp32", "fp16", "int8")  # what onnxruntime runs well on any machine
@@ -166,12 +170,14 @@ def _translation_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, s
 
 
 def _llm_target_tags(recipe: Recipe, i: int, target) -> list[dict[str, str]]:
-    """Decoder LMs: the generic KV-cache graph (fp32) anywhere, TensorRT-LLM engines on GPU hosts."""
+    """Decoder LMs: the generic KV-cache graph (fp32, or its weight-only int8 and int4 variants)
+    anywhere, TensorRT-LLM engines on GPU hosts."""
     from nimbuild.targets.tensorrt_llm import LLM_PRECISIONS, tensorrt_llm_version
 
     profile = recipe.serving.profile
     if target.type == "generic":
-        _supported(i, target, ("fp32",))
+        # the LoRA graph is exported in fp32 only (nimbuild.export.lora)
+        _supported(i, target, ("fp32",) if target.lora else ("fp32", "int8", "int4"))
         # a LoRA target's profile is its own graph (adapters as inputs), tagged as NIM tags LoRA profiles
         lora = {"feat_lora": "true", "lora_max_rank": str(target.lora.max_rank)} if target.lora else {}
         return [{"backend": target.backend, "type": "generic", "precision": p, "profile": profile, "tp": "1", **lora}
@@ -321,6 +327,7 @@ def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = 
                    targets: tuple[int, ...] = (), precisions: tuple[str, ...] = (), cell: str | None = None) -> CompileResult:
     from nimbuild.matrix import cells as matrix
 
+    first_stage = len(reporter.stages)
     planned = plan_variants(recipe)
     chosen = matrix.select_cell(planned, cell) if cell else planned
     variants, skipped = split_buildable(select_variants(chosen, targets, precisions))
@@ -342,6 +349,7 @@ def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = 
             built = _build(recipe, checkpoint, todo, keys, source_digest, out, reporter) if todo else []
             manifest = Manifest(kept + [p for p, _ in built])
             _commit(out, built, manifest)
+            stages = _write_compile_record(out, recipe, checkpoint, [p.id for p, _ in built], reporter.stages[first_stage:])
             if cell:  # a partial result: say which cell it is, so merge can name what is missing
                 matrix.write_cell_record(out, recipe, planned, cell, skipped)
             else:
@@ -350,7 +358,31 @@ def compile_recipe(recipe: Recipe, out: Path, reporter: Reporter, force: bool = 
         if created_out:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return CompileResult(manifest, built=[p.id for p, _ in built], reused=[p.id for p in kept], skipped=skipped)
+    return CompileResult(manifest, built=[p.id for p, _ in built], reused=[p.id for p in kept], skipped=skipped,
+                         stages=stages)
+
+
+def _write_compile_record(out: Path, recipe: Recipe, checkpoint, built: list[str], steps: list) -> list[dict]:
+    """What this compile cost, step by step (seconds, peak resident MiB), beside the manifest in
+    COMPILE_RECORD (docs/design.md §17). Not in the manifest: two compiles of one recipe must
+    give identical manifests, and memory and time differ from run to run."""
+    from nimbuild.util.files import atomic_write_text
+
+    stages = [{"step": message, "seconds": round(seconds, 2), "peak_rss_mib": None if peak is None else round(peak)}
+              for message, seconds, peak in steps]
+    record = {"model": recipe.name, "release": recipe.release, "source_bytes": _source_bytes(checkpoint),
+              "built": built, "stages": stages}
+    if built:  # an up-to-date compile keeps the record of the one that built the profiles
+        atomic_write_text(out / COMPILE_RECORD, json.dumps(record, indent=1) + "\n")
+    return stages
+
+
+def _source_bytes(checkpoint) -> int:
+    """The checkpoint's weights on disk (a .nemo archive whole): what a compile's peak is measured against."""
+    path = getattr(checkpoint, "source", None) or checkpoint.path
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
 
 
 @contextmanager
@@ -396,11 +428,11 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         reference = export_reference(checkpoint, recipe, staging / "_reference", reporter)
-        graphs = _precision_graphs(recipe, checkpoint, reference, {_form(v) for v in todo}, staging, reporter)
+        graphs = _precision_graphs(recipe, checkpoint, reference, {_form(recipe, v) for v in todo}, staging, reporter)
         staged, engines = [], {}
         for variant in todo:
             workspace = staging / variant.description
-            graph, verification = graphs[_form(variant)]
+            graph, verification = graphs[_form(recipe, variant)]
             tags = dict(variant.tags)
             if tags["type"] == "rmir":
                 target = recipe.targets[variant.target_index]
@@ -430,8 +462,9 @@ def _build(recipe: Recipe, checkpoint, todo: list[Variant], keys: dict, source_d
         raise
 
 
-def _form(variant: Variant) -> str:
-    """Which graph a variant is built from (int8 is dynamic for onnxruntime, Q/DQ for engines)."""
+def _form(recipe: Recipe, variant: Variant) -> str:
+    """Which graph a variant is built from (int8 is dynamic for onnxruntime, Q/DQ for engines,
+    weight-only for text generation)."""
     from nimbuild.precision.variants import form_for
 
     tags = dict(variant.tags)
@@ -439,7 +472,7 @@ def _form(variant: Variant) -> str:
         return f"lora-{variant.target_index}"
     if variant.precision == "fp32" or "llm_engine" in tags:  # TensorRT-LLM quantises from the checkpoint itself
         return "fp32"
-    return form_for(variant.precision, tags["backend"])
+    return form_for(variant.precision, tags["backend"], weight_only=task(recipe.task).targets == "llm")
 
 
 def _precision_graphs(recipe: Recipe, checkpoint, reference, forms: set[str], staging: Path,
@@ -489,6 +522,12 @@ def _profile_for(recipe: Recipe, variant: Variant, workspace: Path, key: str, so
         requires = {"gpus": int(tags.get("tp", "1")) * int(tags.get("pp", "1"))}
     elif tags.get("type") == "rmir":
         requires = {"min_compute_capability": recipe.targets[variant.target_index].min_compute_capability, "gpus": 1}
+    if task(recipe.task).targets == "llm":  # weights + KV cache: a GPU's need is what selection judges
+        from nimbuild.export.llm import serving_memory_mib
+
+        on_gpu = tags.get("llm_engine") == "tensorrt_llm"  # fp16 cache there; the onnxruntime graph's is fp32
+        need = serving_memory_mib(workspace, reference.runtime_info, 2 if on_gpu else 4)
+        requires = {**(requires or {}), ("gpu_memory_mib" if on_gpu else "memory_mib"): need}
     return Profile.create(recipe.name, recipe.release, tags, files, requires=requires, build=build)
 
 

@@ -38,7 +38,8 @@ OWNED_FIELDS = tuple(dict.fromkeys(f for t in TASKS for f in t.owns))
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 
-Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+# int4: text generation's weight-only 4-bit (MatMulNBits); int8 is weight-only there too (WeightOnly)
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8", "int4"]
 
 
 def _cc_string(value: Any) -> Any:
@@ -109,6 +110,9 @@ class Gate(_Strict):
     # encoder-decoder speech (Whisper, Canary): the share of the fp32 graph's greedy tokens the variant
     # serves the same, on the parity audio
     tokens_min: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    # text generation's weight-only int4/int8: how far the variant's perplexity on held text may be
+    # from the source's, relative, either way (0.05: within 5%)
+    perplexity_delta_max: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     # false: build the variant without evaluating it (for one this machine cannot run); the profile
     # records that its gate did not run. Never implied: a variant that cannot be evaluated is refused.
     evaluate: bool = True
@@ -119,9 +123,22 @@ class Calibration(_Strict):
     data: Path | None = None  # texts, one sample per line, relative to the recipe; else seeded synthetic
 
 
+class WeightOnly(_Strict):
+    """text-generation int4/int8: weights quantised in blocks along the input axis, activations left
+    in fp32 (onnxruntime's MatMulNBits and its quantizer, nimbuild.precision.weight_only)."""
+
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    # rtn: round to nearest with a scale per block; hqq: half-quadratic, scales and zero points fitted
+    algorithm: Literal["rtn", "hqq"] = "rtn"
+    # onnxruntime's accuracy_level: 0 computes in fp32; 4 quantises activations to int8 inside the
+    # kernel (faster on CPUs with int8 dot products, less exact; the gate judges either)
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 0
+
+
 class PrecisionSpec(_Strict):
     gate: Gate | None = None
     calibration: Calibration | None = None
+    weight_only: WeightOnly | None = None
 
 
 class Lora(_Strict):
@@ -307,6 +324,10 @@ class Recipe(_Strict):
             raise ValueError(f"a {self.task} recipe needs {', '.join(missing)} ({row.needs_why})")
         if len(set(self.serving.modes)) != len(self.serving.modes):
             raise ValueError("serving.modes lists a mode twice")
+        for precision, spec in self.precisions.items():
+            if spec and spec.weight_only and (row.targets != "llm" or precision not in ("int4", "int8")):
+                raise ValueError(f"precisions.{precision}.weight_only: weight-only quantisation is text generation's "
+                                 f"int4 and int8 (this recipe: task {self.task}, precision {precision})")
         return self
 
     def _given(self, field: str) -> bool:

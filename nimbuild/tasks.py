@@ -74,7 +74,8 @@ TASKS: tuple[Task, ...] = (
     # GPT-2's class predates the ForCausalLM naming; nimbuild.export.families lists the families proved
     Task("text-generation", "text generation", "hf", takes=(r"ForCausalLM$", r"^GPT2LMHeadModel$"),
          module="llm", targets="llm", modality=(("text",), ("text",)),
-         transformer=True, assets=("tokenizer",), native_backends=("tensorrt_llm",)),
+         transformer=True, assets=("tokenizer",), native_backends=("tensorrt_llm",),
+         owns=("export.texts",)),  # held text for the int4/int8 variants' perplexity gate
     Task("asr-ctc", "speech recognition", "nemo", takes=("EncDecCTCModel", "EncDecCTCModelBPE"),
          module="asr", targets="asr", modality=(("audio",), ("text",)), assets=("asr",),
          owns=("serving.modes", "serving.streaming", "export.audio"), streaming=True, riva=True,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from nimbuild.util.progress import Reporter
 
 PROMPT_SEED = 20240611
 PARITY_NEW = 16  # greedy tokens generated per parity prompt
+HELD_TOKENS = 256  # the longest held sequence a weight-only variant's perplexity is measured on
 GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
 GROUPED_ATTENTION = "nimbuild_grouped"
 DENSE_EXPERTS = "nimbuild_dense"
@@ -88,10 +89,37 @@ class DecoderAdapter(CacheNames):
     vocab_size: int
     eos_ids: list[int]
     runtime_info: dict[str, Any]
+    recorded: "Recorded | None" = None  # the source's answers, kept when the source is freed
 
     @property
     def input_names(self) -> list[str]:
         return [*GRAPH_INPUTS, *self.past_names]
+
+    # what a precision variant's gate judges (nimbuild.precision.variants): served greedy tokens
+    # against the source's, and perplexity on the held sequences against the source's
+
+    def expected_tokens(self) -> dict[str, list[int]]:
+        return {f"prompt of {len(p)} tokens": t for p, t in zip(self.recorded.prompts, self.recorded.tokens)}
+
+    def served_tokens(self, graph_path: Path) -> dict[str, list[int]]:
+        from nimbuild.export.reference import open_session
+        from nimbuild.serving.generation import DecoderGraph, greedy
+
+        graph = DecoderGraph(open_session(graph_path))
+        recompute_at = self.runtime_info.get("recompute_cache_at")
+        return {f"prompt of {len(p)} tokens": greedy(graph, p, n, self.eos_ids, recompute_at=recompute_at)
+                for p, n in zip(self.recorded.prompts, self.recorded.budgets)}
+
+    def perplexities(self, graph_path: Path) -> tuple[float, float] | None:
+        """(source's, graph's) perplexity on the held sequences; None where none were recorded."""
+        from nimbuild.export.reference import open_session
+        from nimbuild.serving.generation import DecoderGraph
+
+        if self.recorded.held_nll is None:
+            return None
+        graph = DecoderGraph(open_session(graph_path))
+        nll = graph_nll(graph, self.recorded.held, self.runtime_info.get("recompute_cache_at"))
+        return float(np.exp(self.recorded.held_nll)), float(np.exp(nll))
 
     @property
     def output_names(self) -> list[str]:
@@ -334,44 +362,117 @@ def parity_prompts(vocab_size: int, context: int, crossings: list[int] = ()) -> 
     return [rng.integers(0, vocab_size, size=n).tolist() for n in sorted(lengths)]
 
 
+@dataclass
+class Recorded:
+    """What the source model answered, recorded before it is freed (docs/design.md §17): every
+    check after the export (the graph's parity, the weight-only variants' gates) works from this,
+    so the source and an onnxruntime session are never in memory together."""
+
+    prompts: list[list[int]]
+    budgets: list[int]  # greedy tokens asked for per prompt
+    tokens: list[list[int]]  # transformers' greedy continuation of each prompt
+    logits: list[np.ndarray]  # [steps, vocab] per prompt, fp32
+    held: list[list[int]] = field(default_factory=list)  # held token sequences perplexity is measured on
+    held_nll: float | None = None  # the source's mean negative log-likelihood per predicted held token
+
+
+def record_source(adapter: DecoderAdapter, context: int, held: list[list[int]]) -> Recorded:
+    """transformers' greedy tokens and logits on the parity prompts, and its likelihood of the held
+    sequences (when any are given: the weight-only variants' perplexity gate needs them)."""
+    config = adapter.model.config.to_dict()
+    prompts = parity_prompts(adapter.vocab_size, context, boundaries(config, context))
+    budgets = [min(PARITY_NEW, context - len(p)) for p in prompts]
+    answers = [_transformers_greedy(adapter, p, n) for p, n in zip(prompts, budgets)]
+    return Recorded(prompts, budgets, [t for t, _ in answers], [np.stack(steps) for _, steps in answers], held,
+                    _source_nll(adapter.model, held) if held else None)
+
+
+def release_source(adapter: DecoderAdapter) -> None:
+    """Free the transformers model (the graph's checks use what record_source kept)."""
+    import gc
+
+    adapter.model = adapter.module = None
+    gc.collect()
+
+
+def _source_nll(model, sequences: list[list[int]]) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for ids in sequences:
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            picked = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[1:])[:, None])
+            total, count = total - float(picked.sum()), count + len(ids) - 1
+    return total / max(count, 1)
+
+
+def graph_nll(graph, sequences: list[list[int]], recompute_at: int | None = None) -> float:
+    """The graph's mean negative log-likelihood of each sequence's tokens after the first, fed one
+    at a time through the cache as serving feeds them (the graph returns the last position only)."""
+    from nimbuild.serving.generation import greedy
+
+    total, count = 0.0, 0
+    for ids in sequences:
+        steps: list[np.ndarray] = []
+        greedy(graph, ids[:1], len(ids) - 1, on_logits=steps.append, recompute_at=recompute_at, forced=ids[1:])
+        for logits, token in zip(steps, ids[1:]):
+            shifted = logits.astype(np.float64) - logits.max()
+            total += float(np.log(np.exp(shifted).sum()) - shifted[token])
+        count += len(ids) - 1
+    return total / max(count, 1)
+
+
+def held_sequences(checkpoint: HFCheckpoint, texts: list[str], vocab_size: int, context: int) -> list[list[int]]:
+    """The held text the weight-only variants' perplexity is measured on: the recipe's
+    `export.texts` through the checkpoint's tokenizer, or, without texts, seeded token sequences
+    (for a random-weight checkpoint these say as much as text)."""
+    limit = min(context, HELD_TOKENS)
+    if not texts:
+        rng = np.random.default_rng(PROMPT_SEED + 1)
+        return [rng.integers(0, vocab_size, size=min(64, limit)).tolist() for _ in range(2)]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, local_files_only=True)
+    sequences = [tokenizer(text)["input_ids"][:limit] for text in texts]
+    return [s for s in sequences if len(s) >= 2]
+
+
 def check_generation_parity(adapter: DecoderAdapter, onnx_path: Path, context: int, batch_max: int, tolerance) -> Comparison:
-    """Greedy tokens and per-step logits through the graph against transformers.generate; refuse on mismatch."""
+    """Greedy tokens and per-step logits through the graph against transformers.generate's
+    (recorded first, record_source); refuse on mismatch."""
     from nimbuild.export.reference import open_session
     from nimbuild.serving.generation import DecoderGraph, Generator, SamplingParams, Sequence, greedy
 
+    recorded = adapter.recorded
     graph = DecoderGraph(open_session(onnx_path))
     comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
-    config = adapter.model.config.to_dict()
     recompute_at = adapter.runtime_info.get("recompute_cache_at")
-    prompts = parity_prompts(adapter.vocab_size, context, boundaries(config, context))
-    budget = [min(PARITY_NEW, context - len(p)) for p in prompts]
     problems = []
-    expected_all = []
-    for prompt, new in zip(prompts, budget):
-        expected, expected_logits = _transformers_greedy(adapter, prompt, new)
-        expected_all.append(expected)
+    for prompt, new, expected, expected_logits in zip(recorded.prompts, recorded.budgets, recorded.tokens,
+                                                      recorded.logits):
         got_logits: list[np.ndarray] = []
         got = greedy(graph, prompt, new, adapter.eos_ids, on_logits=got_logits.append, recompute_at=recompute_at)
         steps = min(len(got_logits), len(expected_logits))
-        comparison.add(f"prompt {len(prompt)}", {"logits": np.stack(expected_logits[:steps])},
+        comparison.add(f"prompt {len(prompt)}", {"logits": expected_logits[:steps]},
                        {"logits": np.stack(got_logits[:steps])})
         if got != expected:
             problems.append(first_difference(f"prompt of {len(prompt)} tokens", expected, got))
     # the runtime batches: the same prompts together, left-padded, must give the same tokens
     generator = Generator(graph, max_batch=max(1, batch_max), max_context=context, eos_ids=adapter.eos_ids,
                           recompute_at=recompute_at)
-    sequences = [Sequence(p, SamplingParams(max_tokens=n)) for p, n in zip(prompts, budget)]
+    sequences = [Sequence(p, SamplingParams(max_tokens=n)) for p, n in zip(recorded.prompts, recorded.budgets)]
     for s in sequences:
         generator.add(s)
     while generator.busy:
         generator.step()
-    for s, expected in zip(sequences, expected_all):
+    for s, expected in zip(sequences, recorded.tokens):
         if s.tokens != expected:
             problems.append(first_difference(f"prompt of {len(s.prompt)} tokens, batched", expected, s.tokens))
     if problems or not comparison.passed:
         raise ParityError("the exported decoder does not generate what transformers generates:\n"
                           + "\n".join(problems + [comparison.describe()]))
-    comparison.notes = {"greedy_tokens_compared": sum(len(e) for e in expected_all), "prompts": len(prompts)}
+    comparison.notes = {"greedy_tokens_compared": sum(len(e) for e in recorded.tokens), "prompts": len(recorded.prompts)}
     return comparison
 
 
@@ -418,10 +519,29 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
         export_decoder(adapter, batch, context, onnx_path, opset,
                        lambda *args: run_exporter(*args, onnx_path, opset, metadata, reporter))
         check_graph(onnx_path, opset)
+    weight_only = {"int4", "int8"} & set(recipe.precisions)  # their gates measure perplexity on held text
+    if recipe.export.texts and not weight_only:
+        raise ExportError("export.texts: a text-generation recipe's texts are the held text its int4 and int8 "
+                          "variants' perplexity is measured on; this recipe builds neither")
+    held = held_sequences(checkpoint, recipe.export.texts, adapter.vocab_size, context.max) if weight_only else []
+    with reporter.step("record transformers' greedy generation" + (" and held-text likelihood" if held else "")):
+        adapter.recorded = record_source(adapter, context.max, held)
+        release_source(adapter)  # the source and the onnxruntime session are never held together
     with reporter.step("check greedy generation against transformers"):
         comparison = check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
     reporter.debug(comparison.describe())
     return reference(onnx_path, specs, adapter, comparison)
+
+
+def serving_memory_mib(workspace: Path, runtime_info: dict, cache_element_bytes: int) -> int:
+    """Memory a served profile holds, in MiB: its weights (the workspace's files, the tokenizer's
+    aside) and a full KV cache for every row of its largest batch at its whole context (the
+    runtime's cache grows to that; selection reads it as the profile's need, docs/design.md §17)."""
+    weights = sum(f.stat().st_size for f in workspace.rglob("*") if f.is_file() and "tokenizer" not in f.parts)
+    kv = runtime_info.get("kv_cache") or {}
+    cache = (2 * kv.get("layers", 0) * kv.get("heads", 0) * kv.get("head_dim", 0) * cache_element_bytes
+             * runtime_info.get("max_sequence_length", 0) * runtime_info.get("max_batch", 1))
+    return -(-(weights + cache) // 2**20)
 
 
 def unproved(checkpoint: HFCheckpoint) -> str | None:

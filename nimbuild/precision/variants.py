@@ -13,13 +13,17 @@ So each variant is a graph of its own, made by the tool that does it well:
   activations quantised at run time: the standard CPU int8 path (1.9x faster than fp32 on MiniLM).
 - int8 and fp8 for engines: explicit Q/DQ on the linear layers with calibration (nimbuild.precision.quantize),
   the form TensorRT and TensorRT-RTX take.
+- int4 and int8 for text generation: weight-only (`MatMulNBits`, nimbuild.precision.weight_only),
+  the form decoders' generation, bound by reading weights, gains from.
 
 The gate runs the variant and the reference with onnxruntime on a fixed, seeded evaluation set and
 compares what the profile serves (for embeddings: the pooled, normalised vectors; for speech
 encoder-decoders, Whisper and Canary: the greedy transcripts of the parity audio, token by token;
-otherwise the raw output). A variant that misses its gate is refused with the figures; a gate never only warns. A
-variant this machine cannot evaluate is refused too, unless the recipe says `gate: {evaluate:
-false}`; its profile then records that the gate did not run.
+for text generation: the greedy tokens on the parity prompts against the source's, and the
+perplexity on held text against the source's; otherwise the raw output). A variant that misses
+its gate is refused with the figures; a gate never only warns. A variant this machine cannot
+evaluate is refused too, unless the recipe says `gate: {evaluate: false}`; its profile then
+records that the gate did not run.
 """
 
 from __future__ import annotations
@@ -42,14 +46,20 @@ CALIBRATION_BATCH = 8
 # Gates used when the recipe gives none, per precision (minimum cosine of served outputs).
 DEFAULT_COSINE = {"fp16": 0.999, "bf16": 0.995, "int8": 0.98, "fp8": 0.98}
 # ... and for speech encoder-decoders, the share of fp32's greedy tokens served the same (TokenAgreement)
-DEFAULT_TOKENS = {"fp16": 0.99, "bf16": 0.98, "int8": 0.95, "fp8": 0.95}
+DEFAULT_TOKENS = {"fp16": 0.99, "bf16": 0.98, "int8": 0.95, "fp8": 0.95, "int4": 0.8}
+# ... and for text generation's weight-only variants, how far from the source's their perplexity on
+# held text may be, relative, either way (a variant that is "better" on the held text differs too)
+DEFAULT_PERPLEXITY_DELTA = {"int8": 0.02, "int4": 0.1}
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf", "Range", "CumSum"]
 # How each variant's graph is made; int8 takes two forms (see the module docstring).
 FORMS = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8-qdq"}
 
 
-def form_for(precision: str, backend: str) -> str:
-    """The graph a precision becomes for a backend: int8 is dynamic for onnxruntime, Q/DQ for engines."""
+def form_for(precision: str, backend: str, weight_only: bool = False) -> str:
+    """The graph a precision becomes for a backend: int8 is dynamic for onnxruntime, Q/DQ for engines;
+    int4 and int8 are weight-only for text generation (`weight_only`)."""
+    if weight_only and precision in ("int4", "int8"):
+        return f"{precision}-wo"
     if precision == "int8":
         return "int8-dynamic" if backend == "onnxruntime" else "int8-qdq"
     return FORMS[precision]
@@ -70,11 +80,16 @@ def make_gated(reference, form: str, spec, dest: Path, calibration: list[dict]) 
                 reference.files[0], out, precision, calibration,
                 lambda candidate: gate(reference, candidate, form, gate_spec))
             return graph, _record(form, comparison, quantization=_quantization_record(calibration, kept))
-        graph = _convert(reference.files[0], form, out, calibration)
+        if form.endswith("-wo"):
+            from nimbuild.precision.weight_only import describe, quantize_weight_only
+
+            graph = quantize_weight_only(reference.files[0], out, precision, spec.weight_only if spec else None)
+            extra = {"quantization": describe(spec.weight_only if spec else None)}
+        else:
+            graph, extra = _convert(reference.files[0], form, out, calibration), {}
     if not evaluate:
-        return graph, {"gate": {"run": False, "why": "the recipe sets gate.evaluate: false"},
-                       "form": form}
-    return graph, _record(form, gate(reference, graph, form, gate_spec))
+        return graph, {"gate": {"run": False, "why": "the recipe sets gate.evaluate: false"}, "form": form, **extra}
+    return graph, _record(form, gate(reference, graph, form, gate_spec), **extra)
 
 
 def _record(form: str, comparison: Comparison, **extra) -> dict:
@@ -225,6 +240,9 @@ class TokenAgreement:
     equal: int = 0
     total: int = 0
     rows: list[str] = field(default_factory=list)
+    # text generation: (source's, variant's) perplexity on held text, and the relative rise allowed
+    perplexity: tuple[float, float] | None = None
+    perplexity_delta_max: float | None = None
 
     def add(self, what: str, reference: list[int], candidate: list[int]) -> None:
         same = next((i for i, (a, b) in enumerate(zip(reference, candidate)) if a != b), min(len(reference), len(candidate)))
@@ -238,16 +256,31 @@ class TokenAgreement:
         return self.equal / max(self.total, 1)
 
     @property
+    def perplexity_delta(self) -> float | None:
+        return None if self.perplexity is None else self.perplexity[1] / self.perplexity[0] - 1
+
+    @property
     def passed(self) -> bool:
-        return self.agreement >= self.tokens_min
+        held = self.perplexity is None or abs(self.perplexity_delta) <= self.perplexity_delta_max
+        return self.agreement >= self.tokens_min and held
 
     def describe(self) -> str:
-        return "\n".join([f"  greedy tokens equal to fp32's: {self.equal}/{self.total} ({self.agreement:.4f}), "
-                          f"limit {self.tokens_min:g}: {'ok' if self.passed else 'FAILED'}", *(f"  {r}" for r in self.rows[:6])])
+        tokens_ok = self.agreement >= self.tokens_min
+        lines = [f"  greedy tokens equal to the reference's: {self.equal}/{self.total} ({self.agreement:.4f}), "
+                 f"limit {self.tokens_min:g}: {'ok' if tokens_ok else 'FAILED'}"]
+        if self.perplexity is not None:
+            ok = abs(self.perplexity_delta) <= self.perplexity_delta_max
+            lines.append(f"  perplexity on held text: {self.perplexity[1]:.4g} against the source's {self.perplexity[0]:.4g} "
+                         f"({self.perplexity_delta:+.2%}), limit ±{self.perplexity_delta_max:.2%}: {'ok' if ok else 'FAILED'}")
+        return "\n".join([*lines, *(f"  {r}" for r in self.rows[:6])])
 
     def summary(self) -> dict:
-        return {"tokens_min": f"{self.tokens_min:g}", "token_agreement": f"{self.agreement:.4f}",
-                "tokens_compared": self.total, "transcripts_differing": len(self.rows)}
+        out = {"tokens_min": f"{self.tokens_min:g}", "token_agreement": f"{self.agreement:.4f}",
+               "tokens_compared": self.total, "sequences_differing": len(self.rows)}
+        if self.perplexity is not None:
+            out.update(perplexity_source=f"{self.perplexity[0]:.6g}", perplexity=f"{self.perplexity[1]:.6g}",
+                       perplexity_delta=f"{self.perplexity_delta:.4f}", perplexity_delta_max=f"{self.perplexity_delta_max:g}")
+        return out
 
 
 def gate(reference, variant: Path, form: str, spec) -> Comparison | TokenAgreement:
@@ -255,7 +288,7 @@ def gate(reference, variant: Path, form: str, spec) -> Comparison | TokenAgreeme
     from nimbuild.export.reference import open_session, parity_shapes
 
     precision = form.split("-")[0]
-    if hasattr(reference.adapter, "served_tokens"):  # speech encoder-decoders: judged on their transcripts
+    if hasattr(reference.adapter, "served_tokens"):  # encoder-decoder speech and text generation: their tokens
         return _token_gate(reference, variant, precision, spec)
     cosine_min = spec.cosine_min if spec and spec.cosine_min is not None else DEFAULT_COSINE[precision]
     max_abs = spec.max_abs if spec and spec.max_abs is not None else float("inf")
@@ -283,16 +316,22 @@ def _token_gate(reference, variant: Path, precision: str, spec) -> TokenAgreemen
     tokens_min = spec.tokens_min if spec and spec.tokens_min is not None else DEFAULT_TOKENS[precision]
     agreement = TokenAgreement(tokens_min)
     adapter = reference.adapter
-    expected = adapter.served_tokens(reference.files[0])
+    # text generation compares with the source's own tokens, recorded before it was freed; speech
+    # with the fp32 graph's
+    expected = adapter.expected_tokens() if hasattr(adapter, "expected_tokens") else adapter.served_tokens(reference.files[0])
     try:
         got = adapter.served_tokens(variant)
+        if hasattr(adapter, "perplexities") and (figures := adapter.perplexities(variant)):
+            agreement.perplexity = figures
+            agreement.perplexity_delta_max = (spec.perplexity_delta_max if spec and spec.perplexity_delta_max is not None
+                                              else DEFAULT_PERPLEXITY_DELTA.get(precision, 0.0))
     except Exception as e:  # a variant onnxruntime cannot load or run here
         raise NimbuildError(f"the {precision} variant cannot be evaluated on this machine ({first_line(e)}); to build "
                             f"it without its gate, set precisions.{precision}.gate.evaluate: false in the recipe") from None
     for what in expected:
         agreement.add(what, expected[what], got[what])
     if not agreement.passed:
-        raise GateError(f"the {precision} variant misses its gate on the served transcripts:\n" + agreement.describe())
+        raise GateError(f"the {precision} variant misses its gate on what it serves:\n" + agreement.describe())
     return agreement
 
 

@@ -180,9 +180,11 @@ def prefill_inputs(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np
 
 
 def greedy(graph: DecoderGraph, prompt: list[int], max_new_tokens: int, eos_ids: Iterable[int] = (),
-           on_logits: Callable[[np.ndarray], None] | None = None, recompute_at: int | None = None) -> list[int]:
+           on_logits: Callable[[np.ndarray], None] | None = None, recompute_at: int | None = None,
+           forced: list[int] | None = None) -> list[int]:
     """Greedy tokens for one prompt, stopping after an end-of-sequence token (which is kept, as
-    `transformers.generate` keeps it). `on_logits` sees each step's logits, for parity checks."""
+    `transformers.generate` keeps it). `on_logits` sees each step's logits, for parity checks;
+    `forced` feeds those tokens instead of the greedy ones (teacher forcing: a perplexity)."""
     eos = set(eos_ids)
     ids, mask, positions = prefill_inputs([prompt])
     cache = graph.empty_cache(1)
@@ -191,7 +193,7 @@ def greedy(graph: DecoderGraph, prompt: list[int], max_new_tokens: int, eos_ids:
         logits, cache = graph.run(ids, mask, positions, cache)
         if on_logits:
             on_logits(logits[0])
-        token = int(np.argmax(logits[0]))
+        token = forced[len(tokens)] if forced else int(np.argmax(logits[0]))
         tokens.append(token)
         if token in eos:
             break

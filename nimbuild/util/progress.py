@@ -16,6 +16,10 @@ class Reporter:
         self.quiet = quiet
         self.verbose = verbose
         self.stream = stream or sys.stderr
+        # (step, seconds, peak resident MiB or None) per finished step, in order: the build record's
+        # memory by stage (nimbuild.util.memory), kept quiet or not
+        self.stages: list[tuple[str, float, float | None]] = []
+        self._peaks = None
         self._console = None
         if not quiet and getattr(self.stream, "isatty", lambda: False)():
             from rich.console import Console  # only on a terminal: rich costs ~50 ms to import
@@ -32,19 +36,33 @@ class Reporter:
 
     @contextmanager
     def step(self, message: str) -> Iterator[None]:
-        """Show `message` while the block runs, then how long it took."""
+        """Show `message` while the block runs, then how long it took (and, verbose, its peak memory)."""
+        if self._peaks is None:
+            from nimbuild.util.memory import StagePeaks
+
+            self._peaks = StagePeaks()
         start = time.perf_counter()
-        if self.quiet:
-            yield
-            return
-        if self._console is not None:
-            with self._console.status(message + " ..."):
+        self._peaks.start()
+        try:
+            if self.quiet:
                 yield
-            self._console.print(f"[green]done[/green] {message} ({time.perf_counter() - start:.1f}s)")
+            elif self._console is not None:
+                with self._console.status(message + " ..."):
+                    yield
+            else:
+                self.info(f"... {message}")
+                yield
+        finally:
+            peak = self._peaks.stop()
+        seconds = time.perf_counter() - start
+        self.stages.append((message, seconds, peak))
+        if self.quiet:
+            return
+        memory = f", peak {peak / 1024:.2f} GiB" if self.verbose and peak is not None else ""
+        if self._console is not None:
+            self._console.print(f"[green]done[/green] {message} ({seconds:.1f}s{memory})")
         else:
-            self.info(f"... {message}")
-            yield
-            self.info(f"done {message} ({time.perf_counter() - start:.1f}s)")
+            self.info(f"done {message} ({seconds:.1f}s{memory})")
 
 
 class TransferProgress:

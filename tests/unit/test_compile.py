@@ -92,7 +92,7 @@ def test_a_failed_compile_leaves_previous_results_intact(write_recipe, tmp_path,
     result = _compile(failing, out)
     assert result.exit_code == 2 and "does not match the source model" in result.stderr
     assert {name: (out / name).read_bytes() for name in before} == before
-    assert sorted(p.name for p in out.iterdir()) == ["profiles", "profiles.index.json", "profiles.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["compile-record.json", "profiles", "profiles.index.json", "profiles.yaml"]
 
 
 def test_a_failed_first_compile_leaves_no_output_directory(write_recipe, tmp_path, tiny_bert_dir):

@@ -22,6 +22,7 @@ NOT_SHAPING = {
     "nimbuild": "its __version__ enters the build key on its own",
     "nimbuild.errors": "messages",
     "nimbuild.util.progress": "messages",
+    "nimbuild.util.memory": "what a compile step cost (compile-record.json, beside the manifest)",
     "nimbuild.util.files": "hashes and atomic writes of bytes made elsewhere",
     "nimbuild.matrix.cells": "which CI cell builds a variant",
     "nimbuild.profiles.builders": "whether this machine can build a variant (a skip, not different bytes)",
