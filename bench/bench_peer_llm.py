@@ -96,14 +96,14 @@ def _spin() -> str:
     return "1" if os.environ.get("NIMBUILD_ORT_SPIN") == "1" else "0"
 
 
-def _built(source: Path, out: Path) -> Path:
-    """The checkpoint through onnxruntime-genai's model builder (fp32, CPU; in this environment,
+def _built(source: Path, out: Path, precision: str = "fp32") -> Path:
+    """The checkpoint through onnxruntime-genai's model builder (fp32 or int4, CPU; in this environment,
     which has the transformers and torch it reads the checkpoint with), its sessions given THREADS
     intra-op threads and runtime_min's spin-waiting setting. genai spins by default; it honours the
     entries: tiny-llama at batch 1 used 1.99 CPUs with them unset or "1" and 1.29 with "0"."""
     env = {**os.environ, "PYTHONPATH": str(ORTGENAI_BUILDER)}
     done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-o", str(out),
-                           "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "genai-cache")],
+                           "-p", precision, "-e", "cpu", "-c", str(out.parent / "genai-cache")],
                           env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"onnxruntime-genai's model builder failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -53,6 +53,9 @@ def quantize_weight_only(reference: Path, out: Path, precision: str, spec) -> Pa
                             "with a constant weight")
     weights = sum(len(t.raw_data) for t in quantizer.model.model.graph.initializer)
     quantizer.model.save_model_to_file(str(out), use_external_data_format=weights > EXTERNAL_WEIGHTS_FROM)
+    data = out.with_name(out.name + ".data")
+    if data.exists():  # onnx writes it owner-only; a profile's files must be readable as the graph is
+        data.chmod(out.stat().st_mode & 0o777)
     return out
 
 
