@@ -240,7 +240,7 @@ class TokenAgreement:
     equal: int = 0
     total: int = 0
     rows: list[str] = field(default_factory=list)
-    # text generation: (source's, variant's) perplexity on held text, and the relative rise allowed
+    # text generation: (source's, variant's) perplexity on held text, and the relative difference allowed
     perplexity: tuple[float, float] | None = None
     perplexity_delta_max: float | None = None
 

@@ -235,3 +235,14 @@ def test_selection_is_pure_and_order_independent():
     backward = select_profile(list(reversed(PROFILES.values())), system, {})
     assert [c.profile.id for c in forward.candidates] == [c.profile.id for c in backward.candidates]
     assert forward.selected.id == backward.selected.id
+
+
+def test_on_a_cpu_weight_only_int8_comes_first_then_int4_then_fp32():
+    """Text generation's gated weight-only variants: int8 rounds least of the fast ones, int4 next."""
+    tags = {"backend": "onnxruntime", "type": "generic", "profile": "throughput", "tp": "1"}
+    generation = {p: _p({**tags, "precision": p}) for p in ("fp32", "int8", "int4")}
+    names = {p.id: name for name, p in generation.items()}
+    chosen = lambda keep: names[select_profile([generation[k] for k in keep], _system(None), {}).selected.id]
+    assert chosen(["fp32", "int8", "int4"]) == "int8"
+    assert chosen(["fp32", "int4"]) == "int4"
+    assert chosen(["fp32"]) == "fp32"
