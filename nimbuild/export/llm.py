@@ -101,29 +101,20 @@ class DecoderAdapter(CacheNames):
     def expected_tokens(self) -> dict[str, list[int]]:
         return {f"prompt of {len(p)} tokens": t for p, t in zip(self.recorded.prompts, self.recorded.tokens)}
 
-    def served_tokens(self, graph_path: Path) -> dict[str, list[int]]:
+    def served(self, graph_path: Path) -> tuple[dict[str, list[int]], tuple[float, float] | None]:
+        """The graph's greedy tokens on the parity prompts, and (source's, graph's) perplexity on
+        the held sequences (None where none were recorded), from one onnxruntime session."""
         from nimbuild.export.reference import open_session
         from nimbuild.serving.generation import DecoderGraph, greedy
 
         graph = DecoderGraph(open_session(graph_path))
         recompute_at = self.runtime_info.get("recompute_cache_at")
-        return {f"prompt of {len(p)} tokens": greedy(graph, p, n, self.eos_ids, recompute_at=recompute_at)
-                for p, n in zip(self.recorded.prompts, self.recorded.budgets)}
-
-    def perplexities(self, graph_path: Path) -> tuple[float, float] | None:
-        """(source's, graph's) perplexity on the held sequences; None where none were recorded."""
-        from nimbuild.export.reference import open_session
-        from nimbuild.serving.generation import DecoderGraph
-
+        tokens = {f"prompt of {len(p)} tokens": greedy(graph, p, n, self.eos_ids, recompute_at=recompute_at)
+                  for p, n in zip(self.recorded.prompts, self.recorded.budgets)}
         if self.recorded.held_nll is None:
-            return None
-        graph = DecoderGraph(open_session(graph_path))
-        nll = graph_nll(graph, self.recorded.held, self.runtime_info.get("recompute_cache_at"))
-        return float(np.exp(self.recorded.held_nll)), float(np.exp(nll))
-
-    @property
-    def output_names(self) -> list[str]:
-        return ["logits", *self.present_names]
+            return tokens, None
+        nll = graph_nll(graph, self.recorded.held, recompute_at)
+        return tokens, (float(np.exp(self.recorded.held_nll)), float(np.exp(nll)))
 
 
 def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:

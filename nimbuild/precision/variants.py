@@ -288,7 +288,8 @@ def gate(reference, variant: Path, form: str, spec) -> Comparison | TokenAgreeme
     from nimbuild.export.reference import open_session, parity_shapes
 
     precision = form.split("-")[0]
-    if hasattr(reference.adapter, "served_tokens"):  # encoder-decoder speech and text generation: their tokens
+    if hasattr(reference.adapter, "expected_tokens") or hasattr(reference.adapter, "served_tokens"):
+        # text generation and encoder-decoder speech: judged on their greedy tokens
         return _token_gate(reference, variant, precision, spec)
     cosine_min = spec.cosine_min if spec and spec.cosine_min is not None else DEFAULT_COSINE[precision]
     max_abs = spec.max_abs if spec and spec.max_abs is not None else float("inf")
@@ -316,18 +317,19 @@ def _token_gate(reference, variant: Path, precision: str, spec) -> TokenAgreemen
     tokens_min = spec.tokens_min if spec and spec.tokens_min is not None else DEFAULT_TOKENS[precision]
     agreement = TokenAgreement(tokens_min)
     adapter = reference.adapter
-    # text generation compares with the source's own tokens, recorded before it was freed; speech
-    # with the fp32 graph's
-    expected = adapter.expected_tokens() if hasattr(adapter, "expected_tokens") else adapter.served_tokens(reference.files[0])
+    # text generation compares with the source's own tokens (and perplexity on held text), recorded
+    # before it was freed; speech with the fp32 graph's tokens
+    text = hasattr(adapter, "expected_tokens")
+    expected = adapter.expected_tokens() if text else adapter.served_tokens(reference.files[0])
     try:
-        got = adapter.served_tokens(variant)
-        if hasattr(adapter, "perplexities") and (figures := adapter.perplexities(variant)):
-            agreement.perplexity = figures
-            agreement.perplexity_delta_max = (spec.perplexity_delta_max if spec and spec.perplexity_delta_max is not None
-                                              else DEFAULT_PERPLEXITY_DELTA.get(precision, 0.0))
+        got, figures = adapter.served(variant) if text else (adapter.served_tokens(variant), None)
     except Exception as e:  # a variant onnxruntime cannot load or run here
         raise NimbuildError(f"the {precision} variant cannot be evaluated on this machine ({first_line(e)}); to build "
                             f"it without its gate, set precisions.{precision}.gate.evaluate: false in the recipe") from None
+    if figures:
+        agreement.perplexity = figures
+        agreement.perplexity_delta_max = (spec.perplexity_delta_max if spec and spec.perplexity_delta_max is not None
+                                          else DEFAULT_PERPLEXITY_DELTA.get(precision, 0.0))
     for what in expected:
         agreement.add(what, expected[what], got[what])
     if not agreement.passed:

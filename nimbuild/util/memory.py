@@ -10,6 +10,7 @@ high-water mark is never reset (`/proc/self/clear_refs` would do it, but it also
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 SAMPLE_SECONDS = 0.05
@@ -40,6 +41,7 @@ class StagePeaks:
         rss = status_mib("VmRSS") or 0.0
         with self._lock:
             self._open.append([status_mib("VmHWM") or 0.0, rss])
+        self._wake.set()
         if self._thread is None:
             self._thread = threading.Thread(target=self._sample, name="nimbuild-memory", daemon=True)
             self._thread.start()
@@ -49,17 +51,18 @@ class StagePeaks:
         with self._lock:
             hwm_before, sampled = self._open.pop()
         hwm = status_mib("VmHWM")
-        if hwm is None:
-            return None
-        peak = max(sampled, status_mib("VmRSS") or 0.0, hwm if hwm > hwm_before else 0.0)
-        with self._lock:  # an enclosing stage saw at least what this one did
-            for stage in self._open:
+        peak = None if hwm is None else max(sampled, status_mib("VmRSS") or 0.0, hwm if hwm > hwm_before else 0.0)
+        with self._lock:
+            for stage in self._open if peak is not None else ():  # an enclosing stage saw at least this much
                 stage[1] = max(stage[1], peak)
+            if not self._open:  # the sampler sleeps until the next stage (a long-lived process, runtime_min's pull)
+                self._wake.clear()
         return peak
 
     def _sample(self) -> None:
         while True:
-            self._wake.wait(SAMPLE_SECONDS)
+            self._wake.wait()  # only while a stage is open
+            time.sleep(SAMPLE_SECONDS)
             rss = status_mib("VmRSS")
             if rss is None:
                 return
