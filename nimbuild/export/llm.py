@@ -116,6 +116,10 @@ class DecoderAdapter(CacheNames):
         nll = graph_nll(graph, self.recorded.held, recompute_at)
         return tokens, (float(np.exp(self.recorded.held_nll)), float(np.exp(nll)))
 
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits", *self.present_names]
+
 
 def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
     import torch
