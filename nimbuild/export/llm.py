@@ -495,6 +495,10 @@ def first_difference(what: str, expected: list[int], got: list[int]) -> str:
 
 def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Reporter) -> ReferenceExport:
     """A decoder-only LM with its KV cache (nimbuild.export.llm)."""
+    weight_only = {"int4", "int8"} & set(recipe.precisions)  # their gates measure perplexity on held text
+    if recipe.export.texts and not weight_only:
+        raise ExportError("export.texts: a text-generation recipe's texts are the held text its int4 and int8 "
+                          "variants' perplexity is measured on; this recipe builds neither")
     batch, context = context_limits(recipe.export.inputs)
     specs = [InputSpec("input_ids", dict(recipe.export.inputs["input_ids"]))]
     check_sequence_limit(specs, checkpoint)
@@ -514,10 +518,6 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
         export_decoder(adapter, batch, context, onnx_path, opset,
                        lambda *args: run_exporter(*args, onnx_path, opset, metadata, reporter))
         check_graph(onnx_path, opset)
-    weight_only = {"int4", "int8"} & set(recipe.precisions)  # their gates measure perplexity on held text
-    if recipe.export.texts and not weight_only:
-        raise ExportError("export.texts: a text-generation recipe's texts are the held text its int4 and int8 "
-                          "variants' perplexity is measured on; this recipe builds neither")
     held = held_sequences(checkpoint, recipe.export.texts, adapter.vocab_size, context.max) if weight_only else []
     with reporter.step("record transformers' greedy generation" + (" and held-text likelihood" if held else "")):
         adapter.recorded = record_source(adapter, context.max, held)
