@@ -329,6 +329,8 @@ class Recipe(_Strict):
             if spec and spec.weight_only and (row.targets != "llm" or precision not in ("int4", "int8")):
                 raise ValueError(f"precisions.{precision}.weight_only: weight-only quantisation is text generation's "
                                  f"int4 and int8 (this recipe: task {self.task}, precision {precision})")
+            if spec and spec.weight_only and spec.weight_only.algorithm == "hqq" and precision != "int4":
+                raise ValueError(f"precisions.{precision}.weight_only.algorithm: hqq quantises to 4 bits; use rtn for int8")
         return self
 
     def _given(self, field: str) -> bool:

@@ -4,7 +4,8 @@ A decoder's generation is bound by reading its weights: int4 reads an eighth of 
 a quarter. Each MatMul with a constant weight (every projection and the LM head) becomes
 onnxruntime's `com.microsoft::MatMulNBits`: weights quantised in blocks of `block_size` along the
 input axis, a scale per block (RTN: symmetric round to nearest; HQQ: a scale and zero point fitted
-per block), activations left in fp32. The quantizer is onnxruntime's own (`MatMulNBitsQuantizer`),
+per block); activations stay fp32 outside the kernel (inside it, accuracy level 4 quantises
+them to int8). The quantizer is onnxruntime's own (`MatMulNBitsQuantizer`),
 the one onnxruntime-genai's builder and Olive use, so the graph is what those tools would write
 and what onnxruntime's kernels are tuned for. The embedding table stays fp32 (a Gather, not a
 MatMul).
@@ -37,8 +38,6 @@ def quantize_weight_only(reference: Path, out: Path, precision: str, spec) -> Pa
 
     spec = spec or WeightOnly()
     bits = BITS[precision]
-    if spec.algorithm == "hqq" and bits != 4:
-        raise NimbuildError(f"precisions.{precision}.weight_only.algorithm: hqq quantises to 4 bits; use rtn for int8")
     if spec.algorithm == "hqq":
         config = HQQWeightOnlyQuantConfig(block_size=spec.block_size, bits=bits)
     else:
@@ -66,4 +65,5 @@ def describe(spec) -> dict:
     spec = spec or WeightOnly()
     return {"operator": "com.microsoft::MatMulNBits", "quantizer": "onnxruntime MatMulNBitsQuantizer",
             "algorithm": spec.algorithm, "block_size": spec.block_size, "accuracy_level": spec.accuracy_level,
-            "activations": "fp32", "kept": "the embedding table (Gather)"}
+            "activations": "fp32" if not spec.accuracy_level else f"int8 inside the kernel (accuracy level {spec.accuracy_level})",
+            "kept": "the embedding table (Gather)"}

@@ -16,8 +16,8 @@ class Reporter:
         self.quiet = quiet
         self.verbose = verbose
         self.stream = stream or sys.stderr
-        # (step, seconds, peak resident MiB or None) per finished step, in order: the build record's
-        # memory by stage (nimbuild.util.memory), kept quiet or not
+        # (step, seconds, peak resident MiB or None) per finished step, in order: compile-record.json's
+        # steps (nimbuild.util.memory), kept quiet or not
         self.stages: list[tuple[str, float, float | None]] = []
         self._peaks = None
         self._console = None

@@ -135,6 +135,7 @@ def test_default_int4_gates_refuse_a_random_checkpoints_variant_with_the_figures
     (lambda t: t.replace("  int8: {gate:", "  int8: {weight_only: {block_size: 64, algorithm: rtn}, gate:"), None),
     (lambda t: t.replace("weight_only: {block_size: 32}", "weight_only: {block_size: 48}"), "block_size"),
     (lambda t: t.replace("weight_only: {block_size: 32}", "weight_only: {algorithm: gptq}"), "algorithm"),
+    (lambda t: t.replace("  int8: {gate:", "  int8: {weight_only: {algorithm: hqq}, gate:"), "hqq quantises to 4 bits"),
     (lambda t: t.replace("  int4: {gate:", "  fp16: {weight_only: {}}\n  int4: {gate:"), "precisions.fp16.weight_only"),
 ])
 def test_weight_only_settings_are_checked_where_they_are_read(write_recipe, change, fragment, qwen2_dir):
