@@ -72,7 +72,8 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _load(auto_class_name: str, checkpoint: HFCheckpoint):
+def _load(auto_class_name: str, checkpoint: HFCheckpoint, own_dtype: bool = False):
+    """The checkpoint's model in fp32, or (`own_dtype`) in the dtype its weights are stored in."""
     import torch
     import transformers
 
@@ -81,7 +82,8 @@ def _load(auto_class_name: str, checkpoint: HFCheckpoint):
     use_safetensors = any(checkpoint.path.glob("*.safetensors")) or None
     try:
         model = auto_class.from_pretrained(
-            checkpoint.path, dtype=torch.float32, use_safetensors=use_safetensors, local_files_only=True,
+            checkpoint.path, dtype="auto" if own_dtype else torch.float32, use_safetensors=use_safetensors,
+            local_files_only=True,
         )
     except Exception as e:  # transformers raises many types for a bad checkpoint; all are user errors here
         raise ExportError(f"{checkpoint.path}: cannot load as {auto_class_name}: {first_line(e)}") from None

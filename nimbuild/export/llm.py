@@ -121,19 +121,31 @@ class DecoderAdapter(CacheNames):
         return ["logits", *self.present_names]
 
 
-def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
-    import torch
-    from transformers import DynamicCache
-
+def load_decoder(checkpoint: HFCheckpoint, empty: bool = False, own_dtype: bool = False) -> DecoderAdapter:
+    """The checkpoint's model behind the graph's calling convention; `empty`: built from its config
+    with placeholder parameters (nimbuild.export.streamed), for exporting the structure only;
+    `own_dtype`: loaded in its stored dtype (bf16 stays bf16), not fp32."""
     from nimbuild.export.adapters import _load
 
     check_exportable(checkpoint.config)
-    model = _load("AutoModelForCausalLM", checkpoint)
+    model = _empty_model(checkpoint) if empty else _load("AutoModelForCausalLM", checkpoint, own_dtype)
     config = model.config
     layers = int(config.num_hidden_layers)
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return DecoderAdapter(
+        task="text-generation", module=_with_past(model), model=model, layers=layers, kv_heads=kv_heads,
+        head_dim=head_dim, vocab_size=int(config.vocab_size), eos_ids=eos_token_ids(checkpoint),
+        runtime_info={},
+    )
+
+
+def _with_past(model):
+    """forward(input_ids, attention_mask, position_ids, *past) -> (last logits, *present)."""
+    import torch
+    from transformers import DynamicCache
+
     keeps_last = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     class DecoderWithPast(torch.nn.Module):
@@ -150,11 +162,43 @@ def load_decoder(checkpoint: HFCheckpoint) -> DecoderAdapter:
                           past_key_values=cache, use_cache=True, **extra)
             return (out.logits[:, -1:, :], *flat_cache(out.past_key_values))
 
-    return DecoderAdapter(
-        task="text-generation", module=DecoderWithPast(model), model=model, layers=layers, kv_heads=kv_heads,
-        head_dim=head_dim, vocab_size=int(config.vocab_size), eos_ids=eos_token_ids(checkpoint),
-        runtime_info={},
-    )
+    return DecoderWithPast(model)
+
+
+def _empty_model(checkpoint: HFCheckpoint):
+    """The checkpoint's architecture from its config, buffers computed, parameters placeholders."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from nimbuild.export.streamed import empty_parameters
+
+    config = AutoConfig.from_pretrained(checkpoint.path, local_files_only=True)
+    with init_empty_weights(include_buffers=False):  # parameters on the meta device, buffers real
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()  # tied on the meta device they come apart; the loaded model's are one
+    empty_parameters(model)
+    return model.eval()
+
+
+def weight_stream(checkpoint: HFCheckpoint, reporter: Reporter):
+    """(the empty adapter, streamed.attach bound to the checkpoint) where the weights are streamed
+    from the checkpoint into the graph (nimbuild.export.streamed: fp32 weights over
+    EXTERNAL_WEIGHTS_FROM in safetensors named as the model names them), else None."""
+    from functools import partial
+
+    from nimbuild.export.reference import EXTERNAL_WEIGHTS_FROM
+    from nimbuild.export.streamed import CheckpointTensors, attach, parameter_sources
+
+    tensors = CheckpointTensors.of(checkpoint.path)
+    if tensors is None or tensors.fp32_bytes() <= EXTERNAL_WEIGHTS_FROM:
+        return None
+    empty = load_decoder(checkpoint, empty=True)
+    sources = parameter_sources(empty.module, tensors, strip="lm.", base=empty.model.base_model_prefix)
+    if isinstance(sources, str):
+        reporter.debug(f"weights exported from the loaded model: {sources}")
+        return None
+    return empty, partial(attach, sources=sources, tensors=tensors)
 
 
 def filled_cache(cache, flat):
@@ -369,6 +413,7 @@ class Recorded:
     logits: list[np.ndarray]  # [steps, vocab] per prompt, fp32
     held: list[list[int]] = field(default_factory=list)  # held token sequences perplexity is measured on
     held_nll: float | None = None  # the source's mean negative log-likelihood per predicted held token
+    dtype: str = "float32"  # what the source computed in
 
 
 def record_source(adapter: DecoderAdapter, context: int, held: list[list[int]]) -> Recorded:
@@ -379,7 +424,7 @@ def record_source(adapter: DecoderAdapter, context: int, held: list[list[int]]) 
     budgets = [min(PARITY_NEW, context - len(p)) for p in prompts]
     answers = [_transformers_greedy(adapter, p, n) for p, n in zip(prompts, budgets)]
     return Recorded(prompts, budgets, [t for t, _ in answers], [np.stack(steps) for _, steps in answers], held,
-                    _source_nll(adapter.model, held) if held else None)
+                    _source_nll(adapter.model, held) if held else None, str(adapter.model.dtype).removeprefix("torch."))
 
 
 def release_source(adapter: DecoderAdapter) -> None:
@@ -502,8 +547,16 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     batch, context = context_limits(recipe.export.inputs)
     specs = [InputSpec("input_ids", dict(recipe.export.inputs["input_ids"]))]
     check_sequence_limit(specs, checkpoint)
-    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"):
-        adapter = load_decoder(checkpoint)
+    # no target builds fp32: the fp32 graph is served by nothing, so it is not opened (a 7B's is 29 GB),
+    # and the source is recorded in its own dtype; each variant's gate judges what it serves against that
+    unserved = not any("fp32" in target.precisions for target in recipe.targets)
+    gates = [recipe.precision_spec(p).gate for t in recipe.targets for p in t.precisions]
+    if unserved and not all(gate is None or gate.evaluate for gate in gates):
+        raise ExportError("no target builds fp32, so the fp32 graph is not checked, and a variant's gate is off "
+                          "(gate.evaluate: false): nothing would check what it serves; build fp32 or gate the variant")
+    with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"
+                       + (" in its own dtype" if unserved else "")):
+        adapter = load_decoder(checkpoint, own_dtype=unserved)
     adapter.runtime_info = {
         "max_sequence_length": context.max, "max_batch": batch.max, "eos_token_ids": adapter.eos_ids,
         "kv_cache": {"layers": adapter.layers, "heads": adapter.kv_heads, "head_dim": adapter.head_dim},
@@ -514,18 +567,42 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
     opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
-    with reporter.step(f"export reference ONNX with KV cache (opset {opset})"):
-        export_decoder(adapter, batch, context, onnx_path, opset,
-                       lambda *args: run_exporter(*args, onnx_path, opset, metadata, reporter))
-        check_graph(onnx_path, opset)
     held = held_sequences(checkpoint, recipe.export.texts, adapter.vocab_size, context.max) if weight_only else []
-    with reporter.step("record transformers' greedy generation" + (" and held-text likelihood" if held else "")):
-        adapter.recorded = record_source(adapter, context.max, held)
-        release_source(adapter)  # the source and the onnxruntime session are never held together
-    with reporter.step("check greedy generation against transformers"):
-        comparison = check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
+    stream = weight_stream(checkpoint, reporter)
+    if stream is not None:  # the weights go from the checkpoint to the graph: the source can go first
+        _record(adapter, context.max, held, reporter)
+        adapter.module, adapter.model = stream[0].module, stream[0].model
+    with reporter.step(f"export reference ONNX with KV cache (opset {opset})"
+                       + (", weights streamed from the checkpoint" if stream else "")):
+        export_decoder(adapter, batch, context, onnx_path, opset,
+                       lambda *args: run_exporter(*args, onnx_path, opset, metadata, reporter,
+                                                  streamed=stream and stream[1]))
+        check_graph(onnx_path, opset)
+    if stream is None:
+        _record(adapter, context.max, held, reporter)
+    else:
+        adapter.module = adapter.model = None
+    if unserved:
+        comparison = _unchecked(recipe.export.parity, adapter)
+    else:
+        with reporter.step("check greedy generation against transformers"):
+            comparison = check_generation_parity(adapter, onnx_path, context.max, batch.max, recipe.export.parity)
     reporter.debug(comparison.describe())
     return reference(onnx_path, specs, adapter, comparison)
+
+
+def _unchecked(tolerance, adapter: DecoderAdapter) -> Comparison:
+    """The fp32 graph's record where no fp32 profile is built: not opened, and why."""
+    comparison = Comparison(atol=tolerance.atol, rtol=tolerance.rtol, cosine_min=tolerance.cosine_min)
+    comparison.notes = {"fp32_graph": "not checked: no fp32 profile is built; each variant's gate compares what "
+                                      f"it serves with the source's record ({adapter.recorded.dtype})"}
+    return comparison
+
+
+def _record(adapter: DecoderAdapter, context: int, held: list[list[int]], reporter: Reporter) -> None:
+    with reporter.step("record transformers' greedy generation" + (" and held-text likelihood" if held else "")):
+        adapter.recorded = record_source(adapter, context, held)
+        release_source(adapter)  # the source and the onnxruntime session are never held together
 
 
 def serving_memory_mib(workspace: Path, runtime_info: dict, cache_element_bytes: int) -> int:

@@ -97,8 +97,10 @@ def check_sequence_limit(specs: list[InputSpec], checkpoint: HFCheckpoint) -> No
 
 
 def run_exporter(module, example: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: tuple,
-                  path: Path, opset: int, metadata: dict[str, str], reporter: Reporter) -> None:
-    """torch.onnx.export (dynamo), quiet, with debug metadata stripped and our metadata added."""
+                  path: Path, opset: int, metadata: dict[str, str], reporter: Reporter, streamed=None) -> None:
+    """torch.onnx.export (dynamo), quiet, with debug metadata stripped and our metadata added.
+    `streamed` (nimbuild.export.streamed.attach, bound to a checkpoint) optimises the graph and
+    gives it its weights from the checkpoint, for a module whose parameters are placeholders."""
     import torch
 
     log = io.StringIO()
@@ -108,10 +110,18 @@ def run_exporter(module, example: tuple, input_names: list[str], output_names: l
             program = torch.onnx.export(
                 module, example, None, input_names=input_names, output_names=output_names,
                 opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
+                optimize=streamed is None,
             )
+            if streamed is not None:
+                streamed(program.model)
             _strip_debuggraph_metadata(program.model)
             program.model.metadata_props.update(metadata)
-            program.save(path, external_data=_weight_bytes(program.model) > EXTERNAL_WEIGHTS_FROM)
+            if streamed is not None:
+                from nimbuild.export.streamed import save
+
+                save(program.model, path)
+            else:
+                program.save(path, external_data=_weight_bytes(program.model) > EXTERNAL_WEIGHTS_FROM)
             _let_go(program)
     except Exception as e:  # the exporter raises many types; each means this graph cannot be exported
         reporter.debug(log.getvalue())

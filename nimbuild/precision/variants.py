@@ -84,7 +84,10 @@ def make_gated(reference, form: str, spec, dest: Path, calibration: list[dict]) 
             from nimbuild.precision.weight_only import describe, quantize_weight_only
 
             graph = quantize_weight_only(reference.files[0], out, precision, spec.weight_only if spec else None)
-            extra = {"quantization": describe(spec.weight_only if spec else None)}
+            extra = {"quantization": describe(spec.weight_only if spec else None),
+                     "compared_with": f"the source in {reference.adapter.recorded.dtype}"}
+            if not reference.parity.outputs:  # the fp32 graph was not opened (nimbuild.export.llm)
+                extra["parity"] = reference.parity.summary()
         else:
             graph, extra = _convert(reference.files[0], form, out, calibration), {}
     if not evaluate:
