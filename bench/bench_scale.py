@@ -10,8 +10,15 @@ profile does (decode tokens/s, embeddings/s or RTFX), with the runtime's peak me
 - fastconformer-110m: Parakeet's 110M FastConformer encoder shapes as a NeMo CTC model, offline
   transcription of the asr benches' clips, 1 and 8 concurrent.
 - qwen2.5-1.5b (only when NIMBUILD_SCALE_LARGEST=1): Qwen2.5-1.5B's configuration
-  (1.54B parameters, 6.2 GB fp32), compiled only: the largest size this 24 GB machine is asked to
-  take, and whether it does.
+  (1.54B parameters, 6.2 GB fp32), compiled only.
+- mistral-7b (only when NIMBUILD_SCALE_7B=1): Mistral-7B-v0.3's configuration in bf16 (14.5 GB),
+  compiled to an onnxruntime int4 profile (the fp32 graph written, never opened: nothing serves it)
+  and served; beside it, in the same run and on the same checkpoint, onnxruntime-genai's model
+  builder (int4, CPU) and Optimum's `optimum-cli export onnx` (the fp32 graph a user gets from it),
+  each stopped if its resident memory passes PEER_LIMIT_GIB, which this 23 GiB machine leaves for
+  one process. Its random weights make greedy tokens near-ties, so its recipe's gate counts tokens
+  without a floor and holds the perplexity on held sequences within 5%: the figures, not a pass,
+  are what this run is for.
 
 Every compile runs `nimbuild compile` in a process of its own with the generic fp32 target only,
 so its peak memory is the export's, the parity check's and the profile's writing, nothing else.
@@ -36,10 +43,35 @@ THREADS = 2
 NEW_TOKENS = 64
 MODELS = ("qwen2.5-0.5b", "bert-large", "fastconformer-110m")
 LARGEST = "qwen2.5-1.5b"
+SEVEN_B = "mistral-7b"
+PEER_LIMIT_GIB = 21.0
+ORTGENAI_BUILDER = REPO / "bench" / ".venv-peers" / "ortgenai-builder"
+OPTIMUM = REPO / "bench" / ".venv-optimum"
+# the 7B's recipe: int4 for the generic target, no fp32 target (its fp32 graph, 29 GB, is served by
+# nothing and not opened); a 256-token context keeps transformers' bf16 parity record to minutes
+SEVEN_B_RECIPE = """name: mistral-7b
+release: 0.1.0
+source:
+  hf: {source}
+task: text-generation
+export:
+  opset: 18
+  inputs:
+    input_ids: {{batch: [1, 2, 4], sequence: [1, 128, 256]}}
+precisions:
+  fp32: {{}}
+  int4: {{weight_only: {{block_size: 32}}, gate: {{tokens_min: 0.0, perplexity_delta_max: 0.05}}}}
+targets:
+  - {{type: generic, backend: onnxruntime, precisions: [int4]}}
+serving: {{max_batch_size: 4, profile: throughput}}
+"""
 
 
 def _recipe(kind: str, source: Path) -> str:
-    """The example recipe of the model's task with this source and only its generic fp32 target."""
+    """The example recipe of the model's task with this source and only its generic fp32 target
+    (the 7B: SEVEN_B_RECIPE)."""
+    if kind == SEVEN_B:
+        return SEVEN_B_RECIPE.format(source=source)
     example, key = {"qwen": ("tiny-llama", "hf"), "bert": ("minilm-embed", "hf"),
                     "fast": ("asr-digits", "nemo")}[kind[:4]]
     lines = (REPO / "examples" / example / "recipe.yaml").read_text().splitlines()
@@ -66,11 +98,17 @@ def _compile(recipe: Path, out: Path) -> dict:
     """`nimbuild compile` in its own process: wall seconds, peak RSS (wait4's ru_maxrss), the exit,
     and where the memory went: the resident set sampled every 0.2 s, its peak attributed to the
     stage the compile's progress lines ("... STAGE") had reached."""
+    return _measured([str(Path(sys.executable).parent / "nimbuild"), "compile", str(recipe), "--out", str(out)])
+
+
+def _measured(command: list[str], env: dict | None = None, limit_gib: float | None = None) -> dict:
+    """`command` in its own process, measured as _compile says; stopped (SIGKILL) if its resident set
+    passes `limit_gib`, which the result then names as what stopped it."""
     import threading
 
     start = time.perf_counter()
-    child = subprocess.Popen([str(Path(sys.executable).parent / "nimbuild"), "compile", str(recipe), "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    stopped = None
     stage, lines = ["start"], []
 
     def read() -> None:
@@ -89,11 +127,15 @@ def _compile(recipe: Path, out: Path) -> dict:
         rss = memory_kib(child.pid)
         if rss is not None:
             peaks[stage[-1]] = max(peaks.get(stage[-1], 0.0), rss / 2**20)
+            if limit_gib is not None and rss / 2**20 > limit_gib and stopped is None:
+                stopped = f"stopped at {rss / 2**20:.1f} GiB resident (limit {limit_gib:g} GiB) during {stage[-1]}"
+                child.kill()
         time.sleep(0.2)
     child.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
+    error = stopped or next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
     return {"seconds": time.perf_counter() - start, "exit": child.returncode, "peak_rss_gib": usage.ru_maxrss / 2**20,
-            "peak_rss_gib_by_stage": peaks, "error": (lines[-1].strip() if lines else "")}
+            "peak_rss_gib_by_stage": peaks, "error": error if child.returncode else ""}
 
 
 def _size(path: Path) -> int:
@@ -125,6 +167,8 @@ def _served(kind: str, manifest: Path, work: Path) -> dict:
 
 
 def _profile_name(kind: str) -> str:
+    if kind == SEVEN_B:
+        return "onnxruntime-int4-throughput"
     return "onnxruntime-fp32-throughput-ofl" if kind.startswith("fast") else "onnxruntime-fp32-throughput"
 
 
@@ -142,11 +186,12 @@ def _generation(kind: str, port: int, work: Path) -> dict:
         return start, time.perf_counter(), usage["completion_tokens"]
 
     figures = {}
+    rounds = 1 if kind == SEVEN_B else 3  # a 7B decodes a few tokens a second on two cores
     for concurrency in (1, 4):
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, range(concurrency)))  # warm
             start = time.perf_counter()
-            results = list(pool.map(one, range(3 * concurrency)))
+            results = list(pool.map(one, range(rounds * concurrency)))
             wall = time.perf_counter() - start
         assert {n for _, _, n in results} == {NEW_TOKENS}, "the runtime stopped early"
         figures[f"tokens/s, {concurrency} concurrent"] = sum(n for _, _, n in results) / wall
@@ -194,9 +239,31 @@ def _one(kind: str, work: Path, serve: bool = True) -> dict:
     result = {"checkpoint_gib": _size(source) / 2**30, "made_s": made, "compile": compiled}
     if compiled["exit"] == 0:
         result["profile_gib"] = _size(out / "profiles" / _profile_name(kind)) / 2**30
+        record = json.loads((out / "compile-record.json").read_text())
+        result["steps"] = [(s["step"], s["seconds"], s["peak_rss_mib"] / 1024) for s in record["stages"]]
         if serve:
             result["served"] = _served(kind, out / "profiles.yaml", work)
+    if kind == SEVEN_B:
+        _clean(work, f"{kind}-out")  # the peers get the disk the compile's graphs took
+        result["peers"] = _peers(source, work)
     return result
+
+
+def _peers(source: Path, work: Path) -> dict:
+    """onnxruntime-genai's builder (int4, CPU) and Optimum's export on the same checkpoint, each in its
+    own process under PEER_LIMIT_GIB: wall time and peak RSS, or what stopped it."""
+    genai = _measured([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-o",
+                       str(work / "genai-int4"), "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")],
+                      env={**os.environ, "PYTHONPATH": str(ORTGENAI_BUILDER)}, limit_gib=PEER_LIMIT_GIB)
+    if genai["exit"] == 0:
+        genai["output_gib"] = _size(work / "genai-int4") / 2**30
+    subprocess.run(["rm", "-rf", str(work / "genai-int4"), str(work / "genai-cache")], check=False)
+    optimum = _measured([str(OPTIMUM / "bin" / "optimum-cli"), "export", "onnx", "--model", str(source), "--task",
+                         "text-generation-with-past", str(work / "optimum")], limit_gib=PEER_LIMIT_GIB)
+    if optimum["exit"] == 0:
+        optimum["output_gib"] = _size(work / "optimum") / 2**30
+    subprocess.run(["rm", "-rf", str(work / "optimum")], check=False)
+    return {"onnxruntime-genai builder (int4)": genai, "optimum-cli export onnx": optimum}
 
 
 def main() -> tuple[str, dict]:
@@ -204,6 +271,7 @@ def main() -> tuple[str, dict]:
     os.environ.update(NIMBUILD_ORT_THREADS=str(THREADS), NIM_CACHE_PATH=str(work / "cache"))
     sys.path[:0] = [str(p) for p in sorted((REPO / "examples").iterdir())]  # the examples' scripts
     models = list(MODELS) + ([LARGEST] if os.environ.get("NIMBUILD_SCALE_LARGEST") == "1" else [])
+    models += [SEVEN_B] if os.environ.get("NIMBUILD_SCALE_7B") == "1" else []
     if os.environ.get("NIMBUILD_SCALE_MODELS"):  # a subset, by name
         models = os.environ["NIMBUILD_SCALE_MODELS"].split(",")
     results = {}
@@ -213,9 +281,14 @@ def main() -> tuple[str, dict]:
             _clean(work, kind)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
-    rows, served, stages = [], [], []
+    rows, served, stages, peers = [], [], [], []
     for kind, r in results.items():
-        stages += [[kind, stage, f"{gib:.1f}"] for stage, gib in r["compile"]["peak_rss_gib_by_stage"].items()]
+        stages += [[kind, step, f"{seconds:.0f}", f"{gib:.2f}", f"{gib / r['checkpoint_gib']:.2f}x"]
+                   for step, seconds, gib in r.get("steps", [])]
+        for peer, p in (r.get("peers") or {}).items():
+            peers.append([kind, peer, f"{p['seconds']:.0f}", f"{p['peak_rss_gib']:.1f}",
+                          f"{p['peak_rss_gib'] / r['checkpoint_gib']:.2f}x",
+                          f"{p['output_gib']:.2f}" if "output_gib" in p else f"failed: {p['error'][:160]}"])
         c = r["compile"]
         rows.append([kind, f"{r['checkpoint_gib']:.2f}", f"{c['seconds']:.0f}", f"{c['peak_rss_gib']:.1f}",
                      f"{c['peak_rss_gib'] / r['checkpoint_gib']:.1f}x",
@@ -223,11 +296,13 @@ def main() -> tuple[str, dict]:
         for name, value in (r.get("served") or {}).items():
             served.append([kind, name, f"{value:.3g}"])
     text = "\n\n".join([
-        table(f"Compiling real-size checkpoints (generic fp32 profile; {os.cpu_count()} CPUs)",
+        table(f"Compiling real-size checkpoints (generic fp32 profile, the 7B's int4; {os.cpu_count()} CPUs)",
               ["model", "checkpoint GiB", "compile s", "peak RSS GiB", "peak / checkpoint", "profile GiB"], rows),
-        table("Where the compile's memory goes (peak resident GiB while each stage ran, sampled every 0.2 s)",
-              ["model", "stage", "peak GiB"], stages),
+        table("Where the compile's memory goes (each step's time and peak resident GiB, from compile-record.json)",
+              ["model", "step", "s", "peak GiB", "peak / checkpoint"], stages),
         table(f"Serving them (runtime_min, {THREADS} ORT threads)", ["model", "figure", "value"], served),
+        *([table(f"The peers on the same checkpoint (each stopped past {PEER_LIMIT_GIB:g} GiB resident)",
+                 ["model", "peer", "wall s", "peak RSS GiB", "peak / checkpoint", "output GiB"], peers)] if peers else []),
     ])
     return text, results
 

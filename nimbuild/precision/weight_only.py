@@ -5,10 +5,11 @@ a quarter. Each MatMul with a constant weight (every projection and the LM head)
 onnxruntime's `com.microsoft::MatMulNBits`: weights quantised in blocks of `block_size` along the
 input axis, a scale per block (RTN: symmetric round to nearest; HQQ: a scale and zero point fitted
 per block); activations stay fp32 outside the kernel (inside it, accuracy level 4 quantises
-them to int8). The quantizer is onnxruntime's own (`MatMulNBitsQuantizer`),
-the one onnxruntime-genai's builder and Olive use, so the graph is what those tools would write
-and what onnxruntime's kernels are tuned for. The embedding table stays fp32 (a Gather, not a
-MatMul).
+them to int8). The quantizer is onnxruntime's own (`MatMulNBitsQuantizer`, the one
+onnxruntime-genai's builder and Olive use, so the graph is what those tools would write and what
+onnxruntime's kernels are tuned for); RTN calls its kernel one weight at a time on a graph whose
+weights stay in their file (`_rtn_streamed`: the same bytes, without the whole graph in memory).
+The embedding table stays fp32 (a Gather, not a MatMul).
 
 Such a variant is gated on what serving does (nimbuild.precision.variants): its greedy tokens on
 the parity prompts against the source's, and its perplexity on held text against the source's,
@@ -163,7 +164,9 @@ def describe(spec) -> dict:
     from nimbuild.recipe import WeightOnly
 
     spec = spec or WeightOnly()
-    return {"operator": "com.microsoft::MatMulNBits", "quantizer": "onnxruntime MatMulNBitsQuantizer",
+    quantizer = ("onnxruntime's MatMulNBits kernel (MatMulNBitsQuantizer's), one weight at a time" if spec.algorithm == "rtn"
+                 else "onnxruntime MatMulNBitsQuantizer")
+    return {"operator": "com.microsoft::MatMulNBits", "quantizer": quantizer,
             "algorithm": spec.algorithm, "block_size": spec.block_size, "accuracy_level": spec.accuracy_level,
             "activations": "fp32" if not spec.accuracy_level else f"int8 inside the kernel (accuracy level {spec.accuracy_level})",
             "kept": "the embedding table (Gather)"}

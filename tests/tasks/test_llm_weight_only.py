@@ -202,3 +202,30 @@ def test_each_progress_step_records_its_own_peak_and_an_enclosing_step_the_large
     assert peaks["large"] - peaks["small"] > 60, peaks  # the small step's peak is its own, not the process's
     assert peaks["outer"] >= peaks["large"]
     assert json.dumps(peaks)
+
+
+@pytest.mark.parametrize("bits, block_size", [(4, 32), (8, 128)])
+def test_rtn_one_weight_at_a_time_writes_what_onnxruntimes_quantizer_writes(weight_only_out, tmp_path, bits, block_size):
+    """The streamed RTN quantizer (a 7B's fp32 graph does not fit in memory) calls onnxruntime's own
+    kernel: every MatMulNBits node, its attributes and its blocks and scales equal what
+    MatMulNBitsQuantizer makes of the whole graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from nimbuild.precision.weight_only import _rtn_streamed, _whole_graph
+    from nimbuild.recipe import WeightOnly
+
+    reference = weight_only_out / _profiles(weight_only_out)["fp32"].files["model.onnx"].uri
+    spec = WeightOnly(block_size=block_size)
+    assert _rtn_streamed(reference, tmp_path / "streamed.onnx", bits, spec) == 15
+    assert _whole_graph(reference, tmp_path / "whole.onnx", bits, spec) == 15
+    graphs = [onnx.load(str(tmp_path / name)) for name in ("streamed.onnx", "whole.onnx")]
+    nodes = [[n for n in g.graph.node if n.op_type == "MatMulNBits"] for g in graphs]
+    weights = [{t.name: numpy_helper.to_array(t) for t in g.graph.initializer} for g in graphs]
+    for streamed, whole in zip(*nodes):
+        assert (streamed.input, streamed.output) == (whole.input, whole.output)
+        assert ({a.name: onnx.helper.get_attribute_value(a) for a in streamed.attribute}
+                == {a.name: onnx.helper.get_attribute_value(a) for a in whole.attribute})
+        for name in streamed.input[1:]:
+            np.testing.assert_array_equal(weights[0][name], weights[1][name])
+    assert len(nodes[0]) == 15
