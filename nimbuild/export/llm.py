@@ -547,9 +547,10 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     batch, context = context_limits(recipe.export.inputs)
     specs = [InputSpec("input_ids", dict(recipe.export.inputs["input_ids"]))]
     check_sequence_limit(specs, checkpoint)
-    # no target builds fp32: the fp32 graph is served by nothing, so it is not opened (a 7B's is 29 GB),
-    # and the source is recorded in its own dtype; each variant's gate judges what it serves against that
-    unserved = not any("fp32" in target.precisions for target in recipe.targets)
+    # onnxruntime targets only, none fp32: the fp32 graph is served by nothing, so it is not opened (a
+    # 7B's is 29 GB), and the source is recorded in its own dtype; each variant's gate judges what it
+    # serves against that record (engine targets keep the fp32 check: their gates were proved with it)
+    unserved = all(t.type == "generic" and "fp32" not in t.precisions for t in recipe.targets)
     gates = [recipe.precision_spec(p).gate for t in recipe.targets for p in t.precisions]
     if unserved and not all(gate is None or gate.evaluate for gate in gates):
         raise ExportError("no target builds fp32, so the fp32 graph is not checked, and a variant's gate is off "

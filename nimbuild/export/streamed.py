@@ -105,6 +105,12 @@ def attach(model, sources: dict[str, str], tensors: CheckpointTensors) -> None:
     import onnxscript.optimizer
 
     graph = model.graph
+    left = [name for name, value in graph.initializers.items() if name not in sources and _placeholder(value.const_value)]
+    if left:  # a parameter the exporter named otherwise would be served as zeros
+        from nimbuild.errors import ExportError
+
+        raise ExportError(f"the exported graph kept placeholder weights for {', '.join(left[:3])}: "
+                          "they were not matched to the checkpoint's tensors")
     hidden = [value for name, value in list(graph.initializers.items()) if name in sources]
     for value in hidden:
         value.const_value = None
@@ -124,6 +130,12 @@ def attach(model, sources: dict[str, str], tensors: CheckpointTensors) -> None:
         if list(value.uses()):
             value.const_value = _lazy(tensors, source, value, transpose=False)
             graph.register_initializer(value)
+
+
+def _placeholder(tensor) -> bool:
+    """A parameter's stand-in (empty_parameters: every stride 0) still in the graph."""
+    raw = getattr(tensor, "raw", None)
+    return hasattr(raw, "stride") and raw.numel() > 1 and all(stride == 0 for stride in raw.stride())
 
 
 def _is_plain_transpose(node) -> bool:

@@ -8,6 +8,7 @@ at (their graphs, and profile ids, do not change), so the tests lower it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from helpers.decoders import write_checkpoint
 from helpers.recipes import recipe_text
@@ -135,3 +136,22 @@ def test_no_fp32_target_and_an_ungated_variant_is_refused_before_anything_is_bui
     result = CliRunner().invoke(main, ["-q", "compile", str(write_recipe(text)), "--out", str(tmp_path / "out")])
     assert result.exit_code != 0 and "nothing would check what it serves" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_parameter_left_unmatched_is_refused_not_served_as_zeros(tmp_path, write_recipe, monkeypatch):
+    """Should the exporter name a parameter so that it is not matched to a checkpoint tensor, its
+    placeholder (zeros) would be written as the weight: the export refuses instead."""
+    from nimbuild.errors import ExportError
+    from nimbuild.export import streamed
+
+    real = streamed.parameter_sources
+
+    def losing_one(*args, **kwargs):
+        sources = real(*args, **kwargs)
+        sources.pop(next(name for name in sources if name.endswith("o_proj.weight")))
+        return sources
+
+    monkeypatch.setattr(streamed, "parameter_sources", losing_one)
+    checkpoint = write_checkpoint("llama", tmp_path / "llama")
+    with pytest.raises(ExportError, match="placeholder weights for lm.model.layers.0.self_attn.o_proj.weight"):
+        _export(checkpoint, tmp_path / "out", write_recipe, 0, monkeypatch)
