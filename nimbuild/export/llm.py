@@ -555,9 +555,13 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     if unserved and not all(gate is None or gate.evaluate for gate in gates):
         raise ExportError("no target builds fp32, so the fp32 graph is not checked, and a variant's gate is off "
                           "(gate.evaluate: false): nothing would check what it serves; build fp32 or gate the variant")
+    stream = weight_stream(checkpoint, reporter)
+    # the stored dtype only where the weights are streamed: a loaded model is also what is exported,
+    # and the exported graph is fp32 (a small checkpoint's bf16 costs nothing to widen)
+    own_dtype = unserved and stream is not None
     with reporter.step(f"load {checkpoint.model_type} checkpoint for {recipe.task}"
-                       + (" in its own dtype" if unserved else "")):
-        adapter = load_decoder(checkpoint, own_dtype=unserved)
+                       + (" in its own dtype" if own_dtype else "")):
+        adapter = load_decoder(checkpoint, own_dtype=own_dtype)
     adapter.runtime_info = {
         "max_sequence_length": context.max, "max_batch": batch.max, "eos_token_ids": adapter.eos_ids,
         "kv_cache": {"layers": adapter.layers, "heads": adapter.kv_heads, "head_dim": adapter.head_dim},
@@ -569,7 +573,6 @@ def export(checkpoint: HFCheckpoint, recipe: Recipe, dest: Path, reporter: Repor
     onnx_path = dest / "model.onnx"
     opset, metadata = recipe.export.opset, graph_metadata(recipe, checkpoint, adapter)
     held = held_sequences(checkpoint, recipe.export.texts, adapter.vocab_size, context.max) if weight_only else []
-    stream = weight_stream(checkpoint, reporter)
     if stream is not None:  # the weights go from the checkpoint to the graph: the source can go first
         _record(adapter, context.max, held, reporter)
         adapter.module, adapter.model = stream[0].module, stream[0].model

@@ -84,11 +84,13 @@ def test_a_checkpoint_whose_tensors_the_model_does_not_name_is_exported_from_the
     assert lines and "model.norm.weight" in lines[0], lines
 
 
-def test_an_int4_only_recipe_on_a_bf16_checkpoint_records_the_source_in_bf16_and_never_opens_the_fp32_graph(
-        tmp_path, write_recipe, monkeypatch):
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_int4_only_recipe_on_a_bf16_checkpoint_never_opens_the_fp32_graph(tmp_path, write_recipe, monkeypatch,
+                                                                             streamed):
     """The 7B path (docs/design.md §17): no fp32 profile, so the source is loaded in its own dtype,
     recorded and freed, the weights streamed, the fp32 graph written but not opened, and the int4
-    variant built one weight at a time and gated on what it serves against the bf16 record."""
+    variant built one weight at a time and gated on what it serves against the bf16 record. A
+    checkpoint under the streaming size is loaded in fp32 (what is loaded is also what is exported)."""
     import json
 
     import torch
@@ -108,7 +110,8 @@ def test_an_int4_only_recipe_on_a_bf16_checkpoint_records_the_source_in_bf16_and
     text = recipe_text(str(bf16), "text-generation", sequence=(1, 32, 96), name="tiny-bf16",
                        precisions={"fp32": "{}", "int4": "{gate: {tokens_min: 0.05, perplexity_delta_max: 0.1}, weight_only: {block_size: 32}}"},
                        targets=("{type: generic, backend: onnxruntime, precisions: [int4]}",))
-    monkeypatch.setattr(reference, "EXTERNAL_WEIGHTS_FROM", 0)
+    if streamed:
+        monkeypatch.setattr(reference, "EXTERNAL_WEIGHTS_FROM", 0)
     result = CliRunner().invoke(main, ["-q", "compile", str(write_recipe(text)), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     (profile,) = load_manifest(tmp_path / "out" / "profiles.yaml").profiles
@@ -116,9 +119,11 @@ def test_an_int4_only_recipe_on_a_bf16_checkpoint_records_the_source_in_bf16_and
     gate = profile.build["gate"]
     assert gate["run"] and gate["tokens_compared"] >= 30 and float(gate["perplexity_source"]) > 1
     assert "not checked: no fp32 profile" in profile.build["parity"]["fp32_graph"]
-    assert "bfloat16" in profile.build["parity"]["fp32_graph"] and profile.build["compared_with"] == "the source in bfloat16"
+    dtype = "bfloat16" if streamed else "float32"
+    assert dtype in profile.build["parity"]["fp32_graph"] and profile.build["compared_with"] == f"the source in {dtype}"
     steps = [s["step"] for s in json.loads((tmp_path / "out" / "compile-record.json").read_text())["stages"]]
-    assert any("in its own dtype" in s for s in steps) and any("weights streamed" in s for s in steps), steps
+    assert any("in its own dtype" in s for s in steps) == streamed, steps
+    assert any("weights streamed" in s for s in steps) == streamed, steps
     assert not any("check greedy generation" in s for s in steps), steps
 
 
